@@ -1,0 +1,3 @@
+from prunegate.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Network definitions for common public checkpoints, usable as a policy's `arch`."""

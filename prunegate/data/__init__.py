@@ -1,0 +1,27 @@
+"""Image sets by format: `open_source(spec, policy, field)` picks the reader."""
+
+from __future__ import annotations
+
+from prunegate.policy import DataSource, Policy
+
+from .arrays import NpyImages, NpzImages
+from .base import CROP_FRACTION, ImageSet, Manifest, batches, fit_to_size, select
+from .cifar import Cifar10Binary
+from .imagefolder import FlatImageFolder, ImageFolder
+
+__all__ = ["ImageSet", "Manifest", "batches", "fit_to_size", "open_source", "select", "CROP_FRACTION"]
+
+
+def open_source(spec: DataSource, policy: Policy, field: str) -> ImageSet:
+    path = policy.resolve(spec.path)
+    if spec.format == "imagefolder":
+        return ImageFolder(path, field)
+    if spec.format == "imagefolder-flat":
+        return FlatImageFolder(path, field)
+    if spec.format == "npz":
+        return NpzImages(path, field, spec.images_key, spec.labels_key)
+    if spec.format == "npy":
+        return NpyImages(path, field, policy.resolve(spec.labels or ""))
+    if spec.format == "cifar10-binary":
+        return Cifar10Binary(path, field)
+    raise AssertionError(f"unhandled data format {spec.format}")

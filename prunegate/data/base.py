@@ -1,0 +1,150 @@
+"""What every on-disk image format provides, and the loader that streams it.
+
+A format reader (`ImageSet`) knows its labels up front and reads images by index as uint8
+HWC tensors. `select` picks the deterministic, class-balanced subset a `limit` asks for, and
+`batches` streams (indices, images, labels) in background workers, resized and centre-cropped to
+the model's input size, while each file's sha256 is taken from the bytes already read for
+decoding (the data manifest costs no extra I/O).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from prunegate.errors import DataError
+
+CROP_FRACTION = 0.875  # the usual 256 -> 224 evaluation resize
+
+
+class ImageSet(ABC):
+    """A labelled image set. `field` names it in the policy, for error messages."""
+
+    format: str = ""
+
+    def __init__(self, path: Path, field: str):
+        self.path = path
+        self.field = field
+        self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.classes: Optional[list[str]] = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @abstractmethod
+    def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
+        """Images (uint8 HWC, any size) and one content digest per image for these indices."""
+
+    def error(self, message: str, file: Optional[Path] = None) -> DataError:
+        return DataError(message, file=file or self.path, field=self.field)
+
+    def describe(self) -> dict:
+        return {"format": self.format, "path": str(self.path), "size": len(self)}
+
+
+def require_path(path: Path, field: str, *, directory: bool) -> None:
+    if not path.exists():
+        raise DataError("not found", file=path, field=field)
+    if directory and not path.is_dir():
+        raise DataError("expected a folder, found a file", file=path, field=field)
+    if not directory and path.is_dir():
+        raise DataError("expected a file, found a folder", file=path, field=field)
+
+
+def select(labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
+    """Indices of the class-balanced subset: samples are taken by their rank within their class
+    (all first samples of each class, then all second ones, ...) until `limit` are chosen, so each
+    class gets floor or ceil of limit/K; returned in file order."""
+    n = len(labels)
+    if limit is None or limit >= n:
+        return np.arange(n)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - starts
+    chosen = np.lexsort((labels, rank))[:limit]  # by rank, then by class
+    return np.sort(chosen)
+
+
+def fit_to_size(image: torch.Tensor, size: int) -> torch.Tensor:
+    """CHW uint8 -> size x size: images of another size are resized (short side to
+    size/0.875, antialiased) and centre-cropped; images already that size are left alone."""
+    if image.shape[-2:] == (size, size):
+        return image
+    image = TF.resize(image, [round(size / CROP_FRACTION)], antialias=True)
+    return TF.center_crop(image, [size, size])
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """Worker-side reading of whole batches: the sampler yields lists of indices.
+
+    A user-facing error is returned, not raised: DataLoader re-raises worker exceptions as a
+    new exception whose message carries the worker's traceback."""
+
+    def __init__(self, images: ImageSet, size: int, max_pixels: int):
+        self.images, self.size, self.max_pixels = images, size, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices: list[int]):
+        try:
+            pictures, digests = self.images.read(indices, self.max_pixels)
+        except DataError as error:
+            return error
+        fitted = [fit_to_size(p.permute(2, 0, 1), self.size) for p in pictures]
+        batch = torch.stack(fitted).permute(0, 2, 3, 1).contiguous()
+        labels = torch.from_numpy(self.images.labels[indices])
+        return torch.tensor(indices, dtype=torch.int64), batch, labels, digests
+
+
+def _identity(batch):
+    return batch
+
+
+@dataclass
+class Manifest:
+    """What was read: enough for a reviewer to know the data, and a digest to pin it."""
+
+    info: dict
+    indices: np.ndarray
+    _digests: dict[int, str] = field(default_factory=dict)
+
+    def add(self, indices: torch.Tensor, digests: list[str]) -> None:
+        self._digests.update(zip(indices.tolist(), digests))
+
+    def to_dict(self) -> dict:
+        lines = "".join(f"{i} {self._digests.get(int(i), '')}\n" for i in self.indices)
+        return {
+            **self.info,
+            "used": int(len(self.indices)),
+            "sha256": hashlib.sha256(lines.encode()).hexdigest(),
+        }
+
+
+def batches(
+    images: ImageSet, indices: np.ndarray, size: int, batch_size: int, workers: int, max_pixels: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]]:
+    """(sample indices, uint8 NHWC images, labels, digests) in order, decoded in workers."""
+    chunks = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        _Fetch(images, size, max_pixels),
+        batch_size=None,
+        sampler=chunks,
+        num_workers=min(workers, len(chunks)),
+        collate_fn=_identity,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for item in loader:
+        if isinstance(item, DataError):
+            raise item
+        yield item

@@ -1,0 +1,3 @@
+from .tally import TaskTally
+
+__all__ = ["TaskTally"]

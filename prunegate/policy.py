@@ -1,0 +1,294 @@
+"""The policy file: what to measure and the tolerances that decide the verdict.
+
+A strict pydantic schema: unknown keys, wrong types and out-of-range tolerances are errors that
+name the file and the field (a typo must never silently drop a tolerance). Paths in the policy
+are relative to the policy file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from prunegate.errors import PolicyError
+
+METRICS = {
+    # name: (value range, short meaning) — ranges bound the thresholds a rule may set
+    "accuracy_drop": ((-1.0, 1.0), "dense top-1 accuracy minus pruned top-1 accuracy"),
+    "agreement": ((0.0, 1.0), "fraction of samples where both models predict the same class"),
+    "dense_accuracy": ((0.0, 1.0), "top-1 accuracy of the dense model"),
+    "pruned_accuracy": ((0.0, 1.0), "top-1 accuracy of the pruned model"),
+    "softmax_l2": ((0.0, 2.0**0.5), "mean L2 distance between the two models' softmax outputs"),
+}
+MetricName = Literal["accuracy_drop", "agreement", "dense_accuracy", "pruned_accuracy", "softmax_l2"]
+DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary"]
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class InputSpec(Strict):
+    size: int = Field(gt=0, le=4096, description="square input side in pixels")
+    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel")
+    std: list[Annotated[float, Field(gt=0)]] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
+
+
+class ModelSpec(Strict):
+    path: str = Field(min_length=1)
+    arch: Optional[str] = Field(
+        None, description="'module:callable' or 'file.py:callable' that builds the network for a state dict"
+    )
+
+
+class Models(Strict):
+    dense: Union[str, ModelSpec]
+    pruned: Union[str, ModelSpec]
+    input: InputSpec
+    arch: Optional[str] = Field(None, description="default arch for state-dict files")
+
+    def spec(self, which: Literal["dense", "pruned"]) -> ModelSpec:
+        value = getattr(self, which)
+        spec = ModelSpec(path=value) if isinstance(value, str) else value
+        return spec if spec.arch or not self.arch else spec.model_copy(update={"arch": self.arch})
+
+
+class DataSource(Strict):
+    format: DataFormat
+    path: str = Field(min_length=1)
+    labels: Optional[str] = Field(None, description="labels .npy file (format npy)")
+    images_key: str = "images"
+    labels_key: str = "labels"
+
+    @model_validator(mode="after")
+    def _labels_for_npy(self) -> DataSource:
+        if self.format == "npy" and not self.labels:
+            raise ValueError("format npy needs 'labels': the path of an integer labels .npy file")
+        return self
+
+
+class OodSource(DataSource):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class Data(Strict):
+    test: DataSource
+    limit: Optional[int] = Field(None, gt=0, description="class-balanced subset of the test set")
+    ood: list[OodSource] = []
+    max_pixels: int = Field(
+        89_478_485, gt=0, description="images with more pixels are refused (decompression bombs)"
+    )
+
+    @field_validator("ood")
+    @classmethod
+    def _unique_names(cls, ood: list[OodSource]) -> list[OodSource]:
+        names = [o.name for o in ood]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"ood names must be unique; repeated: {', '.join(duplicates)}")
+        return ood
+
+
+class NoiseSpec(Strict):
+    kind: str
+    levels: list[Annotated[float, Field(ge=0.0, le=10.0)]] = Field(min_length=1)
+    draws: int = Field(1, ge=1, le=100, description="independent noise draws per sample")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from prunegate.shifts import list_noises
+
+        if kind not in list_noises():
+            raise ValueError(f"unknown noise kind {kind!r}; known: {', '.join(list_noises())}")
+        return kind
+
+
+class Corruptions(Strict):
+    preset: str = "imagenet-c"
+    names: Union[Literal["all"], list[str]] = "all"
+    severities: list[Annotated[int, Field(ge=1, le=5)]] = Field([1, 2, 3, 4, 5], min_length=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> Corruptions:
+        from prunegate import shifts
+
+        if self.preset not in shifts.list_presets():
+            raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(shifts.list_presets())}")
+        unknown = [n for n in self.corruption_names() if n not in shifts.list_shifts()]
+        if unknown:
+            raise ValueError(f"unknown corruption {unknown[0]!r}; known: {', '.join(shifts.CORRUPTION_NAMES)}")
+        return self
+
+    def corruption_names(self) -> list[str]:
+        from prunegate.shifts import CORRUPTION_NAMES
+
+        return list(CORRUPTION_NAMES) if self.names == "all" else list(self.names)
+
+
+class Suite(Strict):
+    seed: int = Field(0, ge=0, lt=2**63)
+    noise: list[NoiseSpec] = []
+    corruptions: Optional[Corruptions] = None
+
+
+class Rule(Strict):
+    name: str = Field(min_length=1)
+    tasks: Union[str, list[str]] = Field(description="shell-style glob(s) over task names")
+    metric: MetricName
+    aggregate: Literal["each", "mean", "min", "max"] = "each"
+    max: Optional[float] = None
+    min: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _one_threshold_in_range(self) -> Rule:
+        if (self.max is None) == (self.min is None):
+            raise ValueError("set exactly one of 'max' or 'min'")
+        threshold = self.max if self.max is not None else self.min
+        low, high = METRICS[self.metric][0]
+        low = max(low, 0.0)  # a negative tolerance would demand the pruned model be better
+        if not low <= threshold <= high:
+            raise ValueError(f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]")
+        return self
+
+    @property
+    def globs(self) -> list[str]:
+        return [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+
+
+class Gate(Strict):
+    rules: list[Rule] = Field(min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
+        names = [r.name for r in rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        return rules
+
+
+class Runtime(Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    batch_size: int = Field(256, gt=0, le=65536)
+    workers: int = Field(2, ge=0, le=64, description="background decoding processes")
+    allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
+
+
+class Policy(Strict):
+    version: Literal[1]
+    name: str = Field(min_length=1)
+    models: Models
+    data: Data
+    suite: Suite = Suite()
+    gate: Gate
+    runtime: Runtime = Runtime()
+
+    _file: Optional[Path] = PrivateAttr(None)
+    _sha256: Optional[str] = PrivateAttr(None)
+
+    @property
+    def file(self) -> Optional[Path]:
+        return self._file
+
+    @property
+    def sha256(self) -> Optional[str]:
+        return self._sha256
+
+    @property
+    def base_dir(self) -> Path:
+        return self._file.parent if self._file else Path.cwd()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the policy, relative to the policy file's folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses duplicate keys (YAML would silently keep the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _field_path(location: tuple) -> str:
+    return ".".join(str(part) for part in location if not str(part).startswith(("function-", "union[")))
+
+
+def _describe(error: dict) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; see `prunegate policy schema`)"
+    if kind == "missing":
+        return "required field is missing"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    received = error.get("input")
+    if kind.endswith("_type") and not isinstance(received, (dict, list)):
+        message += f" (got {received!r})"
+    return message
+
+
+def policy_from_dict(data: object, file: Path | str = "<policy>") -> Policy:
+    if not isinstance(data, dict):
+        raise PolicyError("expected a mapping of policy fields at the top level", file=file)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # Report the first error; pydantic lists every branch of a union, so skip duplicates.
+        first = errors[0]
+        more = len({_field_path(e["loc"]) for e in errors}) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        raise PolicyError(_describe(first) + suffix, file=file, field=_field_path(first["loc"]) or None) from None
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read, parse and validate a policy file."""
+    path = Path(path)
+    if not path.exists():
+        raise PolicyError("policy file not found", file=path)
+    if path.is_dir():
+        raise PolicyError("is a directory, expected a policy YAML file", file=path)
+    try:
+        raw = path.read_bytes()
+        data = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise PolicyError("not UTF-8 text", file=path) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PolicyError(f"invalid YAML: {problem}", file=path, field=where) from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read: {exc.strerror}", file=path) from None
+    policy = policy_from_dict(data, file=path)
+    policy._file = path.resolve()
+    policy._sha256 = hashlib.sha256(raw).hexdigest()
+    return policy
+
+
+def policy_json_schema() -> str:
+    return json.dumps(Policy.model_json_schema(), indent=2)

@@ -1,0 +1,104 @@
+"""What a model runner is, the facts recorded about each model file, and device choice."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import torch
+
+from prunegate.errors import DeviceError
+
+
+@dataclass
+class ModelInfo:
+    """One model file as the report records it."""
+
+    path: str
+    sha256: str
+    format: str  # onnx | torchscript | torch-export | state-dict | pickle
+    parameters: int
+    nonzero_parameters: int
+    backend: str = ""  # torch | onnxruntime
+    device: str = ""
+    provider: Optional[str] = None  # the ONNX Runtime provider actually used
+    arch: Optional[str] = None
+    pickle_allowed: bool = False
+    fixed_batch: Optional[int] = None
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero_parameters / self.parameters if self.parameters else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "sparsity": round(self.sparsity, 6)}
+
+
+class Runner(Protocol):
+    """Maps a float NCHW batch (normalised, on `device`) to logits [N, classes] on `device`."""
+
+    info: ModelInfo
+    device: torch.device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def input_shape(self) -> Optional[list]:
+        """The declared input shape, where the format declares one (ints or symbolic names)."""
+        ...
+
+
+@dataclass
+class Counts:
+    parameters: int = 0
+    nonzero: int = 0
+
+    def add(self, tensor: torch.Tensor) -> None:
+        self.parameters += tensor.numel()
+        self.nonzero += int(torch.count_nonzero(tensor))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_device(requested: str, allow_fallback: bool) -> torch.device:
+    """auto -> cuda when present; an explicit cuda request without CUDA is an error unless the
+    policy allows falling back (a silent CPU run would hide a broken GPU set-up)."""
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if available else "cpu")
+    if requested == "cuda" and not available:
+        if allow_fallback:
+            return torch.device("cpu")
+        raise DeviceError(
+            "CUDA was requested but is not available (set runtime.allow_fallback: true to run on CPU)",
+            field="runtime.device",
+        )
+    return torch.device(requested)
+
+
+def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fixed: Optional[int]) -> torch.Tensor:
+    """Run a model whose file fixes the batch size, padding the last chunk."""
+    if not fixed or x.shape[0] == fixed:
+        return fn(x)
+    outputs = []
+    for start in range(0, x.shape[0], fixed):
+        chunk = x[start : start + fixed]
+        short = fixed - chunk.shape[0]
+        if short:
+            chunk = torch.cat([chunk, chunk[-1:].expand(short, *chunk.shape[1:])])
+        outputs.append(fn(chunk)[: fixed - short])
+    return torch.cat(outputs)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
