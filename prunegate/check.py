@@ -18,6 +18,7 @@ import torch
 
 from prunegate import __version__
 from prunegate.data import open_source, select
+from prunegate.data.cifar_c import CorruptedArrays
 from prunegate.engine import Preprocess, Source, check_labels, evaluate, probe_classes
 from prunegate.gate import evaluate_rules, verdict
 from prunegate.plan import TEST_SOURCE, Task, build_plan
@@ -83,18 +84,25 @@ def environment(device: torch.device) -> dict:
     }
 
 
-def open_sources(policy: Policy) -> list[Source]:
-    test = open_source(policy.data.test, policy, "data.test")
+def open_sources(policy: Policy, tasks: list[Task]) -> list[Source]:
+    test = open_source(policy.data.test, policy.resolve, "data.test")
     sources = [Source(TEST_SOURCE, test, select(test.labels, policy.data.limit))]
     for i, ood in enumerate(policy.data.ood):
-        images = open_source(ood, policy, f"data.ood.{i}")
+        images = open_source(ood, policy.resolve, f"data.ood.{i}")
         sources.append(Source(ood.name, images, select(images.labels, policy.data.limit)))
+    for task in tasks:
+        if task.precomputed:
+            folder = policy.resolve(policy.suite.corruptions.precomputed)
+            images = CorruptedArrays(folder, task.shift, int(task.param), "suite.corruptions.precomputed")
+            sources.append(Source(task.source, images, select(images.labels, policy.data.limit)))
     return sources
 
 
 def _source_field(name: str, policy: Policy) -> str:
     if name == TEST_SOURCE:
         return "data.test"
+    if name.startswith("corruption/"):
+        return "suite.corruptions.precomputed"
     return f"data.ood.{[o.name for o in policy.data.ood].index(name)}"
 
 
@@ -108,7 +116,7 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
     clock = time.perf_counter()
     runtime = policy.runtime
     tasks = build_plan(policy)
-    sources = open_sources(policy)
+    sources = open_sources(policy, tasks)
     device = resolve_device(runtime.device, runtime.allow_fallback)
     runners = {}
     for which in ("dense", "pruned"):

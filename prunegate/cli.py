@@ -50,7 +50,7 @@ _state = {"debug": False}
 log = logging.getLogger("prunegate")
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, content: str | bytes) -> None:
     """Write via a temporary file in the same folder and rename: never half a file."""
     path = Path(path)
     if path.is_dir():
@@ -59,8 +59,8 @@ def write_atomic(path: Path, text: str) -> None:
         raise PrunegateError("the folder to write into does not exist", file=path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -77,16 +77,21 @@ def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
 
-@cli.callback()
-def _global(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # An option callback: it runs while parsing, so `prunegate --version` needs no command.
+    if value:
         from prunegate import __version__
 
         print(f"prunegate {__version__}")
         raise typer.Exit(0)
+
+
+@cli.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -172,6 +177,69 @@ def policy_schema() -> int:
     return EXIT_PASS
 
 
+def _csv(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command()
+def corrupt(
+    preset: str = typer.Option(..., help="cifar10-c or imagenet-c."),
+    source: Path = typer.Option(..., help="The clean images."),
+    format: str = typer.Option("imagefolder", "--format", help="Format of --source (as in a policy's data)."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
+    names: Optional[str] = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
+    severities: str = typer.Option("1,2,3,4,5", help="Comma-separated severities."),
+    limit: Optional[int] = typer.Option(None, min=1, help="A class-balanced subset of this size."),
+    seed: int = typer.Option(0, min=0, help="Seed of every random draw (as suite.seed)."),
+    preview: Optional[Path] = typer.Option(None, help="Write a PNG grid (corruptions x severities) of one image."),
+    device: Device = typer.Option(Device.auto, help="Where to make the corruptions."),
+    batch_size: int = typer.Option(256, min=1),
+) -> int:
+    """Render a corruption preset to disk, and/or preview it on one image."""
+    from prunegate import corrupt as corrupt_lib
+    from prunegate import shifts
+    from prunegate.data import open_source, select
+    from prunegate.policy import DataSource
+    from prunegate.runners import resolve_device
+
+    if out is None and preview is None:
+        raise PrunegateError("nothing to do: give --out, --preview or both")
+    preset_obj = shifts.get_preset(preset)
+    chosen = _csv(names) or list(shifts.CORRUPTION_NAMES)
+    for name in chosen:
+        shifts.get_shift(name)  # unknown names fail here, before any work
+    try:
+        levels = [int(s) for s in _csv(severities) or []]
+    except ValueError:
+        raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}") from None
+    if not levels or any(not 1 <= s <= 5 for s in levels):
+        raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}")
+    try:
+        spec = DataSource(format=format, path=str(source))
+    except Exception:
+        raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
+    images = open_source(spec, Path, "--source")
+    indices = select(images.labels, limit)
+    if preview is not None:
+        from prunegate.data import fit_to_size
+
+        first = int(indices[0])
+        picture = fit_to_size(images.read([first], 89_478_485)[0][0].permute(2, 0, 1), preset_obj.image_size)
+        png = corrupt_lib.preview_png(picture.permute(1, 2, 0), first, preset=preset, names=chosen, severities=levels, seed=seed)
+        write_atomic(preview, png)
+        _stdout().print(f"wrote {preview}")
+    if out is not None:
+        columns = (TextColumn("corrupting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=_stderr(), transient=True) as bar:
+            task = bar.add_task("corrupting", total=len(indices))
+            summary = corrupt_lib.render(images, indices, preset=preset, names=chosen, severities=levels, seed=seed,
+                                         out=out, batch_size=batch_size, device=resolve_device(device.value, False),
+                                         progress=lambda n: bar.advance(task, n))
+        _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
+                        f"at {summary['size']}px")
+    return EXIT_PASS
+
+
 @cli.command()
 def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and reports.")) -> int:
     """Build a small dataset and CNN, prune it, and gate each pruned copy (offline, ~1 minute)."""
@@ -187,8 +255,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         result = command.main(args=argv, prog_name="prunegate", standalone_mode=False)
     except typer.Exit as exc:
         return exc.exit_code
-    except UsageProblem as exc:
-        exc.show()
+    except UsageProblem as exc:  # the same one `error: ` line as every other bad input
+        message = exc.format_message()
+        if message:  # (no message: the help was shown, as for a bare `prunegate`)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {message}{hint}", file=sys.stderr)
         return EXIT_INPUT
     except (typer.Abort, KeyboardInterrupt):
         print("interrupted: nothing was written", file=sys.stderr)
@@ -201,8 +273,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # a bug: say so, keep the traceback for --debug
         if _state["debug"]:
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (re-run with --debug for the traceback; "
-              "please report it)", file=sys.stderr)
+        text = str(exc).strip().splitlines()
+        print(f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for the "
+              "traceback; please report it)", file=sys.stderr)
         return EXIT_BUG
     return result if isinstance(result, int) else EXIT_PASS
 

@@ -59,7 +59,7 @@ class Preprocess:
 
 def task_input(task: Task, x: torch.Tensor, sample_ids: torch.Tensor, draw: int, seed: int, pre: Preprocess) -> torch.Tensor:
     """The model input for one task and draw, from the clean batch `x` (float [0, 1] NCHW)."""
-    if task.kind in ("clean", "ood"):
+    if task.kind in ("clean", "ood") or task.precomputed:
         return pre(x)
     stream = task.name if task.draws == 1 else f"{task.name}#{draw}"
     rng = SampleRNG(task_key(seed, stream), sample_ids, device=x.device)
@@ -156,7 +156,7 @@ def evaluate(
                     timings["models_s"] += time.perf_counter() - tick
                     tallies[task.name].update(positions * task.draws + draw, labels, dense_logits, pruned_logits)
                 if progress:
-                    progress(len(ids))
+                    progress(len(ids) * task.draws)
             tick = time.perf_counter()
     result = {}
     for name, tally in tallies.items():

@@ -26,6 +26,7 @@ class Task:
     param: Optional[float] = None  # noise level or corruption severity
     draws: int = 1
     preset: Optional[str] = None
+    precomputed: bool = False  # read from a precomputed folder: the source is already shifted
 
     @property
     def group(self) -> str:
@@ -51,7 +52,10 @@ def build_plan(policy: Policy) -> list[Task]:
         for corruption in corruptions.corruption_names():
             for severity in corruptions.severities:
                 name = f"corruption/{corruption}/{severity}"
-                tasks.append(Task(name, "corruption", TEST_SOURCE, corruption, severity, preset=corruptions.preset))
+                if corruptions.precomputed:  # each (corruption, severity) block is its own source
+                    tasks.append(Task(name, "corruption", name, corruption, severity, precomputed=True))
+                else:
+                    tasks.append(Task(name, "corruption", TEST_SOURCE, corruption, severity, preset=corruptions.preset))
     names = [t.name for t in tasks]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

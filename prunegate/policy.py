@@ -115,6 +115,9 @@ class Corruptions(Strict):
     preset: str = "imagenet-c"
     names: Union[Literal["all"], list[str]] = "all"
     severities: list[Annotated[int, Field(ge=1, le=5)]] = Field([1, 2, 3, 4, 5], min_length=1)
+    precomputed: Optional[str] = Field(
+        None, description="a CIFAR-10-C style folder (<name>.npy + labels.npy) to read instead of generating"
+    )
 
     @model_validator(mode="after")
     def _known(self) -> Corruptions:
@@ -141,7 +144,7 @@ class Suite(Strict):
 
 class Rule(Strict):
     name: str = Field(min_length=1)
-    tasks: Union[str, list[str]] = Field(description="shell-style glob(s) over task names")
+    tasks: Union[str, Annotated[list[str], Field(min_length=1)]] = Field(description="shell-style glob(s) over task names")
     metric: MetricName
     aggregate: Literal["each", "mean", "min", "max"] = "each"
     max: Optional[float] = None
@@ -233,8 +236,19 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _field_path(location: tuple) -> str:
-    return ".".join(str(part) for part in location if not str(part).startswith(("function-", "union[")))
+def _field_path(error: dict, data: object) -> str:
+    """The error's dotted location in the user's document. pydantic's own location parts (union
+    members such as 'str' or 'ModelSpec', validator names) are not keys of the document: left out."""
+    location, parts, node = error["loc"], [], data
+    for i, part in enumerate(location):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif not (error["type"] == "missing" and i == len(location) - 1):
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
 
 
 def _describe(error: dict) -> str:
@@ -258,11 +272,21 @@ def policy_from_dict(data: object, file: Path | str = "<policy>") -> Policy:
         return Policy.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        # Report the first error; pydantic lists every branch of a union, so skip duplicates.
-        first = errors[0]
-        more = len({_field_path(e["loc"]) for e in errors}) - 1
+        # pydantic lists every branch of a union: report the error that got deepest into the
+        # document (a misspelled key inside a mapping, not "should be a string"; the misspelled
+        # key rather than the required one it left missing), and count the other places with
+        # problems, not the other branches of the reported one.
+        paths = [_field_path(e, data) for e in errors]
+
+        def rank(i: int) -> tuple[int, bool, bool]:
+            kind = errors[i]["type"]
+            return paths[i].count(".") + bool(paths[i]), not kind.endswith("_type"), kind == "extra_forbidden"
+
+        deepest = max(range(len(errors)), key=rank)
+        chosen = paths[deepest]
+        more = len({p for p in paths if p != chosen and not chosen.startswith(p + ".") and p})
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
-        raise PolicyError(_describe(first) + suffix, file=file, field=_field_path(first["loc"]) or None) from None
+        raise PolicyError(_describe(errors[deepest]) + suffix, file=file, field=chosen or None) from None
 
 
 def load_policy(path: Path | str) -> Policy:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prunegate.policy import DataSource, Policy
+from pathlib import Path
+from typing import Callable
+
+from prunegate.policy import DataSource
 
 from .arrays import NpyImages, NpzImages
 from .base import CROP_FRACTION, ImageSet, Manifest, batches, fit_to_size, select
@@ -12,8 +15,10 @@ from .imagefolder import FlatImageFolder, ImageFolder
 __all__ = ["ImageSet", "Manifest", "batches", "fit_to_size", "open_source", "select", "CROP_FRACTION"]
 
 
-def open_source(spec: DataSource, policy: Policy, field: str) -> ImageSet:
-    path = policy.resolve(spec.path)
+def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) -> ImageSet:
+    """The reader for `spec`; `resolve` turns the spec's paths into real ones (the policy
+    resolves them relative to its own folder)."""
+    path = resolve(spec.path)
     if spec.format == "imagefolder":
         return ImageFolder(path, field)
     if spec.format == "imagefolder-flat":
@@ -21,7 +26,7 @@ def open_source(spec: DataSource, policy: Policy, field: str) -> ImageSet:
     if spec.format == "npz":
         return NpzImages(path, field, spec.images_key, spec.labels_key)
     if spec.format == "npy":
-        return NpyImages(path, field, policy.resolve(spec.labels or ""))
+        return NpyImages(path, field, resolve(spec.labels or ""))
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
     raise AssertionError(f"unhandled data format {spec.format}")

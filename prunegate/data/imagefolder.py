@@ -4,6 +4,7 @@ names) and `imagefolder-flat` (labels parsed from `<anything>_<label>.<ext>` fil
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from pathlib import Path
 
@@ -16,6 +17,13 @@ from .base import ImageSet, require_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _FLAT_LABEL = re.compile(r"_(\d+)$")
+_PIL_ONLY = {".bmp", ".tif", ".tiff"}  # listed above, but torchvision's decoder refuses them
+
+
+def _pil_decode(raw: bytes) -> torch.Tensor:
+    with PIL.Image.open(io.BytesIO(raw)) as picture:
+        rgb = np.array(picture.convert("RGB"))
+    return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -40,8 +48,11 @@ class _Files(ImageSet):
             raise self.error(f"cannot read image: {exc.strerror}", file) from None
         self._check_pixels(file, max_pixels)
         try:
-            image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as exc:
+            if file.suffix.lower() in _PIL_ONLY:
+                image = _pil_decode(raw)
+            else:
+                image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError, OSError, SyntaxError) as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise self.error(f"cannot decode image ({first_line})", file) from None
         return image.permute(1, 2, 0), hashlib.sha256(raw).hexdigest()

@@ -53,6 +53,7 @@ class DataRecord(_Record):
     used: int = Field(description="images evaluated (after limit)")
     sha256: str = Field(description="digest over the index and content digest of every image used")
     classes: Optional[list[str]] = None
+    severity: Optional[int] = Field(None, description="for a precomputed corruption block")
 
 
 class ModelSide(_Record):
