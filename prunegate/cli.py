@@ -45,6 +45,8 @@ cli = typer.Typer(name="prunegate", help="A safety gate for pruned neural networ
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 policy_cli = typer.Typer(help="Write, check and describe policy files.", no_args_is_help=True)
 cli.add_typer(policy_cli, name="policy")
+report_cli = typer.Typer(help="Read reports.", no_args_is_help=True)
+cli.add_typer(report_cli, name="report")
 
 _state = {"debug": False}
 log = logging.getLogger("prunegate")
@@ -59,6 +61,7 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         raise PrunegateError("the folder to write into does not exist", file=path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
@@ -69,8 +72,14 @@ def write_atomic(path: Path, content: str | bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _stdout() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _stderr() -> Console:
@@ -119,27 +128,36 @@ def check(
     workers: Optional[int] = typer.Option(None, min=0, help="Background decoding processes."),
     report: Path = typer.Option(Path("prunegate-report.json"), "--report", "-o", help="Where to write the report."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects (runs their code)."),
+    key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 private key (PEM) to sign the report; "
+                                       "or set PRUNEGATE_SIGNING_KEY to the PEM text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> int:
     """Evaluate the dense and pruned models on the policy's tasks and apply its rules."""
     from prunegate.check import Overrides, apply_overrides, run_check
     from prunegate.policy import load_policy
-    from prunegate.report.attest import envelope, envelope_json, statement_bytes
+    from prunegate.report.attest import envelope, envelope_json, sign, statement_bytes
+    from prunegate.report.keys import fingerprint
     from prunegate.report.render import console as console_render
 
     overrides = Overrides(dense, pruned, device.value if device else None, backend.value if backend else None,
                           batch_size, limit, workers)
     loaded = apply_overrides(load_policy(policy), overrides)
+    signing_key = _signing_key(key)
+    if signing_key is None and loaded.require_signature:
+        raise PrunegateError("the policy requires a signed report: pass --key or set PRUNEGATE_SIGNING_KEY",
+                             file=policy, field="require_signature")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_stderr(), transient=True, disable=quiet) as bar:
         result = run_check(loaded, allow_pickle=allow_pickle, progress=_RichProgress(bar))
-    write_atomic(report, envelope_json(envelope(statement_bytes(result))))
+    payload = statement_bytes(result)
+    write_atomic(report, envelope_json(sign(payload, signing_key) if signing_key else envelope(payload)))
     out = _stdout()
     if quiet:
         out.print(console_render.verdict_line(result))
     else:
-        out.print(console_render.render(result, color=out.is_terminal, width=out.width), end="")
-        out.print(f"report: {report} (unsigned)")
+        out.print(console_render.render(result, color=out.is_terminal, width=max(out.width, 100)), end="")
+        signed = f"signed by key {fingerprint(signing_key.public_key())[:16]}" if signing_key else "UNSIGNED: pass --key to sign"
+        out.print(f"report: {report} ({signed})")
     return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
 
 
@@ -174,6 +192,137 @@ def policy_schema() -> int:
     from prunegate.policy import policy_json_schema
 
     print(policy_json_schema())
+    return EXIT_PASS
+
+
+def _passphrase() -> Optional[bytes]:
+    value = os.environ.get("PRUNEGATE_KEY_PASSPHRASE")
+    return value.encode() if value else None
+
+
+def _signing_key(path: Optional[Path]):
+    """The key from --key, else from PRUNEGATE_SIGNING_KEY (PEM text, as a CI secret), else None."""
+    from prunegate.report.keys import load_private
+
+    if path is not None:
+        if not path.is_file():
+            raise PrunegateError("signing key file not found" if not path.exists() else "is not a file", file=path,
+                                 field="--key")
+        return load_private(path.read_bytes(), _passphrase(), str(path))
+    text = os.environ.get("PRUNEGATE_SIGNING_KEY")
+    if text:
+        return load_private(text.encode(), _passphrase(), "PRUNEGATE_SIGNING_KEY")
+    return None
+
+
+@cli.command()
+def keygen(
+    out: Path = typer.Option(..., "--out", help="Writes OUT.pem (private, mode 0600) and OUT.pub."),
+    passphrase: bool = typer.Option(False, "--passphrase", help="Encrypt the private key with the passphrase "
+                                    "in PRUNEGATE_KEY_PASSPHRASE."),
+) -> int:
+    """Make an Ed25519 key pair for signing reports."""
+    from prunegate.report import keys
+
+    private_path, public_path = out.with_name(out.name + ".pem"), out.with_name(out.name + ".pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise PrunegateError("already exists; refusing to overwrite a key", file=path)
+    secret = _passphrase()
+    if passphrase and not secret:
+        raise PrunegateError("--passphrase needs the passphrase in PRUNEGATE_KEY_PASSPHRASE")
+    key = keys.generate()
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(keys.private_pem(key, secret if passphrase else None))
+    write_atomic(public_path, keys.public_pem(key.public_key()))
+    _stdout().print(f"wrote {private_path} (keep it secret) and {public_path}; keyid {keys.fingerprint(key.public_key())}")
+    return EXIT_PASS
+
+
+def _read_report(path: Path) -> str:
+    if not path.is_file():
+        raise PrunegateError("report file not found" if not path.exists() else "is not a file", file=path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        raise PrunegateError("cannot read the report as UTF-8 text", file=path) from None
+
+
+@cli.command()
+def verify(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    key: Path = typer.Option(..., "--key", help="The signer's public key (NAME.pub)."),
+    dense: Optional[Path] = typer.Option(None, help="Also check this file is the report's dense model."),
+    pruned: Optional[Path] = typer.Option(None, help="Also check this file is the report's pruned model."),
+    policy: Optional[Path] = typer.Option(None, help="Also check this file is the report's policy."),
+) -> int:
+    """Verify a signed report offline: exit 0 valid, 1 does not verify, 2 unreadable input."""
+    from prunegate.report.attest import parse_envelope, verify_envelope
+    from prunegate.report.keys import load_public
+    from prunegate.runners.base import file_sha256
+
+    public_key = load_public(key)
+    files = {"dense": dense, "pruned": pruned, "policy": policy}
+    for role, path in files.items():
+        if path is not None and not path.is_file():
+            raise PrunegateError("not found" if not path.exists() else "is not a file", file=path, field=f"--{role}")
+    result = verify_envelope(parse_envelope(_read_report(report), str(report)), public_key)
+    out = _stdout()
+    if result.ok:
+        statement = result.statement
+        subjects = {s["annotations"]["role"]: s for s in statement["subject"]}
+        for role in ("dense", "pruned"):
+            if files[role] is not None:
+                actual, recorded = file_sha256(files[role]), subjects[role]["digest"]["sha256"]
+                if actual != recorded:
+                    result.fail(f"{files[role]} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
+                    break
+                result.checks.append(f"{files[role]} is the {role} model (sha256 {actual[:16]}…)")
+        if result.ok and policy is not None:
+            actual, recorded = file_sha256(policy), statement["predicate"]["policy"]["sha256"]
+            if actual != recorded:
+                result.fail(f"{policy} has sha256 {actual[:16]}…, the report's policy {str(recorded)[:16]}…")
+            else:
+                result.checks.append(f"{policy} is the policy (sha256 {actual[:16]}…)")
+    for check in result.checks:
+        out.print(f"✓ {check}")
+    if not result.ok:
+        print(f"NOT VERIFIED: {report}: {result.failure}", file=sys.stderr)
+        return EXIT_FAIL
+    predicate = result.statement["predicate"]
+    models = ", ".join(f"{role} {s['name']} ({s['digest']['sha256'][:16]}…)"
+                       for role, s in ((s["annotations"]["role"], s) for s in result.statement["subject"]))
+    out.print(f"VERIFIED: {report}: verdict {predicate['verdict'].upper()} for {models} under policy "
+              f"{predicate['policy']['name']!r}, {predicate['timing']['started']}")
+    return EXIT_PASS
+
+
+@report_cli.command("show")
+def report_show(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decoded statement as JSON."),
+) -> int:
+    """Summarise any report for a person (signature not checked: use `prunegate verify`)."""
+    import json
+
+    from prunegate.report.attest import read_envelope
+    from prunegate.report.render import console as console_render
+    from prunegate.report.schema import Report
+
+    data, _, statement = read_envelope(_read_report(report), str(report))
+    if as_json:
+        print(json.dumps(statement, indent=2))
+        return EXIT_PASS
+    try:
+        parsed = Report.model_validate(statement["predicate"])
+    except Exception:
+        raise PrunegateError("the predicate is not a prunegate report of this version", file=report, field="predicate") from None
+    out = _stdout()
+    keyids = [s.get("keyid", "?")[:16] for s in data["signatures"] if isinstance(s, dict)]
+    signed = f"signed by key {', '.join(keyids)} (not verified here: run prunegate verify)" if keyids else "UNSIGNED"
+    out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, 100)), end="")
+    out.print(f"{report}: {signed}")
     return EXIT_PASS
 
 

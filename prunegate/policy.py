@@ -195,6 +195,7 @@ class Policy(Strict):
     suite: Suite = Suite()
     gate: Gate
     runtime: Runtime = Runtime()
+    require_signature: bool = Field(False, description="refuse to run without a signing key")
 
     _file: Optional[Path] = PrivateAttr(None)
     _sha256: Optional[str] = PrivateAttr(None)

@@ -53,16 +53,23 @@ def envelope_json(envelope_dict: dict) -> str:
     return json.dumps(envelope_dict, indent=2) + "\n"
 
 
-def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
-    """(envelope, payload bytes, statement) from a report file's text; ReportError if malformed."""
+def parse_envelope(text: str, file: str) -> dict:
+    """The envelope's fields from a report file's text; ReportError if it is not an envelope."""
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"not JSON ({exc.msg} at line {exc.lineno})", file=file) from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ReportError(f"not JSON{where}", file=file) from None
     if not isinstance(data, dict) or not {"payloadType", "payload", "signatures"} <= set(data):
         raise ReportError("not a DSSE envelope (needs payloadType, payload, signatures)", file=file)
     if not isinstance(data["payload"], str) or not isinstance(data["signatures"], list):
         raise ReportError("malformed envelope: payload must be a string and signatures a list", file=file)
+    return data
+
+
+def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
+    """(envelope, payload bytes, statement) from a report file's text; ReportError if malformed."""
+    data = parse_envelope(text, file)
     try:
         payload = base64.b64decode(data["payload"], validate=True)
         decoded = json.loads(payload)
@@ -72,3 +79,84 @@ def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
         raise ReportError(f"the payload is not a prunegate statement (predicateType {PREDICATE_TYPE})",
                           file=file, field="payload")
     return data, payload, decoded
+
+
+def sign(payload: bytes, key) -> dict:
+    """A signed envelope over `payload` with an Ed25519 private key."""
+    from .keys import fingerprint
+
+    signature = key.sign(pae(PAYLOAD_TYPE, payload))
+    return envelope(payload, [{"keyid": fingerprint(key.public_key()), "sig": base64.b64encode(signature).decode()}])
+
+
+class Verification:
+    """What `verify_envelope` established, or the first thing that failed."""
+
+    def __init__(self) -> None:
+        self.checks: list[str] = []
+        self.failure: str | None = None
+        self.statement: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def fail(self, reason: str) -> Verification:
+        self.failure = reason
+        return self
+
+
+def verify_envelope(data: dict, public_key) -> Verification:
+    """Check signature first (over the exact payload bytes), then the statement's structure.
+
+    `data` must already be an envelope-shaped dict (see `parse_envelope`)."""
+    from cryptography.exceptions import InvalidSignature
+
+    from .keys import fingerprint
+
+    result = Verification()
+    if not data["signatures"]:
+        return result.fail("the report is unsigned")
+    encoded = data["payload"]
+    try:
+        payload = base64.b64decode(encoded, validate=True)
+    except ValueError:
+        return result.fail("the payload is not valid base64 (the report was altered)")
+    if base64.b64encode(payload).decode("ascii") != encoded:
+        return result.fail("the payload's base64 is not canonical (the report was altered)")
+    keyid = fingerprint(public_key)
+    signed = False
+    for entry in data["signatures"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sig"), str):
+            continue
+        try:
+            signature = base64.b64decode(entry["sig"], validate=True)
+            public_key.verify(signature, pae(str(data["payloadType"]), payload))
+            signed = True
+            break
+        except (ValueError, InvalidSignature):
+            continue
+    if not signed:
+        return result.fail(f"no signature verifies with key {keyid[:16]} (altered report, or another key)")
+    result.checks.append(f"Ed25519 signature by key {keyid[:16]}… over the payload")
+    if data["payloadType"] != PAYLOAD_TYPE:
+        return result.fail(f"payloadType is {data['payloadType']!r}, not {PAYLOAD_TYPE!r}")
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        return result.fail("the signed payload is not JSON")
+    if not isinstance(decoded, dict) or decoded.get("_type") != STATEMENT_TYPE:
+        return result.fail(f"the payload is not an in-toto Statement ({STATEMENT_TYPE})")
+    if decoded.get("predicateType") != PREDICATE_TYPE:
+        return result.fail(f"predicateType is {decoded.get('predicateType')!r}, not {PREDICATE_TYPE!r}")
+    subjects = decoded.get("subject")
+    roles = {s.get("annotations", {}).get("role"): s for s in subjects or [] if isinstance(s, dict)}
+    if set(roles) != {"dense", "pruned"} or not all(isinstance(s.get("digest", {}).get("sha256"), str) for s in roles.values()):
+        return result.fail("the statement's subjects are not the dense and pruned models with sha256 digests")
+    try:
+        Report.model_validate(decoded.get("predicate"))
+    except Exception as exc:
+        return result.fail(f"the predicate is not a valid prunegate report ({str(exc).splitlines()[0]})")
+    result.checks.append("in-toto Statement v1 with the dense and pruned models as subjects; prunegate report predicate")
+    result.statement = decoded
+    return result

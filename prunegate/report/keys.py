@@ -1,0 +1,65 @@
+"""Ed25519 keys: generate, serialise, load, fingerprint. Key material never goes to logs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from prunegate.errors import KeyFileError
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """sha256 of the DER SubjectPublicKeyInfo: the DSSE `keyid`."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def generate() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_pem(key: Ed25519PrivateKey, passphrase: Optional[bytes]) -> bytes:
+    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def public_pem(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_private(pem: bytes, passphrase: Optional[bytes], source: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=passphrase or None)
+    except TypeError as exc:  # encrypted without a passphrase, or a passphrase for a plain key
+        wanted = "needs a passphrase (set PRUNEGATE_KEY_PASSPHRASE)" if "encrypted" in str(exc) and not passphrase \
+            else "is not encrypted, but a passphrase was given"
+        raise KeyFileError(f"the signing key {wanted}", file=source) from None
+    except ValueError:
+        if passphrase and b"ENCRYPTED" in pem:
+            raise KeyFileError("wrong passphrase for the signing key", file=source) from None
+        raise KeyFileError("not a PEM private key", file=source) from None
+    except Exception:  # cryptography raises a few kinds for malformed input
+        raise KeyFileError("not a PEM private key", file=source) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=source)
+    return key
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    if not path.is_file():
+        raise KeyFileError("public key file not found" if not path.exists() else "is not a file", file=path)
+    data = path.read_bytes()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except Exception:
+        try:  # a private key file works too: its public half verifies
+            return load_private(data, None, str(path)).public_key()
+        except KeyFileError:
+            raise KeyFileError("not a PEM public key", file=path) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=path)
+    return key
