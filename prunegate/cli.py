@@ -298,6 +298,19 @@ def verify(
     return EXIT_PASS
 
 
+@report_cli.command("schema")
+def report_schema() -> int:
+    """Print the JSON Schema of the report (the statement's predicate)."""
+    import json
+
+    from prunegate.report.schema import PREDICATE_TYPE, Report
+
+    schema = Report.model_json_schema()
+    schema["$id"] = PREDICATE_TYPE
+    print(json.dumps(schema, indent=2))
+    return EXIT_PASS
+
+
 @report_cli.command("show")
 def report_show(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),

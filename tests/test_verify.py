@@ -166,3 +166,13 @@ def test_report_show(signed, capsys):
     assert main(["report", "show", str(signed / "report.json"), "--json"]) == 0
     statement = json.loads(capsys.readouterr().out)
     assert statement["predicate"]["verdict"] == "pass"
+
+
+def test_report_schema_describes_the_predicate(signed, capsys):
+    import jsonschema
+
+    assert main(["report", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    statement = json.loads(base64.b64decode(json.loads((signed / "report.json").read_text())["payload"]))
+    jsonschema.validate(statement["predicate"], schema)
+    assert {"verdict", "models", "tasks", "rules", "policy", "data", "environment"} <= set(schema["required"])
