@@ -405,7 +405,7 @@ def corrupt(
 @cli.command()
 def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and reports.")) -> int:
     """Build a small dataset and CNN, prune it, and gate each pruned copy (offline, ~1 minute)."""
-    from prunegate.demo_run import run_demo
+    from prunegate.demo import run_demo
 
     return run_demo(out, _stdout())
 

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunegate.prune import count_parameters, global_magnitude_prune, prunable_weights
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, bias=True), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 4, 1, bias=False), nn.Flatten(), nn.Linear(4 * 6 * 6, 5),
+    )  # fmt: skip
+    with torch.no_grad():  # non-default values, so "untouched" is a real check
+        model[1].weight.uniform_(0.5, 1.5)
+        model[1].bias.uniform_(-0.5, 0.5)
+        model[1].running_mean.uniform_(-1, 1)
+    return model
+
+
+def _prunable(model: nn.Module) -> torch.Tensor:
+    return torch.cat([w.detach().flatten() for _, w in prunable_weights(model)])
+
+
+def test_prunable_weights_are_conv_and_linear_weights():
+    names = [name for name, _ in prunable_weights(_model())]
+    assert names == ["0.weight", "3.weight", "5.weight"]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.5, 0.9, 0.95, 1.0])
+def test_exact_global_ratio_of_zeros(ratio):
+    pruned = global_magnitude_prune(_model(), ratio)
+    weights = _prunable(pruned)
+    assert int((weights == 0).sum()) == round(ratio * weights.numel())
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.8])
+def test_smallest_magnitudes_are_removed(ratio):
+    model = _model(1)
+    original = _prunable(model)
+    # Sort-based reference: the k smallest |w| over all layers together (continuous random
+    # weights, so there are no ties at the threshold).
+    k = round(ratio * original.numel())
+    threshold = original.abs().sort().values[k - 1]
+    expected = torch.where(original.abs() > threshold, original, torch.zeros_like(original))
+    pruned = _prunable(global_magnitude_prune(model, ratio))
+    assert torch.equal(pruned, expected)
+
+
+def test_threshold_is_global_not_per_layer():
+    model = _model()
+    with torch.no_grad():
+        model[5].weight.mul_(1e-3)  # the linear layer's weights are now the smallest
+    pruned = global_magnitude_prune(model, 0.5)
+    k = round(0.5 * _prunable(model).numel())
+    assert k < model[5].weight.numel()
+    # a per-layer 50 % would prune every layer; the global threshold takes all k from the linear one
+    assert int((pruned[5].weight == 0).sum()) == k
+    assert torch.equal(pruned[0].weight, model[0].weight) and torch.equal(pruned[3].weight, model[3].weight)
+
+
+def test_ties_still_give_the_exact_count():
+    model = _model()
+    with torch.no_grad():
+        for _, w in prunable_weights(model):
+            w.fill_(0.25)
+    weights = _prunable(global_magnitude_prune(model, 0.4))
+    assert int((weights == 0).sum()) == round(0.4 * weights.numel())
+    assert set(weights.unique().tolist()) == {0.0, 0.25}
+
+
+def test_other_parameters_and_buffers_untouched():
+    model = _model()
+    pruned = global_magnitude_prune(model, 0.9)
+    prunable = {name for name, _ in prunable_weights(model)}
+    before, after = model.state_dict(), pruned.state_dict()
+    assert before.keys() == after.keys()  # no weight_orig / weight_mask left behind
+    for name in before:
+        if name not in prunable:
+            assert torch.equal(before[name], after[name]), name
+
+
+def test_original_unchanged_and_result_is_plain():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = global_magnitude_prune(model, 0.5)
+    assert pruned is not model
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    for module in pruned.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+        assert not any(name.endswith(("_orig", "_mask")) for name, _ in module.named_parameters(recurse=False))
+    assert all(isinstance(p, nn.Parameter) for _, p in prunable_weights(pruned))
+    # masks are permanent: the pruned model trains like any other module
+    pruned(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def test_count_parameters():
+    model = _model()
+    total = sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == (total, total)
+    pruned = global_magnitude_prune(model, 0.5)
+    removed = round(0.5 * _prunable(model).numel())
+    assert count_parameters(pruned) == (total, total - removed)
+    expected_total = (8 * 3 * 9 + 8) + (8 + 8) + (4 * 8) + (4 * 36 * 5 + 5)
+    assert total == expected_total
+
+
+def test_count_parameters_counts_shared_weights_once():
+    linear = nn.Linear(4, 4, bias=False)
+    model = nn.Sequential(linear, nn.ReLU(), linear)
+    assert count_parameters(model) == (16, 16)
+    assert len(prunable_weights(model)) == 1
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5])
+def test_bad_ratio(ratio):
+    with pytest.raises(ValueError):
+        global_magnitude_prune(_model(), ratio)
+
+
+def test_model_without_prunable_layers():
+    with pytest.raises(ValueError):
+        global_magnitude_prune(nn.Sequential(nn.ReLU()), 0.5)
