@@ -312,9 +312,10 @@ def _build(out_dir: Path, seed: int, n_train: int, n_test: int, epochs: int, wid
 DEMO_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
 
 
-def run_demo(out_dir: Path, console) -> int:
+def run_demo(out_dir: Path, console, **build_options) -> int:
     """Build the demo's data and models in `out_dir`, gate each pruned model against the dense
-    one, write a report per model and print what the gate decided. Returns 0 (the demo ran)."""
+    one, write a report per model and print what the gate decided. Returns 0 (the demo ran).
+    `build_options` go to `build_demo` (tests make a smaller demo)."""
     from prunegate.check import Overrides, apply_overrides, run_check
     from prunegate.cli import write_atomic
     from prunegate.policy import load_policy
@@ -324,7 +325,7 @@ def run_demo(out_dir: Path, console) -> int:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]prunegate demo[/]: building a dataset and a small CNN, pruning it (in {out_dir}/)")
-    assets = build_demo(out_dir)
+    assets = build_demo(out_dir, **build_options)
     console.print(f"built in {assets.seconds:.0f} s: dense clean accuracy {assets.accuracy['dense']:.2%}")
     policy_path = out_dir / "policy.yaml"
     write_atomic(policy_path, DEMO_POLICY.read_text(encoding="utf-8"))

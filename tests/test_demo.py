@@ -99,3 +99,24 @@ def test_pruned_models_keep_their_masks(small_demo):
         graph = onnx.load(str(small_demo.pruned[ratio])).graph
         exported = np.concatenate([numpy_helper.to_array(t).ravel() for t in graph.initializer if len(t.dims) > 1])
         assert (exported == 0).sum() == int(zeros.sum())
+
+
+def test_run_demo_gates_every_pruned_model_and_writes_reports(tmp_path):
+    import base64
+    import json
+
+    from rich.console import Console
+
+    from prunegate.demo import run_demo
+
+    console = Console(file=__import__("io").StringIO(), width=120)
+    assert run_demo(tmp_path, console, n_train=300, n_test=90, epochs=1, widths=(4, 8),
+                    steps=(PruneStep(0.5, 0, 1e-3), PruneStep(0.9, 0, 1e-3))) == 0
+    text = console.file.getvalue()
+    assert "pruned-50" in text and "pruned-90" in text and "what the demo shows" in text
+    for name in ("pruned-50", "pruned-90"):
+        envelope = json.loads((tmp_path / "reports" / f"{name}.json").read_text())
+        predicate = json.loads(base64.b64decode(envelope["payload"]))["predicate"]
+        assert predicate["policy"]["name"] == "demo"
+        assert predicate["models"]["pruned"]["sparsity"] > 0.4
+        assert [t["n"] for t in predicate["tasks"]] == [90] * len(predicate["tasks"])
