@@ -1,0 +1,89 @@
+"""Distribution shifts: the ImageNet-C / CIFAR-10-C corruptions and input noise.
+
+Importing this package registers every corruption. Use `corrupt(x, name, severity, rng)` to
+apply one at a benchmark severity, or `get_shift(name).fn(x, param, rng)` with a parameter of
+your own. Images are float NCHW RGB in [0, 1] on any device; every random draw comes from the
+`SampleRNG`, so a sample's result depends only on its key and id, never on its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunegate.errors import PrunegateError
+
+from . import blur, digital, input_noise, noise, weather  # noqa: F401  (importing registers the shifts)
+from ._registry import (
+    CORRUPTIONS,
+    NOISES,
+    Registry,
+    Shift,
+    get_noise,
+    get_shift,
+    list_noises,
+    list_shifts,
+    register_noise,
+    register_shift,
+)
+from .presets import Preset, get_preset, list_presets
+from .rng import SampleRNG, task_key
+
+# The benchmark's order: the 15 ImageNet-C corruptions, then the 4 extra ones.
+CORRUPTION_NAMES: tuple[str, ...] = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+    "speckle_noise",
+    "gaussian_blur",
+    "spatter",
+    "saturate",
+)
+
+
+def corrupt(
+    x: torch.Tensor, name: str, severity: int, rng: SampleRNG, preset: str = "imagenet-c"
+) -> torch.Tensor:
+    """Apply corruption `name` at `severity` (1..5) of `preset` to a batch x [N, 3, H, W]."""
+    table = get_preset(preset)
+    shift = get_shift(name)
+    param = table.param(name, severity)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise PrunegateError(f"corruptions take RGB batches [N, 3, H, W]; got shape {tuple(x.shape)}")
+    if rng.n != x.shape[0]:
+        raise PrunegateError(f"the random streams cover {rng.n} samples but the batch has {x.shape[0]}")
+    if not x.is_floating_point():
+        raise PrunegateError(f"corruptions take float images in [0, 1]; got {x.dtype}")
+    return shift.fn(x.to(torch.float32), param, rng)
+
+
+__all__ = [
+    "CORRUPTIONS",
+    "CORRUPTION_NAMES",
+    "NOISES",
+    "Preset",
+    "Registry",
+    "SampleRNG",
+    "Shift",
+    "corrupt",
+    "get_noise",
+    "get_preset",
+    "get_shift",
+    "list_noises",
+    "list_presets",
+    "list_shifts",
+    "register_noise",
+    "register_shift",
+    "task_key",
+]

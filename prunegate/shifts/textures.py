@@ -1,0 +1,239 @@
+"""Frost textures for the `frost` corruption, made procedurally on the device.
+
+The reference overlays a random crop of one of five frost photographs (`np.random.randint(5)`
+picks frost1..frost5; frost2 and frost3 are the same picture, frost6 is never drawn). Those
+photos are not shipped; instead each sample gets a texture built from its own random stream:
+
+1. a style is drawn with the reference's odds (one of four looks; the frost2 look twice as
+   often), carrying numbers measured once from the corresponding photograph: its luminance
+   quantiles, its colour as a linear function of luminance, and the shape of its texture;
+2. a luminance field: 1/f^beta noise (beta ~ 2, matched to the photos' radially averaged
+   power spectra) plus ice needles, i.e. sparse seeds drawn as thin tapered lines along a
+   smooth random orientation field, with shorter side branches at +-60 degrees (dendrites);
+3. the field is histogram-matched, by rank, to the style's luminance quantiles after a random
+   per-sample move in Gaussian space, so one texture is darker or brighter like one crop of a
+   photograph while all of them together follow the photograph's histogram; then coloured.
+   For CIFAR-10-C (scale 0.2) the field is made at photo scale and decimated as
+   cv2.resize(fx=0.2, INTER_LINEAR) does.
+
+A user may supply real textures instead: `use_frost_textures(folder)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from prunegate.errors import PrunegateError
+
+from .rng import SampleRNG
+
+# Quantile levels at which the styles' luminance distributions are stored (denser in the tails).
+_LEVELS = (0.0, 0.01, 0.03, 0.07, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75, 0.85, 0.93, 0.97, 0.99, 1.0)
+
+
+class FrostStyle(NamedTuple):
+    quantiles: tuple[float, ...]  # luminance (0.299 R + 0.587 G + 0.114 B) at _LEVELS
+    offset: tuple[float, float, float]  # RGB = offset + slope * luminance (least squares)
+    slope: tuple[float, float, float]
+    beta: float  # spectral exponent of the smooth part
+    needles: float  # weight of the needle layer against the smooth part
+    length: float  # needle half-length, photo pixels
+    density: float  # needle seeds per pixel
+
+
+# Measured from hendrycks/robustness' frost photographs (whole images, native resolution).
+_STYLES = (
+    FrostStyle(  # frost1.png: blue-green glass-like ice, no needles
+        (80.8, 95.5, 99.6, 104.7, 110.7, 116.1, 120.9, 125.5, 130.3, 135.3, 141.3, 149.2, 159.2, 168.1, 177.4, 219.7),
+        (-98.4, 35.55, 75.03), (1.358, 0.876, 0.6996), 2.2, 0.15, 16.0, 0.004,
+    ),
+    FrostStyle(  # frost2.png (= frost3.png): bright white ice crystals
+        (56.2, 139.8, 156.6, 169.9, 183.1, 193.0, 200.1, 205.8, 210.8, 215.4, 220.4, 226.1, 232.3, 238.0, 244.1, 254.0),
+        (1.17, -1.38, 4.02), (0.9736, 1.0083, 1.0264), 2.2, 0.6, 24.0, 0.006,
+    ),
+    FrostStyle(  # frost4.jpg: grey fine crystals and droplets
+        (22.1, 80.7, 95.7, 107.8, 122.0, 132.0, 139.7, 146.7, 153.0, 159.7, 166.7, 176.0, 189.7, 206.0, 230.7, 253.8),
+        (-11.17, 3.77, 9.85), (0.9942, 0.9956, 1.0379), 1.8, 0.7, 16.0, 0.010,
+    ),
+    FrostStyle(  # frost5.jpg: grey feathery dendrites on a dark pane
+        (23.4, 43.0, 51.8, 62.8, 76.0, 89.0, 100.8, 111.2, 122.8, 134.8, 148.8, 167.3, 192.2, 214.8, 236.8, 255.0),
+        (-11.77, 2.43, 18.38), (1.0228, 0.9964, 0.9587), 2.2, 0.7, 32.0, 0.004,
+    ),
+)
+_STYLE_DRAW = (0, 1, 1, 2, 3)  # the reference's randint(5) over frost1..frost5
+_ORIENTATIONS = 8
+_CROP_SPREAD = 0.45  # std of the per-sample shift in Gaussian space (photo crops vary that much)
+
+
+def _freq_radius(h: int, w: int, device: torch.device) -> torch.Tensor:
+    fy = torch.fft.fftfreq(h, device=device)[:, None]
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]
+    return torch.sqrt(fx * fx + fy * fy)
+
+
+def _power_law_noise(white: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Zero-mean, unit-variance noise with power spectrum ~ f^-beta (beta per sample)."""
+    h, w = white.shape[-2:]
+    f = _freq_radius(h, w, white.device).clamp(min=1.0 / max(h, w))
+    spec = torch.fft.rfft2(white) * f[None] ** (-beta.view(-1, 1, 1) / 2)
+    spec[:, 0, 0] = 0
+    field = torch.fft.irfft2(spec, s=(h, w))
+    return field / field.std(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+
+
+@functools.lru_cache(maxsize=8)
+def _dendrite_spectra(h: int, w: int, lengths: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """rFFTs [styles, K, h, w//2+1] of one ice dendrite per orientation: a thin needle of
+    half-length L tapering from its seed, with two shorter side branches at +-60 degrees."""
+    ys = torch.fft.fftfreq(h, 1.0 / h, device=device)[:, None]  # periodic canvas coordinates
+    xs = torch.fft.fftfreq(w, 1.0 / w, device=device)[None, :]
+    spectra = []
+    for length in lengths:
+        per_angle = []
+        for k in range(_ORIENTATIONS):
+            kernel = torch.zeros(h, w, device=device)
+            for turn, scale in ((0.0, 1.0), (math.pi / 3, 0.45), (-math.pi / 3, 0.45)):
+                theta = math.pi * k / _ORIENTATIONS + turn
+                along = xs * math.cos(theta) + ys * math.sin(theta)
+                across = -xs * math.sin(theta) + ys * math.cos(theta)
+                taper = (1.0 - along.abs() / (length * scale)).clamp(min=0)
+                kernel = kernel + scale * torch.exp(-0.5 * (across / 0.6) ** 2) * taper
+            per_angle.append(torch.fft.rfft2(kernel))
+        spectra.append(torch.stack(per_angle))
+    return torch.stack(spectra)
+
+
+def _needles(rng: SampleRNG, theta: torch.Tensor, styles: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+    """Dendrites grown from sparse seeds along the local orientation (soft-binned into
+    _ORIENTATIONS directions, one FFT convolution per direction)."""
+    n, h, w = theta.shape
+    spectra = _dendrite_spectra(h, w, tuple(s.length for s in _STYLES), theta.device)[styles]
+    bits = rng.bits(h, w).to(theta.device)  # one draw: 16 bits for "is a seed", 16 for its weight
+    place = (bits & 0xFFFF).to(torch.float32) / 65536.0
+    weight = ((bits >> 16) & 0xFFFF).to(torch.float32) / 65536.0
+    seeds = (place < density.view(-1, 1, 1)).to(torch.float32) * (0.5 + 0.5 * weight)
+    total = torch.zeros(n, h, w // 2 + 1, dtype=torch.complex64, device=theta.device)
+    for k in range(_ORIENTATIONS):
+        gate = torch.cos(2.0 * (theta - math.pi * k / _ORIENTATIONS)).clamp(min=0)
+        gate = gate * gate
+        gate = gate * gate * gate  # cos^6: soft assignment to the nearest direction
+        total = total + torch.fft.rfft2(seeds * gate) * spectra[:, k]
+    lines = torch.fft.irfft2(total, s=(h, w))
+    return 1.0 - torch.exp(-1.5 * lines.clamp(min=0))  # overlapping needles saturate like ice
+
+
+def _match_quantiles(field: torch.Tensor, quantiles: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Map each sample's values by rank onto the piecewise-linear quantile function, after a
+    per-sample move in Gaussian space: u -> Phi(a * Phi^-1(u) + shift), a^2 + var(shift) = 1.
+    Over many samples the values still follow the quantiles exactly (a z + shift is standard
+    normal), while one sample comes out darker or brighter, like one crop of a photograph."""
+    n = field.shape[0]
+    flat = field.reshape(n, -1)
+    ranks = torch.empty_like(flat)
+    order = flat.argsort(dim=1)
+    positions = (torch.arange(flat.shape[1], device=field.device, dtype=flat.dtype) + 0.5) / flat.shape[1]
+    ranks.scatter_(1, order, positions.expand(n, -1).contiguous())
+    a = math.sqrt(1.0 - _CROP_SPREAD**2)
+    ranks = torch.special.ndtr(a * torch.special.ndtri(ranks) + shift.view(n, 1)).clamp(1e-6, 1 - 1e-6)
+    levels = torch.tensor(_LEVELS, device=field.device, dtype=flat.dtype).expand(n, -1).contiguous()
+    idx = torch.searchsorted(levels, ranks).clamp(1, len(_LEVELS) - 1)
+    lo, hi = levels.gather(1, idx - 1), levels.gather(1, idx)
+    qlo, qhi = quantiles.gather(1, idx - 1), quantiles.gather(1, idx)
+    out = qlo + (ranks - lo) / (hi - lo) * (qhi - qlo)
+    return out.view_as(field)
+
+
+def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
+    """Frost overlays [N, 3, height, width] in uint8 levels (float 0..255), one per sample,
+    at `scale` times the photographs' resolution."""
+    ch, cw = math.ceil(height / scale - 1e-9), math.ceil(width / scale - 1e-9)  # the crop at photo scale
+    styles = torch.tensor(_STYLE_DRAW, device=device)[rng.randint(0, len(_STYLE_DRAW), 1).to(device)[:, 0]]
+    table = torch.tensor([[*s.quantiles] for s in _STYLES], device=device)
+    shape = torch.tensor([[s.beta, s.needles, s.density] for s in _STYLES], device=device)[styles]
+    beta, weight, density = shape.unbind(1)
+
+    base = _power_law_noise(rng.normal(ch, cw).to(device), beta)
+    # orientation: a smooth random direction field (drawn coarse, interpolated)
+    coarse = rng.normal(2, 12, 12).to(device)
+    orient = F.interpolate(coarse, size=(ch, cw), mode="bicubic", align_corners=False)
+    theta = 0.5 * torch.atan2(orient[:, 1], orient[:, 0])
+    lines = _needles(rng, theta, styles, density)
+    lines = (lines - lines.mean(dim=(1, 2), keepdim=True)) / lines.std(dim=(1, 2), keepdim=True).clamp(min=1e-6)
+    field = base + weight.view(-1, 1, 1) * lines
+    lum = _match_quantiles(field, table[styles], _CROP_SPREAD * rng.normal(1).to(device))
+
+    offset = torch.tensor([s.offset for s in _STYLES], device=device)[styles]
+    slope = torch.tensor([s.slope for s in _STYLES], device=device)[styles]
+    rgb = offset[:, :, None, None] + slope[:, :, None, None] * lum[:, None]
+    if (ch, cw) != (height, width):
+        rgb = _decimate(rgb, height, width)
+    return rgb.round().clamp(0, 255)
+
+
+def _decimate(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) down to (height, width): bilinear at (i + 0.5) * in / out - 0.5,
+    no antialiasing (at fx = 0.2 it picks every 5th pixel)."""
+    h, w = img.shape[-2:]
+    ys = ((torch.arange(height, device=img.device) + 0.5) * (h / height) - 0.5) / (h - 1) * 2 - 1
+    xs = ((torch.arange(width, device=img.device) + 0.5) * (w / width) - 0.5) / (w - 1) * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1).expand(img.shape[0], height, width, 2)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def load_texture_folder(folder: str | Path) -> torch.Tensor:
+    """Load a folder of texture images (PNG/JPEG, RGB; alpha is dropped as cv2.imread does) as
+    uint8 levels [T, 3, H, W] (float), cropped to the smallest height and width among them.
+    Done once, outside the hot path; torchvision decodes."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PrunegateError(f"expected a folder of PNG/JPEG frost textures, found {folder!s}", field="frost textures")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not paths:
+        raise PrunegateError(f"no PNG or JPEG files in {folder!s}", field="frost textures")
+    images = [decode_image(str(p), mode=ImageReadMode.RGB).to(torch.float32) for p in paths]
+    h, w = min(t.shape[-2] for t in images), min(t.shape[-1] for t in images)
+    return torch.stack([t[:, :h, :w] for t in images])
+
+
+_user_textures: torch.Tensor | None = None
+
+
+def use_frost_textures(folder: str | Path | None) -> None:
+    """Make `frost` overlay crops of the images in `folder` (like the reference does with its
+    photographs) instead of procedural textures; None goes back to procedural. Process-wide."""
+    global _user_textures
+    _user_textures = None if folder is None else load_texture_folder(folder)
+
+
+def texture_crops(rng: SampleRNG, bank: torch.Tensor, height: int, width: int, scale: float) -> torch.Tensor:
+    """The reference's overlay from real textures [T, 3, H, W]: pick one uniformly, resize it by
+    `scale` (cv2.resize INTER_LINEAR), take a uniformly placed height x width crop."""
+    if scale != 1.0:
+        bank = _decimate(bank, round(bank.shape[-2] * scale), round(bank.shape[-1] * scale))
+    if bank.shape[-2] < height or bank.shape[-1] < width:  # too small to crop: stretch to fit
+        bank = F.interpolate(bank, size=(max(height, bank.shape[-2]), max(width, bank.shape[-1])), mode="bilinear")
+    pick = rng.randint(0, bank.shape[0], 1)[:, 0].to(bank.device)
+    corner = rng.uniform(2).to(bank.device)
+    top = torch.floor(corner[:, 0] * (bank.shape[-2] - height + 1)).long()
+    left = torch.floor(corner[:, 1] * (bank.shape[-1] - width + 1)).long()
+    rows = top[:, None] + torch.arange(height, device=bank.device)
+    cols = left[:, None] + torch.arange(width, device=bank.device)
+    crops = bank[pick[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [N, h, w, 3]
+    return crops.permute(0, 3, 1, 2).round()
+
+
+def frost_overlay(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
+    """The overlay `frost` uses: the user's textures if `use_frost_textures` set some, else
+    procedural ones. uint8 levels, [N, 3, height, width]."""
+    if _user_textures is not None:
+        return texture_crops(rng, _user_textures.to(device), height, width, scale)
+    return frost_texture(rng, height, width, scale, device)
