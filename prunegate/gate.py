@@ -60,8 +60,8 @@ def evaluate_rule(rule: Rule, summaries: dict[str, dict]) -> RuleResult:
     names = match_tasks(rule.globs, list(summaries))
     values = [metric_value(summaries[n], rule.metric) for n in names]
     per_task = [TaskValue(n, v, _within(v, comparison, threshold)) for n, v in zip(names, values)]
-    if not values:
-        value = float("nan")
+    if not values or any(math.isnan(v) for v in values):
+        value = float("nan")  # nothing to check, or a task without a number: never a pass
     elif rule.aggregate == "mean":
         value = fmean(values)
     elif rule.aggregate == "min" or (rule.aggregate == "each" and comparison == "min"):

@@ -30,7 +30,7 @@ def softmax_distances(dense_logits: torch.Tensor, pruned_logits: torch.Tensor) -
 
 
 def correct(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return preds == labels
+    return (preds == labels) & (preds != NO_PREDICTION)
 
 
 def agree(dense_preds: torch.Tensor, pruned_preds: torch.Tensor) -> torch.Tensor:

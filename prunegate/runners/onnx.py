@@ -22,7 +22,10 @@ def count_onnx_parameters(model) -> Counts:
     counts = Counts()
     for tensor in model.graph.initializer:
         if tensor.data_type in _FLOAT_TYPES:
-            counts.add(torch.from_numpy(np.asarray(numpy_helper.to_array(tensor))))
+            array = numpy_helper.to_array(tensor)
+            if array.dtype.kind != "f":  # bfloat16 (an ml_dtypes type) is not one torch can take
+                array = array.astype(np.float32)
+            counts.add(torch.from_numpy(np.array(array)))  # a writable copy: torch warns on read-only
     return counts
 
 

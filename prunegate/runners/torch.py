@@ -90,7 +90,11 @@ def _module_from_state_dict(state: dict, arch: Optional[str], base_dir: Path, pa
         raise ModelError(f"arch {arch!r} failed to build ({first_line(exc)})", file=path, field=field) from None
     if not isinstance(module, torch.nn.Module):
         raise ModelError(f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module", file=path, field=field)
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit raise even with strict=False
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:3]) or first_line(exc)
+        raise ModelError(f"weights do not fit arch {arch!r}: {detail}", file=path, field=field) from None
     problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from prunegate.gate import evaluate_rule, evaluate_rules, metric_value, verdict
+from prunegate.policy import Rule
+
+
+def summary(dense: float, pruned: float, agreement: float = 1.0, l2: float = 0.0) -> dict:
+    return {"n": 100, "dense": {"accuracy": dense}, "pruned": {"accuracy": pruned},
+            "accuracy_drop": dense - pruned, "agreement": agreement, "softmax_l2": l2}
+
+
+# Drops 0.01, 0.03, 0.05 (mean 0.03); agreements 0.95, 0.90, 0.85 (mean 0.90).
+SUMMARIES = {
+    "clean": summary(0.90, 0.89, 0.99),
+    "noise/uniform/0.1": summary(0.80, 0.79, 0.95),
+    "noise/uniform/0.2": summary(0.70, 0.67, 0.90),
+    "noise/uniform/0.3": summary(0.60, 0.55, 0.85),
+}
+NOISE = "noise/*"
+
+
+def rule(**fields) -> Rule:
+    return Rule(**{"name": "r", "tasks": NOISE, "metric": "accuracy_drop", **fields})
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "threshold", "value", "passed"),
+    [
+        ("each", 0.05, 0.05, True),  # every task within: the worst (largest) drop is reported
+        ("each", 0.04, 0.05, False),
+        ("mean", 0.03, 0.03, True),
+        ("mean", 0.029, 0.03, False),
+        ("max", 0.05, 0.05, True),
+        ("max", 0.049, 0.05, False),
+        ("min", 0.01, 0.01, True),
+        ("min", 0.009, 0.01, False),
+    ],
+)
+def test_aggregates_against_a_max(aggregate: str, threshold: float, value: float, passed: bool) -> None:
+    result = evaluate_rule(rule(aggregate=aggregate, max=threshold), SUMMARIES)
+    assert result.value == pytest.approx(value)
+    assert result.passed is passed
+    assert result.comparison == "max" and result.threshold == threshold
+    assert result.tasks == [NOISE] and [t.task for t in result.per_task] == list(SUMMARIES)[1:]
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "threshold", "value", "passed"),
+    [
+        ("each", 0.85, 0.85, True),  # every task must reach it: the smallest agreement is reported
+        ("each", 0.86, 0.85, False),
+        ("mean", 0.90, 0.90, True),
+        ("mean", 0.91, 0.90, False),
+        ("min", 0.85, 0.85, True),
+        ("min", 0.86, 0.85, False),
+        ("max", 0.95, 0.95, True),
+        ("max", 0.96, 0.95, False),
+    ],
+)
+def test_aggregates_against_a_min(aggregate: str, threshold: float, value: float, passed: bool) -> None:
+    result = evaluate_rule(rule(metric="agreement", aggregate=aggregate, min=threshold), SUMMARIES)
+    assert result.value == pytest.approx(value)
+    assert result.passed is passed
+    assert result.comparison == "min"
+
+
+def test_each_reports_which_tasks_failed() -> None:
+    result = evaluate_rule(rule(aggregate="each", max=0.03), SUMMARIES)
+    assert [(t.task, t.passed) for t in result.per_task] == [
+        ("noise/uniform/0.1", True), ("noise/uniform/0.2", True), ("noise/uniform/0.3", False)]
+    assert result.passed is False
+
+
+def test_drop_exactly_at_the_tolerance_passes() -> None:
+    # 1621/2000 - 1601/2000 is 0.010000000000000009 in floating point, not 0.01.
+    dense, pruned = 1621 / 2000, 1601 / 2000
+    assert (dense, pruned) == (0.8105, 0.8005) and dense - pruned > 0.01
+    result = evaluate_rule(rule(tasks="clean", max=0.01), {"clean": summary(dense, pruned)})
+    assert result.passed
+    assert not evaluate_rule(rule(tasks="clean", max=0.01), {"clean": summary(0.8106, 0.8005)}).passed
+
+
+def test_min_exactly_at_the_threshold_passes() -> None:
+    just_below = 0.3 * 3  # 0.8999999999999999: 0.9 up to rounding
+    result = evaluate_rule(rule(tasks="clean", metric="agreement", min=0.9), {"clean": summary(1, 1, just_below)})
+    assert result.passed
+    assert not evaluate_rule(rule(tasks="clean", metric="agreement", min=0.9), {"clean": summary(1, 1, 0.8999)}).passed
+
+
+@pytest.mark.parametrize("nan_first", [True, False])
+@pytest.mark.parametrize("aggregate", ["each", "mean", "min", "max"])
+def test_nan_fails_whatever_the_aggregate_and_order(aggregate: str, nan_first: bool) -> None:
+    broken, fine = summary(0.9, 0.9, agreement=math.nan), summary(0.9, 0.9, agreement=1.0)
+    summaries = {"clean": broken, "ood/x": fine} if nan_first else {"clean": fine, "ood/x": broken}
+    result = evaluate_rule(rule(tasks="*", metric="agreement", aggregate=aggregate, min=0.0), summaries)
+    assert [t.passed for t in result.per_task] == ([False, True] if nan_first else [True, False])
+    assert math.isnan(result.value) and result.passed is False
+
+
+def test_nan_fails_a_max_rule() -> None:
+    result = evaluate_rule(rule(tasks="clean", max=1.0), {"clean": summary(math.nan, 0.5)})
+    assert math.isnan(result.value) and result.passed is False
+
+
+@pytest.mark.parametrize(
+    ("metric", "expected"),
+    [("dense_accuracy", 0.9), ("pruned_accuracy", 0.8), ("accuracy_drop", 0.9 - 0.8), ("agreement", 0.7),
+     ("softmax_l2", 0.25)],
+)
+def test_metric_value_reads_each_metric(metric: str, expected: float) -> None:
+    assert metric_value(summary(0.9, 0.8, 0.7, 0.25), metric) == pytest.approx(expected)
+
+
+def test_rule_matching_no_task_fails() -> None:
+    result = evaluate_rule(rule(tasks="ood/*", max=0.5), SUMMARIES)
+    assert result.per_task == [] and result.passed is False
+
+
+def test_verdict() -> None:
+    passing = evaluate_rule(rule(max=0.05), SUMMARIES)
+    failing = evaluate_rule(rule(name="f", max=0.01), SUMMARIES)
+    assert verdict([passing]) == "pass"
+    assert verdict([passing, failing]) == "fail"
+    assert verdict([]) == "fail"  # nothing checked is not a pass
+    assert verdict(evaluate_rules([rule(max=0.05), rule(name="g", tasks="clean", max=0.01)], SUMMARIES)) == "pass"
+
+
+def test_result_serialises_to_plain_data() -> None:
+    data = evaluate_rule(rule(max=0.05), SUMMARIES).to_dict()
+    assert data["per_task"][0] == {"task": "noise/uniform/0.1", "value": pytest.approx(0.01), "passed": True}
+    assert set(data) >= {"name", "metric", "tasks", "aggregate", "comparison", "threshold", "value", "passed"}

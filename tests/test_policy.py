@@ -1,0 +1,319 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prunegate.errors import PolicyError
+from prunegate.plan import build_plan
+from prunegate.policy import load_policy, policy_json_schema
+
+REPO = Path(__file__).resolve().parents[1]
+
+EXAMPLE = """\
+version: 1
+name: resnet20-pruned-70
+models:
+  dense: models/dense.onnx
+  pruned: {path: models/pruned.pt, arch: "archs/net.py:build"}
+  arch: prunegate.archs.cifar_resnet:resnet20
+  input: {size: 32, mean: [0.49, 0.48, 0.45], std: [0.25, 0.24, 0.26]}
+data:
+  test: {format: imagefolder, path: ../images/test}
+  limit: 2000
+  ood:
+    - {name: other-camera, format: npz, path: ood.npz, images_key: x, labels_key: y}
+    - {name: raw, format: npy, path: raw.npy, labels: raw-labels.npy}
+  max_pixels: 1000000
+suite:
+  seed: 7
+  noise:
+    - {kind: uniform, levels: [0.1, 0.2], draws: 2}
+    - {kind: gaussian, levels: [0.05]}
+  corruptions: {preset: cifar10-c, names: [fog, brightness], severities: [1, 5]}
+gate:
+  rules:
+    - {name: clean, tasks: clean, metric: accuracy_drop, max: 0.01}
+    - {name: noise, tasks: ["noise/*", "ood/*"], metric: agreement, aggregate: min, min: 0.9}
+    - {name: corruptions, tasks: "corruption/*", metric: softmax_l2, aggregate: mean, max: 0.2}
+runtime: {device: cpu, backend: auto, batch_size: 64, workers: 0, allow_fallback: true}
+"""
+
+
+def example_dict() -> dict:
+    return yaml.safe_load(EXAMPLE)
+
+
+def write(tmp_path: Path, data: dict | str, name: str = "policy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load_error(path: Path) -> PolicyError:
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path)
+    return caught.value
+
+
+def set_at(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    if isinstance(data, list):
+        data[int(last)] = value
+    else:
+        data[last] = value
+
+
+def test_example_policy_validates(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, EXAMPLE))
+    assert policy.name == "resnet20-pruned-70"
+    assert policy.models.spec("dense").arch == "prunegate.archs.cifar_resnet:resnet20"  # the default arch
+    assert policy.models.spec("pruned").arch == "archs/net.py:build"  # its own arch wins
+    assert policy.data.limit == 2000 and [o.name for o in policy.data.ood] == ["other-camera", "raw"]
+    assert policy.suite.noise[0].draws == 2 and policy.suite.corruptions.severities == [1, 5]
+    assert policy.runtime.workers == 0 and policy.runtime.allow_fallback is True
+
+
+def test_defaults_fill_optional_sections(tmp_path: Path) -> None:
+    data = example_dict()
+    for key in ("suite", "runtime"):
+        del data[key]
+    del data["gate"]["rules"][1:]
+    policy = load_policy(write(tmp_path, data))
+    assert policy.suite.seed == 0 and policy.suite.noise == [] and policy.suite.corruptions is None
+    assert policy.runtime.device == "auto" and policy.runtime.batch_size == 256
+    assert policy.models.input.size == 32
+
+
+def test_sha256_is_that_of_the_file_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = write(tmp_path, EXAMPLE)
+    assert load_policy(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "nmae",
+        "models.dens",
+        "models.input.sise",
+        "models.pruned.pathh",
+        "data.test.fromat",
+        "data.ood.0.nmae",
+        "suite.noise.0.levls",
+        "suite.corruptions.severity",
+        "gate.rules.1.maxx",
+        "gate.ruls",
+        "runtime.batchsize",
+    ],
+)
+def test_unknown_key_names_file_and_dotted_field(tmp_path: Path, field: str) -> None:
+    data = example_dict()
+    set_at(data, field, 1)
+    path = write(tmp_path, data)
+    error = load_error(path)
+    assert error.field == field
+    assert str(path) in str(error) and field in str(error)
+    assert "unknown field" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("version", 2),
+        ("name", 5),
+        ("models.input.size", "32"),
+        ("models.input.size", 32.0),
+        ("models.input.size", 0),
+        ("models.input.std", [0.2, 0.2]),
+        ("models.input.std.1", 0.0),
+        ("models.dense", 3),
+        ("data.test.format", "png"),
+        ("data.limit", 0),
+        ("data.limit", "all"),
+        ("suite.seed", -1),
+        ("suite.noise.0.levels", []),
+        ("suite.noise.0.levels.0", -0.1),
+        ("suite.noise.0.draws", 0),
+        ("suite.noise.0.kind", "pink"),
+        ("suite.corruptions.severities.0", 6),
+        ("gate.rules.0.metric", "accuracy"),
+        ("gate.rules.0.aggregate", "median"),
+        ("gate.rules.0.max", "0.01"),
+        ("gate.rules.0.tasks", 3),
+        ("runtime.workers", -1),
+        ("runtime.device", "tpu"),
+        ("runtime.allow_fallback", "yes"),
+    ],
+)
+def test_wrong_value_names_file_and_dotted_field(tmp_path: Path, field: str, value) -> None:
+    data = example_dict()
+    set_at(data, field, value)
+    path = write(tmp_path, data)
+    error = load_error(path)
+    assert error.field == field, error
+    assert str(path) in str(error) and field in str(error)
+
+
+@pytest.mark.parametrize("threshold", [-0.01, -1.0, 1.01, 2.0])
+def test_tolerance_out_of_range_is_refused(tmp_path: Path, threshold: float) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0]["max"] = threshold
+    path = write(tmp_path, data)
+    error = load_error(path)
+    assert error.field == "gate.rules.0" and str(path) in str(error)
+    assert str(threshold) in str(error)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 1.0])
+def test_tolerance_at_the_ends_of_its_range_is_accepted(tmp_path: Path, threshold: float) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0]["max"] = threshold
+    assert load_policy(write(tmp_path, data)).gate.rules[0].max == threshold
+
+
+def test_rule_needs_exactly_one_threshold(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0]["min"] = 0.0
+    assert load_error(write(tmp_path, data)).field == "gate.rules.0"
+    del data["gate"]["rules"][0]["min"], data["gate"]["rules"][0]["max"]
+    assert load_error(write(tmp_path, data)).field == "gate.rules.0"
+
+
+def test_empty_rules_are_refused(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"] = []
+    path = write(tmp_path, data)
+    error = load_error(path)
+    assert error.field == "gate.rules" and str(path) in str(error)
+
+
+def test_rule_with_an_empty_task_list_is_refused(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"][1]["tasks"] = []
+    error = load_error(write(tmp_path, data))
+    assert error.field == "gate.rules.1.tasks"
+
+
+def test_duplicate_rule_and_ood_names_are_refused(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"][1]["name"] = "clean"
+    assert load_error(write(tmp_path, data)).field == "gate.rules"
+    data = example_dict()
+    data["data"]["ood"][1]["name"] = "other-camera"
+    assert load_error(write(tmp_path, data)).field == "data.ood"
+
+
+def test_missing_required_field_is_named(tmp_path: Path) -> None:
+    data = example_dict()
+    del data["models"]["input"]["size"]
+    error = load_error(write(tmp_path, data))
+    assert error.field == "models.input.size" and "missing" in str(error)
+
+
+def test_npy_data_needs_labels(tmp_path: Path) -> None:
+    data = example_dict()
+    del data["data"]["ood"][1]["labels"]
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.ood.1" and "labels" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("version: 1\nname: a\nname: b\n", "line 3"),  # duplicate top-level key
+        ("version: 1\nmodels:\n  dense: a.onnx\n  dense: b.onnx\n", "line 4"),  # duplicate nested key
+    ],
+)
+def test_duplicate_yaml_keys_are_refused(tmp_path: Path, text: str, where: str) -> None:
+    path = write(tmp_path, text)
+    error = load_error(path)
+    assert "duplicate key" in str(error) and str(path) in str(error) and where in str(error)
+
+
+@pytest.mark.parametrize("text", ["version: 1\nname: [unclosed\n", "version: 1\n\tname: tab\n", "a: b: c\n"])
+def test_invalid_yaml_is_a_policy_error_with_a_position(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    error = load_error(path)
+    assert "invalid YAML" in str(error) and str(path) in str(error) and "line" in str(error)
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string\n"])
+def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    assert str(path) in str(load_error(path))
+
+
+def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"name: \xff\xfe\n")
+    assert "UTF-8" in str(load_error(path))
+
+
+def test_directory_and_missing_path_are_policy_errors(tmp_path: Path) -> None:
+    assert "directory" in str(load_error(tmp_path)) and str(tmp_path) in str(load_error(tmp_path))
+    missing = tmp_path / "absent.yaml"
+    error = load_error(missing)
+    assert "not found" in str(error) and str(missing) in str(error)
+
+
+def test_paths_resolve_relative_to_the_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    write(folder, EXAMPLE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    policy = load_policy(Path("..") / "conf" / "policy.yaml")  # a relative path to the policy
+    assert policy.resolve("models/dense.onnx") == folder.resolve() / "models" / "dense.onnx"
+    assert policy.resolve("../images/test").resolve() == (tmp_path / "images" / "test").resolve()
+    absolute = tmp_path / "abs.npz"
+    assert policy.resolve(str(absolute)) == absolute
+
+
+def test_policy_without_a_file_resolves_against_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    from prunegate.policy import policy_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    policy = policy_from_dict(example_dict())
+    assert policy.resolve("x.npz") == tmp_path / "x.npz"
+
+
+def test_policy_is_immutable(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, EXAMPLE))
+    with pytest.raises(Exception):
+        policy.name = "other"  # type: ignore[misc]
+
+
+def test_template_policy_validates(tmp_path: Path) -> None:
+    from importlib import resources
+
+    text = resources.files("prunegate").joinpath("templates/policy.yaml").read_text(encoding="utf-8")
+    policy = load_policy(write(tmp_path, text))
+    assert build_plan(policy)
+
+
+SHIPPED = sorted((REPO / "policies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "path",
+    SHIPPED or [pytest.param(None, marks=pytest.mark.skip(reason="policies/ holds no *.yaml yet"))],
+    ids=[p.name for p in SHIPPED] or None,
+)
+def test_shipped_policies_validate(path: Path) -> None:
+    policy = load_policy(path)
+    assert build_plan(policy)
+
+
+def test_json_schema_is_json_with_the_top_level_fields() -> None:
+    schema = json.loads(policy_json_schema())
+    assert schema["type"] == "object"
+    assert {"version", "name", "models", "data", "suite", "gate", "runtime"} <= set(schema["properties"])
+    assert {"version", "name", "models", "data", "gate"} <= set(schema["required"])
+    assert schema.get("additionalProperties") is False

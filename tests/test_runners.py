@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SIZE, tiny_parameter_count
+from prunegate.errors import DeviceError, ModelError
+from prunegate.policy import ModelSpec
+from prunegate.runners import load_runner, resolve_device
+from prunegate.runners.base import run_in_chunks
+
+CPU = torch.device("cpu")
+ZEROED = 3 * 9  # weights of the first conv filter, set to zero below
+
+
+def load(path: Path, arch: str | None = None, *, backend: str = "auto", allow_pickle: bool = False,
+         device: torch.device = CPU, allow_fallback: bool = False):
+    return load_runner(ModelSpec(path=path.name, arch=arch), path, "models.pruned", base_dir=path.parent,
+                       backend=backend, device=device, allow_pickle=allow_pickle, allow_fallback=allow_fallback)
+
+
+def model_error(path: Path, arch: str | None = None, **options) -> ModelError:
+    with pytest.raises(ModelError) as caught:
+        load(path, arch, **options)
+    return caught.value
+
+
+@pytest.fixture(scope="module")
+def net(random_net) -> torch.nn.Module:
+    model = random_net(seed=3)
+    with torch.no_grad():
+        model.conv.weight[0].zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, net, save_torchscript, save_onnx, save_export, write_arch_file) -> dict[str, tuple[Path, str | None]]:
+    """The same network in every supported format: name -> (path, arch). Tests must not change
+    these files (copy them first)."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.save(net.state_dict(), folder / "weights.pth")
+    torch.save({"best_prec1": 0.9, "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}},
+               folder / "checkpoint.th")
+    write_arch_file(folder)
+    return {
+        "torchscript": (save_torchscript(net, folder / "net.pt"), None),
+        "torch-export": (save_export(net, folder / "net.pt2"), None),
+        "state-dict": (folder / "weights.pth", "tiny_arch.py:build"),
+        "wrapped-state-dict": (folder / "checkpoint.th", "tiny_arch.py:build"),
+        "onnx": (save_onnx(net, folder / "net.onnx"), None),
+    }
+
+
+def test_every_format_gives_the_same_logits_and_counts(saved, net) -> None:
+    x = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = net(x)
+    for name, (path, arch) in saved.items():
+        runner = load(path, arch)
+        torch.testing.assert_close(runner(x), expected, rtol=1e-5, atol=1e-5, msg=name)
+        info = runner.info
+        assert info.format == name.removeprefix("wrapped-"), name
+        assert info.parameters == tiny_parameter_count(), name
+        assert info.nonzero_parameters == tiny_parameter_count() - ZEROED, name
+        assert info.sparsity == pytest.approx(ZEROED / tiny_parameter_count()), name
+        assert info.path == str(path) and len(info.sha256) == 64
+        assert info.backend == ("onnxruntime" if name == "onnx" else "torch") and info.device == "cpu"
+        assert info.arch == arch and info.pickle_allowed is False
+
+
+def test_onnx_runner_records_its_provider_and_input_shape(saved) -> None:
+    runner = load(saved["onnx"][0])
+    assert runner.info.provider == "CPUExecutionProvider"
+    assert runner.input_shape()[1:] == [3, SIZE, SIZE] and runner.info.fixed_batch is None
+
+
+def test_fixed_batch_onnx_model_runs_any_batch(tmp_path: Path, net) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.rand(4, 3, SIZE, SIZE),), str(tmp_path / "fixed.onnx"), dynamo=False)
+    runner = load(tmp_path / "fixed.onnx")
+    assert runner.info.fixed_batch == 4
+    x = torch.rand(7, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_run_in_chunks_pads_the_last_chunk() -> None:
+    calls = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return x.sum(dim=1, keepdim=True)
+
+    x = torch.arange(10.0).view(5, 2)
+    assert torch.equal(run_in_chunks(model, x, 2), x.sum(dim=1, keepdim=True))
+    assert calls == [2, 2, 2]
+    assert torch.equal(run_in_chunks(model, x, None), x.sum(dim=1, keepdim=True))
+
+
+def test_pickled_module_is_refused_unless_allowed(tmp_path: Path, net) -> None:
+    path = tmp_path / "whole.pt"
+    torch.save(net, path)
+    error = model_error(path)
+    assert "--allow-pickle" in str(error) and str(path) in str(error) and error.field == "models.pruned"
+    runner = load(path, allow_pickle=True)
+    assert runner.info.format == "pickle" and runner.info.pickle_allowed is True
+    x = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), net(x))
+
+
+@pytest.mark.parametrize("name", ["net.onnx", "net.pt", "net.pt2", "weights.pth"])
+def test_truncated_model_file_is_a_model_error_naming_the_file(saved, tmp_path: Path, write_arch_file, name: str) -> None:
+    original = next(p for p, _ in saved.values() if p.name == name)
+    path = tmp_path / name
+    path.write_bytes(original.read_bytes()[: original.stat().st_size // 2])
+    write_arch_file(tmp_path)
+    error = model_error(path, "tiny_arch.py:build")
+    assert str(path) in str(error) and error.field == "models.pruned"
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not a model"])
+def test_garbage_model_files_are_model_errors(tmp_path: Path, content: bytes) -> None:
+    for name in ("junk.onnx", "junk.pt"):
+        (tmp_path / name).write_bytes(content)
+        assert str(tmp_path / name) in str(model_error(tmp_path / name))
+
+
+def test_missing_model_and_folder_are_model_errors(tmp_path: Path) -> None:
+    assert "not found" in str(model_error(tmp_path / "absent.onnx"))
+    folder = tmp_path / "model.pt"
+    folder.mkdir()
+    assert "folder" in str(model_error(folder))
+
+
+def test_state_dict_without_arch_asks_for_arch(saved) -> None:
+    path, _ = saved["state-dict"]
+    error = model_error(path)
+    assert "arch" in str(error) and str(path) in str(error)
+
+
+def test_arch_whose_keys_do_not_fit_is_a_model_error(saved) -> None:
+    path, _ = saved["state-dict"]
+    (path.parent / "other_arch.py").write_text(
+        "import torch\n\ndef build():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())\n")
+    error = model_error(path, "other_arch.py:build")
+    assert "do not fit" in str(error) and "conv.weight" in str(error) and str(path) in str(error)
+
+
+def test_arch_whose_shapes_do_not_fit_is_a_model_error(saved, write_arch_file) -> None:
+    path, _ = saved["state-dict"]
+    write_arch_file(path.parent, "ten_classes.py", classes=10)
+    error = model_error(path, "ten_classes.py:build")
+    assert str(path) in str(error) and "head.weight" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("no_colon", "must look like"),
+        ("absent.py:build", "not found"),
+        ("tiny_arch.py:missing", "missing"),
+        ("no_such_module_xyz:build", "no_such_module_xyz"),
+        ("broken_arch.py:build", "failed to build"),
+        ("broken_arch.py:not_a_module", "not a torch.nn.Module"),
+    ],
+)
+def test_bad_arch_is_a_model_error(saved, arch: str, expected: str) -> None:
+    path, _ = saved["state-dict"]
+    (path.parent / "broken_arch.py").write_text(
+        "def build():\n    raise ValueError('boom')\n\ndef not_a_module():\n    return 42\n")
+    error = model_error(path, arch)
+    assert expected in str(error) and str(path) in str(error)
+
+
+def test_arch_from_an_importable_module(tmp_path: Path) -> None:
+    from prunegate.archs.cifar_resnet import resnet20
+
+    torch.save(resnet20().state_dict(), tmp_path / "r20.pth")
+    runner = load(tmp_path / "r20.pth", "prunegate.archs.cifar_resnet:resnet20")
+    assert runner.info.parameters == 269_722  # the published count of the CIFAR ResNet-20
+    assert runner(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_file_holding_neither_module_nor_state_dict(tmp_path: Path) -> None:
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    assert "neither a module nor a state dict" in str(model_error(tmp_path / "list.pt"))
+
+
+def test_backend_must_fit_the_file(saved) -> None:
+    assert "onnx backend" in str(model_error(saved["torchscript"][0], backend="onnx"))
+    assert "torch backend" in str(model_error(saved["onnx"][0], backend="torch"))
+
+
+def test_resolve_device_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError) as caught:
+        resolve_device("cuda", allow_fallback=False)
+    assert caught.value.field == "runtime.device" and "allow_fallback" in str(caught.value)
+    assert resolve_device("cuda", allow_fallback=True) == CPU
+    assert resolve_device("auto", allow_fallback=False) == CPU
+    assert resolve_device("cpu", allow_fallback=False) == CPU
+
+
+def test_onnx_on_cuda_without_a_cuda_provider(saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    path = saved["onnx"][0]
+    with pytest.raises(DeviceError):
+        load(path, device=torch.device("cuda"))
+    runner = load(path, device=torch.device("cuda"), allow_fallback=True)
+    assert runner.device == CPU and runner.info.provider == "CPUExecutionProvider"
+
+
+def test_onnx_parameter_count_covers_every_float_type() -> None:
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from prunegate.runners.onnx import count_onnx_parameters
+
+    initializers = [
+        helper.make_tensor("a", TensorProto.FLOAT, [3], [1.0, 0.0, 2.0]),
+        helper.make_tensor("b", TensorProto.FLOAT16, [2], np.array([0.0, 1.0], np.float16).view(np.uint16)),
+        helper.make_tensor("c", TensorProto.BFLOAT16, [2], [0.0, 0.0]),
+        helper.make_tensor("d", TensorProto.DOUBLE, [1], [5.0]),
+        helper.make_tensor("shape", TensorProto.INT64, [2], [1, -1]),  # not a parameter
+    ]
+    graph = helper.make_graph([], "g", [], [], initializer=initializers)
+    counts = count_onnx_parameters(helper.make_model(graph))
+    assert (counts.parameters, counts.nonzero) == (8, 4)
