@@ -260,7 +260,7 @@ def verify(
     """Verify a signed report offline: exit 0 valid, 1 does not verify, 2 unreadable input."""
     from prunegate.report.attest import parse_envelope, verify_envelope
     from prunegate.report.keys import load_public
-    from prunegate.runners.base import file_sha256
+    from prunegate.digest import file_sha256
 
     public_key = load_public(key)
     files = {"dense": dense, "pruned": pruned, "policy": policy}

@@ -12,15 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunegate.digest import file_sha256
+
 from .base import ImageSet, require_path
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _Arrays(ImageSet):

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import _Arrays, file_sha256
+from prunegate.digest import file_sha256
+
+from .arrays import _Arrays
 from .base import require_path
 
 RECORD = 1 + 3 * 32 * 32

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import _Arrays, _load_npy, file_sha256
+from prunegate.digest import file_sha256
+
+from .arrays import _Arrays, _load_npy
 from .base import require_path
 
 SEVERITY_FILE = "prunegate-c.json"

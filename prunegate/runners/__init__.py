@@ -9,7 +9,9 @@ from prunegate.policy import ModelSpec
 
 import torch
 
-from .base import ModelInfo, Runner, file_sha256, resolve_device
+from prunegate.digest import file_sha256
+
+from .base import ModelInfo, Runner, resolve_device
 
 __all__ = ["ModelInfo", "Runner", "load_runner", "resolve_device"]
 

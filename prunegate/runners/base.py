@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable, Optional, Protocol
 
 import torch
@@ -58,13 +56,6 @@ class Counts:
         self.parameters += tensor.numel()
         self.nonzero += int(torch.count_nonzero(tensor))
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(requested: str, allow_fallback: bool) -> torch.device:
