@@ -197,3 +197,16 @@ def load_cifar_photos() -> torch.Tensor:
 def test_monotone_on_real_cifar_photos(name: str) -> None:
     changes = mean_change(load_cifar_photos(), name, "cifar10-c")
     assert all(b - a >= -1e-4 for a, b in zip(changes, changes[1:])), changes
+
+
+def test_corrupt_in_chunks_equals_one_call():
+    """corrupt() splits large batches; the result must equal one call of the shift itself."""
+    from prunegate import shifts
+    from prunegate.shifts.rng import SampleRNG
+
+    x = torch.rand(shifts.MAX_CHUNK + 7, 3, 16, 16)
+    for name in ("frost", "shot_noise", "glass_blur"):
+        param = shifts.get_preset("cifar10-c").param(name, 3)
+        whole = shifts.get_shift(name).fn(x, param, SampleRNG(11, torch.arange(len(x))))
+        chunked = shifts.corrupt(x, name, 3, SampleRNG(11, torch.arange(len(x))), preset="cifar10-c")
+        assert torch.equal(whole, chunked), name

@@ -139,3 +139,11 @@ class SampleRNG:
         # Left after all rounds (probability < 1e-12 per element): the normal approximation.
         fallback = torch.clamp(torch.round(rate + slam * self.normal(*shape)), min=0.0)
         return torch.where(torch.isnan(result), fallback, result)
+
+    def subset(self, index: slice) -> SampleRNG:
+        """The streams of some of the samples, at the same point of their sequences."""
+        child = object.__new__(SampleRNG)
+        child._sample_keys = self._sample_keys[index]
+        child.device = self.device
+        child._stream = self._stream
+        return child
