@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from prunegate.errors import PrunegateError
+from prunegate.errors import PrunegateError, require_file
 
 try:  # typer >= 0.29 carries its own click; its usage errors derive from TyperException
     from typer.exceptions import TyperException as UsageProblem
@@ -205,9 +205,7 @@ def _signing_key(path: Optional[Path]):
     from prunegate.report.keys import load_private
 
     if path is not None:
-        if not path.is_file():
-            raise PrunegateError("signing key file not found" if not path.exists() else "is not a file", file=path,
-                                 field="--key")
+        require_file(path, "signing key file", field="--key")
         return load_private(path.read_bytes(), _passphrase(), str(path))
     text = os.environ.get("PRUNEGATE_SIGNING_KEY")
     if text:
@@ -241,8 +239,7 @@ def keygen(
 
 
 def _read_report(path: Path) -> str:
-    if not path.is_file():
-        raise PrunegateError("report file not found" if not path.exists() else "is not a file", file=path)
+    require_file(path, "report file")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
@@ -265,8 +262,8 @@ def verify(
     public_key = load_public(key)
     files = {"dense": dense, "pruned": pruned, "policy": policy}
     for role, path in files.items():
-        if path is not None and not path.is_file():
-            raise PrunegateError("not found" if not path.exists() else "is not a file", file=path, field=f"--{role}")
+        if path is not None:
+            require_file(path, field=f"--{role}")
     result = verify_envelope(parse_envelope(_read_report(report), str(report)), public_key)
     out = _stdout()
     if result.ok:

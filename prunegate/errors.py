@@ -51,3 +51,11 @@ class ReportError(PrunegateError):
 
 class KeyFileError(PrunegateError):
     """A signing or verification key cannot be read."""
+
+
+def require_file(path: Path, what: str = "", *, error: type[PrunegateError] = PrunegateError,
+                 field: str | None = None) -> None:
+    """Raise `error` unless `path` is an existing regular file ("<what> not found" / "is not a file")."""
+    if not path.is_file():
+        missing = f"{what} not found" if what else "not found"
+        raise error(missing if not path.exists() else "is not a file", file=path, field=field)

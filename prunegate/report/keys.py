@@ -9,7 +9,7 @@ from typing import Optional
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from prunegate.errors import KeyFileError
+from prunegate.errors import KeyFileError, require_file
 
 
 def fingerprint(public_key: Ed25519PublicKey) -> str:
@@ -50,8 +50,7 @@ def load_private(pem: bytes, passphrase: Optional[bytes], source: str) -> Ed2551
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
-    if not path.is_file():
-        raise KeyFileError("public key file not found" if not path.exists() else "is not a file", file=path)
+    require_file(path, "public key file", error=KeyFileError)
     data = path.read_bytes()
     try:
         key = serialization.load_pem_public_key(data)
