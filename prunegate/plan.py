@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from prunegate.errors import PolicyError
-from prunegate.policy import Policy
+from prunegate.policy import Policy, repeated
 
 TEST_SOURCE = "test"
 TaskKind = Literal["clean", "ood", "noise", "corruption"]
@@ -57,9 +57,9 @@ def build_plan(policy: Policy) -> list[Task]:
                 else:
                     tasks.append(Task(name, "corruption", TEST_SOURCE, corruption, severity, preset=corruptions.preset))
     names = [t.name for t in tasks]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise PolicyError(f"the suite lists task {repeated[0]!r} twice", file=policy.file, field="suite")
+    twice = repeated(names)
+    if twice:
+        raise PolicyError(f"the suite lists task {twice[0]!r} twice", file=policy.file, field="suite")
     check_rules_match(policy, names)
     return tasks
 

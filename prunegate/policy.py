@@ -31,6 +31,11 @@ DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-b
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -90,7 +95,7 @@ class Data(Strict):
     @classmethod
     def _unique_names(cls, ood: list[OodSource]) -> list[OodSource]:
         names = [o.name for o in ood]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated(names)
         if duplicates:
             raise ValueError(f"ood names must be unique; repeated: {', '.join(duplicates)}")
         return ood
@@ -173,7 +178,7 @@ class Gate(Strict):
     @classmethod
     def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
         names = [r.name for r in rules]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated(names)
         if duplicates:
             raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
         return rules
