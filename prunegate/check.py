@@ -149,7 +149,7 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         seed=policy.suite.seed,
         options={"device": str(device), "backend": runtime.backend, "batch_size": runtime.batch_size,
                  "limit": policy.data.limit, "workers": runtime.workers, "allow_pickle": allow_pickle},
-        tasks=[{"name": t.name, "kind": t.kind, "group": t.group, **summaries[t.name]} for t in tasks],
+        tasks=[{"name": t.name, "kind": t.kind, "group": t.group, "source": t.source, **summaries[t.name]} for t in tasks],
         rules=[r.to_dict() for r in results],
         environment=environment(device),
         timing={"started": started.isoformat(timespec="seconds"), "duration_s": round(time.perf_counter() - clock, 3),

@@ -62,10 +62,46 @@ class ModelSide(_Record):
     nonfinite: int = Field(description="samples whose logits were NaN or infinite (counted wrong)")
 
 
+class Interval(_Record):
+    low: float
+    high: float
+    method: str = Field(description="newcombe (paired difference), wilson (a proportion), "
+                                    "bootstrap (seeded paired percentile) or normal (a mean)")
+
+
+class Flips(_Record):
+    newly_wrong: int = Field(description="samples the dense model gets right and the pruned model wrong")
+    newly_right: int = Field(description="samples the dense model gets wrong and the pruned model right")
+
+
+class ClassRecall(_Record):
+    n: list[int] = Field(description="samples per class (index = label)")
+    dense_correct: list[int]
+    pruned_correct: list[int]
+
+
+class WorstClass(_Record):
+    label: int
+    name: Optional[str] = None
+    n: int
+    dense_recall: float
+    pruned_recall: float
+    drop: float
+
+
+class Example(_Record):
+    index: int = Field(description="the sample's index in its data set (see data[].name == source)")
+    draw: int = 0
+    label: int
+    dense: int = Field(description="the dense model's prediction (-1: non-finite logits)")
+    pruned: int
+
+
 class TaskRecord(_Record):
     name: str
     kind: Literal["clean", "ood", "noise", "corruption"]
     group: str
+    source: Optional[str] = Field(None, description="the data set the task reads (data[].name)")
     n: int
     dense: ModelSide
     pruned: ModelSide
@@ -73,12 +109,25 @@ class TaskRecord(_Record):
     agreement: float
     softmax_l2: float
     softmax_linf: float
+    newly_wrong: Optional[float] = Field(None, description="fraction of samples newly wrong after pruning")
+    newly_right: Optional[float] = Field(None, description="fraction of samples newly right after pruning")
+    flips: Optional[Flips] = None
+    error_consistency: Optional[float] = Field(
+        None, description="Cohen's kappa between the two models' error indicators (None when undefined)")
+    class_recall_drop: Optional[float] = Field(None, description="the largest per-class recall drop")
+    worst_class: Optional[WorstClass] = None
+    class_recall: Optional[ClassRecall] = None
+    intervals: dict[str, Interval] = Field({}, description="per metric, at the report's confidence level")
+    mcnemar_p: Optional[float] = Field(None, description="exact McNemar test of equal accuracy (two-sided)")
+    examples: list[Example] = Field([], description="a few samples the pruned model newly gets wrong")
 
 
 class TaskValue(_Record):
     task: str
     value: float
     passed: bool
+    bound: Optional[float] = Field(None, description="the conservative interval bound the rule compared")
+    status: Optional[Literal["pass", "fail", "undecided"]] = None
 
 
 class RuleRecord(_Record):
@@ -91,6 +140,29 @@ class RuleRecord(_Record):
     value: float
     passed: bool
     per_task: list[TaskValue]
+    confidence: Optional[float] = Field(None, description="gate.confidence; None: point estimates decide")
+    bound: Optional[float] = Field(None, description="the conservative bound compared with the threshold")
+    interval: Optional[Interval] = None
+    status: Literal["pass", "fail", "undecided"] = Field(
+        "pass", description="undecided: the interval straddles the threshold (counts as a failure)")
+    samples_needed: Optional[int] = Field(None, description="for an undecided rule: roughly how many samples "
+                                                            "per task would decide it")
+
+
+class CorruptionError(_Record):
+    name: str
+    severities: list[int]
+    dense_error: float = Field(description="sum over severities of the dense model's top-1 error")
+    pruned_error: float
+    ce: float = Field(description="dense-relative corruption error: pruned_error / dense_error")
+    relative_ce: Optional[float] = Field(
+        None, description="sum of (error - clean error) of the pruned over the dense model's (needs a clean task)")
+
+
+class CorruptionSummary(_Record):
+    per_corruption: list[CorruptionError]
+    mce: float = Field(description="mean over corruptions of ce")
+    relative_mce: Optional[float] = None
 
 
 class Timing(_Record):
@@ -112,6 +184,8 @@ class Report(_Record):
     options: dict = Field(description="device, backend, batch size, limit, allow_pickle as used")
     tasks: list[TaskRecord]
     rules: list[RuleRecord]
+    confidence: Optional[float] = Field(None, description="level of the intervals (gate.confidence or 0.95)")
+    corruption_summary: Optional[CorruptionSummary] = None
     environment: dict
     timing: Timing
 
