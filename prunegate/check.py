@@ -19,12 +19,18 @@ import torch
 from prunegate import __version__
 from prunegate.data import open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
-from prunegate.engine import Preprocess, Source, check_labels, evaluate, probe_classes
-from prunegate.gate import evaluate_rules, verdict
+from prunegate.distributed import SINGLE, World, device_for, slowest
+from prunegate.engine import Preprocess, Source, check_labels, evaluate_family, probe_classes
+from prunegate.gate import Evidence, evaluate_rules, verdict
+from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE, Task, build_plan
 from prunegate.policy import ModelSpec, Policy
 from prunegate.report.schema import Report
-from prunegate.runners import load_runner, resolve_device
+from prunegate.runners import Runner, load_runner, resolve_device
+from prunegate.shifts.rng import task_key
+
+# Intervals are always reported; gate.confidence decides whether rules use them.
+DEFAULT_CONFIDENCE = 0.95
 
 
 class ProgressSink(Protocol):
@@ -111,34 +117,123 @@ def total_evaluations(tasks: list[Task], sources: list[Source]) -> int:
     return sum(sizes[t.source] * t.draws for t in tasks)
 
 
-def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[ProgressSink] = None) -> Report:
-    started = dt.datetime.now(dt.timezone.utc)
-    clock = time.perf_counter()
+def task_statistics(tasks: list[Task], sources: list[Source], tallies: dict, classes: int, confidence: float,
+                    policy: Policy) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Every task's summary (metrics, intervals, examples) and bootstrap replicates. The tasks of
+    one data set share its resamples, so aggregates over them are resampled jointly."""
+    by_name = {s.name: s for s in sources}
+    resamplers = {s.name: Resampler(task_key(policy.suite.seed, f"bootstrap/{s.name}"), len(s.indices),
+                                    policy.gate.bootstrap) for s in sources}
+    summaries, replicates = {}, {}
+    for t in tasks:
+        source = by_name[t.source]
+        summaries[t.name], replicates[t.name] = tallies[t.name].statistics(
+            draws=t.draws, classes=classes, confidence=confidence, resampler=resamplers[t.source],
+            indices=source.indices, class_names=source.images.classes)
+    return summaries, replicates
+
+
+def corruption_summary(tasks: list[Task], summaries: dict[str, dict]) -> Optional[dict]:
+    """Per corruption: the errors summed over severities, the pruned model's over the dense
+    model's (CE), and the same for errors in excess of each model's clean error (relative CE)."""
+    names = list(dict.fromkeys(t.shift for t in tasks if t.kind == "corruption"))
+    if not names:
+        return None
+    clean = summaries.get("clean")
+
+    def error(summary: dict, which: str) -> float:
+        return 1.0 - summary[which]["accuracy"]
+
+    rows = []
+    for name in names:
+        chosen = [t for t in tasks if t.kind == "corruption" and t.shift == name]
+        dense = sum(error(summaries[t.name], "dense") for t in chosen)
+        pruned = sum(error(summaries[t.name], "pruned") for t in chosen)
+        relative = None
+        if clean is not None:
+            dense_excess = dense - len(chosen) * error(clean, "dense")
+            pruned_excess = pruned - len(chosen) * error(clean, "pruned")
+            relative = pruned_excess / dense_excess if dense_excess > 0 else None
+        rows.append({"name": name, "severities": [int(t.param) for t in chosen], "dense_error": dense,
+                     "pruned_error": pruned, "ce": pruned / dense if dense > 0 else None, "relative_ce": relative})
+    ces = [r["ce"] for r in rows if r["ce"] is not None]
+    relatives = [r["relative_ce"] for r in rows if r["relative_ce"] is not None]
+    return {"per_corruption": rows, "mce": sum(ces) / len(ces) if ces else None,
+            "relative_mce": sum(relatives) / len(relatives) if relatives else None}
+
+
+@dataclass
+class Setup:
+    """Everything the pass needs, loaded and checked against each other before it starts."""
+
+    tasks: list[Task]
+    sources: list[Source]
+    device: torch.device
+    dense: Runner
+    pruned: list[Runner]
+    classes: int
+    world: World = SINGLE
+
+    def evaluate(self, policy: Policy, progress: Optional[ProgressSink] = None):
+        """One streaming pass: (a tally dict per pruned model, timings). Under torchrun this
+        process evaluates its part of every source; the tallies come back merged."""
+        runtime = policy.runtime
+        for source in self.sources:
+            source.part = self.world.part(source.indices)
+        if progress and self.world.is_main:
+            progress.start(total_evaluations(self.tasks, self.sources))
+        family, timings = evaluate_family(
+            self.tasks, self.sources, self.dense, self.pruned,
+            pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, self.device),
+            size=policy.models.input.size, seed=policy.suite.seed, batch_size=runtime.batch_size,
+            workers=runtime.workers, max_pixels=policy.data.max_pixels, device=self.device,
+            progress=progress.advance if progress and self.world.is_main else None, world=self.world,
+        )
+        return family, slowest(timings, self.world)
+
+
+def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list[ModelSpec]] = None,
+            pruned_field: str = "models.pruned", world: World = SINGLE) -> Setup:
+    """Plan, open the data, load the models (the policy's pruned one, or each of `pruned`) and
+    check that they fit: input size, class count, labels."""
     runtime = policy.runtime
     tasks = build_plan(policy)
     sources = open_sources(policy, tasks)
-    device = resolve_device(runtime.device, runtime.allow_fallback)
-    runners = {}
-    for which in ("dense", "pruned"):
-        spec = policy.models.spec(which)
-        runners[which] = load_runner(spec, policy.resolve(spec.path), f"models.{which}", base_dir=policy.base_dir,
-                                     backend=runtime.backend, device=device, allow_pickle=allow_pickle,
-                                     allow_fallback=runtime.allow_fallback)
+    device = device_for(world, resolve_device(runtime.device, runtime.allow_fallback, file=policy.file))
+
+    def load(spec: ModelSpec, field: str) -> Runner:
+        return load_runner(spec, policy.resolve(spec.path), field, base_dir=policy.base_dir, backend=runtime.backend,
+                           device=device, allow_pickle=allow_pickle, allow_fallback=runtime.allow_fallback)
+
+    dense = load(policy.models.spec("dense"), "models.dense")
+    if pruned is None:
+        members = [load(policy.models.spec("pruned"), "models.pruned")]
+    else:
+        members = [load(spec, f"{pruned_field}.{i}") for i, spec in enumerate(pruned)]
     size = policy.models.input.size
-    classes = probe_classes(runners["dense"], runners["pruned"], size)
+    classes = 0
+    for member in members:
+        classes = probe_classes(dense, member, size)
     for source in sources:
         check_labels(source, classes, _source_field(source.name, policy))
+    return Setup(tasks, sources, device, dense, members, classes, world)
 
-    if progress:
-        progress.start(total_evaluations(tasks, sources))
-    tallies, timings = evaluate(
-        tasks, sources, runners["dense"], runners["pruned"],
-        pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, device),
-        size=size, seed=policy.suite.seed, batch_size=runtime.batch_size, workers=runtime.workers,
-        max_pixels=policy.data.max_pixels, device=device, progress=progress.advance if progress else None,
-    )
-    summaries = {t.name: tallies[t.name].summary() for t in tasks}
-    results = evaluate_rules(policy.gate.rules, summaries)
+
+def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[ProgressSink] = None,
+              world: World = SINGLE) -> Report:
+    """The gate. Under torchrun (`world` of several processes) every process returns the same
+    report; the caller writes it from rank 0."""
+    started = dt.datetime.now(dt.timezone.utc)
+    clock = time.perf_counter()
+    runtime = policy.runtime
+    setup = prepare(policy, allow_pickle=allow_pickle, world=world)
+    tasks, sources, device, classes = setup.tasks, setup.sources, setup.device, setup.classes
+    runners = {"dense": setup.dense, "pruned": setup.pruned[0]}
+    family, timings = setup.evaluate(policy, progress)
+    tallies = family[0]
+    confidence = policy.gate.confidence or DEFAULT_CONFIDENCE
+    summaries, replicates = task_statistics(tasks, sources, tallies, classes, confidence, policy)
+    results = evaluate_rules(policy.gate.rules, Evidence(summaries, replicates, policy.gate.confidence))
     return Report(
         tool={"name": "prunegate", "version": __version__},
         verdict=verdict(results),
@@ -148,10 +243,36 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         data=[{"name": s.name, **s.manifest.to_dict()} for s in sources],
         seed=policy.suite.seed,
         options={"device": str(device), "backend": runtime.backend, "batch_size": runtime.batch_size,
-                 "limit": policy.data.limit, "workers": runtime.workers, "allow_pickle": allow_pickle},
+                 "limit": policy.data.limit, "workers": runtime.workers, "allow_pickle": allow_pickle,
+                 "processes": world.size},
         tasks=[{"name": t.name, "kind": t.kind, "group": t.group, "source": t.source, **summaries[t.name]} for t in tasks],
         rules=[r.to_dict() for r in results],
+        confidence=confidence,
+        corruption_summary=corruption_summary(tasks, summaries),
         environment=environment(device),
         timing={"started": started.isoformat(timespec="seconds"), "duration_s": round(time.perf_counter() - clock, 3),
                 **{k: round(v, 3) for k, v in timings.items()}},
     )
+
+
+def run_potential(policy: Policy, pruned: list[Path], *, delta: float, allow_pickle: bool = False,
+                  progress: Optional[ProgressSink] = None) -> dict:
+    """Prune potential of a family: the dense model is evaluated once, every member on the same
+    shifted batches. Errors are top-1 errors (1 - accuracy)."""
+    from prunegate.potential import Member, analyse
+
+    specs = [ModelSpec(path=str(Path(p).resolve()), arch=policy.models.spec("pruned").arch or policy.models.arch)
+             for p in pruned]
+    setup = prepare(policy, allow_pickle=allow_pickle, pruned=specs, pruned_field="--pruned")
+    family, timings = setup.evaluate(policy, progress)
+    dense_errors = {t.name: 1.0 - family[0][t.name].summary(classes=setup.classes)["dense"]["accuracy"] for t in setup.tasks}
+    member_errors = [{t.name: 1.0 - tallies[t.name].summary(classes=setup.classes)["pruned"]["accuracy"]
+                      for t in setup.tasks} for tallies in family]
+    members = [Member(r.info.path, r.info.sha256, r.info.parameters, r.info.nonzero_parameters) for r in setup.pruned]
+    result = analyse(setup.tasks, dense_errors, member_errors, members, delta)
+    result["dense"] = {"path": setup.dense.info.path, "sha256": setup.dense.info.sha256,
+                       "parameters": setup.dense.info.parameters}
+    result["policy"] = {"name": policy.name, "sha256": policy.sha256}
+    result["n"] = {t.name: family[0][t.name].n for t in setup.tasks}
+    result["timing"] = {k: round(v, 3) for k, v in timings.items()}
+    return result

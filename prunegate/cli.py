@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from importlib import resources
 from enum import Enum
 from pathlib import Path
@@ -39,13 +40,15 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+INTERRUPTED = "interrupted: nothing was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
 
 cli = typer.Typer(name="prunegate", help="A safety gate for pruned neural networks.", epilog=EPILOG,
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 policy_cli = typer.Typer(help="Write, check and describe policy files.", no_args_is_help=True)
 cli.add_typer(policy_cli, name="policy")
-report_cli = typer.Typer(help="Read reports.", no_args_is_help=True)
+report_cli = typer.Typer(help="Read, render and describe reports.", no_args_is_help=True)
 cli.add_typer(report_cli, name="report")
 
 _state = {"debug": False}
@@ -106,14 +109,33 @@ def _global(
 
 
 class _RichProgress:
-    def __init__(self, progress: Progress):
-        self.progress, self.task = progress, None
+    """A live bar on a terminal; elsewhere (CI logs), with `lines`, one line every `every` seconds."""
+
+    def __init__(self, progress: Progress, lines: bool = False, every: float = 30.0):
+        self.progress, self.task, self.lines, self.every = progress, None, lines, every
+        self.total = self.done = 0
+        self.started = self.last = 0.0
 
     def start(self, total: int) -> None:
         self.task = self.progress.add_task("evaluating", total=total)
+        self.total, self.started = total, time.monotonic()
+        self.last = self.started
 
     def advance(self, count: int) -> None:
         self.progress.advance(self.task, count)
+        self.done += count
+        now = time.monotonic()
+        if self.lines and now - self.last >= self.every and self.total:
+            self.last = now
+            elapsed = now - self.started
+            eta = elapsed * (self.total - self.done) / max(self.done, 1)
+            print(f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} evaluations), "
+                  f"{_duration(elapsed)} elapsed, about {_duration(eta)} left", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 @cli.command()
@@ -131,8 +153,14 @@ def check(
     key: Optional[Path] = typer.Option(None, "--key", help="Ed25519 private key (PEM) to sign the report; "
                                        "or set PRUNEGATE_SIGNING_KEY to the PEM text."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report (one self-contained file)."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a GitHub-flavoured Markdown summary."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML: one test case per rule."),
 ) -> int:
-    """Evaluate the dense and pruned models on the policy's tasks and apply its rules."""
+    """Evaluate the dense and pruned models on the policy's tasks and apply its rules.
+
+    When GITHUB_STEP_SUMMARY is set (GitHub Actions), the Markdown summary is appended to that file."""
+    from prunegate import distributed
     from prunegate.check import Overrides, apply_overrides, run_check
     from prunegate.policy import load_policy
     from prunegate.report.attest import envelope, envelope_json, sign, statement_bytes
@@ -146,11 +174,26 @@ def check(
     if signing_key is None and loaded.require_signature:
         raise PrunegateError("the policy requires a signed report: pass --key or set PRUNEGATE_SIGNING_KEY",
                              file=policy, field="require_signature")
+    renderings = {"--html": html, "--markdown": markdown, "--junit": junit}
+    for option, target in renderings.items():
+        _check_writable(target, option)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_stderr(), transient=True, disable=quiet) as bar:
-        result = run_check(loaded, allow_pickle=allow_pickle, progress=_RichProgress(bar))
+    world = distributed.from_environment()  # torchrun: every process runs its part; rank 0 writes
+    try:
+        show = not quiet and world.is_main
+        with Progress(*columns, console=_stderr(), transient=True, disable=not show or not _stderr().is_terminal) as bar:
+            progress = _RichProgress(bar, lines=show and not _stderr().is_terminal,
+                                     every=float(os.environ.get("PRUNEGATE_PROGRESS_SECONDS", "30")))
+            result = run_check(loaded, allow_pickle=allow_pickle, progress=progress, world=world)
+    finally:
+        distributed.finish(world)
+    if not world.is_main:
+        return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
     payload = statement_bytes(result)
     write_atomic(report, envelope_json(sign(payload, signing_key) if signing_key else envelope(payload)))
+    signature = f"signed by key {fingerprint(signing_key.public_key())[:16]}" if signing_key else "unsigned"
+    _write_renderings(result, html=html, markdown=markdown, junit=junit, signature=signature)
+    _append_step_summary(result)
     out = _stdout()
     if quiet:
         out.print(console_render.verdict_line(result))
@@ -238,6 +281,50 @@ def keygen(
     return EXIT_PASS
 
 
+def _check_writable(path: Optional[Path], option: str) -> None:
+    """Fail before the long run, not after it, when an output cannot be written."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise PrunegateError("is a folder, expected a file path to write", file=path, field=option)
+    if not path.absolute().parent.is_dir():
+        raise PrunegateError("the folder to write into does not exist", file=path, field=option)
+
+
+def _write_renderings(result, *, html: Optional[Path] = None, markdown: Optional[Path] = None,
+                      junit: Optional[Path] = None, signature: Optional[str] = None, gallery: bool = True) -> None:
+    """Render the report in each format asked for and write each file atomically."""
+    if html is not None:
+        from prunegate.report.gallery import build_gallery
+        from prunegate.report.render import html as html_render
+
+        images = build_gallery(result) if gallery else None
+        write_atomic(html, html_render.render(result, gallery=images, signature=signature))
+    if markdown is not None:
+        from prunegate.report.render import markdown as markdown_render
+
+        write_atomic(markdown, markdown_render.render(result))
+    if junit is not None:
+        from prunegate.report.render import junit as junit_render
+
+        write_atomic(junit, junit_render.render(result))
+
+
+def _append_step_summary(result) -> None:
+    """On GitHub Actions, append the Markdown summary to $GITHUB_STEP_SUMMARY (best effort: the
+    gate's verdict and report do not depend on it, so a failure to append is only a warning)."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return
+    from prunegate.report.render import markdown as markdown_render
+
+    try:
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(markdown_render.render(result) + "\n")
+    except OSError as exc:
+        print(f"warning: cannot append the summary to GITHUB_STEP_SUMMARY ({target}): {exc.strerror}", file=sys.stderr)
+
+
 def _read_report(path: Path) -> str:
     require_file(path, "report file")
     try:
@@ -318,22 +405,110 @@ def report_show(
 
     from prunegate.report.attest import read_envelope
     from prunegate.report.render import console as console_render
-    from prunegate.report.schema import Report
 
     data, _, statement = read_envelope(_read_report(report), str(report))
     if as_json:
         print(json.dumps(statement, indent=2))
         return EXIT_PASS
-    try:
-        parsed = Report.model_validate(statement["predicate"])
-    except Exception:
-        raise PrunegateError("the predicate is not a prunegate report of this version", file=report, field="predicate") from None
+    parsed = _parse_predicate(statement, report)
     out = _stdout()
-    keyids = [s.get("keyid", "?")[:16] for s in data["signatures"] if isinstance(s, dict)]
-    signed = f"signed by key {', '.join(keyids)} (not verified here: run prunegate verify)" if keyids else "UNSIGNED"
+    signed = _signature_text(data)
     out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, 100)), end="")
     out.print(f"{report}: {signed}")
     return EXIT_PASS
+
+
+def _parse_predicate(statement: dict, path: Path):
+    from prunegate.report.schema import Report
+
+    try:
+        return Report.model_validate(statement["predicate"])
+    except Exception:
+        raise PrunegateError("the predicate is not a prunegate report of this version", file=path, field="predicate") from None
+
+
+def _signature_text(envelope_data: dict) -> str:
+    keyids = [str(s.get("keyid", "?"))[:16] for s in envelope_data["signatures"] if isinstance(s, dict)]
+    return f"signed by key {', '.join(keyids)} (not verified here: run prunegate verify)" if keyids else "UNSIGNED"
+
+
+def _load_report(path: Path):
+    """(Report, envelope) from a report file; PrunegateError (exit 2) when it is not one."""
+    from prunegate.report.attest import read_envelope
+
+    data, _, statement = read_envelope(_read_report(path), str(path))
+    return _parse_predicate(statement, path), data
+
+
+def _emit(text: str, out: Optional[Path]) -> None:
+    """Write to --out atomically, or print as it is (no console markup) to stdout."""
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(out, text)
+        _stderr().print(f"wrote {out}")
+
+
+@report_cli.command("html")
+def report_html(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: the report's name with .html)."),
+    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Rebuild thumbnails of the inputs the pruned "
+                                 "model newly gets wrong from the data the report names (skipped when unreachable)."),
+) -> int:
+    """Write the report as one self-contained HTML page."""
+    parsed, data = _load_report(report)
+    target = out if out is not None else report.with_suffix(".html")
+    if target.resolve() == report.resolve():
+        raise PrunegateError("the HTML would overwrite the report itself: pass --out", file=report)
+    _check_writable(target, "--out")
+    _write_renderings(parsed, html=target, signature=_signature_text(data), gallery=gallery)
+    _stdout().print(f"wrote {target}")
+    return EXIT_PASS
+
+
+@report_cli.command("markdown")
+def report_markdown(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> int:
+    """Print a GitHub-flavoured Markdown summary of a report."""
+    from prunegate.report.render import markdown as markdown_render
+
+    _emit(markdown_render.render(_load_report(report)[0]), out)
+    return EXIT_PASS
+
+
+@report_cli.command("junit")
+def report_junit(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> int:
+    """Print a report as JUnit XML: one test case per rule, failures = the rules that did not pass."""
+    from prunegate.report.render import junit as junit_render
+
+    _emit(junit_render.render(_load_report(report)[0]), out)
+    return EXIT_PASS
+
+
+@cli.command()
+def diff(
+    old: Path = typer.Argument(..., help="The earlier report (DSSE envelope)."),
+    new: Path = typer.Argument(..., help="The later report."),
+    margin: float = typer.Option(0.005, min=0.0, max=1.0, help="Tolerated worsening of accuracy_drop and agreement "
+                                 "per task, as a fraction (0.005 = half a percentage point)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print GitHub-flavoured Markdown instead of text."),
+) -> int:
+    """Compare two reports: what got better or worse, per task and rule.
+
+    Exit 1 when NEW regresses beyond the margin (a task's accuracy_drop rises or its agreement falls by
+    more than it, or a rule that passed now fails), else 0."""
+    from prunegate.diff import compare, render_text
+    from prunegate.report.render.markdown import render_diff
+
+    result = compare(_load_report(old)[0], _load_report(new)[0], margin)
+    sys.stdout.write(render_diff(result) if markdown else render_text(result))
+    return EXIT_FAIL if result.regressed else EXIT_PASS
 
 
 def _csv(value: Optional[str]) -> Optional[list[str]]:
@@ -389,13 +564,105 @@ def corrupt(
         _stdout().print(f"wrote {preview}")
     if out is not None:
         columns = (TextColumn("corrupting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=_stderr(), transient=True) as bar:
+        with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
             task = bar.add_task("corrupting", total=len(indices))
             summary = corrupt_lib.render(images, indices, preset=preset, names=chosen, severities=levels, seed=seed,
                                          out=out, batch_size=batch_size, device=resolve_device(device.value, False),
                                          progress=lambda n: bar.advance(task, n))
         _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
                         f"at {summary['size']}px")
+    return EXIT_PASS
+
+
+@cli.command()
+def potential(
+    policy: Path = typer.Option(..., "--policy", "-p", help="Policy YAML file (its dense model, data and suite)."),
+    pruned: list[Path] = typer.Option(..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."),
+    extra: Optional[list[Path]] = typer.Argument(None, help="More pruned members.", show_default=False),
+    delta: float = typer.Option(0.005, min=0.0, max=1.0, help="Error tolerance vs the dense model (0.005 = 0.5 pp)."),
+    out: Optional[Path] = typer.Option(None, help="Write the table as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Write the prune-potential / excess-error plot (PNG)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
+    device: Optional[Device] = typer.Option(None, help="Where to run (overrides runtime.device)."),
+    backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."),
+) -> int:
+    """Prune potential of a family of pruned models: the largest prune ratio within DELTA of the
+    dense model's error, per task and task group, and the excess error per prune ratio."""
+    import json
+
+    from prunegate.check import Overrides, apply_overrides, run_potential
+    from prunegate.policy import load_policy
+    from prunegate.potential import plot_png
+    from prunegate.report.render.console import render_potential
+
+    members = [*pruned, *(extra or [])]
+    loaded = apply_overrides(load_policy(policy), Overrides(device=device.value if device else None,
+                                                            backend=backend.value if backend else None, limit=limit))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
+        result = run_potential(loaded, members, delta=delta, allow_pickle=allow_pickle, progress=_RichProgress(bar))
+    if out is not None:
+        write_atomic(out, json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        write_atomic(plot, plot_png(result, f"{loaded.name}: {len(members)} pruned models"))
+    stdout = _stdout()
+    stdout.print(render_potential(result, color=stdout.is_terminal, width=max(stdout.width, 100)), end="")
+    for label, path in (("table", out), ("plot", plot)):
+        if path is not None:
+            stdout.print(f"{label}: {path}")
+    return EXIT_PASS
+
+
+@cli.command("prune")
+def prune_command(
+    model: Path = typer.Option(..., "--model", help="The dense torch model: TorchScript, .pt2, or a state dict with --arch."),
+    ratios: str = typer.Option(..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the family into (created; files must not exist)."),
+    method: str = typer.Option("wt", help="wt: global weight magnitude; ft: per-layer filter L1 norm."),
+    arch: Optional[str] = typer.Option(None, help="'module:fn' or 'file.py:fn' building the network for a state dict."),
+    input_size: int = typer.Option(..., "--input-size", min=1, help="Square input side, for export."),
+    formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."),
+) -> int:
+    """Make a family of pruned models (no retraining), masks made permanent, exported."""
+    from prunegate.prune import METHODS, count_parameters, export_model
+    from prunegate.prune import prune as prune_model
+    from prunegate.runners.torch import load_torch_module
+
+    if method not in METHODS:
+        raise PrunegateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    try:
+        levels = [float(r) for r in _csv(ratios) or []]
+    except ValueError:
+        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}") from None
+    if not levels or any(not 0.0 <= r < 1.0 for r in levels):
+        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}")
+    kinds = _csv(formats) or []
+    suffixes = {"onnx": "onnx", "torchscript": "pt"}
+    if not kinds or any(k not in suffixes for k in kinds):
+        raise PrunegateError(f"--format must list onnx and/or torchscript, got {formats!r}")
+    require_file(model, "model file", field="--model")
+    module, _, _ = load_torch_module(model, "--model", arch, Path.cwd(), allow_pickle)
+    targets = [out / f"{method}-{round(r * 100):02d}.{suffixes[k]}" for r in levels for k in kinds]
+    for target in targets:
+        if target.exists():
+            raise PrunegateError("already exists; refusing to overwrite", file=target)
+    out.mkdir(parents=True, exist_ok=True)
+    stdout = _stdout()
+    for r in levels:
+        member = prune_model(module, method, r)
+        total, nonzero = count_parameters(member)
+        for k in kinds:
+            target = out / f"{method}-{round(r * 100):02d}.{suffixes[k]}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                export_model(member, input_size, tmp, k)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        stdout.print(f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})")
+    stdout.print(f"wrote {len(targets)} files to {out}")
     return EXIT_PASS
 
 
@@ -413,6 +680,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         result = command.main(args=argv, prog_name="prunegate", standalone_mode=False)
     except typer.Exit as exc:
+        if exc.exit_code == EXIT_INTERRUPTED:  # click turns Ctrl-C into Exit(130) on some versions
+            print(INTERRUPTED, file=sys.stderr)
         return exc.exit_code
     except UsageProblem as exc:  # the same one `error: ` line as every other bad input
         message = exc.format_message()
@@ -422,8 +691,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"error: {message}{hint}", file=sys.stderr)
         return EXIT_INPUT
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
+        print(INTERRUPTED, file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PrunegateError as exc:
         if _state["debug"]:
             raise
@@ -436,6 +705,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for the "
               "traceback; please report it)", file=sys.stderr)
         return EXIT_BUG
+    if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as this code when not standalone
+        print(INTERRUPTED, file=sys.stderr)
     return result if isinstance(result, int) else EXIT_PASS
 
 

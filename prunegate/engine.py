@@ -16,6 +16,7 @@ import torch
 
 from prunegate import shifts
 from prunegate.data import ImageSet, Manifest, batches
+from prunegate.distributed import SINGLE, World, gather_digests, merge_tallies
 from prunegate.errors import DataError, ModelError
 from prunegate.metrics import TaskTally
 from prunegate.plan import Task
@@ -33,6 +34,7 @@ class Source:
     name: str
     images: ImageSet
     indices: np.ndarray
+    part: Optional[np.ndarray] = None  # the indices this process reads (torchrun); None: all
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +123,18 @@ def evaluate(
     sources: list[Source],
     dense: Runner,
     pruned: Runner,
+    **options,
+) -> tuple[dict[str, TaskTally], dict[str, float]]:
+    """Run every task on both models; returns the tallies (on CPU) and timings in seconds."""
+    family, timings = evaluate_family(tasks, sources, dense, [pruned], **options)
+    return family[0], timings
+
+
+def evaluate_family(
+    tasks: list[Task],
+    sources: list[Source],
+    dense: Runner,
+    members: list[Runner],
     *,
     pre: Preprocess,
     size: int,
@@ -130,16 +144,21 @@ def evaluate(
     max_pixels: int,
     device: torch.device,
     progress: Optional[Progress] = None,
-) -> tuple[dict[str, TaskTally], dict[str, float]]:
-    """Run every task on both models; returns the tallies (on CPU) and timings in seconds."""
-    tallies: dict[str, TaskTally] = {}
+    world: World = SINGLE,
+) -> tuple[list[dict[str, TaskTally]], dict[str, float]]:
+    """Run every task on the dense model once and on each pruned member; one tally dict per
+    member (on CPU), and timings in seconds. Under torchrun each process reads its part of every
+    source and the tallies are merged across processes."""
+    tallies: list[dict[str, TaskTally]] = [{} for _ in members]
     timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0}
     for source in sources:
         source_tasks = [t for t in tasks if t.source == source.name]
         for task in source_tasks:
-            tallies[task.name] = TaskTally.empty(len(source.indices) * task.draws, device)
+            for member in tallies:
+                member[task.name] = TaskTally.empty(len(source.indices) * task.draws, device)
         tick = time.perf_counter()
-        for ids, images, labels, digests in batches(source.images, source.indices, size, batch_size, workers, max_pixels):
+        reads = source.indices if source.part is None else source.part
+        for ids, images, labels, digests in batches(source.images, reads, size, batch_size, workers, max_pixels):
             source.manifest.add(ids, digests)
             x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
             labels = labels.to(device)
@@ -152,16 +171,23 @@ def evaluate(
                     inputs = task_input(task, x, sample_ids, draw, seed, pre)
                     timings["shift_s"] += time.perf_counter() - tick
                     tick = time.perf_counter()
-                    dense_logits, pruned_logits = dense(inputs), pruned(inputs)
+                    dense_logits = dense(inputs)
+                    outputs = [member(inputs) for member in members]
                     timings["models_s"] += time.perf_counter() - tick
-                    tallies[task.name].update(positions * task.draws + draw, labels, dense_logits, pruned_logits)
+                    for member, pruned_logits in zip(tallies, outputs):
+                        member[task.name].update(positions * task.draws + draw, labels, dense_logits, pruned_logits)
                 if progress:
                     progress(len(ids) * task.draws)
             tick = time.perf_counter()
-    result = {}
-    for name, tally in tallies.items():
-        tally = tally.cpu()
-        if not bool(tally.filled.all()):
-            raise AssertionError(f"task {name}: {int((~tally.filled).sum())} samples were never evaluated")
-        result[name] = tally
+        source.manifest.merge(gather_digests(source.manifest.digests, world))
+    merge_tallies(tallies, world)
+    result = []
+    for member in tallies:
+        done = {}
+        for name, tally in member.items():
+            tally = tally.cpu()
+            if not bool(tally.filled.all()):
+                raise AssertionError(f"task {name}: {int((~tally.filled).sum())} samples were never evaluated")
+            done[name] = tally
+        result.append(done)
     return result, timings

@@ -7,10 +7,13 @@ are relative to the policy file.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from types import UnionType
+from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -24,8 +27,14 @@ METRICS = {
     "dense_accuracy": ((0.0, 1.0), "top-1 accuracy of the dense model"),
     "pruned_accuracy": ((0.0, 1.0), "top-1 accuracy of the pruned model"),
     "softmax_l2": ((0.0, 2.0**0.5), "mean L2 distance between the two models' softmax outputs"),
+    "softmax_linf": ((0.0, 1.0), "mean L-infinity distance between the two models' softmax outputs"),
+    "newly_wrong": ((0.0, 1.0), "fraction of samples the dense model gets right and the pruned model wrong"),
+    "newly_right": ((0.0, 1.0), "fraction of samples the dense model gets wrong and the pruned model right"),
+    "error_consistency": ((-1.0, 1.0), "Cohen's kappa between the two models' errors (1: the same mistakes)"),
+    "class_recall_drop": ((-1.0, 1.0), "the largest drop in recall of any one class"),
 }
-MetricName = Literal["accuracy_drop", "agreement", "dense_accuracy", "pruned_accuracy", "softmax_l2"]
+MetricName = Literal["accuracy_drop", "agreement", "dense_accuracy", "pruned_accuracy", "softmax_l2", "softmax_linf",
+                     "newly_wrong", "newly_right", "error_consistency", "class_recall_drop"]
 DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary"]
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -36,14 +45,21 @@ def repeated(names: list[str]) -> list[str]:
     return sorted({n for n in names if names.count(n) > 1})
 
 
+def _unknown(what: str, name: str, known: list[str]) -> str:
+    hint = suggest(name, known)
+    return f"unknown {what} {name!r}{f' ({hint})' if hint else ''}; known: {', '.join(known)}"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class InputSpec(Strict):
     size: int = Field(gt=0, le=4096, description="square input side in pixels")
-    mean: list[float] = Field([0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel")
-    std: list[Annotated[float, Field(gt=0)]] = Field([0.229, 0.224, 0.225], min_length=3, max_length=3)
+    mean: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        [0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel")
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field([0.229, 0.224, 0.225], min_length=3,
+                                                                         max_length=3)
 
 
 class ModelSpec(Strict):
@@ -112,7 +128,7 @@ class NoiseSpec(Strict):
         from prunegate.shifts import list_noises
 
         if kind not in list_noises():
-            raise ValueError(f"unknown noise kind {kind!r}; known: {', '.join(list_noises())}")
+            raise ValueError(_unknown("noise kind", kind, list_noises()))
         return kind
 
 
@@ -124,16 +140,24 @@ class Corruptions(Strict):
         None, description="a CIFAR-10-C style folder (<name>.npy + labels.npy) to read instead of generating"
     )
 
-    @model_validator(mode="after")
-    def _known(self) -> Corruptions:
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, preset: str) -> str:
         from prunegate import shifts
 
-        if self.preset not in shifts.list_presets():
-            raise ValueError(f"unknown preset {self.preset!r}; known: {', '.join(shifts.list_presets())}")
-        unknown = [n for n in self.corruption_names() if n not in shifts.list_shifts()]
+        if preset not in shifts.list_presets():
+            raise ValueError(_unknown("preset", preset, shifts.list_presets()))
+        return preset
+
+    @field_validator("names")
+    @classmethod
+    def _known_names(cls, names: Union[str, list[str]]) -> Union[str, list[str]]:
+        from prunegate import shifts
+
+        unknown = [n for n in ([] if names == "all" else names) if n not in shifts.list_shifts()]
         if unknown:
-            raise ValueError(f"unknown corruption {unknown[0]!r}; known: {', '.join(shifts.CORRUPTION_NAMES)}")
-        return self
+            raise ValueError(_unknown("corruption", unknown[0], list(shifts.CORRUPTION_NAMES)))
+        return names
 
     def corruption_names(self) -> list[str]:
         from prunegate.shifts import CORRUPTION_NAMES
@@ -173,6 +197,10 @@ class Rule(Strict):
 
 class Gate(Strict):
     rules: list[Rule] = Field(min_length=1)
+    confidence: Optional[float] = Field(
+        None, gt=0.5, lt=1.0, description="decide each rule on the conservative end of this two-sided confidence "
+        "interval (upper bound of a drop, lower bound of an agreement); unset: on the point estimates")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="bootstrap resamples (seeded by suite.seed)")
 
     @field_validator("rules")
     @classmethod
@@ -231,6 +259,10 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     mapping = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be a name, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -257,17 +289,69 @@ def _field_path(error: dict, data: object) -> str:
     return ".".join(parts)
 
 
+def _members(annotation: object) -> list:
+    """The alternatives of a type annotation: Annotated and Optional/Union unwrapped."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _fields_at(location: tuple) -> list[str]:
+    """The field names the schema allows in the mapping at `location` (an error's loc, whose last
+    part is the offending key); [] when that is not one model."""
+    node: object = Policy
+    for part in location[:-1]:
+        for member in _members(node):
+            if isinstance(part, int):
+                if get_origin(member) is list:
+                    node = get_args(member)[0]
+                    break
+            elif isinstance(member, type) and issubclass(member, BaseModel) and part in member.model_fields:
+                node = member.model_fields[part].annotation
+                break
+            elif part == getattr(member, "__name__", None):  # pydantic's tag for a union member
+                node = member
+                break
+        # any other part is pydantic's own (a validator's name): the node stays
+    models = [m for m in _members(node) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
+def suggest(name: object, known: list[str]) -> str:
+    """ "did you mean 'x'?" for the closest of `known`, or ""."""
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_field(error: dict) -> tuple[str, Optional[str]]:
+    """The message for a misspelled key, and the field it probably meant."""
+    fields = _fields_at(tuple(error["loc"]))
+    hint = suggest(error["loc"][-1], fields)
+    if hint:
+        return f"unknown field; {hint}", difflib.get_close_matches(str(error["loc"][-1]), fields, n=1, cutoff=0.6)[0]
+    allowed = f"; allowed here: {', '.join(fields)}" if fields else ""
+    return f"unknown field{allowed} (see `prunegate policy schema`)", None
+
+
 def _describe(error: dict) -> str:
     kind, message = error["type"], error["msg"]
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling; see `prunegate policy schema`)"
+        return _unknown_field(error)[0]
     if kind == "missing":
         return "required field is missing"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     received = error.get("input")
-    if kind.endswith("_type") and not isinstance(received, (dict, list)):
-        message += f" (got {received!r})"
+    if kind.endswith("_type"):
+        if isinstance(received, dict):
+            message += " (got a mapping)"
+        elif isinstance(received, list):
+            message += " (got a list)"
+        else:
+            shown = repr(received)
+            message += f" (got {shown if len(shown) <= 60 else shown[:59] + '…'})"
     return message
 
 
@@ -290,7 +374,12 @@ def policy_from_dict(data: object, file: Path | str = "<policy>") -> Policy:
 
         deepest = max(range(len(errors)), key=rank)
         chosen = paths[deepest]
-        more = len({p for p in paths if p != chosen and not chosen.startswith(p + ".") and p})
+        others = {p for p in paths if p != chosen and not chosen.startswith(p + ".") and p}
+        if errors[deepest]["type"] == "extra_forbidden":  # the field a misspelling left missing is no news
+            meant = _unknown_field(errors[deepest])[1]
+            if meant:
+                others.discard(".".join([*chosen.split(".")[:-1], meant]))
+        more = len(others)
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
         raise PolicyError(_describe(errors[deepest]) + suffix, file=file, field=chosen or None) from None
 
@@ -312,6 +401,8 @@ def load_policy(path: Path | str) -> Policy:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PolicyError(f"invalid YAML: {problem}", file=path, field=where) from None
+    except RecursionError:
+        raise PolicyError("invalid YAML: nested too deeply", file=path) from None
     except OSError as exc:
         raise PolicyError(f"cannot read: {exc.strerror}", file=path) from None
     policy = policy_from_dict(data, file=path)

@@ -232,3 +232,135 @@ def gate_case(tmp_path: Path) -> Callable[..., Path]:
         return _write_policy(tmp_path / "policy.yaml", **policy_kwargs)
 
     return make
+
+
+# --- reports for the renderers -----------------------------------------------------------------
+
+
+def _sample_report(*, failing: bool = True, extras: bool = True, corruptions: tuple[str, ...] = ("fog", "contrast"),
+                   severities: tuple[int, ...] = (1, 3, 5), classes: int = 3, name: str = "sample"):
+    """A synthetic but consistent Report: clean, two noise levels and `corruptions` x `severities`.
+
+    failing: the pruned model loses agreement under noise (rule 'noise agreement' fails) and one
+    rule is undecided. extras: the optional fields (intervals, bounds, per-class counts, examples,
+    corruption summary) are filled, as a report from the full engine has them."""
+    import fnmatch
+
+    from prunegate.report.schema import Report
+
+    def task(name: str, kind: str, group: str, dense: float, pruned: float, agreement: float, n: int = 300) -> dict:
+        record = {"name": name, "kind": kind, "group": group, "source": "test", "n": n,
+                  "dense": {"accuracy": dense, "correct": round(dense * n), "nonfinite": 0},
+                  "pruned": {"accuracy": pruned, "correct": round(pruned * n), "nonfinite": 0},
+                  "accuracy_drop": dense - pruned, "agreement": agreement, "softmax_l2": 0.05 + (1 - agreement) / 2,
+                  "softmax_linf": 0.04}
+        if extras:
+            per_class = [n // classes] * classes
+            record.update({
+                "newly_wrong": (dense - pruned) + 0.01, "newly_right": 0.01, "mcnemar_p": 0.03,
+                "error_consistency": 0.6, "class_recall_drop": (dense - pruned) + 0.05,
+                "worst_class": {"label": 1, "name": "green", "n": n // classes, "dense_recall": dense,
+                                "pruned_recall": pruned - 0.05, "drop": (dense - pruned) + 0.05},
+                "flips": {"newly_wrong": round(((dense - pruned) + 0.01) * n), "newly_right": round(0.01 * n)},
+                "intervals": {"accuracy_drop": {"low": dense - pruned - 0.02, "high": dense - pruned + 0.02, "method": "newcombe"},
+                              "agreement": {"low": agreement - 0.03, "high": min(1.0, agreement + 0.03), "method": "wilson"}},
+                "class_recall": {"n": per_class,
+                                 "dense_correct": [round(dense * k) for k in per_class],
+                                 "pruned_correct": [round(pruned * k) - (5 if i == 1 else 0) for i, k in enumerate(per_class)]},
+                "examples": [{"index": i, "draw": 0, "label": i % classes, "dense": i % classes,
+                              "pruned": (i + 1) % classes} for i in (0, 4)],
+            })
+        return record
+
+    drop = 0.06 if failing else 0.0
+    tasks = [task("clean", "clean", "clean", 0.9, 0.895, 0.97)]
+    tasks += [task(f"noise/uniform/{level:g}", "noise", "noise", 0.85 - level, 0.85 - level - drop * level * 10,
+                   0.95 - drop * level * 5 - level / 10) for level in (0.1, 0.3)]
+    for corruption in corruptions:
+        for s in severities:
+            tasks.append(task(f"corruption/{corruption}/{s}", "corruption", corruption, 0.88 - 0.08 * s,
+                              0.88 - 0.08 * s - drop * s / 5, 0.95 - 0.03 * s))
+
+    def rule(name, metric, globs, aggregate, comparison, threshold, status=None) -> dict:
+        def value_of(t):
+            return {"accuracy_drop": t["accuracy_drop"], "agreement": t["agreement"]}[metric]
+
+        chosen = [t for t in tasks if any(fnmatch.fnmatchcase(t["name"], g) for g in globs)]
+        values = [value_of(t) for t in chosen]
+        ok = (lambda v: v <= threshold + 1e-12) if comparison == "max" else (lambda v: v >= threshold - 1e-12)
+        per_task = [{"task": t["name"], "value": v, "passed": ok(v)} for t, v in zip(chosen, values)]
+        value = (max if comparison == "max" else min)(values) if aggregate == "each" else \
+            {"min": min, "max": max}.get(aggregate, lambda xs: sum(xs) / len(xs))(values)
+        passed = ok(value) and status != "undecided"
+        record = {"name": name, "metric": metric, "tasks": globs, "aggregate": aggregate, "comparison": comparison,
+                  "threshold": threshold, "value": value, "passed": passed, "per_task": per_task,
+                  "status": status or ("pass" if passed else "fail")}
+        if extras:
+            record.update({"confidence": 0.95, "bound": value + (0.01 if comparison == "max" else -0.01),
+                           "interval": {"low": value - 0.02, "high": value + 0.02, "method": "newcombe"}})
+            if status == "undecided":
+                record["samples_needed"] = 4200
+        return record
+
+    rules = [
+        rule("clean accuracy", "accuracy_drop", ["clean"], "each", "max", 0.01),
+        rule("noise agreement", "agreement", ["noise/*"], "each", "min", 0.9),
+    ]
+    if corruptions:
+        rules.append(rule("corruption drop", "accuracy_drop", ["corruption/*"], "mean", "max", 0.05,
+                          status="undecided" if failing else None))
+    verdict = "pass" if all(r["passed"] for r in rules) else "fail"
+    model = {"sha256": "ab" * 32, "format": "onnx", "parameters": 1000, "backend": "onnx", "device": "cpu",
+             "provider": "CPUExecutionProvider"}
+    document = {"version": 1, "name": name, "models": {"dense": "dense.onnx", "pruned": "pruned.onnx",
+                                                        "input": {"size": 8}},
+                "data": {"test": {"format": "npz", "path": "data.npz"}},
+                "suite": {"seed": 0, "noise": [{"kind": "uniform", "levels": [0.1, 0.3]}]},
+                "gate": {"rules": [{"name": r["name"], "tasks": r["tasks"], "metric": r["metric"], "aggregate": r["aggregate"],
+                                    r["comparison"]: r["threshold"]} for r in rules]}}
+    if corruptions:
+        document["suite"]["corruptions"] = {"preset": "cifar10-c", "names": list(corruptions),
+                                            "severities": list(severities)}
+    report = {
+        "tool": {"name": "prunegate", "version": "0.1.0"}, "verdict": verdict,
+        "policy": {"name": name, "path": "/nowhere/policy.yaml", "sha256": "cd" * 32, "document": document},
+        "models": {"dense": {**model, "path": "/nowhere/dense.onnx", "nonzero_parameters": 1000, "sparsity": 0.0},
+                   "pruned": {**model, "path": "/nowhere/pruned.onnx", "nonzero_parameters": 100, "sparsity": 0.9,
+                              "sha256": "ef" * 32}},
+        "data": [{"name": "test", "format": "npz", "path": "/nowhere/data.npz", "size": 300, "used": 300,
+                  "sha256": "01" * 32, "classes": ["red", "green", "blue"][:classes] if classes <= 3 else None}],
+        "seed": 0, "options": {"device": "cpu", "backend": "onnx", "batch_size": 64, "limit": None},
+        "tasks": tasks, "rules": rules,
+        "environment": {"python": "3.11", "torch": "2.x", "device": "cpu"},
+        "timing": {"started": "2026-01-02T03:04:05+00:00", "duration_s": 12.5, "data_s": 1.0, "shift_s": 2.0,
+                   "models_s": 9.0},
+    }
+    if extras:
+        report["confidence"] = 0.95
+    if extras and corruptions:
+        report["corruption_summary"] = {
+            "per_corruption": [{"name": c, "severities": list(severities), "dense_error": 1.2, "pruned_error": 1.3,
+                                "ce": 1.3 / 1.2, "relative_ce": 1.1} for c in corruptions],
+            "mce": 1.3 / 1.2, "relative_mce": 1.1}
+    return Report.model_validate(report)
+
+
+@pytest.fixture(scope="session")
+def sample_report() -> Callable[..., object]:
+    """sample_report(failing=True, extras=True, corruptions=("fog", "contrast"), severities=(1, 3, 5), classes=3)
+    -> a consistent synthetic Report for the renderers (see `_sample_report`)."""
+    return _sample_report
+
+
+def _write_report(path: Path, report) -> Path:
+    """Write `report` as an unsigned DSSE envelope (as `check` does without a key)."""
+    from prunegate.report.attest import envelope, envelope_json, statement_bytes
+
+    path.write_text(envelope_json(envelope(statement_bytes(report))))
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_report() -> Callable[..., Path]:
+    """write_report(path, report) -> path: an unsigned report file."""
+    return _write_report

@@ -121,6 +121,27 @@ def test_check_fails_a_broken_pruned_model(tmp_path: Path, capsys, gate_case) ->
     assert predicate["tasks"][0]["accuracy_drop"] == pytest.approx(2 / 3)
 
 
+def test_check_at_a_confidence_level_reports_undecided_rules(tmp_path: Path, capsys, gate_case) -> None:
+    # Identical models on 12 images: the drop is 0 but its 95% interval is wide, so a 1 pp
+    # tolerance can be neither confirmed nor refuted: undecided, which does not pass.
+    policy = gate_case("same", n=12, gate={"confidence": 0.95, "rules": [
+        {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
+        {"name": "clean flips", "tasks": "clean", "metric": "newly_wrong", "max": 0.5}]})
+    report = tmp_path / "report.json"
+    code, out, err = run(capsys, "check", "--policy", policy, "-o", report)
+    assert code == 1, err
+    assert "UNDECIDED" in out and "would likely decide it" in out
+    predicate = statement_of(report)["predicate"]
+    drop = predicate["rules"][0]
+    assert drop["status"] == "undecided" and drop["confidence"] == 0.95 and drop["value"] == 0.0
+    assert drop["bound"] == drop["interval"]["high"] > 0.01 and drop["samples_needed"] > 12
+    assert predicate["confidence"] == 0.95
+    task = predicate["tasks"][0]
+    assert task["intervals"]["accuracy_drop"]["method"] == "newcombe"
+    assert task["flips"] == {"newly_wrong": 0, "newly_right": 0} and task["mcnemar_p"] == 1.0
+    assert task["class_recall"]["n"] == [4, 4, 4]
+
+
 def test_check_overrides_from_the_command_line(tmp_path: Path, capsys, gate_case) -> None:
     policy = gate_case("zero")
     report = tmp_path / "report.json"
@@ -248,3 +269,41 @@ def test_check_onnx_dense_against_torchscript_pruned(tmp_path: Path, capsys, gat
     models = statement_of(report)["predicate"]["models"]
     assert models["dense"]["format"] == "onnx" and models["dense"]["provider"] == "CPUExecutionProvider"
     assert models["dense"]["parameters"] == models["pruned"]["parameters"]
+
+
+def test_progress_lines_for_logs_give_percent_and_eta(capsys) -> None:
+    from rich.progress import Progress
+
+    from prunegate.cli import _RichProgress
+
+    with Progress(disable=True) as bar:
+        progress = _RichProgress(bar, lines=True, every=0.0)
+        progress.start(200)
+        progress.advance(50)
+    err = capsys.readouterr().err
+    assert "progress: 25% (50/200 evaluations)" in err and "left" in err
+
+
+def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path: Path, gate_case) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    # enough work to be interrupted mid-pass: 400 images x 3 noise levels x 20 draws, batch 4
+    policy = gate_case("same", n=400, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 20}]},
+                       runtime={"batch_size": 4})
+    report = tmp_path / "out" / "report.json"
+    report.parent.mkdir()
+    env = {**os.environ, "PRUNEGATE_PROGRESS_SECONDS": "0.5"}
+    process = subprocess.Popen([sys.executable, "-m", "prunegate", "check", "--policy", str(policy), "-o", str(report)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = process.stderr.readline()  # the pass has started once a progress line appears
+    while first and not first.startswith("progress:"):
+        first = process.stderr.readline()
+    assert first.startswith("progress:") and process.poll() is None, "finished before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted: nothing was written" in err and "Traceback" not in err
+    assert list(report.parent.iterdir()) == []

@@ -89,7 +89,9 @@ runtime: {{workers: 0, batch_size: 5}}
     assert list(reports["generated"]) == list(reports["precomputed"])
     assert len(reports["generated"]) == 4
     for name, task in reports["generated"].items():
-        assert task == reports["precomputed"][name]
+        precomputed = reports["precomputed"][name]
+        assert task.pop("source") == "test" and precomputed.pop("source") == name  # read from its own block
+        assert task == precomputed
 
 
 def test_corrupted_arrays_reject_a_missing_severity_and_bad_labels(tmp_path, dataset):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from prunegate.gate import evaluate_rule, evaluate_rules, metric_value, verdict
@@ -131,5 +132,69 @@ def test_verdict() -> None:
 
 def test_result_serialises_to_plain_data() -> None:
     data = evaluate_rule(rule(max=0.05), SUMMARIES).to_dict()
-    assert data["per_task"][0] == {"task": "noise/uniform/0.1", "value": pytest.approx(0.01), "passed": True}
+    assert data["per_task"][0] == {"task": "noise/uniform/0.1", "value": pytest.approx(0.01), "passed": True,
+                                   "bound": None, "status": None}
     assert set(data) >= {"name", "metric", "tasks", "aggregate", "comparison", "threshold", "value", "passed"}
+
+
+# --- decisions at a confidence level ---------------------------------------------------------
+
+from prunegate.gate import Evidence  # noqa: E402
+
+
+def with_interval(s: dict, metric: str, low: float, high: float, n: int = 100) -> dict:
+    return {**s, "n": n, "intervals": {metric: {"low": low, "high": high, "method": "newcombe"}}}
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "status"),
+    [(0.00, 0.009, "pass"), (0.005, 0.02, "undecided"), (0.011, 0.03, "fail"), (-0.01, 0.01, "pass")],
+)
+def test_confidence_decides_on_the_conservative_bound(low: float, high: float, status: str) -> None:
+    summaries = {"clean": with_interval(summary(0.9, 0.895), "accuracy_drop", low, high)}
+    result = evaluate_rule(rule(tasks="clean", max=0.01), Evidence(summaries, confidence=0.95))
+    assert result.status == status and result.passed == (status == "pass")
+    assert result.bound == high and result.per_task[0].status == status
+    assert (result.samples_needed is not None) == (status == "undecided")
+
+
+def test_undecided_estimates_how_many_samples_would_decide() -> None:
+    # drop 0.005, upper bound 0.015 (half-width 0.01), threshold 0.01: margin 0.005, so about
+    # (0.01 / 0.005)^2 = 4 times the samples.
+    summaries = {"clean": with_interval(summary(0.9, 0.895), "accuracy_drop", -0.005, 0.015, n=1000)}
+    result = evaluate_rule(rule(tasks="clean", max=0.01), Evidence(summaries, confidence=0.95))
+    assert result.status == "undecided" and result.samples_needed == pytest.approx(4000, rel=0.01)
+
+
+def test_min_rules_use_the_lower_bound() -> None:
+    summaries = {"clean": with_interval(summary(0.9, 0.9, agreement=0.97), "agreement", 0.94, 0.99)}
+    result = evaluate_rule(rule(tasks="clean", metric="agreement", min=0.95), Evidence(summaries, confidence=0.95))
+    assert result.status == "undecided" and result.bound == 0.94
+    result = evaluate_rule(rule(tasks="clean", metric="agreement", min=0.93), Evidence(summaries, confidence=0.95))
+    assert result.status == "pass"
+
+
+def test_each_rule_fails_if_any_task_fails_and_is_undecided_if_any_is() -> None:
+    summaries = {
+        "noise/a": with_interval(summary(0.9, 0.9), "accuracy_drop", -0.01, 0.005),
+        "noise/b": with_interval(summary(0.9, 0.89), "accuracy_drop", 0.0, 0.02),
+    }
+    assert evaluate_rule(rule(max=0.01), Evidence(summaries, confidence=0.9)).status == "undecided"
+    summaries["noise/c"] = with_interval(summary(0.9, 0.85), "accuracy_drop", 0.03, 0.07)
+    assert evaluate_rule(rule(max=0.01), Evidence(summaries, confidence=0.9)).status == "fail"
+
+
+def test_mean_rules_use_the_joint_bootstrap_replicates() -> None:
+    summaries = {"noise/a": summary(0.9, 0.89), "noise/b": summary(0.9, 0.87)}
+    replicates = {"noise/a": {"accuracy_drop": np.linspace(0.0, 0.02, 1001)},
+                  "noise/b": {"accuracy_drop": np.linspace(0.02, 0.04, 1001)}}
+    result = evaluate_rule(rule(aggregate="mean", max=0.035), Evidence(summaries, replicates, 0.9))
+    assert result.value == pytest.approx(0.02) and result.interval["method"] == "bootstrap"
+    assert result.interval["low"] == pytest.approx(0.011) and result.interval["high"] == pytest.approx(0.029)
+    assert result.status == "pass"
+
+
+def test_without_confidence_point_estimates_decide_as_before() -> None:
+    summaries = {"clean": with_interval(summary(0.9, 0.895), "accuracy_drop", 0.0, 0.02)}
+    result = evaluate_rule(rule(tasks="clean", max=0.01), summaries)
+    assert result.passed and result.status == "pass" and result.confidence is None and result.bound is None

@@ -124,3 +124,54 @@ def test_bad_ratio(ratio):
 def test_model_without_prunable_layers():
     with pytest.raises(ValueError):
         global_magnitude_prune(nn.Sequential(nn.ReLU()), 0.5)
+
+
+# --- filter pruning (FT) and export ------------------------------------------------------------
+
+from prunegate.prune import export_model, filter_prune  # noqa: E402
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_filter_prune_zeroes_the_smallest_l1_filters_per_layer_but_not_the_classifier(ratio):
+    model = _model()
+    pruned = filter_prune(model, ratio)
+    layers = [(n, w) for n, w in prunable_weights(model)]
+    for (name, before), (_, after) in zip(layers[:-1], prunable_weights(pruned)[:-1]):
+        norms = before.detach().abs().flatten(1).sum(dim=1)
+        k = round(ratio * len(norms))
+        zeroed = (after.detach().flatten(1) == 0).all(dim=1)
+        assert int(zeroed.sum()) == k, name
+        assert set(torch.argsort(norms)[:k].tolist()) == set(torch.nonzero(zeroed).flatten().tolist())
+    assert torch.equal(prunable_weights(pruned)[-1][1], layers[-1][1])  # the classifier keeps all classes
+    dropped = (pruned[0].weight.flatten(1) == 0).all(dim=1)
+    assert (pruned[0].bias[dropped] == 0).all()  # with their biases
+    # the batch norm right after the conv loses those channels too; its statistics are kept
+    assert (pruned[1].weight[dropped] == 0).all() and (pruned[1].bias[dropped] == 0).all()
+    assert torch.equal(pruned[1].weight[~dropped], model[1].weight[~dropped])
+    assert torch.equal(pruned[1].running_mean, model[1].running_mean)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert (pruned.eval()[:3](x)[:, dropped] == 0).all()  # removed channels output zeros
+
+
+def test_filter_prune_rejects_bad_ratios():
+    with pytest.raises(ValueError):
+        filter_prune(_model(), 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_pruned_models_compute_what_the_module_computes(tmp_path, fmt):
+    import onnxruntime
+
+    model = global_magnitude_prune(_model(), 0.5).eval()
+    path = tmp_path / f"m.{fmt}"
+    export_model(model, 8, path, fmt)
+    x = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    else:
+        got = torch.jit.load(str(path))(x)
+    assert torch.allclose(got, expected, atol=1e-5)

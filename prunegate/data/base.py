@@ -121,6 +121,14 @@ class Manifest:
     def add(self, indices: torch.Tensor, digests: list[str]) -> None:
         self._digests.update(zip(indices.tolist(), digests))
 
+    @property
+    def digests(self) -> dict[int, str]:
+        return self._digests
+
+    def merge(self, digests: dict[int, str]) -> None:
+        """Add what other processes read (torchrun)."""
+        self._digests.update(digests)
+
     def to_dict(self) -> dict:
         lines = "".join(f"{i} {self._digests.get(int(i), '')}\n" for i in self.indices)
         return {

@@ -26,7 +26,7 @@ class Cifar10Binary(_Arrays):
         if path.is_dir():
             path = path / "test_batch.bin"
         super().__init__(path, field)
-        require_path(path, field, directory=False)
+        require_path(path, field + ".path", directory=False)
         raw = np.fromfile(path, dtype=np.uint8)
         if raw.size == 0 or raw.size % RECORD:
             raise self.error(f"size {raw.size} bytes is not a whole number of {RECORD}-byte CIFAR-10 records")

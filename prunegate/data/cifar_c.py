@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from prunegate.digest import file_sha256
+from prunegate.errors import DataError
 
 from .arrays import _Arrays, _load_npy
 from .base import require_path
@@ -22,14 +23,20 @@ from .base import require_path
 SEVERITY_FILE = "prunegate-c.json"
 
 
-def folder_severities(folder: Path) -> list[int]:
+def folder_severities(folder: Path, field: str = "suite.corruptions.precomputed") -> list[int]:
+    """The severities of a folder's blocks, in order: those its prunegate-c.json names, else all five.
+    A file that is there but unreadable is an error: guessing would mislabel the blocks."""
     meta = folder / SEVERITY_FILE
-    if meta.is_file():
-        try:
-            return [int(s) for s in json.loads(meta.read_text())["severities"]]
-        except (ValueError, KeyError, TypeError):
-            return [1, 2, 3, 4, 5]
-    return [1, 2, 3, 4, 5]
+    if not meta.is_file():
+        return [1, 2, 3, 4, 5]
+    try:
+        severities = json.loads(meta.read_text(encoding="utf-8"))["severities"]
+        if not isinstance(severities, list) or not severities or any(
+                type(s) is not int or not 1 <= s <= 5 for s in severities) or len(set(severities)) != len(severities):
+            raise ValueError
+        return severities
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        raise DataError('expected {"severities": [distinct integers 1-5]}', file=meta, field=field) from None
 
 
 class CorruptedArrays(_Arrays):
@@ -42,11 +49,15 @@ class CorruptedArrays(_Arrays):
         require_path(folder, field, directory=True)
         require_path(self.path, field, directory=False)
         require_path(folder / "labels.npy", field, directory=False)
-        severities = folder_severities(folder)
+        severities = folder_severities(folder, field)
         if severity not in severities:
             raise self.error(f"severity {severity} is not in this folder (it has {severities})")
         images = _load_npy(self.path, self.error)
         labels = np.asarray(_load_npy(folder / "labels.npy", self.error))
+        if images.ndim == 0:
+            raise self.error(f"images must be uint8 [S * N, H, W, 3]; found shape {images.shape}")
+        if labels.ndim != 1:
+            raise self.error(f"labels must be a 1-D integer array; found shape {labels.shape}", folder / "labels.npy")
         blocks = len(severities)
         if images.shape[0] % blocks:
             raise self.error(f"{images.shape[0]} rows do not split into {blocks} severity blocks")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,51 @@ from .base import ImageSet, require_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _FLAT_LABEL = re.compile(r"_(\d+)$")
-_PIL_ONLY = {".bmp", ".tif", ".tiff"}  # listed above, but torchvision's decoder refuses them
+# Decoded with Pillow: BMP and TIFF, which torchvision's decoder refuses, and PNG, because
+# torchvision's libpng glue crashes the process (a segmentation fault, not an exception) on some
+# damaged PNG files (pytorch/vision#3613, #4485; still so in 0.29: see tests/test_fuzz.py).
+_PIL_ONLY = {".bmp", ".tif", ".tiff", ".png"}
 
 
 def _pil_decode(raw: bytes) -> torch.Tensor:
+    """CHW uint8 RGB. Pillow's own conversion clips 16-bit grey to 255 (a white image): those
+    are scaled to 8 bits here; float images, whose range no header states, are refused."""
     with PIL.Image.open(io.BytesIO(raw)) as picture:
-        rgb = np.array(picture.convert("RGB"))
-    return torch.from_numpy(rgb).permute(2, 0, 1)
+        if picture.mode.startswith("I"):  # I;16, I;16B, ... (16-bit) or I (32-bit integers)
+            grey = np.asarray(picture, dtype=np.float64)
+            if grey.size and (grey.min() < 0 or grey.max() > 65535):
+                raise ValueError(f"{picture.mode} pixels outside 0-65535; convert the image to 8 or 16 bits")
+            grey = np.clip(np.round(grey * (255 / 65535)), 0, 255).astype(np.uint8)
+            rgb = np.repeat(grey[..., None], 3, axis=-1)
+        elif picture.mode == "F":
+            raise ValueError("floating-point pixels (mode F) have no defined range; convert the image to 8 or 16 bits")
+        else:
+            rgb = np.array(picture.convert("RGB"))
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+
+
+_CPP_LOCATION = re.compile(r"^[\w:()<>~ ]+, \S+\.(?:cpp|h|c):\d+, ")  # "decode_png, /…/decode_png.cpp:62, "
+
+
+def _decoder_message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = _CPP_LOCATION.sub("", text.splitlines()[0]) if text else type(exc).__name__
+    return line[:200]
+
+
+def _as_rgb8(image: torch.Tensor) -> torch.Tensor:
+    """torchvision's decoders return an animated GIF as [frames, C, H, W] and a 16-bit PNG as
+    uint16: the first frame, scaled to 8 bits (kept as uint16, the values would be read as if
+    they were 8-bit ones)."""
+    if image.ndim == 4:
+        image = image[0]
+    if image.dtype != torch.uint8:
+        if image.dtype.is_floating_point:
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        else:
+            top = {torch.uint16: 65535, torch.int16: 32767, torch.int32: 2**31 - 1}.get(image.dtype, 255)
+            image = (image.to(torch.float64) * (255 / top)).round().clamp(0, 255).to(torch.uint8)
+    return image
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -46,28 +85,47 @@ class _Files(ImageSet):
             raw = file.read_bytes()
         except OSError as exc:
             raise self.error(f"cannot read image: {exc.strerror}", file) from None
-        self._check_pixels(file, max_pixels)
+        if not raw:
+            raise self.error("cannot decode image: the file is empty", file)
+        self._check_pixels(file, raw, max_pixels)
         try:
             if file.suffix.lower() in _PIL_ONLY:
                 image = _pil_decode(raw)
             else:
                 image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError, OSError, SyntaxError) as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise self.error(f"cannot decode image ({first_line})", file) from None
+            image = _as_rgb8(image)
+        except PIL.Image.DecompressionBombError:
+            raise self.error(self._too_large(None, max_pixels), file) from None
+        except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError, SyntaxError, struct.error...
+            raise self.error(f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
+                             f"file ({_decoder_message(exc)})", file) from None
+        if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape[1:]:
+            raise self.error(f"cannot decode image: decoded to shape {list(image.shape)}, not a 3-channel image", file)
+        height, width = image.shape[1:]
+        if height * width > max_pixels:  # the header check may not have known the format
+            raise self.error(self._too_large(height * width, max_pixels), file)
         return image.permute(1, 2, 0), hashlib.sha256(raw).hexdigest()
 
-    def _check_pixels(self, file: Path, max_pixels: int) -> None:
+    @staticmethod
+    def _too_large(pixels: int | None, max_pixels: int) -> str:
+        if pixels is None:
+            return (f"image is too large: over Pillow's decompression-bomb limit of {2 * PIL.Image.MAX_IMAGE_PIXELS} "
+                    f"pixels (data.max_pixels is {max_pixels})")
+        return f"image has {pixels} pixels, over the limit of {max_pixels} (data.max_pixels)"
+
+    def _check_pixels(self, file: Path, raw: bytes, max_pixels: int) -> None:
         # Only the header is read here; decoding a bomb is what this prevents.
         try:
-            with PIL.Image.open(file) as header:
-                width, height = header.size
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+                with PIL.Image.open(io.BytesIO(raw)) as header:
+                    width, height = header.size
         except PIL.Image.DecompressionBombError:
-            raise self.error(f"image too large (over {max_pixels} pixels)", file) from None
-        except (OSError, ValueError, SyntaxError):
-            return  # not PIL-readable: the decoder will say what is wrong
+            raise self.error(self._too_large(None, max_pixels), file) from None
+        except Exception:  # not PIL-readable (Pillow raises many kinds): the decoder will say what is wrong
+            return
         if width * height > max_pixels:
-            raise self.error(f"image has {width * height} pixels, over the limit of {max_pixels}", file)
+            raise self.error(self._too_large(width * height, max_pixels), file)
 
 
 class ImageFolder(_Files):
@@ -75,7 +133,7 @@ class ImageFolder(_Files):
 
     def __init__(self, path: Path, field: str):
         super().__init__(path, field)
-        require_path(path, field, directory=True)
+        require_path(path, field + ".path", directory=True)
         class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
         if not class_dirs:
             raise self.error("no class sub-folders found (expected <class>/<image> files)")
@@ -98,7 +156,7 @@ class FlatImageFolder(_Files):
 
     def __init__(self, path: Path, field: str):
         super().__init__(path, field)
-        require_path(path, field, directory=True)
+        require_path(path, field + ".path", directory=True)
         self.files = _image_files(path)
         if not self.files:
             raise self.error("no image files found")

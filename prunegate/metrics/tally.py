@@ -8,7 +8,9 @@ batches fill disjoint slots and merge exactly, and paired statistics can use the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import numpy as np
 import torch
 
 from . import functional as F
@@ -47,21 +49,20 @@ class TaskTally:
     def cpu(self) -> TaskTally:
         return TaskTally(*(t.cpu() for t in (self.labels, self.dense_pred, self.pruned_pred, self.l2, self.linf, self.filled)))
 
-    def summary(self) -> dict:
-        """The task's metrics as the report records them."""
-        dense_correct = F.correct(self.dense_pred, self.labels)
-        pruned_correct = F.correct(self.pruned_pred, self.labels)
-        n = self.n
-        dense_acc = float(dense_correct.double().mean())
-        pruned_acc = float(pruned_correct.double().mean())
-        return {
-            "n": n,
-            "dense": {"accuracy": dense_acc, "correct": int(dense_correct.sum()),
-                      "nonfinite": int((self.dense_pred == F.NO_PREDICTION).sum())},
-            "pruned": {"accuracy": pruned_acc, "correct": int(pruned_correct.sum()),
-                       "nonfinite": int((self.pruned_pred == F.NO_PREDICTION).sum())},
-            "accuracy_drop": dense_acc - pruned_acc,
-            "agreement": F.agreement(self.dense_pred, self.pruned_pred),
-            "softmax_l2": float(self.l2.double().mean()),
-            "softmax_linf": float(self.linf.double().mean()),
-        }
+    def summary(self, *, draws: int = 1, classes: Optional[int] = None, confidence: float = 0.95,
+                resampler=None, indices=None, class_names=None) -> dict:
+        """The task's metrics as the report records them (see paired.task_statistics)."""
+        return self.statistics(draws=draws, classes=classes, confidence=confidence, resampler=resampler,
+                               indices=indices, class_names=class_names)[0]
+
+    def statistics(self, *, draws: int = 1, classes: Optional[int] = None, confidence: float = 0.95,
+                   resampler=None, indices=None, class_names=None) -> tuple[dict, dict]:
+        """(summary, bootstrap replicates per metric)."""
+        from .paired import task_statistics
+
+        if classes is None:
+            classes = int(max(self.labels.max(), self.dense_pred.max(), self.pruned_pred.max())) + 1 if self.n else 1
+        if indices is None:
+            indices = np.arange(self.n // draws)
+        return task_statistics(self.cpu(), draws=draws, classes=classes, confidence=confidence, resampler=resampler,
+                               indices=indices, class_names=class_names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 from prunegate.errors import ReportError
@@ -53,12 +54,25 @@ def envelope_json(envelope_dict: dict) -> str:
     return json.dumps(envelope_dict, indent=2) + "\n"
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> object:
+    """json.loads, but refusing what is not JSON (NaN, Infinity) and raising ValueError (not
+    RecursionError) for nesting too deep to parse."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def parse_envelope(text: str, file: str) -> dict:
     """The envelope's fields from a report file's text; ReportError if it is not an envelope."""
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        data = strict_json(text)
+    except ValueError as exc:
+        where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else f" ({exc})"
         raise ReportError(f"not JSON{where}", file=file) from None
     if not isinstance(data, dict) or not {"payloadType", "payload", "signatures"} <= set(data):
         raise ReportError("not a DSSE envelope (needs payloadType, payload, signatures)", file=file)
@@ -72,8 +86,8 @@ def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
     data = parse_envelope(text, file)
     try:
         payload = base64.b64decode(data["payload"], validate=True)
-        decoded = json.loads(payload)
-    except (ValueError, json.JSONDecodeError):
+        decoded = strict_json(payload)
+    except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ReportError("the payload is not base64-encoded JSON", file=file, field="payload") from None
     if not isinstance(decoded, dict) or decoded.get("predicateType") != PREDICATE_TYPE:
         raise ReportError(f"the payload is not a prunegate statement (predicateType {PREDICATE_TYPE})",
@@ -87,6 +101,30 @@ def sign(payload: bytes, key) -> dict:
 
     signature = key.sign(pae(PAYLOAD_TYPE, payload))
     return envelope(payload, [{"keyid": fingerprint(key.public_key()), "sig": base64.b64encode(signature).decode()}])
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def subject_digests(subjects: object) -> dict[str, str] | None:
+    """{'dense': sha256, 'pruned': sha256} when `subjects` is exactly the two model subjects a
+    prunegate statement has (each {name, digest: {sha256}, annotations: {role}}); else None."""
+    if not isinstance(subjects, list) or len(subjects) != 2:
+        return None
+    roles: dict[str, str] = {}
+    for subject in subjects:
+        if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
+            return None
+        annotations, digest = subject.get("annotations"), subject.get("digest")
+        if not isinstance(annotations, dict) or not isinstance(digest, dict):
+            return None
+        role, sha256 = annotations.get("role"), digest.get("sha256")
+        if role not in ("dense", "pruned") or role in roles:
+            return None
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            return None
+        roles[role] = sha256
+    return roles
 
 
 class Verification:
@@ -142,21 +180,23 @@ def verify_envelope(data: dict, public_key) -> Verification:
     if data["payloadType"] != PAYLOAD_TYPE:
         return result.fail(f"payloadType is {data['payloadType']!r}, not {PAYLOAD_TYPE!r}")
     try:
-        decoded = json.loads(payload)
+        decoded = strict_json(payload)
     except ValueError:
         return result.fail("the signed payload is not JSON")
     if not isinstance(decoded, dict) or decoded.get("_type") != STATEMENT_TYPE:
         return result.fail(f"the payload is not an in-toto Statement ({STATEMENT_TYPE})")
     if decoded.get("predicateType") != PREDICATE_TYPE:
-        return result.fail(f"predicateType is {decoded.get('predicateType')!r}, not {PREDICATE_TYPE!r}")
-    subjects = decoded.get("subject")
-    roles = {s.get("annotations", {}).get("role"): s for s in subjects or [] if isinstance(s, dict)}
-    if set(roles) != {"dense", "pruned"} or not all(isinstance(s.get("digest", {}).get("sha256"), str) for s in roles.values()):
+        return result.fail(f"predicateType is {str(decoded.get('predicateType'))[:100]!r}, not {PREDICATE_TYPE!r}")
+    roles = subject_digests(decoded.get("subject"))
+    if roles is None:
         return result.fail("the statement's subjects are not the dense and pruned models with sha256 digests")
     try:
-        Report.model_validate(decoded.get("predicate"))
+        report = Report.model_validate(decoded.get("predicate"))
     except Exception as exc:
         return result.fail(f"the predicate is not a valid prunegate report ({str(exc).splitlines()[0]})")
+    recorded = {"dense": report.models.dense.sha256, "pruned": report.models.pruned.sha256}
+    if recorded != roles:
+        return result.fail("the statement's subjects and the report's models have different sha256 digests")
     result.checks.append("in-toto Statement v1 with the dense and pruned models as subjects; prunegate report predicate")
     result.statement = decoded
     return result

@@ -12,6 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from prunegate.errors import KeyFileError, require_file
 
 
+NOT_PRIVATE = "not a PEM private key (expected the text of a NAME.pem from `prunegate keygen`)"
+
+
 def fingerprint(public_key: Ed25519PublicKey) -> str:
     """sha256 of the DER SubjectPublicKeyInfo: the DSSE `keyid`."""
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -40,10 +43,11 @@ def load_private(pem: bytes, passphrase: Optional[bytes], source: str) -> Ed2551
         raise KeyFileError(f"the signing key {wanted}", file=source) from None
     except ValueError:
         if passphrase and b"ENCRYPTED" in pem:
-            raise KeyFileError("wrong passphrase for the signing key", file=source) from None
-        raise KeyFileError("not a PEM private key", file=source) from None
+            raise KeyFileError("wrong passphrase for the signing key (the one in PRUNEGATE_KEY_PASSPHRASE)",
+                               file=source) from None
+        raise KeyFileError(NOT_PRIVATE, file=source) from None
     except Exception:  # cryptography raises a few kinds for malformed input
-        raise KeyFileError("not a PEM private key", file=source) from None
+        raise KeyFileError(NOT_PRIVATE, file=source) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=source)
     return key
@@ -58,7 +62,8 @@ def load_public(path: Path) -> Ed25519PublicKey:
         try:  # a private key file works too: its public half verifies
             return load_private(data, None, str(path)).public_key()
         except KeyFileError:
-            raise KeyFileError("not a PEM public key", file=path) from None
+            raise KeyFileError("not a PEM public key (expected the NAME.pub that `prunegate keygen` wrote)",
+                               file=path) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=path)
     return key

@@ -154,14 +154,14 @@ class CorruptionError(_Record):
     severities: list[int]
     dense_error: float = Field(description="sum over severities of the dense model's top-1 error")
     pruned_error: float
-    ce: float = Field(description="dense-relative corruption error: pruned_error / dense_error")
+    ce: Optional[float] = Field(description="dense-relative corruption error: pruned_error / dense_error")
     relative_ce: Optional[float] = Field(
         None, description="sum of (error - clean error) of the pruned over the dense model's (needs a clean task)")
 
 
 class CorruptionSummary(_Record):
     per_corruption: list[CorruptionError]
-    mce: float = Field(description="mean over corruptions of ce")
+    mce: Optional[float] = Field(description="mean over corruptions of ce")
     relative_mce: Optional[float] = None
 
 

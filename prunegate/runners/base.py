@@ -58,9 +58,10 @@ class Counts:
 
 
 
-def resolve_device(requested: str, allow_fallback: bool) -> torch.device:
+def resolve_device(requested: str, allow_fallback: bool, file: Optional[object] = None) -> torch.device:
     """auto -> cuda when present; an explicit cuda request without CUDA is an error unless the
-    policy allows falling back (a silent CPU run would hide a broken GPU set-up)."""
+    policy allows falling back (a silent CPU run would hide a broken GPU set-up). `file`: the
+    policy, named in the error."""
     available = torch.cuda.is_available()
     if requested == "auto":
         return torch.device("cuda" if available else "cpu")
@@ -68,7 +69,9 @@ def resolve_device(requested: str, allow_fallback: bool) -> torch.device:
         if allow_fallback:
             return torch.device("cpu")
         raise DeviceError(
-            "CUDA was requested but is not available (set runtime.allow_fallback: true to run on CPU)",
+            "CUDA was requested (runtime.device or --device) but torch has no CUDA device here "
+            "(set runtime.allow_fallback: true to run on CPU)",
+            file=file,
             field="runtime.device",
         )
     return torch.device(requested)
@@ -88,8 +91,16 @@ def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f
     return torch.cat(outputs)
 
 
+_BOILERPLATE = ("The following operation failed in the TorchScript interpreter",)
+
+
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+    """The line of an exception's text that says what went wrong, shortened. TorchScript puts its
+    own traceback first and the error (e.g. 'RuntimeError: mat1 and mat2 shapes ...') last."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith(_BOILERPLATE) else lines[0]
+    return line if len(line) <= 300 else line[:299] + "…"
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+from pathlib import Path, PureWindowsPath
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -29,17 +29,86 @@ def count_onnx_parameters(model) -> Counts:
     return counts
 
 
+def _tensors(model) -> Iterator:
+    """Every tensor a model holds: initializers (sparse ones too) and tensor attributes, in the
+    main graph, its subgraphs and its functions."""
+
+    def graph_tensors(graph) -> Iterator:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        yield from node_tensors(graph.node)
+
+    def node_tensors(nodes) -> Iterator:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("g"):
+                    yield from graph_tensors(attribute.g)
+                for graph in attribute.graphs:
+                    yield from graph_tensors(graph)
+
+    yield from graph_tensors(model.graph)
+    for function in model.functions:
+        yield from node_tensors(function.node)
+
+
+def check_external_data(model, path: Path, field: str) -> None:
+    """Refuse external data outside the model file's folder: an absolute `location`, or one that
+    leads (through '..' or symbolic links) elsewhere, would read any file the user can read."""
+    from onnx import TensorProto
+
+    folder = path.parent.resolve()
+    for tensor in _tensors(model):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+        if not location:
+            raise ModelError(f"tensor {tensor.name!r} has external data without a location", file=path, field=field)
+        target = Path(location)
+        outside = target.is_absolute() or location.startswith(("/", "\\")) or PureWindowsPath(location).drive
+        if not outside:
+            resolved = (path.parent / target).resolve()
+            outside = not resolved.is_relative_to(folder)
+        if outside:
+            raise ModelError(f"tensor {tensor.name!r} reads external data {location!r}, outside the model's folder "
+                             f"{folder}: refusing to read it (keep external data files next to the model)",
+                             file=path, field=field)
+        if not (path.parent / target).is_file():
+            raise ModelError(f"tensor {tensor.name!r}: its external data file {location!r} is missing "
+                             f"(expected next to the model, in {folder})", file=path, field=field)
+
+
+def load_onnx_model(path: Path, field: str):
+    """The model proto with its external data, checked; ModelError naming the file otherwise."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as exc:
+        raise ModelError(f"not a valid ONNX model: the file is truncated or corrupt ({first_line(exc)})",
+                         file=path, field=field) from None
+    except Exception as exc:  # onnx raises a few kinds for files that are not models
+        raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+    check_external_data(model, path, field)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises ValidationError, OSError, ValueError...
+        raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+    return model
+
+
 class OnnxRunner:
     def __init__(self, path: Path, field: str, device: torch.device, info: ModelInfo, allow_fallback: bool):
-        import onnx
         import onnxruntime as ort
 
         self.path, self.device = path, device
-        try:
-            model = onnx.load(str(path), load_external_data=True)
-            onnx.checker.check_model(model)
-        except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
-            raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+        model = load_onnx_model(path, field)
         counts = count_onnx_parameters(model)
         info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
         providers = ["CPUExecutionProvider"]
@@ -49,6 +118,7 @@ class OnnxRunner:
                     raise DeviceError(
                         "CUDA was requested but ONNX Runtime has no CUDAExecutionProvider "
                         "(install prunegate[gpu], or set runtime.allow_fallback: true)",
+                        file=path,
                         field="runtime.device",
                     )
                 self.device = torch.device("cpu")
@@ -60,6 +130,18 @@ class OnnxRunner:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime cannot load it ({first_line(exc)})", file=path, field=field) from None
+        used = self.session.get_providers()
+        if device.type == "cuda" and "CUDAExecutionProvider" not in used and self.device.type == "cuda":
+            # ONNX Runtime drops a provider it cannot load (missing CUDA or cuDNN libraries) with
+            # only a warning: the session's providers, not the request, say where it runs.
+            if not allow_fallback:
+                raise DeviceError(
+                    f"CUDA was requested but ONNX Runtime could not use CUDAExecutionProvider (the session "
+                    f"has {', '.join(used)}: check the CUDA and cuDNN libraries, or set runtime.allow_fallback: true)",
+                    file=path,
+                    field="runtime.device",
+                )
+            self.device = torch.device("cpu")
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(f"expected one input, found {len(inputs)}", file=path, field=field)

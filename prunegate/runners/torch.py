@@ -7,13 +7,16 @@ pickled module) is refused unless the user passes --allow-pickle, which the repo
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import pickle
+import re
 import sys
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -22,14 +25,29 @@ from prunegate.errors import ModelError
 from .base import Counts, ModelInfo, first_line, run_in_chunks
 
 
-def sniff_format(path: Path) -> str:
-    """torchscript | torch-export | torch-save, from the archive's members."""
+ZIP_MAGIC = b"PK\x03\x04"
+DAMAGED = "the file is truncated or corrupt: re-save or re-download it"
+
+
+def sniff_format(path: Path, field: str = "model") -> str:
+    """torchscript | torch-export | torch-save, from the archive's members. Every torch format
+    but the legacy torch.save one is a zip archive: one that starts as a zip but is not a whole
+    one is damaged, whatever its name says."""
+    with open(path, "rb") as f:
+        starts_as_zip = f.read(4) == ZIP_MAGIC
+    names = None
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        pass
+    if names is None:
+        if starts_as_zip:
+            raise ModelError(f"{DAMAGED} (an incomplete zip archive, the format torch saves)", file=path, field=field)
+        return "torch-export" if path.suffix == ".pt2" else "torch-save"  # legacy torch.save, or not torch at all
     if path.suffix == ".pt2":
         return "torch-export"
-    if not zipfile.is_zipfile(path):
-        return "torch-save"  # the legacy (non-zip) torch.save format, or not a torch file at all
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
     if any(n.endswith("/archive_format") or n.endswith("/models/model.json") for n in names):
         return "torch-export"
     if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
@@ -106,12 +124,15 @@ def load_torch_module(
     path: Path, field: str, arch: Optional[str], base_dir: Path, allow_pickle: bool
 ) -> tuple[torch.nn.Module, str, Optional[list]]:
     """(module, format, declared input shape or None)."""
-    kind = sniff_format(path)
+    kind = sniff_format(path, field)
     try:
         if kind == "torchscript":
-            return torch.jit.load(str(path), map_location="cpu"), "torchscript", None
+            with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated, on every load
+                warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu"), "torchscript", None
         if kind == "torch-export":
-            program = torch.export.load(str(path))
+            with contextlib.nullcontext() if allow_pickle else refuse_unpickling():
+                program = torch.export.load(str(path))
             shape = None
             placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
             if placeholders and "val" in placeholders[0].meta:
@@ -120,14 +141,26 @@ def load_torch_module(
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"cannot load {kind} model ({first_line(exc)})", file=path, field=field) from None
+        needs = needs_unpickling(exc)
+        if kind == "torch-export" and needs is not None:
+            raise ModelError(f"needs unpickling arbitrary Python objects ({needs.group(1)}) in the .pt2 archive, "
+                             "which can run code; re-run with --allow-pickle only if you trust this file",
+                             file=path, field=field) from None
+        raise ModelError(f"cannot load the {kind} model: {DAMAGED}, or it needs another torch version "
+                         f"({first_line(exc)})", file=path, field=field) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         fmt = "state-dict"
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses two things: a pickled object (a class it does not allow, named
+        # after "Unsupported global"), and bytes that are no pickle at all.
+        needs = needs_unpickling(exc)
+        if needs is None:
+            raise ModelError(f"not a torch model file: {DAMAGED}, or in another format "
+                             f"({_weights_only_reason(exc)})", file=path, field=field) from None
         if not allow_pickle:
             raise ModelError(
-                "needs unpickling arbitrary Python objects, which can run code; "
+                f"needs unpickling arbitrary Python objects ({needs.group(1)}), which can run code; "
                 "re-run with --allow-pickle only if you trust this file",
                 file=path,
                 field=field,
@@ -137,6 +170,9 @@ def load_torch_module(
         except Exception as exc:
             raise ModelError(f"cannot unpickle ({first_line(exc)})", file=path, field=field) from None
         fmt = "pickle"
+    except (EOFError, RuntimeError, OSError, ValueError) as exc:
+        reason = first_line(exc) if str(exc).strip() else "it ends too early"
+        raise ModelError(f"not a readable torch model file: {DAMAGED} ({reason})", file=path, field=field) from None
     except Exception as exc:
         raise ModelError(f"not a readable torch model file ({first_line(exc)})", file=path, field=field) from None
     if isinstance(obj, torch.nn.Module):
@@ -145,6 +181,47 @@ def load_torch_module(
     if state is None:
         raise ModelError(f"holds a {type(obj).__name__}, neither a module nor a state dict", file=path, field=field)
     return _module_from_state_dict(state, arch, base_dir, path, field), fmt, None
+
+
+_UNPICKLE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+|<[^>]*>)", re.IGNORECASE)
+
+
+def needs_unpickling(exc: BaseException) -> Optional[re.Match]:
+    """The match naming the global a weights-only load refused (torch words it two ways), or None
+    when the load failed for another reason (a damaged file)."""
+    return _UNPICKLE.search(str(exc))
+
+
+@contextlib.contextmanager
+def refuse_unpickling() -> Iterator[None]:
+    """torch.export.load unpickles parts of a .pt2 archive without weights_only (its fallback
+    when a weights-only load fails, weights saved with use_pickle, opaque constants): any of them
+    can run code. Within this, torch.load is weights-only and plain unpickling is refused."""
+    real_load, real_loads = torch.load, pickle.loads
+    real_load_obj = getattr(torch._C, "_pickle_load_obj", None)
+
+    def weights_only_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return real_load(*args, **kwargs)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError("Unsupported global: GLOBAL <a pickled object>")
+
+    torch.load, pickle.loads = weights_only_load, refuse
+    if real_load_obj is not None:
+        torch._C._pickle_load_obj = refuse
+    try:
+        yield
+    finally:
+        torch.load, pickle.loads = real_load, real_loads
+        if real_load_obj is not None:
+            torch._C._pickle_load_obj = real_load_obj
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """torch's weights-only error buries its reason in advice about trusting the file."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+)", str(exc))
+    return match.group(1).strip()[:200] if match else first_line(exc)
 
 
 class TorchRunner:

@@ -17,11 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from prunegate.archs.cifar_resnet import resnet20
 from prunegate.cli import main
 from prunegate.prune import global_magnitude_prune
 
-from .conftest import shared_path
+from .conftest import resnet20_dense, shared_path
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -29,11 +28,7 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    checkpoint = shared_path("models", "akamaster-resnet-cifar10", "resnet20-12fca82f.th")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    dense = resnet20()
-    dense.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    dense.eval()
+    dense = resnet20_dense()
     pruned = global_magnitude_prune(dense, 0.5)
     out = tmp_path_factory.mktemp("resnet20")
     example = torch.zeros(2, 3, 32, 32)
@@ -117,3 +112,34 @@ def test_onnx_and_torchscript_agree_and_match_plain_torch(models):
     dense_accuracy = onnx_tasks["clean"]["dense"]["accuracy"]
     assert abs(dense_accuracy - _plain_torch_accuracy(dense)) <= 1e-3
     assert 0.78 < dense_accuracy < 0.85  # DATA.md: 81.03 % on all 10,000 images
+
+
+def test_torchrun_on_the_real_pair_matches_one_process(models, tmp_path):
+    """Issue #7: the same command under torchrun (2 processes, gloo) gives identical metrics."""
+    from tests.test_distributed import compare_with_torchrun
+
+    folder, _ = models
+    data = shared_path("data", "cifar10-test-jpeg")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"""
+version: 1
+name: resnet20-torchrun
+models:
+  dense: {folder / 'dense.onnx'}
+  pruned: {folder / 'pruned.onnx'}
+  input: {{size: 32, mean: {MEAN}, std: {STD}}}
+data:
+  test: {{format: imagefolder, path: {data}}}
+  limit: 300
+suite:
+  seed: 0
+  noise: [{{kind: gaussian, levels: [0.05]}}]
+  corruptions: {{preset: cifar10-c, names: [shot_noise, fog], severities: [3]}}
+gate:
+  confidence: 0.95
+  rules:
+    - {{name: drop, tasks: "*", metric: accuracy_drop, max: 0.05}}
+runtime: {{batch_size: 64, workers: 1}}
+""")
+    one, _ = compare_with_torchrun(policy, tmp_path)
+    assert [t["n"] for t in one["tasks"]] == [300] * 4

@@ -6,6 +6,7 @@ import io
 from collections import defaultdict
 from pathlib import Path
 from statistics import fmean
+from typing import Optional
 
 from rich.console import Console
 from rich.table import Table
@@ -23,12 +24,26 @@ def _signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}pp"
 
 
-def format_metric(metric: str, value: float) -> str:
-    if metric == "accuracy_drop":
+PERCENT_METRICS = ("agreement", "dense_accuracy", "pruned_accuracy", "newly_wrong", "newly_right")
+POINT_METRICS = ("accuracy_drop", "class_recall_drop")
+
+
+def format_metric(metric: str, value: Optional[float]) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if metric in POINT_METRICS:
         return _signed_pct(value)
-    if metric in ("agreement", "dense_accuracy", "pruned_accuracy"):
+    if metric in PERCENT_METRICS:
         return _pct(value)
     return f"{value:.4f}"
+
+
+def format_interval(metric: str, low: float, high: float) -> str:
+    def short(x: float) -> str:
+        return format_metric(metric, x).removesuffix("pp").removesuffix("%")
+
+    unit = "pp" if metric in POINT_METRICS else "%" if metric in PERCENT_METRICS else ""
+    return f"[{short(low)}, {short(high)}]{unit}"
 
 
 def threshold_text(rule: RuleRecord) -> str:
@@ -46,22 +61,47 @@ def _worst_task(rule: RuleRecord) -> str:
     return worst.task if len(rule.per_task) > 1 else ""
 
 
+STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
+
+
+def rule_status(rule: RuleRecord) -> str:
+    return "pass" if rule.passed else ("undecided" if rule.status == "undecided" else "fail")
+
+
 def rules_table(report: Report) -> Table:
-    table = Table(title="Rules", title_justify="left", expand=False)
-    for column in ("", "rule", "metric", "over", "value", "threshold", "worst task"):
+    confident = any(r.confidence for r in report.rules)
+    title = "Rules" + (f" (decided at {100 * report.confidence:g}% confidence)" if confident and report.confidence else "")
+    table = Table(title=title, title_justify="left", expand=False)
+    columns = ["", "rule", "metric", "over", "value", *(["interval"] if confident else []), "threshold", "worst task"]
+    for column in columns:
         table.add_column(column)
-    for rule in sorted(report.rules, key=lambda r: r.passed):
-        status = "[green]PASS[/]" if rule.passed else "[bold red]FAIL[/]"
+    order = {"fail": 0, "undecided": 1, "pass": 2}
+    for rule in sorted(report.rules, key=lambda r: order[rule_status(r)]):
         over = f"{rule.aggregate} of {len(rule.per_task)}" if len(rule.per_task) > 1 else rule.per_task[0].task if rule.per_task else "-"
-        table.add_row(status, rule.name, rule.metric, over, format_metric(rule.metric, rule.value),
-                      threshold_text(rule), _worst_task(rule))
+        cells = [STATUS[rule_status(rule)], rule.name, rule.metric, over, format_metric(rule.metric, rule.value)]
+        if confident:
+            cells.append(format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else "")
+        table.add_row(*cells, threshold_text(rule), _worst_task(rule))
     return table
+
+
+def undecided_lines(report: Report) -> list[str]:
+    lines = []
+    for rule in report.rules:
+        if rule.status != "undecided":
+            continue
+        more = (f"about {rule.samples_needed:,} samples per task would likely decide it" if rule.samples_needed
+                else "the estimate sits on the threshold: more samples alone may not decide it")
+        lines.append(f"[yellow]undecided[/] {rule.name}: the {100 * (rule.confidence or 0):g}% interval straddles "
+                     f"{threshold_text(rule)}; {more}")
+    return lines
 
 
 def tasks_table(report: Report) -> Table:
     grouped = len(report.tasks) > MAX_TASK_ROWS
     table = Table(title="Tasks" + (" (mean per group)" if grouped else ""), title_justify="left")
-    for column in ("task", "n", "dense acc", "pruned acc", "drop", "agreement", "softmax L2"):
+    ci = f"{100 * (report.confidence or 0.95):g}% CI"
+    for column in ("task", "n", "dense", "pruned", "drop", *([] if grouped else [ci]), "agree", "broke", "err κ"):
         table.add_column(column, justify="left" if column == "task" else "right")
     rows = []
     if grouped:
@@ -70,15 +110,36 @@ def tasks_table(report: Report) -> Table:
             groups[task.group].append(task)
         for group, tasks in groups.items():
             label = group if len(tasks) == 1 else f"{group} ({len(tasks)} tasks)"
-            rows.append((label, sum(t.n for t in tasks), *(fmean(getattr_path(t, k) for t in tasks) for k in _KEYS)))
+            rows.append((label, sum(t.n for t in tasks), None, *(_mean(getattr_path(t, k) for t in tasks) for k in _KEYS)))
     else:
-        rows = [(t.name, t.n, *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks]
-    for name, n, dense, pruned, drop, agreement, l2 in rows:
-        table.add_row(name, str(n), _pct(dense), _pct(pruned), _signed_pct(drop), _pct(agreement), f"{l2:.4f}")
+        rows = [(t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks]
+    for name, n, interval, dense, pruned, drop, agreement, newly_wrong, kappa in rows:
+        ci = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
+        table.add_row(name, str(n), _pct(dense), _pct(pruned), _signed_pct(drop), *ci, _pct(agreement),
+                      format_metric("newly_wrong", newly_wrong), f"{kappa:.2f}" if kappa is not None else "n/a")
     return table
 
 
-_KEYS = ("dense.accuracy", "pruned.accuracy", "accuracy_drop", "agreement", "softmax_l2")
+# "broke" = newly wrong (dense right, pruned wrong); "err κ" = error consistency (Cohen's kappa)
+_KEYS = ("dense.accuracy", "pruned.accuracy", "accuracy_drop", "agreement", "newly_wrong", "error_consistency")
+
+
+def _mean(values) -> Optional[float]:
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
+
+
+def corruption_line(report: Report) -> Optional[str]:
+    summary = report.corruption_summary
+    if summary is None or summary.mce is None:
+        return None
+    defined = [c for c in summary.per_corruption if c.ce is not None]
+    if not defined:
+        return None
+    worst = max(defined, key=lambda c: c.ce)
+    relative = f", relative mCE {summary.relative_mce:.3f}" if summary.relative_mce is not None else ""
+    return (f"corruptions: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
+            f"worst {worst.name} CE {worst.ce:.3f}")
 
 
 def getattr_path(obj, dotted: str):
@@ -113,6 +174,30 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> str:
                   f"seed {report.seed} · {report.timing.duration_s:.1f} s")
     console.print(models_line(report))
     console.print(tasks_table(report))
+    line = corruption_line(report)
+    if line:
+        console.print(line)
     console.print(rules_table(report))
+    for line in undecided_lines(report):
+        console.print(line, soft_wrap=True)
     console.print(verdict_line(report))
+    return buffer.getvalue()
+
+
+def render_potential(result: dict, *, color: bool = False, width: int = 110) -> str:
+    """The prune-potential table: per group, the dense error, each member's error and the potential."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
+                      color_system="standard" if color else None, highlight=False)
+    members = result["members"]
+    table = Table(title=f"Prune potential (error within {100 * result['delta']:g} pp of dense; top-1 error per "
+                        "prune ratio)", title_justify="left")
+    table.add_column("group")
+    table.add_column("dense", justify="right")
+    for m in members:
+        table.add_column(f"{100 * m['prune_ratio']:.1f}%", justify="right")
+    table.add_column("potential", justify="right")
+    for g in result["groups"]:
+        table.add_row(g["name"], _pct(g["dense_error"]), *(_pct(e) for e in g["errors"]), f"[bold]{_pct(g['potential'])}[/]")
+    console.print(table)
     return buffer.getvalue()

@@ -1,0 +1,166 @@
+"""The streaming pass vs inference alone, ONNX Runtime vs torch, and peak memory (issue #7).
+
+In one run on one machine:
+1. pipeline: `prunegate check` on akamaster ResNet-20 (dense) and its 50 % WT-pruned copy, clean +
+   the whole cifar10-c suite (19 x 5) on N images of ../shared/data/cifar10-test-jpeg, for each
+   backend; wall time of the check, and the engine's own split (data, shifts, models);
+2. inference alone: both models on pre-made tensors of the same count (N x 96 batches' worth),
+   same batch size, same backend, same threads;
+3. peak memory (max RSS of a fresh process) of a check on synthetic data of growing size.
+
+    .venv/bin/python bench/pipeline.py --images 1000 --md bench/pipeline.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corruption_speed import machine  # noqa: E402  (one description of the machine for all benches)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CHECKPOINT = SHARED / "models" / "akamaster-resnet-cifar10" / "resnet20-12fca82f.th"
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TASKS = 1 + 19 * 5
+
+POLICY = """
+version: 1
+name: bench-pipeline
+models:
+  dense: {dense}
+  pruned: {pruned}
+  input: {{size: 32, mean: {mean}, std: {std}}}
+data:
+  test: {{format: {fmt}, path: {data}}}
+  limit: {limit}
+suite:
+  seed: 0
+  corruptions: {{preset: cifar10-c, names: {names}, severities: [1, 2, 3, 4, 5]}}
+gate:
+  rules:
+    - {{name: clean, tasks: clean, metric: accuracy_drop, max: 1.0}}
+runtime: {{batch_size: {batch}, workers: 1, backend: {backend}, device: cpu}}
+"""
+
+
+def make_models(folder: Path) -> dict[str, dict[str, Path]]:
+    from prunegate.archs.cifar_resnet import resnet20
+    from prunegate.prune import export_model, global_magnitude_prune
+
+    state = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)["state_dict"]
+    dense = resnet20()
+    dense.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+    models = {"dense": dense.eval(), "pruned": global_magnitude_prune(dense, 0.5).eval()}
+    paths: dict[str, dict[str, Path]] = {"onnx": {}, "torch": {}}
+    for role, model in models.items():
+        for backend, suffix, fmt in (("onnx", "onnx", "onnx"), ("torch", "pt", "torchscript")):
+            path = folder / f"{role}.{suffix}"
+            export_model(model, 32, path, fmt)
+            paths[backend][role] = path
+    return paths
+
+
+def write_policy(folder: Path, models: dict[str, Path], backend: str, images: int, data: Path, fmt: str,
+                 batch: int, names: str = "all") -> Path:
+    path = folder / f"policy-{backend}-{fmt}-{images}.yaml"
+    path.write_text(POLICY.format(dense=models["dense"], pruned=models["pruned"], mean=MEAN, std=STD, fmt=fmt,
+                                  data=data, limit=images, names=names, batch=batch, backend=backend))
+    return path
+
+
+def run_check(policy: Path, report: Path) -> tuple[float, dict, int]:
+    """(wall seconds, the report's timing, peak RSS in MB) of a fresh `prunegate check` process."""
+    code = ("import resource, sys, time; from prunegate.cli import main; t = time.perf_counter(); "
+            f"rc = main(['check', '--policy', {str(policy)!r}, '--report', {str(report)!r}, '--quiet']); "
+            "print('WALL', time.perf_counter() - t, 'RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+            "sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise SystemExit(done.stderr[-2000:])
+    words = done.stdout.split()
+    wall, rss_kb = float(words[words.index("WALL") + 1]), int(words[words.index("RSS") + 1])
+    import base64
+
+    predicate = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))["predicate"]
+    return wall, predicate["timing"], rss_kb // 1024
+
+
+def inference_alone(models: dict[str, Path], backend: str, images: int, batch: int) -> float:
+    """Seconds to run both models over TASKS x images pre-made inputs, in batches."""
+    from prunegate.policy import ModelSpec
+    from prunegate.runners import load_runner
+
+    runners = [load_runner(ModelSpec(path=str(p)), p, role, base_dir=p.parent, backend=backend,
+                           device=torch.device("cpu"), allow_pickle=False, allow_fallback=False)
+               for role, p in models.items()]
+    x = torch.randn(batch, 3, 32, 32)
+    for r in runners:
+        r(x)  # warm-up
+    full, last = divmod(images, batch)
+    tick = time.perf_counter()
+    for _ in range(TASKS):
+        for size in [batch] * full + ([last] if last else []):
+            chunk = x[:size]
+            for r in runners:
+                r(chunk)
+    return time.perf_counter() - tick
+
+
+def synthetic(folder: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n)
+    path = folder / f"synthetic-{n}.npz"
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, nargs="+", default=[1000])
+    parser.add_argument("--memory", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--backends", default="onnx,torch")
+    parser.add_argument("--md", type=Path)
+    args = parser.parse_args()
+    lines = [f"Machine: {machine()}; {dt.date.today()}; batch {args.batch}.", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = make_models(folder)
+        data = SHARED / "data" / "cifar10-test-jpeg"
+        lines += ["| backend | images | pipeline s | data s | shifts s | models s (in pass) | inference alone s | "
+                  "pipeline / inference | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for backend in args.backends.split(","):
+            for n in args.images:
+                policy = write_policy(folder, paths[backend], backend, n, data, "imagefolder", args.batch)
+                wall, timing, rss = run_check(policy, folder / "report.json")
+                alone = inference_alone(paths[backend], backend, n, args.batch)
+                lines.append(f"| {backend} | {n:,} | {wall:.1f} | {timing['data_s']:.1f} | {timing['shift_s']:.1f} | "
+                             f"{timing['models_s']:.1f} | {alone:.1f} | **{wall / alone:.2f}x** | {rss:,} |")
+                print(lines[-1], flush=True)
+        lines += ["", "Peak memory (fresh process, ONNX, clean + 2 corruptions x 5 severities, synthetic 32 px data):", "",
+                  "| images | wall s | peak RSS MB |", "|---:|---:|---:|"]
+        for n in args.memory:
+            policy = write_policy(folder, paths["onnx"], "onnx", n, synthetic(folder, n), "npz", args.batch,
+                                  names="[fog, shot_noise]")
+            wall, _, rss = run_check(policy, folder / "report.json")
+            lines.append(f"| {n:,} | {wall:.1f} | {rss:,} |")
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        args.md.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

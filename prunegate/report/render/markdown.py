@@ -1,0 +1,145 @@
+"""A GitHub-flavoured Markdown summary: the verdict, failed rules first, compact tables.
+
+Meant for a pull-request comment or `$GITHUB_STEP_SUMMARY`: short enough to read at a glance,
+with the full task list folded away in a <details> block.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prunegate.report.render import common
+from prunegate.report.schema import Report
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunegate.diff import Diff
+
+ICON = {"pass": "✅", "fail": "❌", "undecided": "⚠️"}
+MAX_TASK_ROWS = 40  # beyond this the folded task table shows one row per group
+
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
+
+
+def escape(text: object) -> str:
+    """Text as it should appear literally in a table cell or a line of GFM."""
+    return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def code(text: object) -> str:
+    """Inline code; backticks inside are avoided, pipes escaped (GFM tables split on them)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A GFM table. `align` has one letter per column: l or r (default l)."""
+    marks = [("---:" if (align[i:i + 1] == "r") else ":---") for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def verdict_lines(report: Report) -> list[str]:
+    failed = report.failed_rules()
+    status = "pass" if report.verdict == "pass" else "fail"
+    lines = [f"## {ICON[status]} prunegate: {report.verdict.upper()} — policy {code(report.policy.name)}", ""]
+    if failed:
+        names = ", ".join(f"**{escape(r.name)}**" for r in failed)
+        lines.append(f"{len(failed)} of {len(report.rules)} rules did not pass: {names}")
+    else:
+        lines.append(f"All {len(report.rules)} rules passed.")
+    return lines
+
+
+def rules_table(report: Report) -> str:
+    rules = common.rules_failed_first(report)
+    with_interval = any(r.interval is not None for r in rules)
+    with_bound = any(r.bound is not None for r in rules)
+    columns = [("status", "l"), ("rule", "l"), ("metric", "l"), ("over", "l"), ("value", "r"), ("threshold", "r")]
+    columns += [("bound", "r")] * with_bound + [("interval", "l")] * with_interval + [("worst task", "l")]
+    rows = []
+    for rule in rules:
+        status = common.rule_status(rule)
+        worst = common.worst_task(rule)
+        row = [f"{ICON[status]} {common.STATUS_LABEL[status]}", escape(rule.name), code(rule.metric),
+               escape(common.over_text(rule)), common.format_metric(rule.metric, rule.value),
+               escape(common.threshold_text(rule))]
+        if with_bound:
+            row.append(common.rule_bound_text(rule) or "")
+        if with_interval:
+            row.append(escape(common.interval_text(rule) or ""))
+        row.append(code(worst.task) if worst is not None and len(rule.per_task) > 1 else "")
+        rows.append(row)
+    return table([c for c, _ in columns], rows, "".join(a for _, a in columns))
+
+
+def undecided_notes(report: Report) -> list[str]:
+    notes = []
+    for rule in report.rules:
+        if common.rule_status(rule) == "undecided":
+            more = f"; about {rule.samples_needed:,} samples per task would decide it" if rule.samples_needed else ""
+            notes.append(f"- ⚠️ **{escape(rule.name)}** is undecided: its interval straddles the threshold "
+                         f"(counted as a failure{more}).")
+    return notes
+
+
+def tasks_table(report: Report) -> str:
+    grouped = len(report.tasks) > MAX_TASK_ROWS
+    rows = common.group_rows(report.tasks) if grouped else [common.task_row(t) for t in report.tasks]
+    body = [[code(r["name"]) if not grouped else escape(r["name"]), f"{r['n']:,}", common.format_metric("dense_accuracy", r["dense_accuracy"]),
+             common.format_metric("pruned_accuracy", r["pruned_accuracy"]),
+             common.format_metric("accuracy_drop", r["accuracy_drop"]),
+             common.format_metric("agreement", r["agreement"])] for r in rows]
+    return table(["task" + (" group" if grouped else ""), "n", "dense acc", "pruned acc", "drop", "agreement"],
+                 body, "lrrrrr")
+
+
+def models_line(report: Report) -> str:
+    parts = []
+    for role in ("dense", "pruned"):
+        m = getattr(report.models, role)
+        parts.append(f"{role} {code(Path(m.path).name)} ({escape(m.format)}, sparsity {100 * m.sparsity:.1f}%)")
+    return (f"Models: {'; '.join(parts)}. Seed {report.seed}, {len(report.tasks)} tasks, "
+            f"{report.timing.duration_s:.1f} s, prunegate {escape(report.tool.get('version', ''))}.")
+
+
+def render(report: Report) -> str:
+    lines = verdict_lines(report)
+    lines += ["", rules_table(report)]
+    notes = undecided_notes(report)
+    if notes:
+        lines += ["", *notes]
+    summary = f"Tasks ({len(report.tasks)}{', mean per group' if len(report.tasks) > MAX_TASK_ROWS else ''})"
+    lines += ["", f"<details><summary>{summary}</summary>", "", tasks_table(report), "", "</details>"]
+    lines += ["", models_line(report), ""]
+    return "\n".join(lines)
+
+
+# --- diff ---------------------------------------------------------------------------------------
+
+
+def render_diff(diff: Diff) -> str:
+    """The comparison of two reports (see prunegate.diff) as GFM."""
+    status = "fail" if diff.regressed else "pass"
+    headline = (f"{len(diff.regressions)} regression(s) beyond the margin of {diff.margin:g}" if diff.regressed
+                else f"no regression beyond the margin of {diff.margin:g}")
+    lines = [f"## {ICON[status]} prunegate diff: {headline}", "",
+             f"Old: policy {code(diff.old_policy)}, verdict {diff.old_verdict.upper()}. "
+             f"New: policy {code(diff.new_policy)}, verdict {diff.new_verdict.upper()}."]
+    if diff.notes:
+        lines += ["", *(f"- {escape(note)}" for note in diff.notes)]
+    if diff.rules:
+        rows = [[ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
+                 escape(c.name), escape(c.metric), c.old_text, c.new_text, escape(c.change)] for c in diff.rules]
+        lines += ["", "### Rules", "", table(["", "rule", "metric", "old", "new", "change"], rows, "llllrl")]
+    changed = [c for c in diff.tasks if c.change != "same"]
+    if changed:
+        rows = [[ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
+                 escape(c.task), escape(c.metric), c.old_text, c.new_text, c.delta_text, escape(c.change)]
+                for c in changed]
+        lines += ["", f"### Task metrics that changed ({len(changed)})", "",
+                  table(["", "task", "metric", "old", "new", "change", ""], rows, "lllrrrl")]
+    else:
+        lines += ["", "No task metric changed."]
+    return "\n".join(lines) + "\n"

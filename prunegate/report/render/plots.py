@@ -1,0 +1,223 @@
+"""The HTML report's figures, drawn with matplotlib and returned as SVG data: URIs.
+
+Each function returns None when the report has nothing to draw for it (no corruption tasks, no
+noise tasks, no per-class counts). Output is deterministic: fixed hash salt, no dates.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Optional
+
+from prunegate.report.render import common
+from prunegate.report.schema import Report, TaskRecord
+
+DENSE, PRUNED, AGREE = "#0969da", "#d1242f", "#1a7f37"  # blue, red, green
+FAILED = "#cf222e"
+MAX_CLASSES = 20  # the per-class figure shows the classes that lose most
+
+
+def _context():
+    """matplotlib's object-oriented API with our style: no pyplot, so no global backend or
+    figure registry is touched (safe inside a notebook or a server)."""
+    import matplotlib
+
+    return matplotlib.rc_context(_style())
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _style() -> dict:
+    return {"svg.hashsalt": "prunegate", "svg.fonttype": "path", "font.size": 8, "axes.titlesize": 8.5,
+            "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+            "legend.frameon": False, "figure.dpi": 100}
+
+
+SCALE = 1.35  # shown this much larger than the figure's nominal size: 8 pt labels read as ~14 px
+
+
+@dataclass(frozen=True)
+class Figure:
+    uri: str  # data:image/svg+xml;base64,...
+    width: int  # CSS pixels to show it at (the page caps it at its own width)
+
+
+def _uri(fig) -> Figure:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "prunegate"})
+    svg = buffer.getvalue()
+    match = re.search(rb'width="([0-9.]+)pt"', svg[:2000])
+    width = round(float(match.group(1)) * 96 / 72 * SCALE) if match else 800
+    return Figure("data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"), width)
+
+
+def _grid(count: int, columns: int):
+    columns = max(1, min(columns, count))
+    return math.ceil(count / columns), columns
+
+
+def _band(ax, task_list: list[TaskRecord], xs: list[float], key: str, colour: str) -> None:
+    """Shade a metric's interval where the report has one for every point."""
+    intervals = [t.intervals.get(key) if t is not None else None for t in task_list]
+    if intervals and all(i is not None for i in intervals):
+        ax.fill_between(xs, [i.low for i in intervals], [i.high for i in intervals], color=colour, alpha=0.15, lw=0)
+
+
+def accuracy_vs_severity(report: Report) -> Optional[Figure]:
+    """Small multiples, one per corruption: dense and pruned top-1 accuracy over severities
+    (severity 0 is the clean task, when there is one)."""
+    by_name: dict[str, dict[int, TaskRecord]] = defaultdict(dict)
+    for task in report.tasks:
+        if task.kind == "corruption":
+            by_name[task.group][int(task.name.rsplit("/", 1)[1])] = task
+    if not by_name:
+        return None
+    clean = next((t for t in report.tasks if t.kind == "clean"), None)
+    failing = common.failing_tasks(report)
+    with _context():
+        rows, cols = _grid(len(by_name), 5)
+        fig = _figure(2.05 * cols, 1.75 * rows + 0.25)
+        axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+        for ax, (name, tasks) in zip(axes.flat, by_name.items()):
+            severities = sorted(tasks)
+            points = ([(0, clean)] if clean is not None else []) + [(s, tasks[s]) for s in severities]
+            xs = [x for x, _ in points]
+            for side, colour, style in (("dense", DENSE, "-"), ("pruned", PRUNED, "--")):
+                ys = [getattr(t, side).accuracy for _, t in points]
+                ax.plot(xs, ys, style, color=colour, marker="o", ms=2.5, lw=1.3, label=side)
+                _band(ax, [t for _, t in points], xs, f"{side}_accuracy", colour)
+            failed = any(t.name in failing for t in tasks.values())
+            ax.set_title(name.replace("_", " ") + (" (a rule failed)" if failed else ""),
+                         color=FAILED if failed else "#24292f")
+            ax.set_xticks(xs)
+            ax.set_xticklabels(["clean" if x == 0 else str(x) for x in xs])
+            ax.set_ylim(0, 1.02)
+        for ax in list(axes.flat)[len(by_name):]:
+            ax.axis("off")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("top-1 accuracy")
+        for ax in axes[-1]:
+            ax.set_xlabel("severity")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        height = fig.get_size_inches()[1]
+        fig.legend(handles, labels, loc="upper right", ncol=2, bbox_to_anchor=(1.0, 1.0), fontsize=7.5)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.22 / height))
+        return _uri(fig)
+
+
+def _agreement_thresholds(report: Report, names: set[str]) -> list[tuple[str, float]]:
+    return [(r.name, r.threshold) for r in report.rules
+            if r.metric == "agreement" and any(t.task in names for t in r.per_task)]
+
+
+def agreement_vs_noise(report: Report) -> Optional[Figure]:
+    """One panel per noise kind: agreement (and both accuracies) over the noise level; level 0 is
+    the clean task. Agreement rules over these tasks are drawn as dashed lines."""
+    by_kind: dict[str, list[TaskRecord]] = defaultdict(list)
+    for task in report.tasks:
+        if task.kind == "noise":
+            by_kind[task.name.split("/")[1]].append(task)
+    if not by_kind:
+        return None
+    clean = next((t for t in report.tasks if t.kind == "clean"), None)
+    with _context():
+        rows, cols = _grid(len(by_kind), 3)
+        fig = _figure(3.3 * cols, 2.3 * rows)
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax, (kind, tasks) in zip(axes.flat, by_kind.items()):
+            tasks = sorted(tasks, key=lambda t: float(t.name.rsplit("/", 1)[1]))
+            points = ([(0.0, clean)] if clean is not None else []) + [(float(t.name.rsplit("/", 1)[1]), t) for t in tasks]
+            xs = [x for x, _ in points]
+            ax.plot(xs, [t.agreement for _, t in points], "-", color=AGREE, marker="o", ms=3, lw=1.8, label="agreement")
+            _band(ax, [t for _, t in points], xs, "agreement", AGREE)
+            ax.plot(xs, [t.dense.accuracy for _, t in points], "-", color=DENSE, lw=1, alpha=0.8, label="dense accuracy")
+            ax.plot(xs, [t.pruned.accuracy for _, t in points], "--", color=PRUNED, lw=1, alpha=0.8, label="pruned accuracy")
+            for name, threshold in _agreement_thresholds(report, {t.name for t in tasks}):
+                ax.axhline(threshold, color="#6e7781", ls=":", lw=1)
+                ax.annotate(f"{name} ≥ {100 * threshold:g}%", (xs[-1], threshold), xytext=(-2, 3), ha="right",
+                            textcoords="offset points", fontsize=6.5, color="#57606a")
+            ax.set_title(f"{kind} noise")
+            ax.set_xlabel("noise level")
+            ax.set_ylim(0, 1.02)
+            ax.legend(loc="lower left", fontsize=6.5)
+        for ax in list(axes.flat)[len(by_kind):]:
+            ax.axis("off")
+        fig.tight_layout()
+        return _uri(fig)
+
+
+def _pooled(tasks: list[TaskRecord]) -> Optional[tuple[list[int], list[int], list[int]]]:
+    counts = [t.class_recall for t in tasks if t.class_recall is not None]
+    if not counts:
+        return None
+    width = max(len(c.n) for c in counts)
+    n, dense, pruned = [0] * width, [0] * width, [0] * width
+    for c in counts:
+        for i in range(len(c.n)):
+            n[i] += c.n[i]
+            dense[i] += c.dense_correct[i]
+            pruned[i] += c.pruned_correct[i]
+    return n, dense, pruned
+
+
+def class_recall_drop(report: Report) -> Optional[Figure]:
+    """Per-class recall drop (dense recall minus pruned recall) on the clean task and pooled over
+    the shifted tasks (noise and corruptions); the classes that lose most when there are many."""
+    series = []
+    for label, members in (("clean", [t for t in report.tasks if t.kind == "clean"]),
+                           ("noise and corruptions (pooled)", [t for t in report.tasks if t.kind in ("noise", "corruption")]),
+                           ("out of distribution (pooled)", [t for t in report.tasks if t.kind == "ood"])):
+        pooled = _pooled(members)
+        if pooled is not None:
+            n, dense, pruned = pooled
+            series.append((label, [(d - p) / k if k else 0.0 for k, d, p in zip(n, dense, pruned)]))
+    if not series:
+        return None
+    width = max(len(drops) for _, drops in series)
+    names = common.class_names(report, "test") or []
+    labels = [common.class_name(names, i) for i in range(width)]
+    order = sorted(range(width), key=lambda i: -max(d[i] if i < len(d) else 0.0 for _, d in series))
+    shown = sorted(order[:MAX_CLASSES]) if width > MAX_CLASSES else list(range(width))
+    colours = ("#57606a", PRUNED, "#8250df")
+    with _context():
+        fig = _figure(7.2, 0.6 + 0.24 * len(shown) * max(1, len(series)) ** 0.5)
+        ax = fig.subplots()
+        bar = 0.8 / len(series)
+        for k, (label, drops) in enumerate(series):
+            ys = [i + (k - (len(series) - 1) / 2) * bar for i in range(len(shown))]
+            ax.barh(ys, [100 * drops[c] if c < len(drops) else 0.0 for c in shown], height=bar, color=colours[k % 3],
+                    label=label)
+        ax.set_yticks(range(len(shown)))
+        ax.set_yticklabels([labels[c] for c in shown])
+        ax.invert_yaxis()
+        ax.axvline(0, color="#24292f", lw=0.8)
+        ax.set_xlabel("recall drop (percentage points; > 0: the pruned model is worse)")
+        if width > MAX_CLASSES:
+            ax.set_title(f"the {len(shown)} of {width} classes that lose most", loc="left", pad=18)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(series), fontsize=7, borderaxespad=0.2)
+        fig.tight_layout()
+        return _uri(fig)
+
+
+def figures(report: Report) -> list[dict]:
+    """Every figure the report has data for: {id, title, caption, uri}."""
+    made = [
+        ("accuracy-vs-severity", "Accuracy vs corruption severity", "Top-1 accuracy of the dense (solid) and pruned "
+         "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
+         accuracy_vs_severity(report)),
+        ("agreement-vs-noise", "Agreement vs noise level", "Fraction of samples on which both models predict the same "
+         "class, per noise kind and level; dotted lines are the policy's agreement thresholds.",
+         agreement_vs_noise(report)),
+        ("class-recall-drop", "Per-class recall drop", "How much recall each class loses after pruning.",
+         class_recall_drop(report)),
+    ]
+    return [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f is not None]

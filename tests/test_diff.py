@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from markdown_it import MarkdownIt
+
+from prunegate.cli import main
+from prunegate.diff import compare, render_text
+from prunegate.report.render.markdown import render_diff
+
+
+def with_task(report, name: str, **changes):
+    """A copy of `report` whose task `name` has `changes` (agreement=..., accuracy_drop=...)."""
+    tasks = [t.model_copy(update=changes) if t.name == name else t for t in report.tasks]
+    return report.model_copy(update={"tasks": tasks})
+
+
+def with_rule(report, name: str, **changes):
+    rules = [r.model_copy(update=changes) if r.name == name else r for r in report.rules]
+    verdict = "pass" if all(r.passed for r in rules) else "fail"
+    return report.model_copy(update={"rules": rules, "verdict": verdict})
+
+
+@pytest.fixture(scope="module")
+def base():
+    from conftest import _sample_report
+
+    return _sample_report(failing=False, corruptions=("fog",), severities=(1, 3))
+
+
+def test_identical_reports_do_not_regress(base) -> None:
+    diff = compare(base, base)
+    assert not diff.regressed
+    assert {c.change for c in diff.tasks} == {"same"} and {c.change for c in diff.rules} == {"same"}
+    assert len(diff.tasks) == 5 * len(base.tasks)
+    assert "no task metric changed" in render_text(diff)
+
+
+@pytest.mark.parametrize("metric, delta, change, regression", [
+    ("agreement", -0.01, "worse", True),
+    ("agreement", -0.004, "worse", False),  # within the margin of 0.005
+    ("agreement", +0.02, "better", False),
+    ("accuracy_drop", +0.006, "worse", True),
+    ("accuracy_drop", +0.005, "worse", False),  # exactly the margin is not beyond it
+    ("accuracy_drop", -0.03, "better", False),
+    ("softmax_l2", +0.2, "worse", False),  # shown, but not one of the deciding metrics
+])
+def test_task_metric_changes(base, metric, delta, change, regression) -> None:
+    task = base.tasks[1]
+    new = with_task(base, task.name, **{metric: getattr(task, metric) + delta})
+    diff = compare(base, new, margin=0.005)
+    [moved] = [c for c in diff.tasks if c.change != "same"]
+    assert (moved.task, moved.metric, moved.change, moved.regression) == (task.name, metric, change, regression)
+    assert moved.delta == pytest.approx(delta)
+    assert diff.regressed == regression
+
+
+def test_a_rule_that_now_fails_regresses_whatever_the_margin(base) -> None:
+    rule = base.rules[0]
+    new = with_rule(base, rule.name, passed=False, status="fail", value=rule.threshold + 1e-4)
+    diff = compare(base, new, margin=1.0)
+    assert diff.regressed
+    [flip] = [c for c in diff.rules if c.name == rule.name]
+    assert flip.change == "now fails" and flip.old_status == "pass" and flip.new_status == "fail"
+    back = compare(new, base)
+    assert not back.regressed and [c.change for c in back.rules if c.name == rule.name] == ["now passes"]
+    # an undecided rule did not pass either
+    undecided = with_rule(base, rule.name, passed=False, status="undecided")
+    assert [c.new_status for c in compare(base, undecided).rules if c.name == rule.name] == ["undecided"]
+
+
+def test_rule_values_judged_by_their_comparison(base) -> None:
+    agreement = next(r for r in base.rules if r.comparison == "min")
+    diff = compare(base, with_rule(base, agreement.name, value=agreement.value - 0.001))
+    assert [c.change for c in diff.rules if c.name == agreement.name] == ["worse"]
+    drop = next(r for r in base.rules if r.comparison == "max")
+    diff = compare(base, with_rule(base, drop.name, value=drop.value - 0.001))
+    assert [c.change for c in diff.rules if c.name == drop.name] == ["better"]
+
+
+def test_added_removed_and_incomparable_parts_are_noted(base) -> None:
+    new = base.model_copy(update={"rules": base.rules[1:], "tasks": base.tasks[:-1], "seed": 9,
+                                  "policy": base.policy.model_copy(update={"sha256": "00" * 32})})
+    diff = compare(base, new)
+    assert [c.change for c in diff.rules if c.name == base.rules[0].name] == ["removed"]
+    assert not diff.regressed
+    text = " ".join(diff.notes)
+    assert "policy files differ" in text and "seeds differ" in text and base.tasks[-1].name in text
+    with pytest.raises(ValueError):
+        compare(base, base, margin=-0.1)
+
+
+def test_markdown_diff_is_a_gfm_table(base) -> None:
+    new = with_task(base, "clean", agreement=base.tasks[0].agreement - 0.05)
+    text = render_diff(compare(base, new))
+    html = MarkdownIt("commonmark").enable("table").render(text)
+    assert html.count("<table>") == 2 and "regression" in text.splitlines()[0]
+    assert re.search(r"<td[^>]*>clean</td>", html)
+
+
+def test_diff_command_exit_codes(tmp_path, capsys, base, write_report) -> None:
+    old = write_report(tmp_path / "old.json", base)
+    same = write_report(tmp_path / "same.json", base)
+    worse = write_report(tmp_path / "worse.json", with_task(base, "clean", agreement=base.tasks[0].agreement - 0.05))
+    assert main(["diff", str(old), str(same)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    assert main(["diff", str(old), str(worse)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("prunegate diff: REGRESSED") and "✗ clean" in out
+    assert main(["diff", str(old), str(worse), "--margin", "0.1"]) == 0
+    assert "no regression beyond the margin of 0.1" in capsys.readouterr().out
+    assert main(["diff", str(old), str(worse), "--markdown"]) == 1
+    assert capsys.readouterr().out.startswith("## ❌ prunegate diff")
+    assert main(["diff", str(old), str(tmp_path / "missing.json")]) == 2
+    assert main(["diff", str(old), str(same), "--margin", "2"]) == 2

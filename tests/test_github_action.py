@@ -1,0 +1,75 @@
+"""The reusable GitHub action: its structure, and its gate step run here as GitHub would run it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ACTION = Path(__file__).resolve().parents[1] / ".github" / "actions" / "prunegate" / "action.yml"
+
+
+@pytest.fixture(scope="module")
+def action() -> dict:
+    return yaml.safe_load(ACTION.read_text())
+
+
+def step(action: dict, name: str) -> dict:
+    return next(s for s in action["runs"]["steps"] if s.get("name") == name or s.get("id") == name)
+
+
+def test_composite_action_inputs_and_steps(action) -> None:
+    assert action["runs"]["using"] == "composite"
+    assert {"policy", "dense", "pruned", "signing-key", "python-version"} <= set(action["inputs"])
+    assert action["inputs"]["policy"]["required"] is True
+    uses = [s.get("uses", "") for s in action["runs"]["steps"]]
+    assert any(u.startswith("actions/setup-python@") for u in uses)
+    upload = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()"
+    for name in ("report", "html", "junit"):
+        assert f"${{{{ inputs.{name} }}}}" in upload["with"]["path"]
+    gate = step(action, "gate")
+    assert gate["env"]["PRUNEGATE_SIGNING_KEY"] == "${{ inputs.signing-key }}"
+    # inputs reach the script through the environment, never pasted into it (no script injection)
+    for s in action["runs"]["steps"]:
+        assert "${{" not in s.get("run", "")
+
+
+def test_the_gate_step_passes_its_inputs_and_exit_code(action, tmp_path) -> None:
+    """The step's shell, run as GitHub runs it, with a stand-in `prunegate` that records its
+    arguments and exits 1 (a failed gate)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "prunegate"
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_SEEN"\nexit 1\n')
+    fake.chmod(0o755)
+    outputs = tmp_path / "github-output"
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GITHUB_OUTPUT": str(outputs),
+           "ARGS_SEEN": str(tmp_path / "args"), "POLICY": "my policy.yaml", "DENSE": "", "PRUNED": "p.onnx",
+           "REPORT": "r.json", "HTML": "r.html", "JUNIT": "r.xml", "ARGS": "--device cpu  --limit 20",
+           "PRUNEGATE_SIGNING_KEY": ""}
+    script = step(action, "gate")["run"]
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # the step itself succeeds; the last step fails the job
+    assert (tmp_path / "args").read_text().splitlines() == [
+        "check", "--policy", "my policy.yaml", "--report", "r.json", "--html", "r.html", "--junit", "r.xml",
+        "--pruned", "p.onnx", "--device", "cpu", "--limit", "20"]
+    assert dict(re.findall(r"^([\w-]+)=(.*)$", outputs.read_text(), re.M)) == {"exit-code": "1", "verdict": "fail"}
+    fail_step = step(action, "Fail the step with the gate's exit code")
+    assert subprocess.run(["bash", "-c", fail_step["run"]], env={**env, "CODE": "1"}).returncode == 1
+    assert subprocess.run(["bash", "-c", fail_step["run"]], env={**env, "CODE": "0"}).returncode == 0
+
+
+def test_the_options_it_passes_exist() -> None:
+    import typer
+
+    from prunegate.cli import cli
+
+    check = typer.main.get_command(cli).commands["check"]
+    options = {o for p in check.params for o in p.opts}
+    assert {"--policy", "--report", "--html", "--junit", "--dense", "--pruned"} <= options

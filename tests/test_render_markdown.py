@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import re
+
+from markdown_it import MarkdownIt
+
+from prunegate.report.render import markdown
+
+
+def gfm(text: str) -> str:
+    """HTML as a GitHub-flavoured renderer makes it (CommonMark + GFM tables and strikethrough)."""
+    return MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(text)
+
+
+def table_rows(html: str, index: int = 0) -> list[list[str]]:
+    tables = re.findall(r"<table>(.*?)</table>", html, re.S)
+    rows = re.findall(r"<tr>(.*?)</tr>", tables[index], re.S)
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)] for row in rows]
+
+
+def test_failing_report_verdict_first_then_failed_rules(sample_report) -> None:
+    report = sample_report(failing=True)
+    text = markdown.render(report)
+    first = text.splitlines()[0]
+    assert first.startswith("## ") and "FAIL" in first and report.policy.name in first
+    html = gfm(text)
+    assert html.count("<table>") == 2  # rules, and the folded tasks
+    rows = table_rows(html)
+    header, body = rows[0], rows[1:]
+    assert header[:6] == ["status", "rule", "metric", "over", "value", "threshold"]
+    assert [r[1] for r in body] == ["noise agreement", "corruption drop", "clean accuracy"]  # failed first
+    assert "FAIL" in body[0][0] and "UNDECIDED" in body[1][0] and "PASS" in body[2][0]
+    assert all(len(r) == len(header) for r in body)
+    assert "≥ 90.00%" in body[0][header.index("threshold")]
+    assert "about 4,200 samples per task" in text
+    tasks = table_rows(html, 1)
+    assert [r[0] for r in tasks[1:]] == [t.name for t in report.tasks]
+
+
+def test_passing_report_without_optional_fields(sample_report) -> None:
+    report = sample_report(failing=False, extras=False)
+    text = markdown.render(report)
+    assert "PASS" in text.splitlines()[0] and "All 3 rules passed." in text
+    header = table_rows(gfm(text))[0]
+    assert "interval" not in header and "bound" not in header
+
+
+def test_cells_with_pipes_and_markup_do_not_break_the_table(sample_report) -> None:
+    report = sample_report(failing=True)
+    rules = [r.model_copy(update={"name": f"a|b <i>*{r.name}*</i>"}) for r in report.rules]
+    report = report.model_copy(update={"rules": rules})
+    html = gfm(markdown.render(report))
+    rows = table_rows(html)
+    assert all(len(r) == len(rows[0]) for r in rows)
+    assert rows[1][1] == "a|b &lt;i&gt;*noise agreement*&lt;/i&gt;"
+    assert "<i>" not in html.split("<table>")[1]
+
+
+def test_many_tasks_are_summarised_per_group(sample_report) -> None:
+    names = ("fog", "contrast", "brightness", "snow", "frost", "zoom_blur", "pixelate", "saturate", "spatter")
+    report = sample_report(corruptions=names, severities=(1, 2, 3, 4, 5))
+    assert len(report.tasks) > markdown.MAX_TASK_ROWS
+    tasks = table_rows(gfm(markdown.render(report)), 1)
+    assert tasks[0][0] == "task group"
+    assert [r[0] for r in tasks[1:]][:3] == ["clean", "noise (mean of 2)", "fog (mean of 5)"]
+
+
+def test_report_markdown_command(tmp_path, capsys, sample_report, write_report) -> None:
+    from prunegate.cli import main
+
+    path = write_report(tmp_path / "report.json", sample_report(failing=True))
+    assert main(["report", "markdown", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out == markdown.render(sample_report(failing=True))  # printed as is: no console markup
+    target = tmp_path / "summary.md"
+    assert main(["report", "markdown", str(path), "-o", str(target)]) == 0
+    assert target.read_text() == out
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["report", "markdown", str(tmp_path / "bad.json")]) == 2
