@@ -40,6 +40,7 @@ class Backend(str, Enum):
     onnx = "onnx"
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
+CONSOLE_WIDTH = 120  # at least: CI logs are not terminals and would wrap tables at 80
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 INTERRUPTED = "interrupted: nothing was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
@@ -175,7 +176,7 @@ def check(
         raise PrunegateError("the policy requires a signed report: pass --key or set PRUNEGATE_SIGNING_KEY",
                              file=policy, field="require_signature")
     renderings = {"--html": html, "--markdown": markdown, "--junit": junit}
-    for option, target in renderings.items():
+    for option, target in {"--report": report, **renderings}.items():
         _check_writable(target, option)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     world = distributed.from_environment()  # torchrun: every process runs its part; rank 0 writes
@@ -198,7 +199,7 @@ def check(
     if quiet:
         out.print(console_render.verdict_line(result))
     else:
-        out.print(console_render.render(result, color=out.is_terminal, width=max(out.width, 100)), end="")
+        out.print(console_render.render(result, color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH)), end="")
         signed = f"signed by key {fingerprint(signing_key.public_key())[:16]}" if signing_key else "UNSIGNED: pass --key to sign"
         out.print(f"report: {report} ({signed})")
     return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
@@ -413,7 +414,7 @@ def report_show(
     parsed = _parse_predicate(statement, report)
     out = _stdout()
     signed = _signature_text(data)
-    out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, 100)), end="")
+    out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH)), end="")
     out.print(f"{report}: {signed}")
     return EXIT_PASS
 
@@ -607,7 +608,7 @@ def potential(
     if plot is not None:
         write_atomic(plot, plot_png(result, f"{loaded.name}: {len(members)} pruned models"))
     stdout = _stdout()
-    stdout.print(render_potential(result, color=stdout.is_terminal, width=max(stdout.width, 100)), end="")
+    stdout.print(render_potential(result, color=stdout.is_terminal, width=max(stdout.width, CONSOLE_WIDTH)), end="")
     for label, path in (("table", out), ("plot", plot)):
         if path is not None:
             stdout.print(f"{label}: {path}")

@@ -51,6 +51,15 @@ def threshold_text(rule: RuleRecord) -> str:
     return f"{sign} {format_metric(rule.metric, rule.threshold)}"
 
 
+def _tasks_text(rule: RuleRecord) -> str:
+    """The task, or how many tasks and which was worst."""
+    if len(rule.per_task) == 1:
+        return rule.per_task[0].task
+    if not rule.per_task:
+        return "-"
+    return f"{rule.aggregate} of {len(rule.per_task)}, worst {_worst_task(rule)}"
+
+
 def _worst_task(rule: RuleRecord) -> str:
     if not rule.per_task:
         return ""
@@ -72,16 +81,15 @@ def rules_table(report: Report) -> Table:
     confident = any(r.confidence for r in report.rules)
     title = "Rules" + (f" (decided at {100 * report.confidence:g}% confidence)" if confident and report.confidence else "")
     table = Table(title=title, title_justify="left", expand=False)
-    columns = ["", "rule", "metric", "over", "value", *(["interval"] if confident else []), "threshold", "worst task"]
-    for column in columns:
-        table.add_column(column)
+    columns = ["", "rule", "metric", "value", *(["interval"] if confident else []), "threshold", "tasks"]
+    for column in columns:  # numbers never wrap; task names fold
+        table.add_column(column, no_wrap=column != "tasks", overflow="fold")
     order = {"fail": 0, "undecided": 1, "pass": 2}
     for rule in sorted(report.rules, key=lambda r: order[rule_status(r)]):
-        over = f"{rule.aggregate} of {len(rule.per_task)}" if len(rule.per_task) > 1 else rule.per_task[0].task if rule.per_task else "-"
-        cells = [STATUS[rule_status(rule)], rule.name, rule.metric, over, format_metric(rule.metric, rule.value)]
+        cells = [STATUS[rule_status(rule)], rule.name, rule.metric, format_metric(rule.metric, rule.value)]
         if confident:
             cells.append(format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else "")
-        table.add_row(*cells, threshold_text(rule), _worst_task(rule))
+        table.add_row(*cells, threshold_text(rule), _tasks_text(rule))
     return table
 
 
