@@ -19,7 +19,7 @@ import torch
 from prunegate import __version__
 from prunegate.data import open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
-from prunegate.distributed import SINGLE, World, device_for, slowest
+from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
 from prunegate.engine import Preprocess, Source, check_labels, evaluate_family, probe_classes
 from prunegate.gate import Evidence, evaluate_rules, verdict
 from prunegate.metrics.intervals import Resampler
@@ -27,6 +27,7 @@ from prunegate.plan import TEST_SOURCE, Task, build_plan
 from prunegate.policy import ModelSpec, Policy
 from prunegate.report.schema import Report
 from prunegate.runners import Runner, load_runner, resolve_device
+from prunegate.runners.base import check_precision
 from prunegate.shifts.rng import task_key
 
 # Intervals are always reported; gate.confidence decides whether rules use them.
@@ -50,6 +51,7 @@ class Overrides:
     batch_size: Optional[int] = None
     limit: Optional[int] = None
     workers: Optional[int] = None
+    precision: Optional[str] = None
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -62,7 +64,7 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
     if o.limit is not None:
         data = data.model_copy(update={"limit": o.limit})
     updates = {k: v for k, v in (("device", o.device), ("backend", o.backend), ("batch_size", o.batch_size),
-                                 ("workers", o.workers)) if v is not None}
+                                 ("workers", o.workers), ("precision", o.precision)) if v is not None}
     runtime = runtime.model_copy(update=updates)
     result = policy.model_copy(update={"models": models, "data": data, "runtime": runtime})
     result._file, result._sha256 = policy.file, policy.sha256
@@ -122,8 +124,13 @@ def task_statistics(tasks: list[Task], sources: list[Source], tallies: dict, cla
     """Every task's summary (metrics, intervals, examples) and bootstrap replicates. The tasks of
     one data set share its resamples, so aggregates over them are resampled jointly."""
     by_name = {s.name: s for s in sources}
-    resamplers = {s.name: Resampler(task_key(policy.suite.seed, f"bootstrap/{s.name}"), len(s.indices),
-                                    policy.gate.bootstrap) for s in sources}
+    # A precomputed corruption block holds the test images, corrupted: it is resampled as the
+    # test set is, so its tasks stay paired with the others (and match generated ones exactly).
+    def stream(name: str) -> str:
+        return f"bootstrap/{TEST_SOURCE if name.startswith('corruption/') else name}"
+
+    resamplers = {s.name: Resampler(task_key(policy.suite.seed, stream(s.name)), len(s.indices), policy.gate.bootstrap)
+                  for s in sources}
     summaries, replicates = {}, {}
     for t in tasks:
         source = by_name[t.source]
@@ -200,10 +207,14 @@ def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list
     tasks = build_plan(policy)
     sources = open_sources(policy, tasks)
     device = device_for(world, resolve_device(runtime.device, runtime.allow_fallback, file=policy.file))
+    check_precision(runtime.precision, device, runtime.backend, file=policy.file)  # per model again, once chosen
 
     def load(spec: ModelSpec, field: str) -> Runner:
         return load_runner(spec, policy.resolve(spec.path), field, base_dir=policy.base_dir, backend=runtime.backend,
-                           device=device, allow_pickle=allow_pickle, allow_fallback=runtime.allow_fallback)
+                           device=device, allow_pickle=allow_pickle, allow_fallback=runtime.allow_fallback,
+                           precision=runtime.precision, channels_last=runtime.channels_last,
+                           input_size=policy.models.input.size, batch_size=runtime.batch_size, settings=policy.file,
+                           gather=(lambda measured: gather_objects(measured, world)) if world.size > 1 else None)
 
     dense = load(policy.models.spec("dense"), "models.dense")
     if pruned is None:
@@ -242,7 +253,8 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         models={which: runners[which].info.to_dict() for which in ("dense", "pruned")},
         data=[{"name": s.name, **s.manifest.to_dict()} for s in sources],
         seed=policy.suite.seed,
-        options={"device": str(device), "backend": runtime.backend, "batch_size": runtime.batch_size,
+        options={"device": str(device), "backend": runtime.backend, "precision": runtime.precision,
+                 "channels_last": runtime.channels_last, "batch_size": runtime.batch_size,
                  "limit": policy.data.limit, "workers": runtime.workers, "allow_pickle": allow_pickle,
                  "processes": world.size},
         tasks=[{"name": t.name, "kind": t.kind, "group": t.group, "source": t.source, **summaries[t.name]} for t in tasks],

@@ -39,6 +39,12 @@ class Backend(str, Enum):
     torch = "torch"
     onnx = "onnx"
 
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
 CONSOLE_WIDTH = 120  # at least: CI logs are not terminals and would wrap tables at 80
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
@@ -145,7 +151,10 @@ def check(
     dense: Optional[Path] = typer.Option(None, help="Dense model file (overrides the policy)."),
     pruned: Optional[Path] = typer.Option(None, help="Pruned model file (overrides the policy)."),
     device: Optional[Device] = typer.Option(None, help="Where to run (overrides runtime.device)."),
-    backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
+    backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend); auto: ONNX "
+                                              "files on ONNX Runtime, torch models on the faster of the two."),
+    precision: Optional[Precision] = typer.Option(None, help="Inference precision (overrides runtime.precision): "
+                                                  "bf16/fp16 run torch models under autocast (fp16 on CUDA only)."),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Images per batch."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
     workers: Optional[int] = typer.Option(None, min=0, help="Background decoding processes."),
@@ -169,7 +178,7 @@ def check(
     from prunegate.report.render import console as console_render
 
     overrides = Overrides(dense, pruned, device.value if device else None, backend.value if backend else None,
-                          batch_size, limit, workers)
+                          batch_size, limit, workers, precision.value if precision else None)
     loaded = apply_overrides(load_policy(policy), overrides)
     signing_key = _signing_key(key)
     if signing_key is None and loaded.require_signature:
@@ -588,8 +597,10 @@ def potential(
     backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."),
 ) -> int:
-    """Prune potential of a family of pruned models: the largest prune ratio within DELTA of the
-    dense model's error, per task and task group, and the excess error per prune ratio."""
+    """Prune potential of a family of pruned models, per task and task group.
+
+    The potential is the largest prune ratio whose error is within DELTA of the dense model's;
+    the excess error is the growth of each group's error gap to clean, per prune ratio."""
     import json
 
     from prunegate.check import Overrides, apply_overrides, run_potential

@@ -47,6 +47,8 @@ def from_environment() -> World:
     world = World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":  # NCCL collectives and object gathers use the current device
+            torch.cuda.set_device(world.local_rank)
         try:
             dist.init_process_group(backend, timeout=dt.timedelta(minutes=30))
         except Exception as exc:  # a misconfigured launch is the user's to fix
@@ -92,13 +94,27 @@ def gather_digests(manifest_digests: dict[int, str], world: World) -> dict[int, 
     return merged
 
 
+def gather_objects(value: object, world: World) -> list:
+    """Every process's `value` (picklable), in rank order; [value] in a plain run."""
+    if world.size <= 1:
+        return [value]
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def slowest(timings: dict[str, float], world: World) -> dict[str, float]:
     """The slowest process's time per stage (the run waits for it)."""
     if world.size <= 1:
         return timings
-    values = torch.tensor([timings[k] for k in sorted(timings)], dtype=torch.float64)
+    values = torch.tensor([timings[k] for k in sorted(timings)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return dict(zip(sorted(timings), values.tolist()))
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces only CUDA tensors; gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def agree_on(value: int, world: World) -> int:

@@ -85,6 +85,10 @@ class DataSource(Strict):
     format: DataFormat
     path: str = Field(min_length=1)
     labels: Optional[str] = Field(None, description="labels .npy file (format npy)")
+    class_names: Optional[str] = Field(
+        None, description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
+        "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
+        "are looked up in it, so a folder holding some of the classes gets the model's label indices")
     images_key: str = "images"
     labels_key: str = "labels"
 
@@ -92,6 +96,8 @@ class DataSource(Strict):
     def _labels_for_npy(self) -> DataSource:
         if self.format == "npy" and not self.labels:
             raise ValueError("format npy needs 'labels': the path of an integer labels .npy file")
+        if self.class_names and self.format not in ("imagefolder", "imagefolder-flat"):
+            raise ValueError("class_names is for the imagefolder and imagefolder-flat formats")
         return self
 
 
@@ -218,6 +224,16 @@ class Runtime(Strict):
     batch_size: int = Field(256, gt=0, le=65536)
     workers: int = Field(2, ge=0, le=64, description="background decoding processes")
     allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32")
+    channels_last: Literal["auto", "on", "off"] = Field(
+        "auto", description="channels-last memory format for torch models (auto: on CUDA for models with convolutions)")
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: object) -> object:
+        """YAML 1.1 reads a bare on/off as a boolean: take it as the word it was."""
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
 class Policy(Strict):

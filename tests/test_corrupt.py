@@ -80,7 +80,7 @@ models: {{dense: {model}, pruned: {model}, input: {{size: 32, mean: [0, 0, 0], s
 data: {{test: {{format: npz, path: {dataset}}}}}
 suite: {{seed: 7, corruptions: {{preset: cifar10-c, names: {NAMES}, severities: [1, 3]{extra}}}}}
 gate: {{rules: [{{name: r, tasks: "corruption/*", metric: agreement, min: 0.5}}]}}
-runtime: {{workers: 0, batch_size: 5}}
+runtime: {{workers: 0, batch_size: 5, backend: torch}}
 """)
         report = tmp_path / f"{mode}.json"
         assert main(["check", "-p", str(policy), "-o", str(report), "-q"]) == 0

@@ -194,3 +194,52 @@ def test_real_cifar10_jpeg_folder() -> None:
     assert len(chosen) == 2000 and np.bincount(images.labels[chosen]).tolist() == [200] * 10
     pictures, _ = images.read([int(chosen[0])], BIG)
     assert pictures[0].shape == (32, 32, 3)
+
+
+# --- class names in the model's order (a folder holding some of the classes) -------------------
+
+from prunegate.data import open_source  # noqa: E402
+from prunegate.data.imagefolder import read_class_names  # noqa: E402
+from prunegate.policy import DataSource  # noqa: E402
+
+
+def test_class_names_give_the_models_label_indices(folder: Path, tmp_path: Path) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text("bee\nzebra\nant\ndog\ncat\n")  # the model's order; bee and dog have no folder
+    images = open_source(DataSource(format="imagefolder", path=str(folder), class_names=str(names)), Path, "data.test")
+    assert images.labels.tolist() == [2, 2, 4, 1, 1]  # ant, ant, cat, zebra, zebra
+    assert images.classes == ["bee", "zebra", "ant", "dog", "cat"]
+    assert images.describe()["classes"] == images.classes
+
+
+def test_flat_folders_use_the_name_prefix_with_class_names(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    save(root / "n02_robin.png", random_rgb(0))
+    save(root / "n01_tench.png", random_rgb(1))
+    names = tmp_path / "wnids.txt"
+    names.write_text("n00\nn01\nn02\n")
+    images = open_source(DataSource(format="imagefolder-flat", path=str(root), class_names=str(names)), Path, "data.ood.0")
+    assert images.labels.tolist() == [1, 2] and images.classes == ["n00", "n01", "n02"]
+
+
+@pytest.mark.parametrize(("text", "message"), [("a\n\nb\n", "line 2 is blank"), ("a\nb\na\n", "listed twice"),
+                                               ("\n", "no class names")])
+def test_bad_class_name_files_are_data_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as error:
+        read_class_names(path, "data.test.class_names")
+    assert "classes.txt" in str(error.value) and "data.test.class_names" in str(error.value)
+
+
+def test_a_folder_missing_from_the_class_names_is_named(folder: Path, tmp_path: Path) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text("ant\ncat\n")
+    with pytest.raises(DataError, match="'zebra' is not in the class_names file") as error:
+        ImageFolder(folder, "data.test", read_class_names(names, "data.test.class_names"))
+    assert "zebra" in str(error.value)
+
+
+def test_class_names_only_for_image_folders() -> None:
+    with pytest.raises(ValueError, match="class_names is for the imagefolder"):
+        DataSource(format="npz", path="x.npz", class_names="classes.txt")

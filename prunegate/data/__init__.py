@@ -10,7 +10,7 @@ from prunegate.policy import DataSource
 from .arrays import NpyImages, NpzImages
 from .base import CROP_FRACTION, ImageSet, Manifest, batches, fit_to_size, select
 from .cifar import Cifar10Binary
-from .imagefolder import FlatImageFolder, ImageFolder
+from .imagefolder import read_class_names, FlatImageFolder, ImageFolder
 
 __all__ = ["ImageSet", "Manifest", "batches", "fit_to_size", "open_source", "select", "CROP_FRACTION"]
 
@@ -19,10 +19,11 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
     """The reader for `spec`; `resolve` turns the spec's paths into real ones (the policy
     resolves them relative to its own folder)."""
     path = resolve(spec.path)
+    names = read_class_names(resolve(spec.class_names), field + ".class_names") if spec.class_names else None
     if spec.format == "imagefolder":
-        return ImageFolder(path, field)
+        return ImageFolder(path, field, names)
     if spec.format == "imagefolder-flat":
-        return FlatImageFolder(path, field)
+        return FlatImageFolder(path, field, names)
     if spec.format == "npz":
         return NpzImages(path, field, spec.images_key, spec.labels_key)
     if spec.format == "npy":

@@ -46,7 +46,8 @@ class ImageSet(ABC):
         return DataError(message, file=file or self.path, field=self.field)
 
     def describe(self) -> dict:
-        return {"format": self.format, "path": str(self.path), "size": len(self)}
+        names = {"classes": self.classes} if self.classes else {}
+        return {"format": self.format, "path": str(self.path), "size": len(self), **names}
 
 
 def require_path(path: Path, field: str, *, directory: bool) -> None:

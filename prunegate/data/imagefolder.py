@@ -8,11 +8,14 @@ import io
 import re
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import PIL.Image
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+from prunegate.errors import DataError
 
 from .base import ImageSet, require_path
 
@@ -128,18 +131,47 @@ class _Files(ImageSet):
             raise self.error(self._too_large(width * height, max_pixels), file)
 
 
+def read_class_names(path: Path, field: str) -> list[str]:
+    """One class name per line, in the model's output order; blank lines and repeats refused."""
+    require_path(path, field, directory=False)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the class names as UTF-8 text ({exc})", file=path, field=field) from None
+    names = [line.strip() for line in lines]
+    while names and not names[-1]:
+        names.pop()
+    if not names:
+        raise DataError("no class names in the file (one per line, in the model's output order)", file=path, field=field)
+    for number, name in enumerate(names, start=1):
+        if not name:
+            raise DataError(f"line {number} is blank: every line names a class", file=path, field=field)
+    if len(set(names)) != len(names):
+        repeated = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"class {repeated!r} is listed twice", file=path, field=field)
+    return names
+
+
+def _label_of(name: str, class_names: list[str], index: dict[str, int], error, where: Path) -> int:
+    if name not in index:
+        raise error(f"class {name!r} is not in the class_names file ({len(class_names)} names)", where)
+    return index[name]
+
+
 class ImageFolder(_Files):
     format = "imagefolder"
 
-    def __init__(self, path: Path, field: str):
+    def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
         class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
         if not class_dirs:
             raise self.error("no class sub-folders found (expected <class>/<image> files)")
-        self.classes = [d.name for d in class_dirs]
+        self.classes = class_names or [d.name for d in class_dirs]
+        index = {name: i for i, name in enumerate(self.classes)}
         self.files, labels = [], []
-        for label, folder in enumerate(class_dirs):
+        for folder in class_dirs:
+            label = _label_of(folder.name, self.classes, index, self.error, folder) if class_names else index[folder.name]
             files = _image_files(folder)
             self.files += files
             labels += [label] * len(files)
@@ -147,20 +179,26 @@ class ImageFolder(_Files):
             raise self.error("no image files in the class sub-folders")
         self.labels = np.asarray(labels, dtype=np.int64)
 
-    def describe(self) -> dict:
-        return {**super().describe(), "classes": self.classes}
-
 
 class FlatImageFolder(_Files):
+    """Labels from file names: `<anything>_<label index>.<ext>`, or, with class names, the
+    name's prefix before the first '_' (`n01440764_tench.JPEG` -> the index of n01440764)."""
+
     format = "imagefolder-flat"
 
-    def __init__(self, path: Path, field: str):
+    def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
         self.files = _image_files(path)
         if not self.files:
             raise self.error("no image files found")
         labels = []
+        if class_names:
+            self.classes = class_names
+            index = {name: i for i, name in enumerate(class_names)}
+            self.labels = np.asarray([_label_of(f.stem.split("_")[0], class_names, index, self.error, f)
+                                      for f in self.files], dtype=np.int64)
+            return
         for file in self.files:
             match = _FLAT_LABEL.search(file.stem)
             if not match:

@@ -18,6 +18,12 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class BackendChoice(_Record):
+    reason: str
+    seconds_per_batch: dict[str, float] = Field({}, description="measured per backend (torch, onnx), when timed")
+    batch: Optional[int] = Field(None, description="images per timed batch")
+
+
 class ModelRecord(_Record):
     path: str
     sha256: str
@@ -31,6 +37,10 @@ class ModelRecord(_Record):
     arch: Optional[str] = None
     pickle_allowed: bool = False
     fixed_batch: Optional[int] = None
+    precision: Optional[str] = Field(None, description="fp32 | bf16 | fp16 (torch autocast), as run")
+    channels_last: Optional[bool] = Field(None, description="torch: whether the model ran in channels-last memory "
+                                                            "format; None for ONNX Runtime")
+    backend_choice: Optional[BackendChoice] = Field(None, description="with backend auto: why this backend ran it")
 
 
 class Models(_Record):

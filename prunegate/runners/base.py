@@ -9,6 +9,9 @@ import torch
 
 from prunegate.errors import DeviceError
 
+# runtime.precision -> the autocast dtype (None: no autocast)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 @dataclass
 class ModelInfo:
@@ -25,6 +28,9 @@ class ModelInfo:
     arch: Optional[str] = None
     pickle_allowed: bool = False
     fixed_batch: Optional[int] = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (torch autocast), as run
+    channels_last: Optional[bool] = None  # torch: whether the model ran channels-last; None for ONNX Runtime
+    backend_choice: Optional[dict] = None  # --backend auto: {"reason", "seconds_per_batch", "batch"}
 
     @property
     def sparsity(self) -> float:
@@ -75,6 +81,24 @@ def resolve_device(requested: str, allow_fallback: bool, file: Optional[object] 
             field="runtime.device",
         )
     return torch.device(requested)
+
+
+def check_precision(precision: str, device: torch.device, backend: str, file: Optional[object] = None) -> None:
+    """Refuse a precision the chosen backend or device cannot run (`file`: the policy, named in
+    the error with the field; --precision overrides it)."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"unknown precision {precision!r} (--precision): expected fp32, bf16 or fp16",
+                          file=file, field="runtime.precision")
+    if precision == "fp32":
+        return
+    if backend == "onnx":
+        raise DeviceError(f"precision {precision} (--precision) is not supported by the onnx backend: ONNX Runtime "
+                          "runs the model as exported, in fp32; use --precision fp32, or run a torch model with "
+                          "--backend torch", file=file, field="runtime.precision")
+    if precision == "fp16" and device.type != "cuda":
+        raise DeviceError("precision fp16 (--precision) is not supported on CPU: torch's CPU autocast lacks float16 "
+                          "kernels for some ops; use --precision bf16 or fp32 on CPU, or run on CUDA",
+                          file=file, field="runtime.precision")
 
 
 def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fixed: Optional[int]) -> torch.Tensor:

@@ -103,14 +103,40 @@ def load_onnx_model(path: Path, field: str):
     return model
 
 
+# ONNX Runtime's tensor type -> (torch dtype, numpy dtype) for binding torch memory
+_ELEMENT_TYPES = {
+    "tensor(float)": (torch.float32, np.float32),
+    "tensor(float16)": (torch.float16, np.float16),
+    "tensor(double)": (torch.float64, np.float64),
+}
+
+
+def _cuda_index(device: torch.device) -> int:
+    """The CUDA device a tensor sent to `device` lands on ('cuda' alone: the current one)."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
 class OnnxRunner:
-    def __init__(self, path: Path, field: str, device: torch.device, info: ModelInfo, allow_fallback: bool):
+    """An ONNX model in ONNX Runtime, fed through IOBinding: the input is bound where the torch
+    tensor lies (no copy), the logits are written into a torch tensor on the session's device (on
+    CUDA they never pass through the host), on CPU and CUDA alike.
+
+    `model`: an already loaded ModelProto (an export made by --backend auto) instead of reading
+    `path`; `count`: whether its initializers give the parameter counts (an export's folded
+    constants do not describe the user's file)."""
+
+    def __init__(self, path: Path, field: str, device: torch.device, info: ModelInfo, allow_fallback: bool, *,
+                 model=None, count: bool = True):
         import onnxruntime as ort
 
         self.path, self.device = path, device
-        model = load_onnx_model(path, field)
-        counts = count_onnx_parameters(model)
-        info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
+        if model is None:
+            model = load_onnx_model(path, field)
+        if count:
+            counts = count_onnx_parameters(model)
+            info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -123,7 +149,7 @@ class OnnxRunner:
                     )
                 self.device = torch.device("cpu")
             else:
-                providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+                providers = [("CUDAExecutionProvider", {"device_id": _cuda_index(device)}), "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
@@ -146,21 +172,51 @@ class OnnxRunner:
         if len(inputs) != 1:
             raise ModelError(f"expected one input, found {len(inputs)}", file=path, field=field)
         self.input_name = inputs[0].name
-        self.input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
+        self.input_types = _ELEMENT_TYPES.get(inputs[0].type, _ELEMENT_TYPES["tensor(float)"])
+        output = self.session.get_outputs()[0]
+        self.output_name = output.name
+        self.output_types = _ELEMENT_TYPES.get(output.type)  # None: not a float tensor; ORT allocates it
+        declared = list(output.shape or [])
+        # [batch, classes] with a fixed class count: the logits buffer can be allocated before the
+        # first run; otherwise the first run (ORT allocating) tells the class count.
+        self.classes = declared[1] if len(declared) == 2 and isinstance(declared[1], int) and declared[1] > 0 else None
         self._shape = list(inputs[0].shape)
         batch = self._shape[0] if self._shape else None
         info.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         info.backend, info.provider = "onnxruntime", self.session.get_providers()[0]
         info.device = str(self.device)
+        info.precision, info.channels_last = "fp32", None
         self.info = info
 
     def input_shape(self) -> Optional[list]:
         return self._shape
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).numpy().astype(self.input_dtype, copy=False)
-        logits = self.session.run(None, {self.input_name: array})[0]
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(x.device)
+        home = x.device
+        # A dense NCHW copy on the session's device: ONNX Runtime reads the raw buffer, so a
+        # channels-last (or otherwise strided) tensor must not be bound as it is.
+        torch_type, numpy_type = self.input_types
+        x = x.detach().to(self.device, torch_type).contiguous()
+        kind = self.device.type  # "cuda" or "cpu": ONNX Runtime's names for the same devices
+        index = _cuda_index(self.device) if kind == "cuda" else 0
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, kind, index, numpy_type, tuple(x.shape), x.data_ptr())
+        out = None
+        if self.classes is not None and self.output_types is not None:
+            out = torch.empty((x.shape[0], self.classes), dtype=self.output_types[0], device=self.device)
+            binding.bind_output(self.output_name, kind, index, self.output_types[1], tuple(out.shape), out.data_ptr())
+        else:
+            binding.bind_output(self.output_name, kind, index)
+        if kind == "cuda":
+            # x was written on torch's stream; ONNX Runtime reads it on its own stream.
+            torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the logits are in `out` before torch reads them
+        if out is None:  # the first run of a model without a declared class count
+            out = torch.from_numpy(np.ascontiguousarray(binding.copy_outputs_to_cpu()[0]))
+            if out.ndim == 2 and out.shape[0] == x.shape[0] and self.output_types is not None:
+                self.classes = int(out.shape[1])
+        return out.to(home, torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return run_in_chunks(self._run, x, self.info.fixed_batch)

@@ -22,7 +22,7 @@ import torch
 
 from prunegate.errors import ModelError
 
-from .base import Counts, ModelInfo, first_line, run_in_chunks
+from .base import PRECISIONS, Counts, ModelInfo, first_line, run_in_chunks
 
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -224,8 +224,18 @@ def _weights_only_reason(exc: BaseException) -> str:
     return match.group(1).strip()[:200] if match else first_line(exc)
 
 
+def has_conv_weights(module: torch.nn.Module) -> bool:
+    """A 4-D parameter is a 2-D convolution's weight: the models channels-last can speed up."""
+    return any(p.dim() == 4 for p in module.parameters())
+
+
 class TorchRunner:
-    def __init__(self, module: torch.nn.Module, device: torch.device, info: ModelInfo, shape: Optional[list]):
+    """A torch module under inference mode; `precision` bf16/fp16 runs it under autocast (logits
+    come back float32); `channels_last` (auto: on CUDA for models with 2-D convolutions) converts
+    the module's 4-D weights and every input to the channels-last memory format."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, info: ModelInfo, shape: Optional[list], *,
+                 precision: str = "fp32", channels_last: str = "auto"):
         counts = Counts()
         for tensor in module.parameters():
             counts.add(tensor.detach())
@@ -237,21 +247,45 @@ class TorchRunner:
         self.module = module.to(device)
         self.device = device
         self._shape = shape
+        self._autocast = PRECISIONS[precision]
+        self.channels_last = self._use_channels_last(channels_last, info)
         batch = shape[0] if shape else None
         info.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         info.backend, info.device = "torch", str(device)
+        info.precision, info.channels_last = precision, self.channels_last
         self.info = info
+
+    def _use_channels_last(self, setting: str, info: ModelInfo) -> bool:
+        """auto: on CUDA, for a model with 2-D convolutions (cuDNN's NHWC kernels, tensor cores);
+        off on CPU, where it is rarely faster. on/off: as asked."""
+        wanted = setting == "on" or (setting == "auto" and self.device.type == "cuda" and has_conv_weights(self.module))
+        if not wanted:
+            return False
+        try:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        except Exception as exc:  # some module kinds cannot be converted
+            if setting == "on":
+                raise ModelError(f"cannot convert the model to channels-last ({first_line(exc)}); set "
+                                 "runtime.channels_last: off", file=info.path, field="runtime.channels_last") from None
+            return False
+        return True
 
     def input_shape(self) -> Optional[list]:
         return self._shape
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(device_type=self.device.type, dtype=self._autocast) if self._autocast is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
             out = self.module(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         elif isinstance(out, dict):
             out = out.get("logits", next(iter(out.values())))
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != torch.float32:
+            out = out.float()  # autocast (or a half-precision model) gives bf16/fp16 logits
         return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

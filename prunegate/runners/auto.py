@@ -1,0 +1,177 @@
+"""--backend auto for torch models: export to ONNX in memory, time a few batches on both
+backends, run on the faster one.
+
+The report keeps describing the user's file (its sha256, format and parameter counts, from the
+torch module); `backend` says what ran it and `backend_choice` why. Whatever stops the ONNX
+route (a precision ONNX Runtime does not run, an export that fails, ONNX Runtime unable to use
+the device, logits that differ from torch's) leaves the model on torch, with that reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from prunegate.errors import PrunegateError
+
+from .base import ModelInfo, first_line
+from .torch import TorchRunner
+
+TIMING_BATCH = 64  # at most this many images per timed batch
+WARMUP, ROUNDS = 2, 3  # untimed calls per backend (allocations, cuDNN/ORT set-up), then timed rounds
+# The export must compute the same function: its logits on the timing batch may differ from torch's
+# only by rounding (TF32 convolutions on CUDA included), relative to the logits' size.
+AGREEMENT = 1e-2
+
+
+class _NoModeSwitch(torch.nn.Module):
+    """Wraps a module that refuses train()/eval() (a torch.export program's), which the exporter
+    calls; such a module is fixed in inference mode anyway."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.training = False
+
+    def train(self, mode: bool = True) -> _NoModeSwitch:
+        return self
+
+    def forward(self, x: torch.Tensor):
+        return self.inner(x)
+
+
+def export_onnx(module: torch.nn.Module, size: int, fixed_batch: Optional[int]):
+    """The module as an ONNX ModelProto, exported in memory (TorchScript exporter) with a dynamic
+    batch, or the model's own fixed one."""
+    import onnx
+
+    try:
+        module.train(module.training)
+    except (NotImplementedError, RuntimeError):
+        module = _NoModeSwitch(module)
+    example = torch.zeros(fixed_batch or 2, 3, size, size)
+    dynamic = None if fixed_batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and exporter notices
+        try:
+            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes=dynamic)
+        except TypeError:  # a torch without the `dynamo` switch: its default is this exporter
+            buffer = io.BytesIO()
+            torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["logits"],
+                              dynamic_axes=dynamic)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _seconds_per_batch(runners: dict[str, Callable], x: torch.Tensor, device: torch.device) -> tuple[dict, dict]:
+    """The median time of one batch on each runner (rounds interleaved, so a change in the
+    machine's load hits both alike), and each runner's logits."""
+    def once(runner: Callable) -> tuple[float, torch.Tensor]:
+        tick = time.perf_counter()
+        out = runner(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - tick, out
+
+    outputs = {}
+    for name, runner in runners.items():
+        for _ in range(WARMUP):
+            outputs[name] = once(runner)[1]
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(ROUNDS):
+        for name, runner in runners.items():
+            samples[name].append(once(runner)[0])
+    return {name: statistics.median(values) for name, values in samples.items()}, outputs
+
+
+def _differ(a: torch.Tensor, b: torch.Tensor) -> Optional[str]:
+    """Why the export's logits `b` are not torch's `a`, or None when they agree."""
+    if not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        return f"shape {list(getattr(b, 'shape', []))} instead of {list(a.shape)}"
+    a, b = a.float(), b.float().to(a.device)
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        return "non-finite logits"
+    gap = float((a - b).abs().max())
+    scale = max(1.0, float(a.abs().max()))
+    return f"largest difference {gap:.3g}" if gap > AGREEMENT * scale else None
+
+
+def choose(module: torch.nn.Module, info: ModelInfo, shape: Optional[list], *, path: Path, field: str,
+           device: torch.device, precision: str, channels_last: str, input_size: Optional[int], batch_size: int,
+           gather: Optional[Callable[[dict], list]] = None):
+    """The faster runner for a torch model: its TorchRunner, or ONNX Runtime on its export.
+
+    `gather` (under torchrun) collects every process's measurement, so that all of them run the
+    model on the same backend: ONNX Runtime only where every process can, when it is faster on
+    average."""
+    from .onnx import OnnxRunner
+
+    fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+    reason, exported = None, None
+    if precision != "fp32":
+        reason = f"precision {precision} runs on torch only (ONNX Runtime runs fp32)"
+    elif not input_size:
+        reason = "no input size to export and time the model with"
+    else:
+        try:
+            exported = export_onnx(module, input_size, fixed)  # before the runner moves the module
+        except Exception as exc:
+            reason = f"the export to ONNX failed ({first_line(exc)})"
+    torch_runner = TorchRunner(module, device, info, shape, precision=precision, channels_last=channels_last)
+    onnx_runner, seconds, batch = None, {}, None
+    if exported is not None:
+        try:
+            onnx_runner = OnnxRunner(path, field, device, dataclasses.replace(info), allow_fallback=False,
+                                     model=exported, count=False)
+        except PrunegateError as exc:  # ONNX Runtime cannot load the export, or cannot use this device
+            reason = f"ONNX Runtime cannot run the export ({exc.detail})"
+    if onnx_runner is not None:
+        batch = fixed or max(1, min(batch_size, TIMING_BATCH))
+        x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
+        try:
+            seconds, outputs = _seconds_per_batch({"torch": torch_runner, "onnx": onnx_runner}, x, device)
+            difference = _differ(outputs["torch"], outputs["onnx"])
+        except Exception as exc:  # a model that fails here fails again, with its own message, in the probe
+            reason = f"timing a batch of {batch} failed ({first_line(exc)})"
+        else:
+            if difference:
+                reason = f"the ONNX export's logits differ from torch's ({difference})"
+    measured = {"reason": reason, "seconds": seconds, "batch": batch}
+    backend, choice = decide([measured] if gather is None else gather(measured))
+    runner = onnx_runner if backend == "onnx" else torch_runner
+    runner.info.backend_choice = choice
+    return runner
+
+
+SWITCH_MARGIN = 0.15  # ONNX Runtime must be at least this much faster than torch to be chosen
+
+
+def decide(measured: list[dict]) -> tuple[str, dict]:
+    """(torch | onnx, the report's backend_choice) from each process's measurement: torch when
+    any process could not use the export, else ONNX Runtime if clearly faster on average."""
+    for rank, m in enumerate(measured):
+        if m["reason"]:
+            where = f" (in process {rank})" if len(measured) > 1 else ""
+            return "torch", _choice(m["reason"] + where, m["seconds"], m["batch"])
+    seconds = {name: statistics.fmean(m["seconds"][name] for m in measured) for name in ("torch", "onnx")}
+    # Leave the file's own runtime only for a clear gain: backends within the margin would
+    # otherwise swap from run to run on timing noise, and with them the last bits of the logits.
+    faster = "onnx" if seconds["onnx"] < seconds["torch"] * (1 - SWITCH_MARGIN) else "torch"
+    slower = "torch" if faster == "onnx" else "onnx"
+    batch = measured[0]["batch"]
+    reason = (f"faster: {faster} {1e3 * seconds[faster]:.3g} ms vs {slower} {1e3 * seconds[slower]:.3g} ms "
+              f"per batch of {batch}" + (f" (mean of {len(measured)} processes)" if len(measured) > 1 else ""))
+    return faster, _choice(reason, seconds, batch)
+
+
+def _choice(reason: str, seconds: Optional[dict] = None, batch: Optional[int] = None) -> dict:
+    return {"reason": reason, "seconds_per_batch": {k: round(v, 6) for k, v in (seconds or {}).items()},
+            "batch": batch}
