@@ -858,3 +858,14 @@ def test_pt2_archive_that_unpickles_code_is_refused_without_allow_pickle(where: 
     except Exception:
         pass
     assert marker.is_dir()
+
+
+def test_external_data_files_are_pinned_in_the_report(tmp_path: Path) -> None:
+    import hashlib
+
+    from prunegate.runners.onnx import external_data_digests
+
+    model = _external_data_model(tmp_path, "weights.bin")
+    expected = [{"path": "weights.bin", "sha256": hashlib.sha256((tmp_path / "weights.bin").read_bytes()).hexdigest()}]
+    assert external_data_digests(model, "models.dense") == expected
+    assert _load_onnx(model).info.to_dict()["external_data"] == expected

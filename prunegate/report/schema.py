@@ -24,6 +24,11 @@ class BackendChoice(_Record):
     batch: Optional[int] = Field(None, description="images per timed batch")
 
 
+class ExternalData(_Record):
+    path: str = Field(description="relative to the model file's folder")
+    sha256: str
+
+
 class ModelRecord(_Record):
     path: str
     sha256: str
@@ -41,6 +46,8 @@ class ModelRecord(_Record):
     channels_last: Optional[bool] = Field(None, description="torch: whether the model ran in channels-last memory "
                                                             "format; None for ONNX Runtime")
     backend_choice: Optional[BackendChoice] = Field(None, description="with backend auto: why this backend ran it")
+    external_data: Optional[list[ExternalData]] = Field(
+        None, description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)")
 
 
 class Models(_Record):

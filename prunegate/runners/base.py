@@ -31,6 +31,7 @@ class ModelInfo:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (torch autocast), as run
     channels_last: Optional[bool] = None  # torch: whether the model ran channels-last; None for ONNX Runtime
     backend_choice: Optional[dict] = None  # --backend auto: {"reason", "seconds_per_batch", "batch"}
+    external_data: Optional[list] = None  # ONNX: [{"path", "sha256"}] of the weight files beside the model
 
     @property
     def sparsity(self) -> float:

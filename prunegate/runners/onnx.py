@@ -56,12 +56,14 @@ def _tensors(model) -> Iterator:
         yield from node_tensors(function.node)
 
 
-def check_external_data(model, path: Path, field: str) -> None:
+def check_external_data(model, path: Path, field: str) -> list[str]:
     """Refuse external data outside the model file's folder: an absolute `location`, or one that
-    leads (through '..' or symbolic links) elsewhere, would read any file the user can read."""
+    leads (through '..' or symbolic links) elsewhere, would read any file the user can read.
+    Returns the external data files' locations, sorted."""
     from onnx import TensorProto
 
     folder = path.parent.resolve()
+    locations = set()
     for tensor in _tensors(model):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
@@ -80,6 +82,19 @@ def check_external_data(model, path: Path, field: str) -> None:
         if not (path.parent / target).is_file():
             raise ModelError(f"tensor {tensor.name!r}: its external data file {location!r} is missing "
                              f"(expected next to the model, in {folder})", file=path, field=field)
+        locations.add(location)
+    return sorted(locations)
+
+
+def external_data_digests(path: Path, field: str) -> Optional[list[dict]]:
+    """sha256 of each external data file, so the report pins all the weights, not just the .onnx.
+    (Read from the file again: a loaded model no longer says where its data came from.)"""
+    import onnx
+
+    from prunegate.digest import file_sha256
+
+    locations = check_external_data(onnx.load(str(path), load_external_data=False), path, field)
+    return [{"path": loc, "sha256": file_sha256(path.parent / loc)} for loc in locations] or None
 
 
 def load_onnx_model(path: Path, field: str):
@@ -137,6 +152,7 @@ class OnnxRunner:
         if count:
             counts = count_onnx_parameters(model)
             info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
+            info.external_data = external_data_digests(path, field)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
