@@ -10,13 +10,39 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Optional
 
-from prunegate.report.render.console import format_metric, threshold_text
 from prunegate.report.schema import Interval, Report, RuleRecord, TaskRecord, TaskValue
 
 __all__ = [
-    "class_names", "format_interval", "format_metric", "group_rows", "interval_text", "over_text", "rule_bound_text",
+    "PERCENT_METRICS", "POINT_METRICS", "pct", "signed_pct", "class_names", "format_interval", "format_metric", "group_rows", "interval_text", "over_text", "rule_bound_text",
     "rule_status", "rules_failed_first", "task_status", "threshold_text", "worst_task",
 ]
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def signed_pct(x: float) -> str:
+    return f"{100 * x:+.2f}pp"
+
+
+PERCENT_METRICS = ("agreement", "dense_accuracy", "pruned_accuracy", "newly_wrong", "newly_right")
+POINT_METRICS = ("accuracy_drop", "class_recall_drop")
+
+
+def format_metric(metric: str, value: Optional[float]) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if metric in POINT_METRICS:
+        return signed_pct(value)
+    if metric in PERCENT_METRICS:
+        return pct(value)
+    return f"{value:.4f}"
+
+
+def threshold_text(rule: RuleRecord) -> str:
+    sign = "≤" if rule.comparison == "max" else "≥"
+    return f"{sign} {format_metric(rule.metric, rule.threshold)}"
+
 
 STATUS_LABEL = {"pass": "PASS", "fail": "FAIL", "undecided": "UNDECIDED"}
 

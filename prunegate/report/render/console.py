@@ -11,31 +11,11 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from prunegate.report.render.common import (POINT_METRICS, PERCENT_METRICS, pct, signed_pct, format_metric,
+                                             rule_status, threshold_text, worst_task)
 from prunegate.report.schema import Report, RuleRecord
 
 MAX_TASK_ROWS = 40  # beyond this, tasks are summarised per group
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
-
-
-def _signed_pct(x: float) -> str:
-    return f"{100 * x:+.2f}pp"
-
-
-PERCENT_METRICS = ("agreement", "dense_accuracy", "pruned_accuracy", "newly_wrong", "newly_right")
-POINT_METRICS = ("accuracy_drop", "class_recall_drop")
-
-
-def format_metric(metric: str, value: Optional[float]) -> str:
-    if value is None or value != value:
-        return "n/a"
-    if metric in POINT_METRICS:
-        return _signed_pct(value)
-    if metric in PERCENT_METRICS:
-        return _pct(value)
-    return f"{value:.4f}"
 
 
 def format_interval(metric: str, low: float, high: float) -> str:
@@ -46,35 +26,16 @@ def format_interval(metric: str, low: float, high: float) -> str:
     return f"[{short(low)}, {short(high)}]{unit}"
 
 
-def threshold_text(rule: RuleRecord) -> str:
-    sign = "≤" if rule.comparison == "max" else "≥"
-    return f"{sign} {format_metric(rule.metric, rule.threshold)}"
-
-
 def _tasks_text(rule: RuleRecord) -> str:
     """The task, or how many tasks and which was worst."""
     if len(rule.per_task) == 1:
         return rule.per_task[0].task
     if not rule.per_task:
         return "-"
-    return f"{rule.aggregate} of {len(rule.per_task)}, worst {_worst_task(rule)}"
-
-
-def _worst_task(rule: RuleRecord) -> str:
-    if not rule.per_task:
-        return ""
-    failing = [t for t in rule.per_task if not t.passed]
-    pool = failing or rule.per_task
-    pick = max if rule.comparison == "max" else min
-    worst = pick(pool, key=lambda t: t.value)
-    return worst.task if len(rule.per_task) > 1 else ""
+    return f"{rule.aggregate} of {len(rule.per_task)}, worst {worst_task(rule).task}"
 
 
 STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
-
-
-def rule_status(rule: RuleRecord) -> str:
-    return "pass" if rule.passed else ("undecided" if rule.status == "undecided" else "fail")
 
 
 def rules_table(report: Report) -> Table:
@@ -123,7 +84,7 @@ def tasks_table(report: Report) -> Table:
         rows = [(t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks]
     for name, n, interval, dense, pruned, drop, agreement, newly_wrong, kappa in rows:
         ci = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
-        table.add_row(name, str(n), _pct(dense), _pct(pruned), _signed_pct(drop), *ci, _pct(agreement),
+        table.add_row(name, str(n), pct(dense), pct(pruned), signed_pct(drop), *ci, pct(agreement),
                       format_metric("newly_wrong", newly_wrong), f"{kappa:.2f}" if kappa is not None else "n/a")
     return table
 
@@ -170,7 +131,7 @@ def models_line(report: Report) -> str:
         m = getattr(report.models, role)
         provider = f", {m.provider}" if m.provider else ""
         parts.append(f"{role} {Path(m.path).name} ({m.format}, {m.nonzero_parameters:,}/{m.parameters:,} nonzero, "
-                     f"sparsity {_pct(m.sparsity)}; {m.backend} on {m.device}{provider})")
+                     f"sparsity {pct(m.sparsity)}; {m.backend} on {m.device}{provider})")
     return "; ".join(parts)
 
 
@@ -206,6 +167,6 @@ def render_potential(result: dict, *, color: bool = False, width: int = 110) -> 
         table.add_column(f"{100 * m['prune_ratio']:.1f}%", justify="right")
     table.add_column("potential", justify="right")
     for g in result["groups"]:
-        table.add_row(g["name"], _pct(g["dense_error"]), *(_pct(e) for e in g["errors"]), f"[bold]{_pct(g['potential'])}[/]")
+        table.add_row(g["name"], pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]")
     console.print(table)
     return buffer.getvalue()
