@@ -101,6 +101,21 @@ def test_jpeg_matches_pil(preset: str, size: tuple[int, int]) -> None:
         assert mean_abs == 0.0, f"quality {quality}: mean |ours - PIL| = {mean_abs:.4f}"
 
 
+def test_jpeg_matrix_passes_equal_the_islow_butterflies() -> None:
+    """Each 1-D DCT pass runs as one exact integer matrix product; it must equal libjpeg's
+    butterfly code (_fdct_1d / _idct_1d) bit for bit, up to the extreme coefficient range."""
+    from prunegate.shifts import _jpeg
+
+    g = torch.Generator().manual_seed(0)
+    for scale in (128, 255, 2**15 - 1):
+        b = torch.randint(-scale, scale + 1, (8, 8, 2000), generator=g, dtype=torch.int64)
+        for forward, butterflies in ((True, _jpeg._fdct_1d), (False, _jpeg._idct_1d)):
+            for first in (True, False):
+                for dim in (0, 1):
+                    want = butterflies(b, first, dim)
+                    assert torch.equal(_jpeg._linear_pass(b, forward, first, dim), want), (forward, first, dim)
+
+
 @pytest.mark.parametrize("preset", ["cifar10-c", "imagenet-c"])
 def test_pixelate_matches_pil_box(preset: str) -> None:
     x = images(size=30)

@@ -103,3 +103,51 @@ def test_speckle_noise_scales_with_intensity() -> None:
     d_mid = corrupt(mid, "speckle_noise", 1, SampleRNG(KEY, ids)) - mid
     assert float(d_dark.std()) == pytest.approx(sigma * 40 / 255, rel=0.05)
     assert float(d_mid.std()) == pytest.approx(sigma * 120 / 255, rel=0.05)
+
+
+def dense_poisson(rng: SampleRNG, rate: torch.Tensor) -> torch.Tensor:
+    """The Poisson sampler written plainly: every step on every element (inversion for rate < 10
+    with 40 fixed steps, 12 PTRS rounds, then the normal fallback), in SampleRNG.poisson's
+    stream order. The library skips the work on decided elements; the draws must not change."""
+    rate = rate.to(torch.float32)
+    shape = tuple(rate.shape[1:])
+    small = rate < 10.0
+    u = rng.uniform(*shape)
+    lam = rate.clamp(max=10.0)
+    p = torch.exp(-lam)
+    cdf, k_inv = p.clone(), torch.zeros_like(lam)
+    for i in range(1, 41):
+        k_inv = k_inv + (u > cdf).to(k_inv.dtype)
+        p = p * lam / i
+        cdf = cdf + p
+    if bool(small.all()):
+        return k_inv
+    lam = rate.clamp(min=10.0)
+    slam, loglam = torch.sqrt(lam), torch.log(lam)
+    b = 0.931 + 2.53 * slam
+    a = -0.059 + 0.02483 * b
+    inv_alpha = 1.1239 + 1.1328 / (b - 3.4)
+    vr = 0.9277 - 3.6224 / (b - 2.0)
+    result = torch.full_like(lam, float("nan"))
+    for _ in range(12):
+        uu = rng.uniform(*shape) - 0.5
+        v = rng.uniform(*shape).clamp(min=1e-12)
+        us = 0.5 - uu.abs()
+        k = torch.floor((2.0 * a / us + b) * uu + lam + 0.43)
+        quick = (us >= 0.07) & (v <= vr)
+        rejected = (k < 0) | ((us < 0.013) & (v > us))
+        log_accept = torch.log(v) + torch.log(inv_alpha) - torch.log(a / (us * us) + b)
+        slow = ~rejected & (log_accept <= -lam + k * loglam - torch.lgamma(k + 1.0))
+        result = torch.where((quick | slow) & torch.isnan(result), k, result)
+    fallback = torch.clamp(torch.round(lam + slam * rng.normal(*shape)), min=0.0)
+    return torch.where(small, k_inv, torch.where(torch.isnan(result), fallback, result))
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 3.0), (0.0, 12.0), (0.0, 500.0), (20.0, 3000.0)])
+def test_poisson_skips_work_without_changing_draws(low: float, high: float) -> None:
+    g = torch.Generator().manual_seed(int(high))
+    rate = low + (high - low) * torch.rand(6, 3, 17, 19, generator=g)
+    rate[0, 0, :2] = 0.0
+    fast, plain = SampleRNG(KEY, torch.arange(6)), SampleRNG(KEY, torch.arange(6))
+    assert torch.equal(fast.poisson(rate), dense_poisson(plain, rate))
+    assert torch.equal(fast.uniform(4), plain.uniform(4))  # the same streams were used up

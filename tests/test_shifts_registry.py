@@ -210,3 +210,16 @@ def test_corrupt_in_chunks_equals_one_call():
         whole = shifts.get_shift(name).fn(x, param, SampleRNG(11, torch.arange(len(x))))
         chunked = shifts.corrupt(x, name, 3, SampleRNG(11, torch.arange(len(x))), preset="cifar10-c")
         assert torch.equal(whole, chunked), name
+
+
+def test_large_images_are_corrupted_in_small_chunks_with_the_same_result():
+    """On the CPU corrupt() also bounds the values per call (one 224-px image); same result."""
+    from prunegate import shifts
+    from prunegate.shifts.rng import SampleRNG
+
+    x = realish_images(3, 224)
+    assert shifts.chunk_size(x) == 1 and shifts.chunk_size(x[:, :, :32, :32]) >= 32
+    for name in ("gaussian_blur", "shot_noise"):
+        param = shifts.get_preset("imagenet-c").param(name, 2)
+        whole = shifts.get_shift(name).fn(x, param, SampleRNG(11, torch.arange(3)))
+        assert torch.equal(whole, shifts.corrupt(x, name, 2, SampleRNG(11, torch.arange(3)))), name

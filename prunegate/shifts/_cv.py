@@ -81,15 +81,17 @@ def chamfer_distance(zero: torch.Tensor, cap: float) -> torch.Tensor:
     parallel relaxation find every distance up to `cap` exactly, and larger ones are capped.
     Pixels outside the image are unreachable, as in OpenCV's INF-filled border.
     """
-    inf = (int(cap) + 2) << 16
-    d = torch.where(zero, 0, inf).to(torch.int64)
+    inf = (int(cap) + 2) << 16  # int32 holds it (and inf + the longest move) for any cap < 30000
+    d = torch.where(zero, 0, inf).to(torch.int32)
     h, w = d.shape[-2:]
     for _ in range(int(cap) + 1):
         padded = F.pad(d, (2, 2, 2, 2), value=inf)
-        best = d
+        best = d.clone()
         for (dy, dx), cost in _CHAMFER_MOVES:
             shifted = padded[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w]
-            best = torch.minimum(best, shifted + cost)
+            torch.minimum(best, shifted + cost, out=best)
+        if torch.equal(best, d):  # a fixed point: more rounds change nothing
+            break
         d = best
     dist = d.to(torch.float32) * (1.0 / 65536.0)
     return dist.clamp(max=cap)

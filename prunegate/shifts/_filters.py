@@ -11,6 +11,7 @@ elastic transform blurs a 224-px field with a 1025-tap kernel) and still match s
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -70,6 +71,88 @@ def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> 
     return F.conv2d(padded, kernel.to(planes).view(1, 1, kh, kw)).reshape(shape)
 
 
+def _smooth_size(n: int) -> int:
+    """The smallest m >= n whose only prime factors are 2, 3 and 5 (a fast FFT length)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def crop_zero_border(kernel: torch.Tensor) -> torch.Tensor:
+    """Drop the all-zero outer rows and columns of an odd kernel symmetrically, keeping it odd
+    and centred: zero taps add exact zeros, so the correlation is the same."""
+    kh, kw = kernel.shape
+    nz = kernel.ne(0)
+    rows, cols = nz.any(dim=1).nonzero().flatten(), nz.any(dim=0).nonzero().flatten()
+    if rows.numel() == 0:
+        return kernel[kh // 2 : kh // 2 + 1, kw // 2 : kw // 2 + 1]
+    rh = max(kh // 2 - int(rows[0]), int(rows[-1]) - kh // 2)
+    rw = max(kw // 2 - int(cols[0]), int(cols[-1]) - kw // 2)
+    return kernel[kh // 2 - rh : kh // 2 + rh + 1, kw // 2 - rw : kw // 2 + rw + 1]
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel_spectrum(taps: tuple[float, ...], kh: int, kw: int, nh: int, nw: int, device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """rfft2 of the [kh, kw] kernel laid out for a circular *correlation* on an nh x nw grid:
+    tap (a, b) (offsets from the centre) at ((-a) mod nh, (-b) mod nw). Made in float64."""
+    k = torch.tensor(taps, dtype=torch.float64).view(kh, kw)
+    grid = torch.zeros(nh, nw, dtype=torch.float64)
+    rows = (-(torch.arange(kh) - kh // 2)).remainder(nh)
+    cols = (-(torch.arange(kw) - kw // 2)).remainder(nw)
+    grid[rows[:, None], cols[None, :]] = k
+    spec = torch.fft.rfft2(grid)
+    return spec.to(torch.complex64 if dtype == torch.float32 else spec.dtype).to(device)
+
+
+def correlate2d_fft(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> torch.Tensor:
+    """correlate2d for large kernels through the FFT, in x's precision (float64 but on Apple
+    GPUs): pad by at least the kernel radius under `mode` (up to a fast FFT length), correlate
+    circularly, keep the valid part (no wrap-around reaches it). Equal to the direct sum up to
+    rounding (float64: ~1e-15)."""
+    planes, shape = _as_planes(x)
+    h, w = planes.shape[-2:]
+    kh, kw = kernel.shape
+    nh, nw = _smooth_size(h + 2 * (kh // 2)), _smooth_size(w + 2 * (kw // 2))
+    top, left = kh // 2, kw // 2
+    padded = _pad_asym(planes, top, nh - h - top, left, nw - w - left, mode)
+    taps = tuple(kernel.to(torch.float64).flatten().tolist())
+    spec = _kernel_spectrum(taps, kh, kw, nh, nw, x.device, x.dtype)
+    full = torch.fft.irfft2(torch.fft.rfft2(padded) * spec, s=(nh, nw))
+    return full[:, :, top : top + h, left : left + w].reshape(shape)
+
+
+def _pad_asym(planes: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
+    """Pad [P, 1, H, W] planes under a scipy border mode; F.pad's C++ kernels where they apply
+    ("mirror" is torch's "reflect", "nearest" its "replicate"), index arithmetic otherwise."""
+    h, w = planes.shape[-2:]
+    torch_mode = {"mirror": "reflect", "nearest": "replicate"}.get(mode)
+    if torch_mode is not None and (torch_mode == "replicate" or max(top, bottom) < h and max(left, right) < w):
+        return F.pad(planes, (left, right, top, bottom), mode=torch_mode)
+    rows = border_index(h, top, bottom, mode, planes.device)
+    cols = border_index(w, left, right, mode, planes.device)
+    return planes[:, :, rows[:, None], cols[None, :]]
+
+
+def correlate2d_taps(x: torch.Tensor, kernel: torch.Tensor, mode: str = "mirror") -> torch.Tensor:
+    """correlate2d as a sum of shifted planes, one multiply-add per non-zero tap (row-major):
+    for small kernels on many small planes, where conv2d's float64 path is slow."""
+    kh, kw = kernel.shape
+    h, w = x.shape[-2:]
+    padded = pad2d(x, kh // 2, kw // 2, mode)
+    out = None
+    for (i, j), weight in zip(kernel.nonzero().tolist(), kernel[kernel.ne(0)].tolist()):
+        term = padded[..., i : i + h, j : j + w] * weight
+        out = term if out is None else out + term
+    return out if out is not None else torch.zeros_like(x)
+
+
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
     """scipy.ndimage's Gaussian taps, computed as scipy does: radius int(truncate*sigma + 0.5),
     exp(-0.5 / sigma**2 * x**2) normalised to sum 1."""
@@ -88,11 +171,32 @@ def scipy_correlate1d(x: torch.Tensor, kernel: torch.Tensor, dim: int, mode: str
     r = kernel.numel() // 2
     weights = kernel.tolist()
     n = x.shape[dim]
-    padded = x.index_select(dim, border_index(n, r, r, mode, x.device))
+    padded = pad_axis(x, dim, r, r, mode)
     out = padded.narrow(dim, r, n) * weights[r]
     for j in range(r, 0, -1):  # a fixed number of taps
-        out = out + (padded.narrow(dim, r - j, n) + padded.narrow(dim, r + j, n)) * weights[r + j]
+        pair = padded.narrow(dim, r - j, n) + padded.narrow(dim, r + j, n)
+        out += pair.mul_(weights[r + j])  # out + (x[-j] + x[+j]) * w[j], rounded as written
     return out
+
+
+def pad_axis(x: torch.Tensor, dim: int, before: int, after: int, mode: str) -> torch.Tensor:
+    """x padded along `dim` under a scipy border mode: edge slices (flipped or repeated) where
+    the pad is shorter than the axis, index arithmetic otherwise. Same values either way."""
+    n = x.shape[dim]
+    dim = dim % x.ndim
+    if mode in ("nearest", "reflect", "mirror") and max(before, after) <= n - 1 and before + after > 0:
+        size = list(x.shape)
+        if mode == "nearest":
+            size[dim] = before
+            head = x.narrow(dim, 0, 1).expand(size)
+            size[dim] = after
+            tail = x.narrow(dim, n - 1, 1).expand(size)
+        elif mode == "reflect":
+            head, tail = x.narrow(dim, 0, before).flip(dim), x.narrow(dim, n - after, after).flip(dim)
+        else:
+            head, tail = x.narrow(dim, 1, before).flip(dim), x.narrow(dim, n - 1 - after, after).flip(dim)
+        return torch.cat([head, x, tail], dim)
+    return x.index_select(dim, border_index(n, before, after, mode, x.device))
 
 
 def _axis_matrix(n: int, kernel: torch.Tensor, mode: str) -> torch.Tensor:
@@ -145,6 +249,29 @@ def shift_gather(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.T
     return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
+class ShiftedRuns:
+    """shift_gather for many shifts of one batch, each by at most `reach` pixels: the batch is
+    edge-padded once, and a shift is one index_select of whole W-long runs out of an
+    overlapping strided view of the padding (one index per image row, not per pixel)."""
+
+    def __init__(self, x: torch.Tensor, reach: int):
+        self.shape = x.shape
+        self.reach = reach
+        padded = F.pad(x, (reach, reach, reach, reach), mode="replicate") if reach else x.contiguous()
+        self.flat = padded.flatten()
+        n, c, h, w = x.shape
+        self.wp, self.hp = w + 2 * reach, h + 2 * reach
+        self.runs = torch.as_strided(self.flat, (self.flat.numel() - w + 1, w), (1, 1))
+        planes = torch.arange(n * c, device=x.device).view(n, c, 1) * (self.hp * self.wp)
+        self.row_starts = planes + (torch.arange(h, device=x.device) + reach).view(1, 1, h) * self.wp + reach
+
+    def __call__(self, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """out[n, c, y, x] = x[n, c, clamp(y + dy[n]), clamp(x + dx[n])], |dy|, |dx| <= reach."""
+        dy, dx = dy.clamp(-self.reach, self.reach), dx.clamp(-self.reach, self.reach)
+        starts = self.row_starts + (dy * self.wp + dx).view(-1, 1, 1)
+        return self.runs.index_select(0, starts.flatten()).view(self.shape)
+
+
 def magick_motion_blur(levels: torch.Tensor, radius: float, sigma: float, angle_deg: torch.Tensor) -> torch.Tensor:
     """ImageMagick's MotionBlurImage (what the reference calls through Wand) on uint8 levels
     (float 0..255), per-sample angle; returns the uint8 levels it writes back.
@@ -166,11 +293,12 @@ def magick_motion_blur(levels: torch.Tensor, radius: float, sigma: float, angle_
     a = torch.deg2rad(angle_deg.to(torch.float64).reshape(-1))
     cos, sin = torch.cos(a), torch.sin(a)
     x = as_float64(levels)
+    shifts = ShiftedRuns(x, width - 1)
     out = torch.zeros_like(x)
     for i, weight in enumerate(weights):  # a fixed number of taps, never a loop over images
         ox = torch.ceil(i * cos - 0.5).to(torch.int64)
         oy = torch.ceil(i * sin - 0.5).to(torch.int64)
-        out = out + weight * shift_gather(x, oy, ox)
+        out += shifts(oy, ox).mul_(weight)  # out + weight * shifted, rounded as written
     quantum = torch.floor(out * 257.0 + 0.5).clamp(0, 65535)
     return torch.div(quantum, 257, rounding_mode="floor").to(levels.dtype)
 
@@ -211,7 +339,12 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
 
 
 def sum_clipped_zooms(x: torch.Tensor, zooms: Sequence[float]) -> torch.Tensor:
-    out = torch.zeros_like(x)
+    """sum of clipped_zoom(x, z) over the zooms, in order, with the same arithmetic; the column
+    pass runs on the transposed rows pass (selecting whole rows is far cheaper than gathering
+    single values), and the sum is transposed back once."""
+    h, w = x.shape[-2:]
+    out_t = torch.zeros_like(x.transpose(-1, -2)).contiguous()
     for z in zooms:  # a fixed list from the severity table
-        out = out + clipped_zoom(x, z)
-    return out
+        rows = _lerp_axis(x, _zoom_axis_taps(h, z, x.device), x.ndim - 2)
+        out_t = out_t + _lerp_axis(rows.transpose(-1, -2).contiguous(), _zoom_axis_taps(w, z, x.device), x.ndim - 2)
+    return out_t.transpose(-1, -2)

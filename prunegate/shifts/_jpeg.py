@@ -10,6 +10,8 @@ arithmetic, so the output matches PIL's bit for bit in the common case (tests me
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -62,7 +64,7 @@ def _quantise(coef: torch.Tensor, qtable: list[int]) -> torch.Tensor:
     """Round |coef| / (8 * q) half up, keeping the sign (islow output is scaled up by 8)."""
     parts = [_reciprocal(q << 3) for q in qtable]
     recip, corr, shift = (
-        torch.tensor([p[i] for p in parts], dtype=torch.int64, device=coef.device).view(8, 8) for i in range(3)
+        torch.tensor([p[i] for p in parts], dtype=torch.int64, device=coef.device).view(8, 8, 1) for i in range(3)
     )
     return torch.sign(coef) * (((coef.abs() + corr) * recip) >> shift)
 
@@ -80,9 +82,9 @@ def _odd_part(t4, t5, t6, t7):
     return t4 + z1 + z3, t5 + z2 + z4, t6 + z2 + z3, t7 + z1 + z4
 
 
-def _fdct_1d(d: torch.Tensor, first_pass: bool) -> torch.Tensor:
-    """jpeg_fdct_islow along the last dim (8)."""
-    c = [d[..., i] for i in range(8)]
+def _fdct_1d(d: torch.Tensor, first_pass: bool, dim: int, descale=_descale) -> torch.Tensor:
+    """jpeg_fdct_islow along `dim` (0: down the columns, 1: along the rows) of [8, 8, M] blocks."""
+    c = [d.select(dim, i) for i in range(8)]
     t0, t7 = c[0] + c[7], c[0] - c[7]
     t1, t6 = c[1] + c[6], c[1] - c[6]
     t2, t5 = c[2] + c[5], c[2] - c[5]
@@ -92,18 +94,18 @@ def _fdct_1d(d: torch.Tensor, first_pass: bool) -> torch.Tensor:
     if first_pass:
         o0, o4 = (t10 + t11) << _PASS1_BITS, (t10 - t11) << _PASS1_BITS
     else:
-        o0, o4 = _descale(t10 + t11, _PASS1_BITS), _descale(t10 - t11, _PASS1_BITS)
+        o0, o4 = descale(t10 + t11, _PASS1_BITS), descale(t10 - t11, _PASS1_BITS)
     z1 = (t12 + t13) * _F0541
-    o2 = _descale(z1 + t13 * _F0765, shift)
-    o6 = _descale(z1 - t12 * _F1847, shift)
+    o2 = descale(z1 + t13 * _F0765, shift)
+    o6 = descale(z1 - t12 * _F1847, shift)
     a7, a5, a3, a1 = _odd_part(t4, t5, t6, t7)
-    o7, o5, o3, o1 = (_descale(v, shift) for v in (a7, a5, a3, a1))
-    return torch.stack([o0, o1, o2, o3, o4, o5, o6, o7], dim=-1)
+    o7, o5, o3, o1 = (descale(v, shift) for v in (a7, a5, a3, a1))
+    return torch.stack([o0, o1, o2, o3, o4, o5, o6, o7], dim=dim)
 
 
-def _idct_1d(d: torch.Tensor, first_pass: bool) -> torch.Tensor:
-    """jpeg_idct_islow along the last dim (8), without the final range limiting."""
-    c = [d[..., i] for i in range(8)]
+def _idct_1d(d: torch.Tensor, first_pass: bool, dim: int, descale=_descale) -> torch.Tensor:
+    """jpeg_idct_islow along `dim` of [8, 8, M] blocks, without the final range limiting."""
+    c = [d.select(dim, i) for i in range(8)]
     z1 = (c[2] + c[6]) * _F0541
     t2, t3 = z1 - c[6] * _F1847, z1 + c[2] * _F0765
     t0, t1 = (c[0] + c[4]) << _CONST_BITS, (c[0] - c[4]) << _CONST_BITS
@@ -112,29 +114,67 @@ def _idct_1d(d: torch.Tensor, first_pass: bool) -> torch.Tensor:
     o0, o1, o2, o3 = _odd_part(c[7], c[5], c[3], c[1])
     shift = _CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS + 3
     rows = (t10 + o3, t11 + o2, t12 + o1, t13 + o0, t13 - o0, t12 - o1, t11 - o2, t10 - o3)
-    return torch.stack([_descale(v, shift) for v in rows], dim=-1)
+    return torch.stack([descale(v, shift) for v in rows], dim=dim)
 
 
 def _blocks(plane: torch.Tensor) -> torch.Tensor:
-    """[N, H, W] (H, W multiples of 8) -> [N, H/8, W/8, 8, 8]."""
+    """[N, H, W] (H, W multiples of 8) -> [8 (row), 8 (column), N * H/8 * W/8]: each of the
+    64 positions of a block is one contiguous run over all blocks, so that the transforms'
+    element-wise steps read contiguous memory."""
     n, h, w = plane.shape
-    return plane.view(n, h // 8, 8, w // 8, 8).permute(0, 1, 3, 2, 4)
+    return plane.view(n, h // 8, 8, w // 8, 8).permute(2, 4, 0, 1, 3).reshape(8, 8, -1)
 
 
-def _unblocks(b: torch.Tensor) -> torch.Tensor:
-    n, bh, bw = b.shape[:3]
-    return b.permute(0, 1, 3, 2, 4).reshape(n, bh * 8, bw * 8)
+def _unblocks(b: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    return b.view(8, 8, n, h // 8, w // 8).permute(2, 3, 0, 4, 1).reshape(n, h, w)
+
+
+def _pass_shifts(forward: bool, first_pass: bool) -> list[int]:
+    """The descale shift of each output of a 1-D pass (0: not descaled), as _fdct_1d and
+    _idct_1d apply them."""
+    if forward:
+        s = _CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS
+        even = 0 if first_pass else _PASS1_BITS
+        return [even, s, s, s, even, s, s, s]
+    return [_CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS + 3] * 8
+
+
+@functools.lru_cache(maxsize=None)
+def _pass_matrix(forward: bool, first_pass: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 1-D pass before its descales is an integer-linear map of its 8 inputs: its 8 x 8
+    integer matrix (the pass itself run on unit vectors, in float64), and the per-output
+    rounding bias and shift of the descale."""
+    fn = _fdct_1d if forward else _idct_1d
+    eye = torch.eye(8, dtype=torch.int64).view(8, 8, 1)
+    matrix = fn(eye, first_pass, 0, descale=lambda v, n: v)[:, :, 0].to(torch.float64)
+    shifts = torch.tensor(_pass_shifts(forward, first_pass), dtype=torch.int64)
+    bias = torch.where(shifts > 0, 1 << (shifts - 1).clamp(min=0), torch.zeros_like(shifts))
+    return matrix, bias.view(8, 1), shifts.view(8, 1)
+
+
+def _linear_pass(b: torch.Tensor, forward: bool, first_pass: bool, dim: int) -> torch.Tensor:
+    """_fdct_1d / _idct_1d along `dim` of [8, 8, M] int64 blocks, as one float64 matrix product
+    then the descales. Exact: every product and partial sum is an integer below 2**53 (inputs
+    below 2**21 in magnitude for 8-bit samples and 16-bit coefficients, matrix rows summing
+    below 2**16 in absolute value)."""
+    matrix, bias, shifts = (t.to(b.device) for t in _pass_matrix(forward, first_pass))
+    x = b.movedim(dim, 0)
+    y = (matrix @ x.reshape(8, -1).to(torch.float64)).to(torch.int64)
+    y = (y + bias) >> shifts
+    return y.view(x.shape).movedim(0, dim)
 
 
 def _code_plane(plane: torch.Tensor, qtable: list[int]) -> torch.Tensor:
-    """Level shift, islow FDCT, quantise (round half away from zero), dequantise, islow IDCT."""
-    b = _blocks(plane - 128)
-    b = _fdct_1d(b, True)
-    b = _fdct_1d(b.transpose(-1, -2), False).transpose(-1, -2)
-    b = _quantise(b, qtable) * torch.tensor(qtable, dtype=torch.int64, device=b.device).view(8, 8)
-    b = _idct_1d(b.transpose(-1, -2), True).transpose(-1, -2)  # columns first, as libjpeg
-    b = _idct_1d(b, False)
-    return (_unblocks(b) + 128).clamp(0, 255)
+    """Level shift, islow FDCT, quantise (round half away from zero), dequantise, islow IDCT.
+    Each 1-D pass of the transforms is one exact integer matrix product (see _linear_pass)."""
+    n, h, w = plane.shape
+    b = _blocks((plane - 128).to(torch.int64))
+    b = _linear_pass(b, True, True, 1)  # rows
+    b = _linear_pass(b, True, False, 0)  # columns
+    b = _quantise(b, qtable) * torch.tensor(qtable, dtype=torch.int64, device=b.device).view(8, 8, 1)
+    b = _linear_pass(b, False, True, 0)  # columns first, as libjpeg
+    b = _linear_pass(b, False, False, 1)
+    return (_unblocks(b, n, h, w) + 128).clamp(0, 255).to(plane.dtype)
 
 
 def _rgb_to_ycc(rgb: torch.Tensor) -> torch.Tensor:
@@ -183,7 +223,8 @@ def jpeg_roundtrip(levels: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode uint8-level RGB images [N, 3, H, W] (float 0..255); same shape out."""
     n, _, h, w = levels.shape
     ph, pw = -h % 16, -w % 16  # libjpeg replicates the last row/column up to whole MCUs
-    rgb = F.pad(levels.round().to(torch.int64), (0, pw, 0, ph), mode="replicate")
+    # int32 throughout (the fixed-point colour sums stay below 2**25), int64 in the transforms
+    rgb = F.pad(levels.round(), (0, pw, 0, ph), mode="replicate").to(torch.int32)
     ycc = _rgb_to_ycc(rgb)
     luma_q, chroma_q = quant_table(quality, False), quant_table(quality, True)
     y = _code_plane(ycc[:, 0], luma_q)[:, :h, :w]

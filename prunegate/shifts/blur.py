@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from ._color import as_float64, to_levels, truncate_uint8
 from ._filters import (
-    correlate2d,
+    correlate2d_fft,
+    correlate2d_taps,
     correlate_separable,
+    crop_zero_border,
     cv2_gaussian_kernel1d,
     gaussian_filter,
     magick_motion_blur,
@@ -39,11 +42,27 @@ def disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     return correlate_separable(disk, g, g, "mirror").to(torch.float64)
 
 
+@functools.lru_cache(maxsize=16)
+def _cropped_disk(radius: float, alias_blur: float) -> torch.Tensor:
+    return crop_zero_border(disk_kernel(radius, alias_blur))
+
+
+_DIRECT_TAPS = 25  # discs with at most this many non-zero taps are summed directly, others by FFT
+
+
 @register_shift("defocus_blur")
 def defocus_blur(x: torch.Tensor, param: tuple[float, float], rng: SampleRNG) -> torch.Tensor:
-    """cv2.filter2D(x, -1, disk(radius, alias_blur)) per channel (BORDER_REFLECT_101)."""
-    radius, alias_blur = param
-    return truncate_uint8(correlate2d(as_float64(x), disk_kernel(radius, alias_blur), "mirror"))
+    """cv2.filter2D(x, -1, disk(radius, alias_blur)) per channel (BORDER_REFLECT_101), in float64.
+
+    The disc's zero border is dropped (CIFAR's discs fill 3 x 3 or 5 x 5 of their 17 x 17 grid);
+    small discs are summed tap by tap (the same sums, in the same order, as a direct
+    convolution), large ones through the FFT (equal to the direct sum within ~1e-15, far below
+    what moves a uint8 truncation: no value differed on 500 CIFAR and 50 ImageNet images)."""
+    kernel = _cropped_disk(*param)
+    x = as_float64(x)
+    if int(kernel.ne(0).sum()) <= _DIRECT_TAPS:
+        return truncate_uint8(correlate2d_taps(x, kernel, "mirror"))
+    return truncate_uint8(correlate2d_fft(x, kernel, "mirror"))
 
 
 def glass_source_index(rng: SampleRNG, height: int, width: int, delta: int, device: torch.device) -> torch.Tensor:
@@ -75,8 +94,11 @@ def glass_source_index(rng: SampleRNG, height: int, width: int, delta: int, devi
     ptr.scatter_(1, sites, (qh * width + qw).reshape(rng.n, -1))
     done.scatter_(1, sites, ~visited_before.reshape(rng.n, -1))
     # final[s] = cur[ptr[s]] if done[s] else final[ptr[s]]; chains strictly go back in visiting
-    # order, so log2(#sites) + 1 doublings resolve every chain.
+    # order, so log2(#sites) + 1 doublings resolve every chain; once every site is done, further
+    # doublings change nothing, so the loop stops there (chains are short: a few doublings).
     for _ in range(math.ceil(math.log2(n_sites)) + 1):
+        if bool(done.all()):
+            break
         ptr_next, done_next = ptr.gather(1, ptr), done.gather(1, ptr)
         ptr = torch.where(done, ptr, ptr_next)
         done = done | done_next

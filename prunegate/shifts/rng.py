@@ -32,6 +32,16 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _mix_(x: torch.Tensor) -> torch.Tensor:
+    """_mix in place, on a temporary int32 tensor (fewer allocations on big draws)."""
+    x ^= (x >> 16).bitwise_and_(0xFFFF)
+    x *= _M1
+    x ^= (x >> 15).bitwise_and_(0x1FFFF)
+    x *= _M2
+    x ^= (x >> 16).bitwise_and_(0xFFFF)
+    return x
+
+
 def _to_int32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= 1 << 31 else value
@@ -70,7 +80,8 @@ class SampleRNG:
         count = math.prod(shape)
         stream_key = _mix(self._sample_keys + _to_int32(self._stream * 0x9E3779B9))
         counter = torch.arange(count, device=self.device, dtype=torch.int32) * _GOLDEN
-        x = _mix(_mix(stream_key[:, None] ^ counter[None, :]) + stream_key[:, None])
+        key = stream_key[:, None]
+        x = _mix_(_mix_(key ^ counter[None, :]).add_(key))
         return x.view(self.n, *shape)
 
     def uniform(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -89,56 +100,115 @@ class SampleRNG:
         u = self.uniform(*shape, dtype=torch.float64)
         return (low + torch.floor(u * (high - low))).to(torch.int64).clamp_(low, high - 1)
 
+    def _uniform_at(self, stream: int, pos: torch.Tensor | None, per_sample: int) -> torch.Tensor:
+        """uniform() of stream `stream` (float32), flattened to [N * per_sample], at the flat
+        positions `pos` only (all of them if None): the same numbers the whole draw has there."""
+        stream_key = _mix(self._sample_keys + _to_int32(stream * 0x9E3779B9))
+        if pos is None:
+            counter = torch.arange(per_sample, device=self.device, dtype=torch.int32) * _GOLDEN
+            key = stream_key[:, None]
+            x = _mix_(_mix_(key ^ counter[None, :]).add_(key)).flatten()
+        else:
+            rows = torch.div(pos, per_sample, rounding_mode="floor")
+            counter = (pos - rows * per_sample).to(torch.int32) * _GOLDEN
+            key = stream_key.index_select(0, rows)
+            x = _mix_(_mix_(key ^ counter).add_(key))
+        return x.bitwise_right_shift_(8).bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / (1 << 24))
+
     def poisson(self, rate: torch.Tensor) -> torch.Tensor:
         """Poisson draws with per-element rates, `rate` of shape [N, ...]; returns float32.
 
-        Small rates (< 10) by inversion with a fixed number of steps; larger ones by Hörmann's
-        transformed rejection (PTRS, as in numpy), vectorised over a fixed number of rounds.
+        Small rates (< 10) by inversion (sequential search, at most 40 steps); larger ones by
+        Hörmann's transformed rejection (PTRS, as in numpy), at most 12 rounds, then the normal
+        approximation (probability < 1e-12 per element). Uses 1 stream, or 27 when some rate is
+        >= 10: stream +1 for the inversion's uniforms, +2k and +3k for PTRS round k's (u, v),
+        +26 and +27 for the fallback normals. Every element reads only its own counters in
+        those streams, so each step can run on just the elements still undecided, and the
+        result does not depend on which other elements are in the batch.
         """
         rate = rate.to(torch.float32)
-        shape = tuple(rate.shape[1:])
-        out = torch.zeros_like(rate)
-        small = rate < 10.0
-        out = torch.where(small, self._poisson_inversion(rate.clamp(max=10.0), shape), out)
-        if bool((~small).any()):
-            out = torch.where(small, out, self._poisson_ptrs(rate.clamp(min=10.0), shape))
-        return out
+        per_sample = math.prod(rate.shape[1:])
+        flat = rate.reshape(-1)
+        first = self._stream + 1
+        small = flat < 10.0
+        n_small = int(small.sum())
+        out = torch.zeros_like(flat)
+        if n_small:
+            pos = None if n_small == flat.numel() else small.nonzero().flatten()
+            counts = self._poisson_inversion(flat if pos is None else flat[pos], pos, per_sample, first)
+            out = counts if pos is None else out.index_put_((pos,), counts)
+        self._stream = first
+        if n_small < flat.numel():
+            pos = None if n_small == 0 else (~small).nonzero().flatten()
+            counts = self._poisson_ptrs(flat if pos is None else flat[pos], pos, per_sample, first + 1)
+            out = counts if pos is None else out.index_put_((pos,), counts)
+            self._stream = first + 26
+        return out.view_as(rate)
 
-    def _poisson_inversion(self, rate: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        # P(X > 40 | rate <= 10) < 1e-11: 40 steps are exact in practice.
-        u = self.uniform(*shape)
+    def _poisson_inversion(self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int,
+                           stream: int) -> torch.Tensor:
+        # P(X > 40 | rate < 10) < 1e-11: 40 steps are exact in practice. k = the number of
+        # steps with u > cdf; cdf only grows, so an element is final at its first u <= cdf.
+        u = self._uniform_at(stream, pos, per_sample)
         p = torch.exp(-rate)
         cdf = p.clone()
+        out = torch.zeros_like(rate)
         k = torch.zeros_like(rate)
+        live = None  # positions in `out` of the elements still searched (None: all)
         for i in range(1, 41):
             below = u > cdf
+            count = int(below.sum())
+            if count == 0:
+                break
+            if count <= below.numel() // 2:  # set the finished elements aside: their k is final
+                out = k if live is None else out.index_put_((live,), k)
+                keep = below.nonzero().flatten()
+                live = keep if live is None else live[keep]
+                u, p, cdf, rate, k = (t[keep] for t in (u, p, cdf, rate, k))
+                below = torch.ones_like(below[keep])
             k = k + below.to(k.dtype)
             p = p * rate / i
             cdf = cdf + p
-        return k
+        return k if live is None else out.index_put_((live,), k)
 
-    def _poisson_ptrs(self, rate: torch.Tensor, shape: tuple[int, ...], rounds: int = 12) -> torch.Tensor:
-        slam = torch.sqrt(rate)
-        loglam = torch.log(rate)
-        b = 0.931 + 2.53 * slam
-        a = -0.059 + 0.02483 * b
-        inv_alpha = 1.1239 + 1.1328 / (b - 3.4)
-        vr = 0.9277 - 3.6224 / (b - 2.0)
-        result = torch.full_like(rate, float("nan"))
-        for _ in range(rounds):
-            u = self.uniform(*shape) - 0.5
-            v = self.uniform(*shape).clamp(min=1e-12)
+    def _poisson_ptrs(self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int, stream: int,
+                      rounds: int = 12) -> torch.Tensor:
+        result = torch.zeros_like(rate)
+        live = None  # positions in `result` of the elements not yet accepted (None: all)
+        for r in range(rounds):
+            slam = torch.sqrt(rate)
+            b = 0.931 + 2.53 * slam
+            a = -0.059 + 0.02483 * b
+            vr = 0.9277 - 3.6224 / (b - 2.0)
+            u = self._uniform_at(stream + 2 * r, pos, per_sample) - 0.5
+            v = self._uniform_at(stream + 2 * r + 1, pos, per_sample).clamp(min=1e-12)
             us = 0.5 - u.abs()
             k = torch.floor((2.0 * a / us + b) * u + rate + 0.43)
-            quick = (us >= 0.07) & (v <= vr)
-            rejected = (k < 0) | ((us < 0.013) & (v > us))
-            log_accept = torch.log(v) + torch.log(inv_alpha) - torch.log(a / (us * us) + b)
-            slow = ~rejected & (log_accept <= -rate + k * loglam - torch.lgamma(k + 1.0))
-            accept = (quick | slow) & torch.isnan(result)
-            result = torch.where(accept, k, result)
-        # Left after all rounds (probability < 1e-12 per element): the normal approximation.
-        fallback = torch.clamp(torch.round(rate + slam * self.normal(*shape)), min=0.0)
-        return torch.where(torch.isnan(result), fallback, result)
+            accept = (us >= 0.07) & (v <= vr)  # the quick acceptance
+            slow = (~accept).nonzero().flatten()
+            if slow.numel():
+                rs, ks, us_s, vs, a_s, b_s = (t[slow] for t in (rate, k, us, v, a, b))
+                inv_alpha = 1.1239 + 1.1328 / (b_s - 3.4)
+                rejected = (ks < 0) | ((us_s < 0.013) & (vs > us_s))
+                log_accept = torch.log(vs) + torch.log(inv_alpha) - torch.log(a_s / (us_s * us_s) + b_s)
+                loglam = torch.log(rs)
+                accept[slow] = ~rejected & (log_accept <= -rs + ks * loglam - torch.lgamma(ks + 1.0))
+            if live is None:
+                result = torch.where(accept, k, result)
+            else:
+                result.index_put_((live[accept],), k[accept])
+            keep = (~accept).nonzero().flatten()
+            if keep.numel() == 0:
+                return result
+            live = keep if live is None else live[keep]
+            pos = keep if pos is None else pos[keep]
+            rate = rate[keep]
+        # Left after all rounds: the normal approximation.
+        u1 = 1.0 - self._uniform_at(stream + 2 * rounds, pos, per_sample)  # (0, 1]: log is finite
+        u2 = self._uniform_at(stream + 2 * rounds + 1, pos, per_sample)
+        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+        result.index_put_((live,), torch.clamp(torch.round(rate + torch.sqrt(rate) * z), min=0.0))
+        return result
 
     def subset(self, index: slice) -> SampleRNG:
         """The streams of some of the samples, at the same point of their sequences."""

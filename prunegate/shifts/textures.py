@@ -1,21 +1,22 @@
-"""Frost textures for the `frost` corruption, made procedurally on the device.
+"""Frost textures for the `frost` corruption, made procedurally.
 
 The reference overlays a random crop of one of five frost photographs (`np.random.randint(5)`
 picks frost1..frost5; frost2 and frost3 are the same picture, frost6 is never drawn). Those
-photos are not shipped; instead each sample gets a texture built from its own random stream:
+photos are not shipped; instead prunegate makes four procedural "photographs", once per
+process and always the same (a fixed random stream, on the CPU), at the photographs' own sizes,
+and crops them per sample as the reference does. Each photograph is:
 
-1. a style is drawn with the reference's odds (one of four looks; the frost2 look twice as
-   often), carrying numbers measured once from the corresponding photograph: its luminance
+1. a style with numbers measured once from the corresponding photograph: its luminance
    quantiles, its colour as a linear function of luminance, and the shape of its texture;
 2. a luminance field: 1/f^beta noise (beta ~ 2, matched to the photos' radially averaged
    power spectra) plus ice needles, i.e. sparse seeds drawn as thin tapered lines along a
    smooth random orientation field, with shorter side branches at +-60 degrees (dendrites);
-3. the field is histogram-matched, by rank, to the style's luminance quantiles after a random
-   per-sample move in Gaussian space, so one texture is darker or brighter like one crop of a
-   photograph while all of them together follow the photograph's histogram; then coloured.
-   For CIFAR-10-C (scale 0.2) the field is made at photo scale and decimated as
-   cv2.resize(fx=0.2, INTER_LINEAR) does.
+3. the field is histogram-matched, by rank, to the style's luminance quantiles, then coloured.
+   For CIFAR-10-C (scale 0.2) the photograph is decimated as cv2.resize(fx=0.2, INTER_LINEAR)
+   does, before cropping, as the reference resizes its photographs.
 
+Per sample, `frost` then draws the photograph (frost2's look twice as often, as the reference's
+randint(5) does) and the crop's corner: two draws, so a batch costs a gather, not a synthesis.
 A user may supply real textures instead: `use_frost_textures(folder)`.
 """
 
@@ -68,7 +69,6 @@ _STYLES = (
 )
 _STYLE_DRAW = (0, 1, 1, 2, 3)  # the reference's randint(5) over frost1..frost5
 _ORIENTATIONS = 8
-_CROP_SPREAD = 0.45  # std of the per-sample shift in Gaussian space (photo crops vary that much)
 
 
 def _freq_radius(h: int, w: int, device: torch.device) -> torch.Tensor:
@@ -87,60 +87,51 @@ def _power_law_noise(white: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return field / field.std(dim=(1, 2), keepdim=True).clamp(min=1e-12)
 
 
-@functools.lru_cache(maxsize=8)
-def _dendrite_spectra(h: int, w: int, lengths: tuple[float, ...], device: torch.device) -> torch.Tensor:
-    """rFFTs [styles, K, h, w//2+1] of one ice dendrite per orientation: a thin needle of
-    half-length L tapering from its seed, with two shorter side branches at +-60 degrees."""
+def _dendrite_spectra(h: int, w: int, length: float, device: torch.device) -> torch.Tensor:
+    """rFFTs [K, h, w//2+1] of one ice dendrite per orientation: a thin needle of half-length
+    L tapering from its seed, with two shorter side branches at +-60 degrees."""
     ys = torch.fft.fftfreq(h, 1.0 / h, device=device)[:, None]  # periodic canvas coordinates
     xs = torch.fft.fftfreq(w, 1.0 / w, device=device)[None, :]
-    spectra = []
-    for length in lengths:
-        per_angle = []
-        for k in range(_ORIENTATIONS):
-            kernel = torch.zeros(h, w, device=device)
-            for turn, scale in ((0.0, 1.0), (math.pi / 3, 0.45), (-math.pi / 3, 0.45)):
-                theta = math.pi * k / _ORIENTATIONS + turn
-                along = xs * math.cos(theta) + ys * math.sin(theta)
-                across = -xs * math.sin(theta) + ys * math.cos(theta)
-                taper = (1.0 - along.abs() / (length * scale)).clamp(min=0)
-                kernel = kernel + scale * torch.exp(-0.5 * (across / 0.6) ** 2) * taper
-            per_angle.append(torch.fft.rfft2(kernel))
-        spectra.append(torch.stack(per_angle))
-    return torch.stack(spectra)
+    per_angle = []
+    for k in range(_ORIENTATIONS):
+        kernel = torch.zeros(h, w, device=device)
+        for turn, scale in ((0.0, 1.0), (math.pi / 3, 0.45), (-math.pi / 3, 0.45)):
+            theta = math.pi * k / _ORIENTATIONS + turn
+            along = xs * math.cos(theta) + ys * math.sin(theta)
+            across = -xs * math.sin(theta) + ys * math.cos(theta)
+            taper = (1.0 - along.abs() / (length * scale)).clamp(min=0)
+            kernel = kernel + scale * torch.exp(-0.5 * (across / 0.6) ** 2) * taper
+        per_angle.append(torch.fft.rfft2(kernel))
+    return torch.stack(per_angle)
 
 
-def _needles(rng: SampleRNG, theta: torch.Tensor, styles: torch.Tensor, density: torch.Tensor) -> torch.Tensor:
+def _needles(rng: SampleRNG, theta: torch.Tensor, style: FrostStyle) -> torch.Tensor:
     """Dendrites grown from sparse seeds along the local orientation (soft-binned into
     _ORIENTATIONS directions, one FFT convolution per direction)."""
     n, h, w = theta.shape
-    spectra = _dendrite_spectra(h, w, tuple(s.length for s in _STYLES), theta.device)[styles]
+    spectra = _dendrite_spectra(h, w, style.length, theta.device)
     bits = rng.bits(h, w).to(theta.device)  # one draw: 16 bits for "is a seed", 16 for its weight
     place = (bits & 0xFFFF).to(torch.float32) / 65536.0
     weight = ((bits >> 16) & 0xFFFF).to(torch.float32) / 65536.0
-    seeds = (place < density.view(-1, 1, 1)).to(torch.float32) * (0.5 + 0.5 * weight)
+    seeds = (place < style.density).to(torch.float32) * (0.5 + 0.5 * weight)
     total = torch.zeros(n, h, w // 2 + 1, dtype=torch.complex64, device=theta.device)
     for k in range(_ORIENTATIONS):
         gate = torch.cos(2.0 * (theta - math.pi * k / _ORIENTATIONS)).clamp(min=0)
         gate = gate * gate
         gate = gate * gate * gate  # cos^6: soft assignment to the nearest direction
-        total = total + torch.fft.rfft2(seeds * gate) * spectra[:, k]
+        total = total + torch.fft.rfft2(seeds * gate) * spectra[k]
     lines = torch.fft.irfft2(total, s=(h, w))
     return 1.0 - torch.exp(-1.5 * lines.clamp(min=0))  # overlapping needles saturate like ice
 
 
-def _match_quantiles(field: torch.Tensor, quantiles: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Map each sample's values by rank onto the piecewise-linear quantile function, after a
-    per-sample move in Gaussian space: u -> Phi(a * Phi^-1(u) + shift), a^2 + var(shift) = 1.
-    Over many samples the values still follow the quantiles exactly (a z + shift is standard
-    normal), while one sample comes out darker or brighter, like one crop of a photograph."""
+def _match_quantiles(field: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Map each sample's values by rank onto the piecewise-linear quantile function."""
     n = field.shape[0]
     flat = field.reshape(n, -1)
     ranks = torch.empty_like(flat)
     order = flat.argsort(dim=1)
     positions = (torch.arange(flat.shape[1], device=field.device, dtype=flat.dtype) + 0.5) / flat.shape[1]
     ranks.scatter_(1, order, positions.expand(n, -1).contiguous())
-    a = math.sqrt(1.0 - _CROP_SPREAD**2)
-    ranks = torch.special.ndtr(a * torch.special.ndtri(ranks) + shift.view(n, 1)).clamp(1e-6, 1 - 1e-6)
     levels = torch.tensor(_LEVELS, device=field.device, dtype=flat.dtype).expand(n, -1).contiguous()
     idx = torch.searchsorted(levels, ranks).clamp(1, len(_LEVELS) - 1)
     lo, hi = levels.gather(1, idx - 1), levels.gather(1, idx)
@@ -149,39 +140,88 @@ def _match_quantiles(field: torch.Tensor, quantiles: torch.Tensor, shift: torch.
     return out.view_as(field)
 
 
-def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
-    """Frost overlays [N, 3, height, width] in uint8 levels (float 0..255), one per sample,
-    at `scale` times the photographs' resolution."""
-    ch, cw = math.ceil(height / scale - 1e-9), math.ceil(width / scale - 1e-9)  # the crop at photo scale
-    styles = torch.tensor(_STYLE_DRAW, device=device)[rng.randint(0, len(_STYLE_DRAW), 1).to(device)[:, 0]]
-    table = torch.tensor([[*s.quantiles] for s in _STYLES], device=device)
-    shape = torch.tensor([[s.beta, s.needles, s.density] for s in _STYLES], device=device)[styles]
-    beta, weight, density = shape.unbind(1)
+# The photographs' sizes (height, width): frost1.png, frost2.png (= frost3.png), frost4.jpg,
+# frost5.jpg. A procedural photograph is made at least this large (larger for larger images).
+_PHOTO_SIZES = ((600, 900), (315, 560), (350, 527), (495, 660))
+_PHOTO_KEY = 0x66726F7374  # the fixed stream the procedural photographs are drawn from
+_ORIENTATION_CELL = 224 / 12  # photo pixels per node of the coarse orientation grid
 
-    base = _power_law_noise(rng.normal(ch, cw).to(device), beta)
+
+@functools.lru_cache(maxsize=16)
+def _procedural_photo(style_index: int, height: int, width: int) -> torch.Tensor:
+    """One procedural frost photograph [3, height, width] in (unrounded) uint8 units, on the
+    CPU, from a fixed stream: the same in every process."""
+    style = _STYLES[style_index]
+    rng = SampleRNG(_PHOTO_KEY, torch.tensor([style_index]), device="cpu")
+    base = _power_law_noise(rng.normal(height, width), torch.tensor([style.beta]))
     # orientation: a smooth random direction field (drawn coarse, interpolated)
-    coarse = rng.normal(2, 12, 12).to(device)
-    orient = F.interpolate(coarse, size=(ch, cw), mode="bicubic", align_corners=False)
+    coarse = rng.normal(2, math.ceil(height / _ORIENTATION_CELL), math.ceil(width / _ORIENTATION_CELL))
+    orient = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
     theta = 0.5 * torch.atan2(orient[:, 1], orient[:, 0])
-    lines = _needles(rng, theta, styles, density)
+    lines = _needles(rng, theta, style)
     lines = (lines - lines.mean(dim=(1, 2), keepdim=True)) / lines.std(dim=(1, 2), keepdim=True).clamp(min=1e-6)
-    field = base + weight.view(-1, 1, 1) * lines
-    lum = _match_quantiles(field, table[styles], _CROP_SPREAD * rng.normal(1).to(device))
-
-    offset = torch.tensor([s.offset for s in _STYLES], device=device)[styles]
-    slope = torch.tensor([s.slope for s in _STYLES], device=device)[styles]
-    rgb = offset[:, :, None, None] + slope[:, :, None, None] * lum[:, None]
-    if (ch, cw) != (height, width):
-        rgb = _decimate(rgb, height, width)
-    return rgb.round().clamp(0, 255)
+    field = base + style.needles * lines
+    lum = _match_quantiles(field, torch.tensor([style.quantiles]))[0]
+    offset = torch.tensor(style.offset).view(3, 1, 1)
+    slope = torch.tensor(style.slope).view(3, 1, 1)
+    return offset + slope * lum[None]
 
 
-def _decimate(img: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """cv2.resize(INTER_LINEAR) down to (height, width): bilinear at (i + 0.5) * in / out - 0.5,
-    no antialiasing (at fx = 0.2 it picks every 5th pixel)."""
+@functools.lru_cache(maxsize=8)
+def _photo_bank(scale: float, min_height: int, min_width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The procedural photographs at `scale`, each at least min_height x min_width there, as
+    rounded uint8 levels in one zero-padded [styles, 3, H, W] tensor, and their sizes [styles, 2]."""
+    photos = []
+    for i, (ph, pw) in enumerate(_PHOTO_SIZES):
+        ph = max(ph, math.ceil(min_height / scale - 1e-9) + 1)
+        pw = max(pw, math.ceil(min_width / scale - 1e-9) + 1)
+        photo = _procedural_photo(i, ph, pw)[None]
+        if scale != 1.0:
+            photo = _decimate(photo, max(round(ph * scale), min_height), max(round(pw * scale), min_width), scale)
+        photos.append(photo[0].round().clamp(0, 255))
+    sizes = torch.tensor([p.shape[-2:] for p in photos])
+    bank = torch.zeros(len(photos), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max()))
+    for i, p in enumerate(photos):
+        bank[i, :, : p.shape[-2], : p.shape[-1]] = p
+    return bank.to(device), sizes.to(device)
+
+
+def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
+    """Frost overlays [N, 3, height, width] in uint8 levels (float 0..255), one per sample:
+    a crop of a procedural photograph (drawn with the reference's odds) at `scale` times the
+    photographs' resolution, its corner uniform as the reference's randint(0, H - height)."""
+    bank, sizes = _photo_bank(float(scale), height, width, torch.device(device))
+    styles = torch.tensor(_STYLE_DRAW, device=bank.device)[rng.randint(0, len(_STYLE_DRAW), 1).to(bank.device)[:, 0]]
+    corner = rng.uniform(2, dtype=torch.float64).to(bank.device)
+    room = (sizes[styles] - torch.tensor([height, width], device=bank.device)).clamp(min=1)
+    top = torch.floor(corner[:, 0] * room[:, 0]).long()
+    left = torch.floor(corner[:, 1] * room[:, 1]).long()
+    return _gather_crops(bank, styles, top, left, height, width)
+
+
+def _gather_crops(bank: torch.Tensor, pick: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                  height: int, width: int) -> torch.Tensor:
+    """bank[pick[n], :, top[n] : top[n] + height, left[n] : left[n] + width] for every n, as one
+    index_select of `width`-long runs out of an overlapping strided view of the (contiguous)
+    bank: one row copy per (sample, channel, row). [N, 3, height, width]."""
+    t, c, bh, bw = bank.shape
+    flat = bank.contiguous().flatten()
+    planes = pick[:, None] * c + torch.arange(c, device=bank.device)  # [N, c]
+    rows = planes[:, :, None] * bh + top[:, None, None] + torch.arange(height, device=bank.device)
+    starts = (rows * bw + left[:, None, None]).flatten()
+    runs = torch.as_strided(flat, (flat.numel() - width + 1, width), (1, 1))
+    return runs.index_select(0, starts).view(-1, c, height, width)
+
+
+def _decimate(img: torch.Tensor, height: int, width: int, scale: float | None = None) -> torch.Tensor:
+    """cv2.resize(INTER_LINEAR) down to (height, width): bilinear at (i + 0.5) / scale - 0.5
+    (scale: cv2's fx = fy when given, else out / in per axis), no antialiasing (at fx = 0.2
+    it picks every 5th pixel)."""
     h, w = img.shape[-2:]
-    ys = ((torch.arange(height, device=img.device) + 0.5) * (h / height) - 0.5) / (h - 1) * 2 - 1
-    xs = ((torch.arange(width, device=img.device) + 0.5) * (w / width) - 0.5) / (w - 1) * 2 - 1
+    sy = 1.0 / scale if scale else h / height
+    sx = 1.0 / scale if scale else w / width
+    ys = ((torch.arange(height, device=img.device) + 0.5) * sy - 0.5) / (h - 1) * 2 - 1
+    xs = ((torch.arange(width, device=img.device) + 0.5) * sx - 0.5) / (w - 1) * 2 - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     grid = torch.stack([gx, gy], dim=-1).expand(img.shape[0], height, width, 2)
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
@@ -225,10 +265,7 @@ def texture_crops(rng: SampleRNG, bank: torch.Tensor, height: int, width: int, s
     corner = rng.uniform(2).to(bank.device)
     top = torch.floor(corner[:, 0] * (bank.shape[-2] - height + 1)).long()
     left = torch.floor(corner[:, 1] * (bank.shape[-1] - width + 1)).long()
-    rows = top[:, None] + torch.arange(height, device=bank.device)
-    cols = left[:, None] + torch.arange(width, device=bank.device)
-    crops = bank[pick[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [N, h, w, 3]
-    return crops.permute(0, 3, 1, 2).round()
+    return _gather_crops(bank, pick, top, left, height, width).round()
 
 
 def frost_overlay(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:

@@ -62,8 +62,9 @@ def fog(x: torch.Tensor, param: tuple[float, float], rng: SampleRNG) -> torch.Te
 @register_shift("frost")
 def frost(x: torch.Tensor, param: tuple[float, float, float], rng: SampleRNG) -> torch.Tensor:
     """clip(image_weight * x + frost_weight * frost) in uint8 units. The reference overlays a
-    random crop of one of its frost photographs; we overlay a procedural frost texture made at
-    the scale the reference used, or crops of the user's textures (see textures.py)."""
+    random crop of one of its frost photographs; we overlay a random crop of one of our
+    procedural frost photographs (made once per process, at the scale the reference used), or
+    of the user's textures (see textures.py)."""
     image_weight, frost_weight, texture_scale = param
     h, w = x.shape[-2:]
     texture = frost_overlay(rng, h, w, texture_scale, x.device)
