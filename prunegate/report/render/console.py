@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunegate.report.render.common import (POINT_METRICS, PERCENT_METRICS, pct, signed_pct, format_metric,
-                                             rule_status, threshold_text, worst_task)
+                                             over_text, rule_status, threshold_text, worst_task)
 from prunegate.report.schema import Report, RuleRecord
 
 MAX_TASK_ROWS = 40  # beyond this, tasks are summarised per group
@@ -28,11 +28,8 @@ def format_interval(metric: str, low: float, high: float) -> str:
 
 def _tasks_text(rule: RuleRecord) -> str:
     """The task, or how many tasks and which was worst."""
-    if len(rule.per_task) == 1:
-        return rule.per_task[0].task
-    if not rule.per_task:
-        return "-"
-    return f"{rule.aggregate} of {len(rule.per_task)}, worst {worst_task(rule).task}"
+    over = over_text(rule)
+    return f"{over}, worst {worst_task(rule).task}" if len(rule.per_task) > 1 else over
 
 
 STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
