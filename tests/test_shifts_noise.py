@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prunegate.shifts import SampleRNG, corrupt, get_preset
+from prunegate.shifts._alias import poisson_levels_table
 
 KEY = 77
 
@@ -75,8 +76,24 @@ def test_shot_noise_replays_the_reference_formula() -> None:
     c = get_preset("imagenet-c").param("shot_noise", 2)
     ours = np.round(corrupt(x, "shot_noise", 2, SampleRNG(KEY, ids)).numpy() * 255)
     xs = np.round(x.numpy().astype(np.float64) * 255) / 255
-    counts = SampleRNG(KEY, ids).poisson(torch.from_numpy(xs * c)).numpy()
+    table = poisson_levels_table(float(c), torch.device("cpu"))  # the draws (tested in test_shifts_alias)
+    counts = SampleRNG(KEY, ids).alias(table, torch.from_numpy(np.round(xs * 255)).long()).numpy()
     np.testing.assert_array_equal(ours, reference_uint8(counts / c))
+
+
+def test_shot_noise_off_the_uint8_grid_uses_the_general_sampler() -> None:
+    """Values between uint8 levels get Poisson(x * photons) from SampleRNG.poisson; values on
+    the grid keep their table draws whatever else is in the batch."""
+    c = get_preset("imagenet-c").param("shot_noise", 1)
+    x = ramp(4, 16)
+    ids = torch.arange(4)
+    on_grid = corrupt(x, "shot_noise", 1, SampleRNG(KEY, ids))
+    mixed = x.clone()
+    mixed[3] = 0.5 + 0.37 / 255  # between levels 127 and 128
+    out = corrupt(mixed, "shot_noise", 1, SampleRNG(KEY, ids))
+    assert torch.equal(out[:3], on_grid[:3])
+    counts = torch.round(out[3] * 255) / 255 * c  # back to counts, up to the uint8 truncation
+    assert float(counts.mean()) == pytest.approx(float(mixed[3, 0, 0, 0]) * c, rel=0.03)
 
 
 @pytest.mark.parametrize(("preset", "severity"), [("imagenet-c", 5), ("cifar10-c", 3)])

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ._color import as_float64, truncate_uint8
+from ._alias import MAX_RATE, poisson_levels_table
+from ._color import as_float64, as_levels64, truncate_uint8
 from ._registry import register_shift
 from .rng import SampleRNG
 
@@ -22,9 +23,19 @@ def gaussian_noise(x: torch.Tensor, sigma: float, rng: SampleRNG) -> torch.Tenso
 
 @register_shift("shot_noise")
 def shot_noise(x: torch.Tensor, photons: float, rng: SampleRNG) -> torch.Tensor:
-    """clip(Poisson(x * photons) / photons): photon noise with `photons` per unit intensity."""
-    x = as_float64(x)
-    counts = rng.poisson(x.clamp(0.0, 1.0) * photons).to(device=x.device, dtype=x.dtype)
+    """clip(Poisson(x * photons) / photons): photon noise with `photons` per unit intensity.
+
+    Values on the uint8 grid (decoded images: all of them) draw from an alias table of the 256
+    levels' Poisson laws, one lookup each; any others use the general sampler (further streams)."""
+    levels = as_levels64(x.clamp(0.0, 1.0))
+    if photons > MAX_RATE or levels.dtype != torch.float64:
+        return truncate_uint8(rng.poisson(levels / 255.0 * photons).to(levels.dtype) / photons)
+    rows = levels.round()
+    counts = rng.alias(poisson_levels_table(float(photons), levels.device), rows.to(torch.int64)).to(levels.dtype)
+    off_grid = rows != levels
+    if bool(off_grid.any()):
+        general = rng.poisson(levels / 255.0 * photons).to(levels.dtype)
+        counts = torch.where(off_grid, general, counts)
     return truncate_uint8(counts / photons)
 
 

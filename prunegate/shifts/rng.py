@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from ._alias import AliasTable
+
 _GOLDEN = -0x61C88647  # 0x9E3779B9 as int32
 _M1 = 0x7FEB352D
 _M2 = -0x7B93597B  # 0x846CA68B as int32
@@ -99,6 +101,11 @@ class SampleRNG:
         """Integers in [low, high), shape [N, *shape] (int64)."""
         u = self.uniform(*shape, dtype=torch.float64)
         return (low + torch.floor(u * (high - low))).to(torch.int64).clamp_(low, high - 1)
+
+    def alias(self, table: AliasTable, row: torch.Tensor) -> torch.Tensor:
+        """One draw per element from row `row[...]` (int64, shape [N, ...]) of an alias table,
+        int64; uses one stream (one 32-bit number per element)."""
+        return table.draw(row.to(self.device), self.bits(*row.shape[1:]))
 
     def _uniform_at(self, stream: int, pos: torch.Tensor | None, per_sample: int) -> torch.Tensor:
         """uniform() of stream `stream` (float32), flattened to [N * per_sample], at the flat
