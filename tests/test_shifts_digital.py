@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import colorsys
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from scipy import ndimage
 from prunegate.shifts import SampleRNG, corrupt, get_preset
 
 KEY = 11
+SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples-200"
 
 
 def images(n: int = 2, size: int = 24, seed: int = 0) -> torch.Tensor:
@@ -126,6 +128,32 @@ def test_pixelate_matches_pil_box(preset: str) -> None:
             small = Image.fromarray(img).resize((int(30 * c), int(30 * c)), Image.BOX)
             refs.append(np.asarray(small.resize((30, 30), Image.BOX)))
         np.testing.assert_array_equal(ours(x, "pixelate", severity, preset), np.stack(refs))
+
+
+@pytest.mark.parametrize("name", ["jpeg_compression", "pixelate"])
+def test_pillow_on_large_cpu_images_equals_the_tensor_version(name: str) -> None:
+    """Large images on the CPU go through Pillow itself; the tensor version (what a GPU runs)
+    must give the same pixels, on real photos when ../shared is there."""
+    from prunegate.shifts import _pillow
+    from prunegate.shifts._jpeg import jpeg_roundtrip
+    from prunegate.shifts.digital import pil_box_resize
+
+    x = images(n=3, size=96, seed=4)
+    photos = sorted(SHARED_PHOTOS.glob("*.JPEG"))[:2] if SHARED_PHOTOS.is_dir() else []
+    if photos:
+        real = np.stack([np.asarray(Image.open(p).convert("RGB").resize((96, 96))) for p in photos])
+        x = torch.cat([x, torch.from_numpy(real).permute(0, 3, 1, 2) / 255.0])
+    assert _pillow.use_pillow(x)
+    levels = torch.round(x * 255)
+    h, w = x.shape[-2:]
+    for preset in ("imagenet-c", "cifar10-c"):
+        for severity in range(1, 6):
+            c = get_preset(preset).param(name, severity)
+            if name == "jpeg_compression":
+                tensor = jpeg_roundtrip(levels, c)
+            else:
+                tensor = pil_box_resize(pil_box_resize(levels, int(h * c), int(w * c)), h, w)
+            np.testing.assert_array_equal(ours(x, name, severity, preset), as_uint8(tensor / 255.0))
 
 
 def affine_reference(img: np.ndarray, noise: np.ndarray, jitter: float) -> np.ndarray:

@@ -8,6 +8,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import _pillow
 from ._color import as_float64, hsv_to_rgb, rgb_to_hsv, to_levels, truncate_uint8
 from ._filters import gaussian_filter
 from ._jpeg import jpeg_roundtrip
@@ -43,7 +44,10 @@ def contrast(x: torch.Tensor, factor: float, rng: SampleRNG) -> torch.Tensor:
 
 @register_shift("jpeg_compression")
 def jpeg_compression(x: torch.Tensor, quality: int, rng: SampleRNG) -> torch.Tensor:
-    """PIL JPEG save at `quality` and decode (see _jpeg.py: same pixels as PIL/libjpeg)."""
+    """PIL JPEG save at `quality` and decode: Pillow itself for large images on the CPU,
+    otherwise _jpeg.py's tensor version (the same pixels)."""
+    if _pillow.use_pillow(x):
+        return _pillow.map_images(to_levels(x), _pillow.jpeg(quality)) / 255.0
     return jpeg_roundtrip(to_levels(x), quality) / 255.0
 
 
@@ -96,8 +100,11 @@ def pil_box_resize(levels: torch.Tensor, height: int, width: int) -> torch.Tenso
 
 @register_shift("pixelate")
 def pixelate(x: torch.Tensor, factor: float, rng: SampleRNG) -> torch.Tensor:
-    """PIL BOX resize to int(size * factor), then BOX resize back."""
+    """PIL BOX resize to int(size * factor), then BOX resize back: Pillow itself for large
+    images on the CPU, otherwise pil_box_resize (the same pixels)."""
     h, w = x.shape[-2:]
+    if _pillow.use_pillow(x):
+        return _pillow.map_images(to_levels(x), _pillow.box_resize_and_back(int(h * factor), int(w * factor))) / 255.0
     small = pil_box_resize(to_levels(x), int(h * factor), int(w * factor))
     return pil_box_resize(small, h, w) / 255.0
 
