@@ -9,8 +9,8 @@ bench/corruption_reference.py):
 
 For 32 px (cifar10-c preset, real CIFAR-10 test images) and 224 px (imagenet-c preset, real
 ImageNet photos) it times every corruption at severities 1-5:
-- prunegate: `corrupt` on the whole batch at once (one untimed warm-up call on the whole batch
-  per corruption and resolution first), on CPU with torch's default threads, and on CUDA too when there is a GPU;
+- prunegate: `corrupt` on the whole batch at once (the same five calls once untimed first, per
+  corruption and resolution), on CPU with torch's default threads, and on CUDA too when there is a GPU;
 - reference: one image at a time in one process (make_cifar_c.py at 32 px, imagecorruptions at
   224 px), as bench/corruption_reference.py --no-save measures it (time of the call only).
 img/s = corrupted images per second (5 severities x N / time); "suite" = all 19 x 5 tasks, given
@@ -52,19 +52,43 @@ def time_prunegate(clean: np.ndarray, preset: str, device: str, names: list[str]
     out = {}
     with torch.no_grad():
         for name in names:
-            # Warm-up: the whole batch once, untimed. The pipeline runs batch after batch, so the
-            # steady state is what counts; a first call also pays for the allocator growing its
-            # heap (measured: the first pass over the 32-px suite runs ~25 % slower) and for
-            # one-off tables (frost's textures, shot noise's alias tables).
-            corrupt(x, name, 3, SampleRNG(task_key(0, "warm-up"), ids), preset)
+            # Warm-up: the five severities on the whole batch once, untimed. The pipeline runs
+            # batch after batch, so the steady state is what counts; a first call also pays for
+            # the allocator growing its heap (measured: the first pass over the 32-px suite runs
+            # ~25 % slower) and for one-off tables (frost's textures, shot noise's alias tables:
+            # ~0.5 s per process and preset, see time_setup).
+            for timed in (False, True):
+                sync()
+                t0 = time.perf_counter()
+                for sev in range(1, 6):
+                    rng = SampleRNG(task_key(0, f"corruption/{name}/{sev}"), ids)
+                    corrupt(x, name, sev, rng, preset)
+                sync()
+                if timed:
+                    out[name] = time.perf_counter() - t0
+    return out
+
+
+def time_setup(clean: np.ndarray, preset: str, device: str, names: list[str]) -> float:
+    """Seconds of one-off work per process: the five severities of every corruption on one
+    image, cold (tables and textures built on first use), minus the same calls warm."""
+    from prunegate.shifts import corrupt
+    from prunegate.shifts.rng import SampleRNG, task_key
+
+    x = (torch.from_numpy(clean[:1]).permute(0, 3, 1, 2).float() / 255.0).to(device)
+    ids = torch.arange(1, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    spent = []
+    with torch.no_grad():
+        for _ in range(2):
             sync()
             t0 = time.perf_counter()
-            for sev in range(1, 6):
-                rng = SampleRNG(task_key(0, f"corruption/{name}/{sev}"), ids)
-                corrupt(x, name, sev, rng, preset)
+            for name in names:
+                for sev in range(1, 6):
+                    corrupt(x, name, sev, SampleRNG(task_key(0, f"setup/{name}/{sev}"), ids), preset)
             sync()
-            out[name] = time.perf_counter() - t0
-    return out
+            spent.append(time.perf_counter() - t0)
+    return spent[0] - spent[1]
 
 
 def time_reference(preset: str, n: int, names: list[str], ref_python: str,
@@ -162,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in [int(s) for s in args.sizes.split(",")]:
         preset, n = SIZES[size], (args.n32 if size == 32 else args.n224)
         clean, _ = load_images(preset, n, args.shared)
+        setup = {d: time_setup(clean, preset, d, names) for d in devices}
         pg = {d: time_prunegate(clean, preset, d, names) for d in devices}
         print(f"prunegate {size}px done", file=sys.stderr, flush=True)
         ref = ref_meta = None
@@ -171,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             ref_versions = ref_meta["versions"]
             print(f"reference {size}px done", file=sys.stderr, flush=True)
         parts.append(table(size, n, names, pg, ref, ref_meta))
+        parts.append("One-off setup per process (tables, textures; not in the rates above): "
+                     + ", ".join(f"{d} {setup[d]:.2f} s" for d in devices) + ".\n")
     if ref_versions:
         parts.append("Reference env: " + ", ".join(f"{k} {v}" for k, v in ref_versions.items())
                      + ". Reference runs one image at a time in one process; speed-up = "

@@ -71,20 +71,24 @@ def build_alias_table(lo: torch.Tensor, pmf: torch.Tensor) -> AliasTable:
     rows, width = pmf.shape
     if int(lo.max()) + width > (1 << VALUE_BITS):
         raise ValueError(f"alias table values must stay below {1 << VALUE_BITS}")
-    fill = pmf * width  # each column holds 1 when settled
+    # Each column holds 1 when settled. Two copies of the fills: settled columns read +inf in
+    # one (for argmin) and -inf in the other (for argmax).
+    fill_lo = pmf * width
+    fill_hi = fill_lo.clone()
     threshold = torch.ones(rows, width, dtype=torch.float64)
     alias = torch.arange(width).expand(rows, width).clone()
-    open_ = torch.ones(rows, width, dtype=torch.bool)
     row_ids = torch.arange(rows)
-    inf = torch.tensor(float("inf"), dtype=torch.float64)
     for _ in range(width - 1):
-        small = torch.where(open_, fill, inf).argmin(dim=1)
-        large = torch.where(open_, fill, -inf).argmax(dim=1)
-        take = fill[row_ids, small]
+        small = fill_lo.argmin(dim=1)
+        large = fill_hi.argmax(dim=1)
+        take = fill_lo[row_ids, small]
         threshold[row_ids, small] = take.clamp(0.0, 1.0)
         alias[row_ids, small] = large
-        open_[row_ids, small] = False
-        fill[row_ids, large] -= 1.0 - take  # the large column lends what the small one lacks
+        fill_lo[row_ids, small] = float("inf")
+        fill_hi[row_ids, small] = float("-inf")
+        lent = 1.0 - take  # the large column lends what the small one lacks
+        fill_lo[row_ids, large] -= lent
+        fill_hi[row_ids, large] -= lent
     # The column left last holds ~1 (up to rounding) and keeps threshold 1.
     scaled = torch.round(threshold * float(1 << FRACTION_BITS)).to(torch.int64)
     own = lo[:, None] + torch.arange(width)
