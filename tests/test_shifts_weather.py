@@ -60,12 +60,16 @@ def plasma_numpy(uniforms: list[np.ndarray], mapsize: int, decay: float) -> np.n
 def test_fog_is_the_reference_plasma_fractal(preset: str, severity: int) -> None:
     x = images(size=32)
     strength, decay = get_preset(preset).param("fog", severity)
-    rng = SampleRNG(KEY, torch.arange(2))
-    draws, size = [], 32
-    while size >= 2:  # one square and two diamond draws per level, coarse to fine
-        k = 32 // size
-        draws += [rng.uniform(k, k, dtype=torch.float64).numpy() for _ in range(3)]
-        size //= 2
+    # one draw for the whole map, carved coarse to fine: per level a square and two diamond sets
+    points = 1 + 4 + 16 + 64 + 256
+    flat = SampleRNG(KEY, torch.arange(2)).uniform(3 * points, dtype=torch.float64).numpy()
+    draws, used, k = [], 0, 1
+    while k <= 16:
+        for _ in range(3):
+            draws.append(flat[:, used : used + k * k].reshape(2, k, k))
+            used += k * k
+        k *= 2
+    assert used == flat.shape[1]
     refs = []
     for n, img in enumerate(as_hwc64(x)):
         plasma = plasma_numpy([d[n] for d in draws], 32, decay)
