@@ -199,6 +199,12 @@ def pad_axis(x: torch.Tensor, dim: int, before: int, after: int, mode: str) -> t
     return x.index_select(dim, border_index(n, before, after, mode, x.device))
 
 
+@functools.lru_cache(maxsize=64)
+def _gaussian_axis_matrix(n: int, sigma: float, truncate: float, mode: str, device: torch.device) -> torch.Tensor:
+    """_axis_matrix of gaussian_kernel1d(sigma, truncate), float64 on `device`, made once."""
+    return _axis_matrix(n, gaussian_kernel1d(sigma, truncate), mode).to(device)
+
+
 def _axis_matrix(n: int, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     """The [n, n] matrix of a 1-D correlation with `kernel` under a border mode."""
     r = kernel.numel() // 2
@@ -222,8 +228,8 @@ def gaussian_filter(x: torch.Tensor, sigma: float, mode: str = "nearest", trunca
     if k.numel() <= _MATRIX_TAPS:
         return scipy_correlate1d(scipy_correlate1d(x, k, -2, mode), k, -1, mode)
     h, w = x.shape[-2:]
-    mh = _axis_matrix(h, k, mode).to(device=x.device, dtype=x.dtype)
-    mw = _axis_matrix(w, k, mode).to(device=x.device, dtype=x.dtype)
+    mh = _gaussian_axis_matrix(h, float(sigma), float(truncate), mode, x.device).to(x.dtype)
+    mw = _gaussian_axis_matrix(w, float(sigma), float(truncate), mode, x.device).to(x.dtype)
     return mh @ x @ mw.T
 
 
