@@ -530,6 +530,8 @@ def corrupt(
     preset: str = typer.Option(..., help="cifar10-c or imagenet-c."),
     source: Path = typer.Option(..., help="The clean images."),
     format: str = typer.Option("imagefolder", "--format", help="Format of --source (as in a policy's data)."),
+    class_names: Optional[Path] = typer.Option(
+        None, "--class-names", help="The model's class names, one per line (as a policy's data.class_names)."),
     out: Optional[Path] = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
     names: Optional[str] = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
     severities: str = typer.Option("1,2,3,4,5", help="Comma-separated severities."),
@@ -559,7 +561,7 @@ def corrupt(
     if not levels or any(not 1 <= s <= 5 for s in levels):
         raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}")
     try:
-        spec = DataSource(format=format, path=str(source))
+        spec = DataSource(format=format, path=str(source), class_names=str(class_names) if class_names else None)
     except Exception:
         raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
     images = open_source(spec, Path, "--source")

@@ -112,3 +112,22 @@ def test_preview_is_a_png_grid(tmp_path, dataset):
 
     width, height = Image.open(io.BytesIO(png)).size
     assert width > height  # 3 columns (clean + 2 severities) by 2 rows
+
+
+def test_cli_preview_of_a_flat_imagenet_style_folder_with_class_names(tmp_path):
+    """File names like n01440764_tench.JPEG carry a wnid, not a label: --class-names maps them."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for wnid in ("n01440764_tench", "n01443537_goldfish"):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"{wnid}.JPEG")
+    names = tmp_path / "wnids.txt"
+    names.write_text("n01440764\nn01443537\n")
+    base = ["corrupt", "--preset", "imagenet-c", "--source", str(root), "--format", "imagefolder-flat",
+            "--names", "pixelate", "--severities", "1", "--preview"]
+    assert main(base + [str(tmp_path / "no.png")]) == 2  # without the names the labels are unknown
+    assert not (tmp_path / "no.png").exists()
+    assert main(base + [str(tmp_path / "grid.png"), "--class-names", str(names)]) == 0
+    assert Image.open(tmp_path / "grid.png").format == "PNG"
