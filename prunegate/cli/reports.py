@@ -1,0 +1,145 @@
+"""`prunegate report show | html | markdown | junit | schema` and `prunegate diff`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prunegate.errors import PrunegateError
+
+from .common import (
+    CONSOLE_WIDTH, EXIT_FAIL, EXIT_PASS, _check_writable, _read_report, _stderr, _stdout, cli, report_cli, write_atomic,
+)
+from .gating import _write_renderings
+
+
+@report_cli.command("schema")
+def report_schema() -> int:
+    """Print the JSON Schema of the report (the statement's predicate)."""
+    import json
+
+    from prunegate.report.schema import PREDICATE_TYPE, Report
+
+    schema = Report.model_json_schema()
+    schema["$id"] = PREDICATE_TYPE
+    print(json.dumps(schema, indent=2))
+    return EXIT_PASS
+
+
+@report_cli.command("show")
+def report_show(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the decoded statement as JSON."),
+) -> int:
+    """Summarise any report for a person (signature not checked: use `prunegate verify`)."""
+    import json
+
+    from prunegate.report.attest import read_envelope
+    from prunegate.report.render import console as console_render
+
+    data, _, statement = read_envelope(_read_report(report), str(report))
+    if as_json:
+        print(json.dumps(statement, indent=2))
+        return EXIT_PASS
+    parsed = _parse_predicate(statement, report)
+    out = _stdout()
+    signed = _signature_text(data)
+    out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH)), end="")
+    out.print(f"{report}: {signed}")
+    return EXIT_PASS
+
+
+def _parse_predicate(statement: dict, path: Path):
+    from prunegate.report.schema import Report
+
+    try:
+        return Report.model_validate(statement["predicate"])
+    except Exception:
+        raise PrunegateError("the predicate is not a prunegate report of this version", file=path, field="predicate") from None
+
+
+def _signature_text(envelope_data: dict) -> str:
+    keyids = [str(s.get("keyid", "?"))[:16] for s in envelope_data["signatures"] if isinstance(s, dict)]
+    return f"signed by key {', '.join(keyids)} (not verified here: run prunegate verify)" if keyids else "UNSIGNED"
+
+
+def _load_report(path: Path):
+    """(Report, envelope) from a report file; PrunegateError (exit 2) when it is not one."""
+    from prunegate.report.attest import read_envelope
+
+    data, _, statement = read_envelope(_read_report(path), str(path))
+    return _parse_predicate(statement, path), data
+
+
+def _emit(text: str, out: Optional[Path]) -> None:
+    """Write to --out atomically, or print as it is (no console markup) to stdout."""
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(out, text)
+        _stderr().print(f"wrote {out}")
+
+
+@report_cli.command("html")
+def report_html(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: the report's name with .html)."),
+    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Rebuild thumbnails of the inputs the pruned "
+                                 "model newly gets wrong from the data the report names (skipped when unreachable)."),
+) -> int:
+    """Write the report as one self-contained HTML page."""
+    parsed, data = _load_report(report)
+    target = out if out is not None else report.with_suffix(".html")
+    if target.resolve() == report.resolve():
+        raise PrunegateError("the HTML would overwrite the report itself: pass --out", file=report)
+    _check_writable(target, "--out")
+    _write_renderings(parsed, html=target, signature=_signature_text(data), gallery=gallery)
+    _stdout().print(f"wrote {target}")
+    return EXIT_PASS
+
+
+@report_cli.command("markdown")
+def report_markdown(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> int:
+    """Print a GitHub-flavoured Markdown summary of a report."""
+    from prunegate.report.render import markdown as markdown_render
+
+    _emit(markdown_render.render(_load_report(report)[0]), out)
+    return EXIT_PASS
+
+
+@report_cli.command("junit")
+def report_junit(
+    report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+) -> int:
+    """Print a report as JUnit XML: one test case per rule, failures = the rules that did not pass."""
+    from prunegate.report.render import junit as junit_render
+
+    _emit(junit_render.render(_load_report(report)[0]), out)
+    return EXIT_PASS
+
+
+@cli.command()
+def diff(
+    old: Path = typer.Argument(..., help="The earlier report (DSSE envelope)."),
+    new: Path = typer.Argument(..., help="The later report."),
+    margin: float = typer.Option(0.005, min=0.0, max=1.0, help="Tolerated worsening of accuracy_drop and agreement "
+                                 "per task, as a fraction (0.005 = half a percentage point)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print GitHub-flavoured Markdown instead of text."),
+) -> int:
+    """Compare two reports: what got better or worse, per task and rule.
+
+    Exit 1 when NEW regresses beyond the margin (a task's accuracy_drop rises or its agreement falls by
+    more than it, or a rule that passed now fails), else 0."""
+    from prunegate.diff import compare, render_text
+    from prunegate.report.render.markdown import render_diff
+
+    result = compare(_load_report(old)[0], _load_report(new)[0], margin)
+    sys.stdout.write(render_diff(result) if markdown else render_text(result))
+    return EXIT_FAIL if result.regressed else EXIT_PASS

@@ -1,0 +1,179 @@
+"""The tools around the gate: `prunegate corrupt`, `potential`, `prune` and `demo`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from prunegate.errors import PrunegateError, require_file
+
+from .common import (
+    CONSOLE_WIDTH, EXIT_PASS, Backend, Device, _csv, _RichProgress, _stderr, _stdout, cli, write_atomic,
+)
+
+
+@cli.command()
+def corrupt(
+    preset: str = typer.Option(..., help="cifar10-c or imagenet-c."),
+    source: Path = typer.Option(..., help="The clean images."),
+    format: str = typer.Option("imagefolder", "--format", help="Format of --source (as in a policy's data)."),
+    class_names: Optional[Path] = typer.Option(
+        None, "--class-names", help="The model's class names, one per line (as a policy's data.class_names)."),
+    out: Optional[Path] = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
+    names: Optional[str] = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
+    severities: str = typer.Option("1,2,3,4,5", help="Comma-separated severities."),
+    limit: Optional[int] = typer.Option(None, min=1, help="A class-balanced subset of this size."),
+    seed: int = typer.Option(0, min=0, help="Seed of every random draw (as suite.seed)."),
+    preview: Optional[Path] = typer.Option(None, help="Write a PNG grid (corruptions x severities) of one image."),
+    device: Device = typer.Option(Device.auto, help="Where to make the corruptions."),
+    batch_size: int = typer.Option(256, min=1),
+) -> int:
+    """Render a corruption preset to disk, and/or preview it on one image."""
+    from prunegate import corrupt as corrupt_lib
+    from prunegate import shifts
+    from prunegate.data import open_source, select
+    from prunegate.policy import DataSource
+    from prunegate.runners import resolve_device
+
+    if out is None and preview is None:
+        raise PrunegateError("nothing to do: give --out, --preview or both")
+    preset_obj = shifts.get_preset(preset)
+    chosen = _csv(names) or list(shifts.CORRUPTION_NAMES)
+    for name in chosen:
+        shifts.get_shift(name)  # unknown names fail here, before any work
+    try:
+        levels = [int(s) for s in _csv(severities) or []]
+    except ValueError:
+        raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}") from None
+    if not levels or any(not 1 <= s <= 5 for s in levels):
+        raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}")
+    try:
+        spec = DataSource(format=format, path=str(source), class_names=str(class_names) if class_names else None)
+    except Exception:
+        raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
+    images = open_source(spec, Path, "--source")
+    indices = select(images.labels, limit)
+    if preview is not None:
+        from prunegate.data import fit_to_size
+
+        first = int(indices[0])
+        picture = fit_to_size(images.read([first], 89_478_485)[0][0].permute(2, 0, 1), preset_obj.image_size)
+        png = corrupt_lib.preview_png(picture.permute(1, 2, 0), first, preset=preset, names=chosen, severities=levels, seed=seed)
+        write_atomic(preview, png)
+        _stdout().print(f"wrote {preview}")
+    if out is not None:
+        columns = (TextColumn("corrupting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
+            task = bar.add_task("corrupting", total=len(indices))
+            summary = corrupt_lib.render(images, indices, preset=preset, names=chosen, severities=levels, seed=seed,
+                                         out=out, batch_size=batch_size, device=resolve_device(device.value, False),
+                                         progress=lambda n: bar.advance(task, n))
+        _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
+                        f"at {summary['size']}px")
+    return EXIT_PASS
+
+
+@cli.command()
+def potential(
+    policy: Path = typer.Option(..., "--policy", "-p", help="Policy YAML file (its dense model, data and suite)."),
+    pruned: list[Path] = typer.Option(..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."),
+    extra: Optional[list[Path]] = typer.Argument(None, help="More pruned members.", show_default=False),
+    delta: float = typer.Option(0.005, min=0.0, max=1.0, help="Error tolerance vs the dense model (0.005 = 0.5 pp)."),
+    out: Optional[Path] = typer.Option(None, help="Write the table as JSON."),
+    plot: Optional[Path] = typer.Option(None, help="Write the prune-potential / excess-error plot (PNG)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
+    device: Optional[Device] = typer.Option(None, help="Where to run (overrides runtime.device)."),
+    backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."),
+) -> int:
+    """Prune potential of a family of pruned models, per task and task group.
+
+    The potential is the largest prune ratio whose error is within DELTA of the dense model's;
+    the excess error is the growth of each group's error gap to clean, per prune ratio."""
+    import json
+
+    from prunegate.check import Overrides, apply_overrides, run_potential
+    from prunegate.policy import load_policy
+    from prunegate.potential import plot_png
+    from prunegate.report.render.console import render_potential
+
+    members = [*pruned, *(extra or [])]
+    loaded = apply_overrides(load_policy(policy), Overrides(device=device.value if device else None,
+                                                            backend=backend.value if backend else None, limit=limit))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
+        result = run_potential(loaded, members, delta=delta, allow_pickle=allow_pickle, progress=_RichProgress(bar))
+    if out is not None:
+        write_atomic(out, json.dumps(result, indent=2) + "\n")
+    if plot is not None:
+        write_atomic(plot, plot_png(result, f"{loaded.name}: {len(members)} pruned models"))
+    stdout = _stdout()
+    stdout.print(render_potential(result, color=stdout.is_terminal, width=max(stdout.width, CONSOLE_WIDTH)), end="")
+    for label, path in (("table", out), ("plot", plot)):
+        if path is not None:
+            stdout.print(f"{label}: {path}")
+    return EXIT_PASS
+
+
+@cli.command("prune")
+def prune_command(
+    model: Path = typer.Option(..., "--model", help="The dense torch model: TorchScript, .pt2, or a state dict with --arch."),
+    ratios: str = typer.Option(..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the family into (created; files must not exist)."),
+    method: str = typer.Option("wt", help="wt: global weight magnitude; ft: per-layer filter L1 norm."),
+    arch: Optional[str] = typer.Option(None, help="'module:fn' or 'file.py:fn' building the network for a state dict."),
+    input_size: int = typer.Option(..., "--input-size", min=1, help="Square input side, for export."),
+    formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."),
+) -> int:
+    """Make a family of pruned models (no retraining), masks made permanent, exported."""
+    from prunegate.prune import METHODS, count_parameters, export_model
+    from prunegate.prune import prune as prune_model
+    from prunegate.runners.torch import load_torch_module
+
+    if method not in METHODS:
+        raise PrunegateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    try:
+        levels = [float(r) for r in _csv(ratios) or []]
+    except ValueError:
+        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}") from None
+    if not levels or any(not 0.0 <= r < 1.0 for r in levels):
+        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}")
+    kinds = _csv(formats) or []
+    suffixes = {"onnx": "onnx", "torchscript": "pt"}
+    if not kinds or any(k not in suffixes for k in kinds):
+        raise PrunegateError(f"--format must list onnx and/or torchscript, got {formats!r}")
+    require_file(model, "model file", field="--model")
+    module, _, _ = load_torch_module(model, "--model", arch, Path.cwd(), allow_pickle)
+    targets = [out / f"{method}-{round(r * 100):02d}.{suffixes[k]}" for r in levels for k in kinds]
+    for target in targets:
+        if target.exists():
+            raise PrunegateError("already exists; refusing to overwrite", file=target)
+    out.mkdir(parents=True, exist_ok=True)
+    stdout = _stdout()
+    for r in levels:
+        member = prune_model(module, method, r)
+        total, nonzero = count_parameters(member)
+        for k in kinds:
+            target = out / f"{method}-{round(r * 100):02d}.{suffixes[k]}"
+            tmp = target.with_name(f".{target.name}.tmp")
+            try:
+                export_model(member, input_size, tmp, k)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+        stdout.print(f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})")
+    stdout.print(f"wrote {len(targets)} files to {out}")
+    return EXIT_PASS
+
+
+@cli.command()
+def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and reports.")) -> int:
+    """Build a small dataset and CNN, prune it, and gate each pruned copy (offline, ~1 minute)."""
+    from prunegate.demo import run_demo
+
+    return run_demo(out, _stdout())
