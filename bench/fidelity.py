@@ -174,7 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default 64 at 32 px, 16 at 224 px")
     p.add_argument("--corruptions", default=None, help="comma-separated subset")
     p.add_argument("--min-psnr", type=float, default=30.0)
+    p.add_argument("--frost-textures", type=Path, default=None,
+                   help="a folder of frost photographs for frost (as suite.corruptions.frost_textures)")
     args = p.parse_args(argv)
+    if args.frost_textures is not None:
+        from prunegate.shifts import textures
+
+        textures.use_frost_textures(args.frost_textures)
 
     data = np.load(args.npz)
     meta = json.loads(str(data["meta"]))

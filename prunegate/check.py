@@ -29,6 +29,7 @@ from prunegate.report.schema import Report
 from prunegate.runners import Runner, load_runner, resolve_device
 from prunegate.runners.base import check_precision
 from prunegate.shifts.rng import task_key
+from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder, texture_folder_record
 
 # Intervals are always reported; gate.confidence decides whether rules use them.
 DEFAULT_CONFIDENCE = 0.95
@@ -180,6 +181,7 @@ class Setup:
     pruned: list[Runner]
     classes: int
     world: World = SINGLE
+    frost: Optional[tuple[torch.Tensor, ...]] = None  # the policy's frost photographs, if it names some
 
     def evaluate(self, policy: Policy, progress: Optional[ProgressSink] = None):
         """One streaming pass: (a tally dict per pruned model, timings). Under torchrun this
@@ -189,14 +191,41 @@ class Setup:
             source.part = self.world.part(source.indices)
         if progress and self.world.is_main:
             progress.start(total_evaluations(self.tasks, self.sources))
-        family, timings = evaluate_family(
+        with frost_textures_in_use(self.frost):
+            family, timings = evaluate_family(
             self.tasks, self.sources, self.dense, self.pruned,
             pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, self.device),
-            size=policy.models.input.size, seed=policy.suite.seed, batch_size=runtime.batch_size,
-            workers=runtime.workers, max_pixels=policy.data.max_pixels, device=self.device,
-            progress=progress.advance if progress and self.world.is_main else None, world=self.world,
-        )
+                size=policy.models.input.size, seed=policy.suite.seed, batch_size=runtime.batch_size,
+                workers=runtime.workers, max_pixels=policy.data.max_pixels, device=self.device,
+                progress=progress.advance if progress and self.world.is_main else None, world=self.world,
+            )
         return family, slowest(timings, self.world)
+
+
+FROST_FIELD = "suite.corruptions.frost_textures"
+
+
+def _frost_folder(policy: Policy) -> Optional[Path]:
+    """The frost photographs' folder, when the policy names one and generates frost tasks."""
+    c = policy.suite.corruptions
+    if c is None or not c.frost_textures or c.precomputed or "frost" not in c.corruption_names():
+        return None
+    return policy.resolve(c.frost_textures)
+
+
+def load_frost_textures(policy: Policy) -> Optional[tuple[torch.Tensor, ...]]:
+    """The frost photographs the policy names (None: procedural textures)."""
+    folder = _frost_folder(policy)
+    return load_texture_folder(folder, FROST_FIELD) if folder is not None else None
+
+
+def data_records(policy: Policy, sources: list[Source]) -> list[dict]:
+    """The report's `data`: every source, and the frost photographs when the policy names them."""
+    records = [{"name": s.name, **s.manifest.to_dict()} for s in sources]
+    folder = _frost_folder(policy)
+    if folder is not None:
+        records.append({"name": "frost_textures", **texture_folder_record(folder)})
+    return records
 
 
 def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list[ModelSpec]] = None,
@@ -206,6 +235,7 @@ def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list
     runtime = policy.runtime
     tasks = build_plan(policy)
     sources = open_sources(policy, tasks)
+    frost = load_frost_textures(policy)
     device = device_for(world, resolve_device(runtime.device, runtime.allow_fallback, file=policy.file))
     check_precision(runtime.precision, device, runtime.backend, file=policy.file)  # per model again, once chosen
 
@@ -227,7 +257,7 @@ def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list
         classes = probe_classes(dense, member, size)
     for source in sources:
         check_labels(source, classes, _source_field(source.name, policy))
-    return Setup(tasks, sources, device, dense, members, classes, world)
+    return Setup(tasks, sources, device, dense, members, classes, world, frost=frost)
 
 
 def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[ProgressSink] = None,
@@ -251,7 +281,7 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         policy={"name": policy.name, "path": str(policy.file) if policy.file else None, "sha256": policy.sha256,
                 "document": policy.model_dump(mode="json")},
         models={which: runners[which].info.to_dict() for which in ("dense", "pruned")},
-        data=[{"name": s.name, **s.manifest.to_dict()} for s in sources],
+        data=data_records(policy, sources),
         seed=policy.suite.seed,
         options={"device": str(device), "backend": runtime.backend, "precision": runtime.precision,
                  "channels_last": runtime.channels_last, "batch_size": runtime.batch_size,

@@ -145,6 +145,10 @@ class Corruptions(Strict):
     precomputed: Optional[str] = Field(
         None, description="a CIFAR-10-C style folder (<name>.npy + labels.npy) to read instead of generating"
     )
+    frost_textures: Optional[str] = Field(
+        None, description="a folder of frost photographs (PNG/JPEG) for `frost` to overlay, as the reference does, "
+        "instead of prunegate's procedural textures; the report records their sha256"
+    )
 
     @field_validator("preset")
     @classmethod

@@ -210,6 +210,16 @@ def policy_rows() -> list:
         policy = c.policy(suite={"corruptions": {"names": ["fog"], "severities": [3, 6]}})
         return c.check(policy), [str(policy), "suite.corruptions.severities.1", "5"]
 
+    def frost_textures_missing(c: Case):
+        policy = c.policy(suite={"corruptions": {"names": ["frost"], "severities": [1], "frost_textures": "absent"}})
+        return c.check(policy), [str(c.folder / "absent"), "suite.corruptions.frost_textures", "folder"]
+
+    def frost_texture_damaged(c: Case):
+        (c.folder / "frost").mkdir()
+        (c.folder / "frost" / "frost1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        policy = c.policy(suite={"corruptions": {"names": ["frost"], "severities": [1], "frost_textures": "frost"}})
+        return c.check(policy), [str(c.folder / "frost" / "frost1.png"), "suite.corruptions.frost_textures", "decode"]
+
     def severity_zero(c: Case):
         policy = c.policy(suite={"corruptions": {"names": ["fog"], "severities": [0]}})
         return c.check(policy), [str(policy), "suite.corruptions.severities.0", "1"]
@@ -234,7 +244,8 @@ def policy_rows() -> list:
     return [misspelled_rule_key, misspelled_section, misspelled_key_validate, wrong_type_batch_size,
             wrong_type_size_as_text, wrong_type_rules_mapping, wrong_type_threshold, negative_tolerance,
             tolerance_above_one, glob_matches_no_task, glob_matches_no_task_validate, empty_rules,
-            unknown_corruption, unknown_noise, severity_above_five, severity_zero, policy_not_found,
+            unknown_corruption, unknown_noise, severity_above_five, severity_zero, frost_textures_missing,
+            frost_texture_damaged, policy_not_found,
             policy_is_a_folder, policy_not_yaml, policy_not_a_mapping]
 
 

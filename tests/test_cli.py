@@ -307,3 +307,26 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path: Path, gate_case) -> N
     assert process.returncode == 130, err
     assert "interrupted: nothing was written" in err and "Traceback" not in err
     assert list(report.parent.iterdir()) == []
+
+
+def test_check_with_frost_photographs_records_them_in_the_report(tmp_path: Path, capsys, gate_case) -> None:
+    """suite.corruptions.frost_textures: frost overlays those photographs, and the report's data
+    names the folder with a digest over its files."""
+    from PIL import Image
+
+    policy = gate_case("same", suite={"corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [1],
+                                                      "frost_textures": "frost"}})
+    folder = policy.parent / "frost"
+    folder.mkdir()
+    for i, colour in enumerate([(200, 210, 230), (150, 170, 200)]):
+        Image.new("RGB", (300 + 20 * i, 240), colour).save(folder / f"frost{i}.png")
+    report = tmp_path / "report.json"
+    code, _, err = run(capsys, "check", "--policy", policy, "--report", report)
+    assert code == 0, err
+    data = {d["name"]: d for d in statement_of(report)["predicate"]["data"]}
+    lines = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in sorted(folder.iterdir()))
+    assert data["frost_textures"]["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert data["frost_textures"]["size"] == 2 and data["frost_textures"]["path"] == str(folder)
+    from prunegate.shifts import textures
+
+    assert textures._user_textures is None  # the run's photographs do not outlive it

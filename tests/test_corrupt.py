@@ -131,3 +131,20 @@ def test_cli_preview_of_a_flat_imagenet_style_folder_with_class_names(tmp_path):
     assert not (tmp_path / "no.png").exists()
     assert main(base + [str(tmp_path / "grid.png"), "--class-names", str(names)]) == 0
     assert Image.open(tmp_path / "grid.png").format == "PNG"
+
+
+def test_cli_frost_textures_change_frost_and_bad_folders_exit_2(tmp_path, dataset):
+    from PIL import Image
+
+    textures = tmp_path / "frost"
+    textures.mkdir()
+    Image.new("RGB", (200, 200), (0, 0, 0)).save(textures / "black.png")
+    base = ["corrupt", "--preset", "cifar10-c", "--source", str(dataset), "--format", "npz", "--names", "frost",
+            "--severities", "3", "--limit", "3"]
+    assert main(base + ["--out", str(tmp_path / "procedural")]) == 0
+    assert main(base + ["--out", str(tmp_path / "black"), "--frost-textures", str(textures)]) == 0
+    procedural = np.load(tmp_path / "procedural" / "frost.npy")
+    black = np.load(tmp_path / "black" / "frost.npy")
+    assert black.mean() < procedural.mean() - 20  # a black photograph adds no frost light
+    assert main(base + ["--out", str(tmp_path / "none"), "--frost-textures", str(tmp_path / "absent")]) == 2
+    assert not (tmp_path / "none").exists()

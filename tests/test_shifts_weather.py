@@ -242,3 +242,29 @@ def test_user_texture_folder(tmp_path: Path) -> None:
         )
     finally:
         textures.use_frost_textures(None)
+
+
+def test_frost_textures_in_use_restores_what_was_there(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (240, 240), (10, 20, 30)).save(tmp_path / "dark.png")
+    bank = textures.load_texture_folder(tmp_path)
+    x = images(n=2, size=32)
+    ids = torch.arange(2)
+    procedural = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
+    with textures.frost_textures_in_use(bank):
+        dark = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
+        with textures.frost_textures_in_use(None):  # None keeps what is in use
+            assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), dark)
+    assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), procedural)
+    assert float(dark.mean()) < float(procedural.mean())  # a dark photograph darkens the overlay
+
+
+def test_texture_folder_errors_name_the_file_and_field(tmp_path: Path) -> None:
+    from prunegate.errors import DataError
+
+    with pytest.raises(DataError, match="no PNG or JPEG"):
+        textures.load_texture_folder(tmp_path, "--frost-textures")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    with pytest.raises(DataError, match=r"broken\.jpg: --frost-textures: cannot decode"):
+        textures.load_texture_folder(tmp_path, "--frost-textures")

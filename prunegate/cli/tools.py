@@ -24,6 +24,8 @@ def corrupt(
     class_names: Optional[Path] = typer.Option(
         None, "--class-names", help="The model's class names, one per line (as a policy's data.class_names)."),
     out: Optional[Path] = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
+    frost_textures: Optional[Path] = typer.Option(
+        None, "--frost-textures", help="A folder of frost photographs for frost (default: procedural textures)."),
     names: Optional[str] = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
     severities: str = typer.Option("1,2,3,4,5", help="Comma-separated severities."),
     limit: Optional[int] = typer.Option(None, min=1, help="A class-balanced subset of this size."),
@@ -33,15 +35,14 @@ def corrupt(
     batch_size: int = typer.Option(256, min=1),
 ) -> int:
     """Render a corruption preset to disk, and/or preview it on one image."""
-    from prunegate import corrupt as corrupt_lib
     from prunegate import shifts
     from prunegate.data import open_source, select
     from prunegate.policy import DataSource
-    from prunegate.runners import resolve_device
+    from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder
 
     if out is None and preview is None:
         raise PrunegateError("nothing to do: give --out, --preview or both")
-    preset_obj = shifts.get_preset(preset)
+    shifts.get_preset(preset)  # an unknown preset fails here, before any work
     chosen = _csv(names) or list(shifts.CORRUPTION_NAMES)
     for name in chosen:
         shifts.get_shift(name)  # unknown names fail here, before any work
@@ -57,6 +58,20 @@ def corrupt(
         raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
     images = open_source(spec, Path, "--source")
     indices = select(images.labels, limit)
+    bank = load_texture_folder(frost_textures, "--frost-textures") if frost_textures is not None else None
+    with frost_textures_in_use(bank):
+        _render_corruptions(images, indices, preset, chosen, levels, seed, out, preview, device, batch_size)
+    return EXIT_PASS
+
+
+def _render_corruptions(images, indices, preset: str, chosen: list[str], levels: list[int], seed: int,
+                        out: Optional[Path], preview: Optional[Path], device: Device, batch_size: int) -> None:
+    """`prunegate corrupt`'s work once its inputs are checked: the preview, then the folder."""
+    from prunegate import corrupt as corrupt_lib
+    from prunegate import shifts
+    from prunegate.runners import resolve_device
+
+    preset_obj = shifts.get_preset(preset)
     if preview is not None:
         from prunegate.data import fit_to_size
 
@@ -74,7 +89,6 @@ def corrupt(
                                          progress=lambda n: bar.advance(task, n))
         _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
                         f"at {summary['size']}px")
-    return EXIT_PASS
 
 
 @cli.command()

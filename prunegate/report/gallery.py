@@ -19,6 +19,7 @@ from typing import Optional
 from prunegate.errors import PrunegateError
 from prunegate.report.render.common import failing_tasks
 from prunegate.report.schema import Example, Report, TaskRecord
+from prunegate.shifts.textures import frost_textures_in_use
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,17 @@ def _open(policy, report: Report, task, opened: dict, notes: list[str]):
     return images
 
 
+def _frost_textures(policy, notes: list[str]):
+    """(the policy's frost photographs or None, whether they were named but cannot be read)."""
+    from prunegate.check import load_frost_textures
+
+    try:
+        return load_frost_textures(policy), False
+    except PrunegateError as exc:
+        notes.append(f"the policy's frost photographs are not readable here ({exc}): frost examples are left out")
+        return None, True
+
+
 def build_gallery(report: Report, *, limit: int = MAX_EXAMPLES, per_task: int = PER_TASK,
                   side: int = THUMBNAIL) -> Gallery:
     """Rebuild the thumbnails of `select_examples(report)`. Never raises for missing or changed
@@ -159,16 +171,19 @@ def build_gallery(report: Report, *, limit: int = MAX_EXAMPLES, per_task: int = 
     size, seed = policy.models.input.size, policy.suite.seed
     mean = torch.tensor(policy.models.input.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(policy.models.input.std, dtype=torch.float32).view(1, -1, 1, 1)
+    frost, frost_missing = _frost_textures(policy, gallery.notes)
     opened: dict = {}
     groups: dict[tuple[str, int], list[Example]] = {}
     for record, example in chosen:
         groups.setdefault((record.name, example.draw), []).append(example)
     missing = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), frost_textures_in_use(frost):
         for (name, draw), examples in groups.items():
             task = plan.get(name)
             if task is None:
                 gallery.notes.append(f"task {name!r} is not in the report's policy")
+                continue
+            if frost_missing and task.shift == "frost":
                 continue
             images = _open(policy, report, task, opened, gallery.notes)
             if images is None:

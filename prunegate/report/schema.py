@@ -63,7 +63,7 @@ class PolicyRecord(_Record):
 
 
 class DataRecord(_Record):
-    name: str = Field(description="'test' or the ood set's name")
+    name: str = Field(description="'test', the ood set's name, a precomputed block, or 'frost_textures' (the policy's frost photographs)")
     format: str
     path: str
     size: int = Field(description="images in the set")

@@ -17,20 +17,24 @@ and crops them per sample as the reference does. Each photograph is:
 
 Per sample, `frost` then draws the photograph (frost2's look twice as often, as the reference's
 randint(5) does) and the crop's corner: two draws, so a batch costs a gather, not a synthesis.
-A user may supply real textures instead: `use_frost_textures(folder)`.
+A user may supply real photographs instead (policy `suite.corruptions.frost_textures`,
+`prunegate corrupt --frost-textures`, or `use_frost_textures(folder)`): each is used at its own
+size, picked uniformly, resized and cropped as the reference does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from prunegate.errors import PrunegateError
+from prunegate.errors import DataError
 
 from .rng import SampleRNG
 
@@ -179,11 +183,28 @@ def _photo_bank(scale: float, min_height: int, min_width: int, device: torch.dev
         if scale != 1.0:
             photo = _decimate(photo, max(round(ph * scale), min_height), max(round(pw * scale), min_width), scale)
         photos.append(photo[0].round().clamp(0, 255))
+    return _stack_padded(photos, device)
+
+
+def _stack_padded(photos: list[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Photographs [3, h, w] of several sizes as one zero-padded [T, 3, H, W] bank and their
+    sizes [T, 2]."""
     sizes = torch.tensor([p.shape[-2:] for p in photos])
     bank = torch.zeros(len(photos), 3, int(sizes[:, 0].max()), int(sizes[:, 1].max()))
     for i, p in enumerate(photos):
         bank[i, :, : p.shape[-2], : p.shape[-1]] = p
     return bank.to(device), sizes.to(device)
+
+
+def _crops(rng: SampleRNG, bank: torch.Tensor, sizes: torch.Tensor, picks: torch.Tensor, height: int,
+           width: int) -> torch.Tensor:
+    """A height x width crop of photograph picks[n] per sample, its corner uniform as the
+    reference's randint(0, H - height), randint(0, W - width)."""
+    corner = rng.uniform(2, dtype=torch.float64).to(bank.device)
+    room = (sizes[picks] - torch.tensor([height, width], device=bank.device)).clamp(min=1)
+    top = torch.floor(corner[:, 0] * room[:, 0]).long()
+    left = torch.floor(corner[:, 1] * room[:, 1]).long()
+    return _gather_crops(bank, picks, top, left, height, width)
 
 
 def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
@@ -192,11 +213,7 @@ def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device:
     photographs' resolution, its corner uniform as the reference's randint(0, H - height)."""
     bank, sizes = _photo_bank(float(scale), height, width, torch.device(device))
     styles = torch.tensor(_STYLE_DRAW, device=bank.device)[rng.randint(0, len(_STYLE_DRAW), 1).to(bank.device)[:, 0]]
-    corner = rng.uniform(2, dtype=torch.float64).to(bank.device)
-    room = (sizes[styles] - torch.tensor([height, width], device=bank.device)).clamp(min=1)
-    top = torch.floor(corner[:, 0] * room[:, 0]).long()
-    left = torch.floor(corner[:, 1] * room[:, 1]).long()
-    return _gather_crops(bank, styles, top, left, height, width)
+    return _crops(rng, bank, sizes, styles, height, width)
 
 
 def _gather_crops(bank: torch.Tensor, pick: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
@@ -227,24 +244,46 @@ def _decimate(img: torch.Tensor, height: int, width: int, scale: float | None = 
     return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def load_texture_folder(folder: str | Path) -> torch.Tensor:
-    """Load a folder of texture images (PNG/JPEG, RGB; alpha is dropped as cv2.imread does) as
-    uint8 levels [T, 3, H, W] (float), cropped to the smallest height and width among them.
-    Done once, outside the hot path; torchvision decodes."""
-    from torchvision.io import ImageReadMode, decode_image
+TEXTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def load_texture_folder(folder: str | Path, field: str = "frost textures") -> tuple[torch.Tensor, ...]:
+    """Load a folder of texture images (PNG/JPEG, RGB; alpha is dropped as cv2.imread does), each
+    as uint8 levels [3, h, w] (float) at its own size, in file-name order. Done once, outside
+    the hot path; Pillow decodes (a damaged file is a one-line error)."""
+    import numpy as np
+    from PIL import Image
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise PrunegateError(f"expected a folder of PNG/JPEG frost textures, found {folder!s}", field="frost textures")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        raise DataError("expected a folder of PNG/JPEG frost textures", file=folder, field=field)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in TEXTURE_SUFFIXES)
     if not paths:
-        raise PrunegateError(f"no PNG or JPEG files in {folder!s}", field="frost textures")
-    images = [decode_image(str(p), mode=ImageReadMode.RGB).to(torch.float32) for p in paths]
-    h, w = min(t.shape[-2] for t in images), min(t.shape[-1] for t in images)
-    return torch.stack([t[:, :h, :w] for t in images])
+        raise DataError("no PNG or JPEG files in the folder", file=folder, field=field)
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).to(torch.float32))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot decode the image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                            file=path, field=field) from None
+    return tuple(images)
 
 
-_user_textures: torch.Tensor | None = None
+def texture_folder_record(folder: str | Path) -> dict:
+    """What a report records of a texture folder: its files and a digest over their sha256."""
+    import hashlib
+
+    from prunegate.digest import file_sha256
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in TEXTURE_SUFFIXES)
+    lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in paths)
+    return {"format": "frost-textures", "path": str(folder), "size": len(paths), "used": len(paths),
+            "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+
+
+_user_textures: tuple[torch.Tensor, ...] | None = None
 
 
 def use_frost_textures(folder: str | Path | None) -> None:
@@ -254,23 +293,48 @@ def use_frost_textures(folder: str | Path | None) -> None:
     _user_textures = None if folder is None else load_texture_folder(folder)
 
 
-def texture_crops(rng: SampleRNG, bank: torch.Tensor, height: int, width: int, scale: float) -> torch.Tensor:
-    """The reference's overlay from real textures [T, 3, H, W]: pick one uniformly, resize it by
-    `scale` (cv2.resize INTER_LINEAR), take a uniformly placed height x width crop."""
-    if scale != 1.0:
-        bank = _decimate(bank, round(bank.shape[-2] * scale), round(bank.shape[-1] * scale))
-    if bank.shape[-2] < height or bank.shape[-1] < width:  # too small to crop: stretch to fit
-        bank = F.interpolate(bank, size=(max(height, bank.shape[-2]), max(width, bank.shape[-1])), mode="bilinear")
-    pick = rng.randint(0, bank.shape[0], 1)[:, 0].to(bank.device)
-    corner = rng.uniform(2).to(bank.device)
-    top = torch.floor(corner[:, 0] * (bank.shape[-2] - height + 1)).long()
-    left = torch.floor(corner[:, 1] * (bank.shape[-1] - width + 1)).long()
-    return _gather_crops(bank, pick, top, left, height, width).round()
+@contextlib.contextmanager
+def frost_textures_in_use(bank: tuple[torch.Tensor, ...] | None) -> Iterator[None]:
+    """Within the block, `frost` overlays crops of `bank` (load_texture_folder's; None: procedural
+    textures); afterwards whatever was in use before is restored."""
+    global _user_textures
+    before = _user_textures
+    _user_textures = bank if bank is not None else before
+    try:
+        yield
+    finally:
+        _user_textures = before
+
+
+@functools.lru_cache(maxsize=8)
+def _user_bank(photos: tuple[torch.Tensor, ...], scale: float, height: int, width: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The user's photographs resized by `scale` (cv2.resize INTER_LINEAR, each at its own size),
+    stretched where smaller than the crop, padded into one bank. Made once per setting."""
+    resized = []
+    for photo in photos:
+        h, w = photo.shape[-2:]
+        if scale != 1.0:
+            photo = _decimate(photo[None], round(h * scale), round(w * scale), scale)[0]
+        if photo.shape[-2] < height or photo.shape[-1] < width:  # too small to crop: stretch to fit
+            size = (max(height, photo.shape[-2]), max(width, photo.shape[-1]))
+            photo = F.interpolate(photo[None], size=size, mode="bilinear")[0]
+        resized.append(photo.round().clamp(0, 255))
+    return _stack_padded(resized, device)
+
+
+def texture_crops(rng: SampleRNG, photos: tuple[torch.Tensor, ...], height: int, width: int,
+                  scale: float, device: torch.device) -> torch.Tensor:
+    """The reference's overlay from real photographs: pick one uniformly, resize it by `scale`,
+    take a uniformly placed height x width crop. [N, 3, height, width] uint8 levels."""
+    bank, sizes = _user_bank(photos, float(scale), height, width, torch.device(device))
+    picks = rng.randint(0, len(photos), 1)[:, 0].to(bank.device)
+    return _crops(rng, bank, sizes, picks, height, width)
 
 
 def frost_overlay(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
     """The overlay `frost` uses: the user's textures if `use_frost_textures` set some, else
     procedural ones. uint8 levels, [N, 3, height, width]."""
     if _user_textures is not None:
-        return texture_crops(rng, _user_textures.to(device), height, width, scale)
+        return texture_crops(rng, _user_textures, height, width, scale, device)
     return frost_texture(rng, height, width, scale, device)
