@@ -117,3 +117,26 @@ def test_png_thumbnails_are_small() -> None:
     assert decode(png(big, side=64)).shape == (64, 43, 3)
     small = np.zeros((8, 8, 3), dtype=np.uint8)
     assert decode(png(small)).shape == (8, 8, 3)
+
+
+def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> None:
+    from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder
+
+    suite = {"seed": 5, "corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [3],
+                                        "frost_textures": "frost"}}
+    policy = gate_case("jitter", n=12, suite=suite)
+    folder = policy.parent / "frost"
+    folder.mkdir()
+    Image.new("RGB", (300, 240), (0, 0, 0)).save(folder / "black.png")
+    report = run_check(load_policy(policy))
+    examples = [Example(index=i, draw=0, label=i % 3, dense=i % 3, pruned=(i + 1) % 3) for i in (1, 7)]
+    report = report.model_copy(update={"tasks": [t.model_copy(update={"examples": examples}) for t in report.tasks]})
+    gallery = build_gallery(report, limit=100, per_task=3)
+    assert gallery.notes == []
+    with frost_textures_in_use(load_texture_folder(folder)):
+        expected = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
+    procedural = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
+    for i, index in enumerate((1, 7)):
+        made = decode(gallery.images[("corruption/frost/3", index, 0)])
+        assert (made == expected[i]).all()
+        assert not (made == procedural[i]).all()
