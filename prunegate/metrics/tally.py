@@ -18,8 +18,8 @@ from . import functional as F
 
 @dataclass
 class TaskTally:
-    labels: torch.Tensor  # [n] int64
-    dense_pred: torch.Tensor  # [n] int64, -1 = no prediction
+    labels: torch.Tensor  # [n] int32 (class indices; 21 bytes per sample and task in all)
+    dense_pred: torch.Tensor  # [n] int32, -1 = no prediction
     pruned_pred: torch.Tensor
     l2: torch.Tensor  # [n] float32
     linf: torch.Tensor
@@ -30,14 +30,14 @@ class TaskTally:
         def full(value, dtype):
             return torch.full((n,), value, dtype=dtype, device=device)
 
-        return cls(full(-1, torch.int64), full(-1, torch.int64), full(-1, torch.int64),
+        return cls(full(-1, torch.int32), full(-1, torch.int32), full(-1, torch.int32),
                    full(float("nan"), torch.float32), full(float("nan"), torch.float32), full(False, torch.bool))
 
     def update(self, positions: torch.Tensor, labels: torch.Tensor, dense_logits: torch.Tensor, pruned_logits: torch.Tensor) -> None:
         l2, linf = F.softmax_distances(dense_logits, pruned_logits)
-        self.labels[positions] = labels
-        self.dense_pred[positions] = F.predictions(dense_logits)
-        self.pruned_pred[positions] = F.predictions(pruned_logits)
+        self.labels[positions] = labels.to(self.labels.dtype)
+        self.dense_pred[positions] = F.predictions(dense_logits).to(self.dense_pred.dtype)
+        self.pruned_pred[positions] = F.predictions(pruned_logits).to(self.pruned_pred.dtype)
         self.l2[positions] = l2
         self.linf[positions] = linf
         self.filled[positions] = True
