@@ -29,7 +29,7 @@ from prunegate.report.schema import Report
 from prunegate.runners import Runner, load_runner, resolve_device
 from prunegate.runners.base import check_precision
 from prunegate.shifts.rng import task_key
-from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder, texture_folder_record
+from prunegate.shifts.textures import TextureFolder, frost_textures_in_use, load_texture_folder
 
 # Intervals are always reported; gate.confidence decides whether rules use them.
 DEFAULT_CONFIDENCE = 0.95
@@ -75,6 +75,8 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
 def environment(device: torch.device) -> dict:
     import numpy
     import onnxruntime
+    import PIL
+    from PIL import features
 
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
@@ -86,6 +88,9 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "numpy": numpy.__version__,
+        # on the CPU, Pillow's libjpeg makes jpeg_compression and its BOX resize pixelate
+        "pillow": PIL.__version__,
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
         "device": str(device),
         "device_name": device_name,
         "cpu_count": os.cpu_count(),
@@ -181,7 +186,7 @@ class Setup:
     pruned: list[Runner]
     classes: int
     world: World = SINGLE
-    frost: Optional[tuple[torch.Tensor, ...]] = None  # the policy's frost photographs, if it names some
+    frost: Optional[TextureFolder] = None  # the policy's frost photographs, if it names some
 
     def evaluate(self, policy: Policy, progress: Optional[ProgressSink] = None):
         """One streaming pass: (a tally dict per pruned model, timings). Under torchrun this
@@ -191,7 +196,7 @@ class Setup:
             source.part = self.world.part(source.indices)
         if progress and self.world.is_main:
             progress.start(total_evaluations(self.tasks, self.sources))
-        with frost_textures_in_use(self.frost):
+        with frost_textures_in_use(self.frost.photos if self.frost else None):
             family, timings = evaluate_family(
             self.tasks, self.sources, self.dense, self.pruned,
             pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, self.device),
@@ -213,18 +218,17 @@ def _frost_folder(policy: Policy) -> Optional[Path]:
     return policy.resolve(c.frost_textures)
 
 
-def load_frost_textures(policy: Policy) -> Optional[tuple[torch.Tensor, ...]]:
+def load_frost_textures(policy: Policy) -> Optional[TextureFolder]:
     """The frost photographs the policy names (None: procedural textures)."""
     folder = _frost_folder(policy)
     return load_texture_folder(folder, FROST_FIELD) if folder is not None else None
 
 
-def data_records(policy: Policy, sources: list[Source]) -> list[dict]:
-    """The report's `data`: every source, and the frost photographs when the policy names them."""
+def data_records(sources: list[Source], frost: Optional[TextureFolder]) -> list[dict]:
+    """The report's `data`: every source, and the frost photographs the pass used, if any."""
     records = [{"name": s.name, **s.manifest.to_dict()} for s in sources]
-    folder = _frost_folder(policy)
-    if folder is not None:
-        records.append({"name": "frost_textures", **texture_folder_record(folder)})
+    if frost is not None:
+        records.append({"name": "frost_textures", **frost.record})
     return records
 
 
@@ -281,7 +285,7 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         policy={"name": policy.name, "path": str(policy.file) if policy.file else None, "sha256": policy.sha256,
                 "document": policy.model_dump(mode="json")},
         models={which: runners[which].info.to_dict() for which in ("dense", "pruned")},
-        data=data_records(policy, sources),
+        data=data_records(sources, setup.frost),
         seed=policy.suite.seed,
         options={"device": str(device), "backend": runtime.backend, "precision": runtime.precision,
                  "channels_last": runtime.channels_last, "batch_size": runtime.batch_size,

@@ -44,6 +44,7 @@ def render(
     workers: int = 2,
     max_pixels: int = 89_478_485,
     device: torch.device = torch.device("cpu"),
+    frost_textures: Optional[dict] = None,
     progress: Optional[Callable[[int], None]] = None,
 ) -> dict:
     """Write `<name>.npy` (severity blocks of len(indices) rows each) and `labels.npy` into `out`.
@@ -76,8 +77,10 @@ def render(
         for array in arrays.values():
             array.flush()
         del arrays
-        (partial / SEVERITY_FILE).write_text(json.dumps(
-            {"preset": preset, "severities": severities, "seed": seed, "images": n, "names": names}, indent=2))
+        manifest = {"preset": preset, "severities": severities, "seed": seed, "images": n, "names": names}
+        if frost_textures is not None:  # the photographs frost overlaid (load_texture_folder's record)
+            manifest["frost_textures"] = frost_textures
+        (partial / SEVERITY_FILE).write_text(json.dumps(manifest, indent=2))
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

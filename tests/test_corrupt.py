@@ -145,6 +145,10 @@ def test_cli_frost_textures_change_frost_and_bad_folders_exit_2(tmp_path, datase
     assert main(base + ["--out", str(tmp_path / "black"), "--frost-textures", str(textures)]) == 0
     procedural = np.load(tmp_path / "procedural" / "frost.npy")
     black = np.load(tmp_path / "black" / "frost.npy")
+    manifests = {name: json.loads(next((tmp_path / name).glob("*.json")).read_text()) for name in ("procedural", "black")}
+    assert "frost_textures" not in manifests["procedural"]
+    assert manifests["black"]["frost_textures"]["size"] == 1  # the folder is recorded with its digest
+    assert len(manifests["black"]["frost_textures"]["sha256"]) == 64
     assert black.mean() < procedural.mean() - 20  # a black photograph adds no frost light
     assert main(base + ["--out", str(tmp_path / "none"), "--frost-textures", str(tmp_path / "absent")]) == 2
     assert not (tmp_path / "none").exists()

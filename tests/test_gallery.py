@@ -133,10 +133,15 @@ def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> N
     report = report.model_copy(update={"tasks": [t.model_copy(update={"examples": examples}) for t in report.tasks]})
     gallery = build_gallery(report, limit=100, per_task=3)
     assert gallery.notes == []
-    with frost_textures_in_use(load_texture_folder(folder)):
+    with frost_textures_in_use(load_texture_folder(folder).photos):
         expected = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
     procedural = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
     for i, index in enumerate((1, 7)):
         made = decode(gallery.images[("corruption/frost/3", index, 0)])
         assert (made == expected[i]).all()
         assert not (made == procedural[i]).all()
+
+    # photographs changed since the report: the frost examples are left out, with a note
+    Image.new("RGB", (300, 240), (255, 255, 255)).save(folder / "black.png")
+    changed = build_gallery(report, limit=100, per_task=3)
+    assert {key[0] for key in changed.images} == {"clean"} and any("differ" in n for n in changed.notes)

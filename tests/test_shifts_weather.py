@@ -248,14 +248,15 @@ def test_frost_textures_in_use_restores_what_was_there(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (240, 240), (10, 20, 30)).save(tmp_path / "dark.png")
-    bank = textures.load_texture_folder(tmp_path)
+    photos = textures.load_texture_folder(tmp_path).photos
     x = images(n=2, size=32)
     ids = torch.arange(2)
     procedural = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
-    with textures.frost_textures_in_use(bank):
+    with textures.frost_textures_in_use(photos):
         dark = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
-        with textures.frost_textures_in_use(None):  # None keeps what is in use
-            assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), dark)
+        with textures.frost_textures_in_use(None):  # None: procedural, whatever was set outside
+            assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), procedural)
+        assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), dark)
     assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), procedural)
     assert float(dark.mean()) < float(procedural.mean())  # a dark photograph darkens the overlay
 
@@ -268,3 +269,29 @@ def test_texture_folder_errors_name_the_file_and_field(tmp_path: Path) -> None:
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     with pytest.raises(DataError, match=r"broken\.jpg: --frost-textures: cannot decode"):
         textures.load_texture_folder(tmp_path, "--frost-textures")
+
+
+def test_tiny_photographs_are_stretched_not_fatal(tmp_path: Path) -> None:
+    """A photograph that vanishes at CIFAR's 0.2 scale is stretched to the crop, as a small one is."""
+    from PIL import Image
+
+    Image.new("RGB", (2, 2), (250, 250, 250)).save(tmp_path / "speck.png")
+    x = images(n=2, size=32)
+    with textures.frost_textures_in_use(textures.load_texture_folder(tmp_path).photos):
+        y = corrupt(x, "frost", 1, SampleRNG(KEY, torch.arange(2)), "cifar10-c")
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+def test_texture_record_digests_the_bytes_read(tmp_path: Path) -> None:
+    import hashlib
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "b.png")
+    Image.new("RGB", (30, 40), (4, 5, 6)).save(tmp_path / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    folder = textures.load_texture_folder(tmp_path)
+    lines = "".join(f"{name} {hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}\n" for name in ("a.jpg", "b.png"))
+    assert folder.record == {"format": "frost-textures", "path": str(tmp_path), "size": 2, "used": 2,
+                             "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+    assert [tuple(p.shape) for p in folder.photos] == [(3, 40, 30), (3, 30, 40)]  # each at its own size

@@ -58,14 +58,16 @@ def corrupt(
         raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
     images = open_source(spec, Path, "--source")
     indices = select(images.labels, limit)
-    bank = load_texture_folder(frost_textures, "--frost-textures") if frost_textures is not None else None
-    with frost_textures_in_use(bank):
-        _render_corruptions(images, indices, preset, chosen, levels, seed, out, preview, device, batch_size)
+    folder = load_texture_folder(frost_textures, "--frost-textures") if frost_textures is not None else None
+    with frost_textures_in_use(folder.photos if folder else None):
+        _render_corruptions(images, indices, preset, chosen, levels, seed, out, preview, device, batch_size,
+                            folder.record if folder else None)
     return EXIT_PASS
 
 
 def _render_corruptions(images, indices, preset: str, chosen: list[str], levels: list[int], seed: int,
-                        out: Optional[Path], preview: Optional[Path], device: Device, batch_size: int) -> None:
+                        out: Optional[Path], preview: Optional[Path], device: Device, batch_size: int,
+                        frost_record: Optional[dict]) -> None:
     """`prunegate corrupt`'s work once its inputs are checked: the preview, then the folder."""
     from prunegate import corrupt as corrupt_lib
     from prunegate import shifts
@@ -86,7 +88,7 @@ def _render_corruptions(images, indices, preset: str, chosen: list[str], levels:
             task = bar.add_task("corrupting", total=len(indices))
             summary = corrupt_lib.render(images, indices, preset=preset, names=chosen, severities=levels, seed=seed,
                                          out=out, batch_size=batch_size, device=resolve_device(device.value, False),
-                                         progress=lambda n: bar.advance(task, n))
+                                         progress=lambda n: bar.advance(task, n), frost_textures=frost_record)
         _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
                         f"at {summary['size']}px")
 

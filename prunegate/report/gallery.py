@@ -138,15 +138,21 @@ def _open(policy, report: Report, task, opened: dict, notes: list[str]):
     return images
 
 
-def _frost_textures(policy, notes: list[str]):
-    """(the policy's frost photographs or None, whether they were named but cannot be read)."""
+def _frost_textures(policy, report: Report, notes: list[str]):
+    """(the frost photographs the report's pass used, or None for procedural ones; whether frost
+    examples must be left out because those photographs are not here as they were)."""
     from prunegate.check import load_frost_textures
 
+    recorded = next((d for d in report.data if d.name == "frost_textures"), None)
     try:
-        return load_frost_textures(policy), False
+        folder = load_frost_textures(policy)
     except PrunegateError as exc:
         notes.append(f"the policy's frost photographs are not readable here ({exc}): frost examples are left out")
         return None, True
+    if (folder.record["sha256"] if folder else None) != (recorded.sha256 if recorded else None):
+        notes.append("the frost photographs differ from the ones the report used: frost examples are left out")
+        return None, True
+    return (folder.photos if folder else None), False
 
 
 def build_gallery(report: Report, *, limit: int = MAX_EXAMPLES, per_task: int = PER_TASK,
@@ -171,7 +177,7 @@ def build_gallery(report: Report, *, limit: int = MAX_EXAMPLES, per_task: int = 
     size, seed = policy.models.input.size, policy.suite.seed
     mean = torch.tensor(policy.models.input.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(policy.models.input.std, dtype=torch.float32).view(1, -1, 1, 1)
-    frost, frost_missing = _frost_textures(policy, gallery.notes)
+    frost, frost_missing = _frost_textures(policy, report, gallery.notes)
     opened: dict = {}
     groups: dict[tuple[str, int], list[Example]] = {}
     for record, example in chosen:

@@ -65,6 +65,8 @@ def chunk_size(x: torch.Tensor) -> int:
     """Samples per shift call for a batch like x: at most MAX_CHUNK, fewer for large images on
     the CPU, and the batch split evenly (no small last chunk paying a whole call's overhead)."""
     limit = MAX_CHUNK if x.device.type != "cpu" else max(1, min(MAX_CHUNK, CPU_CHUNK_VALUES // max(1, x[0].numel())))
+    if x.shape[0] == 0:
+        return limit
     chunks = -(-x.shape[0] // limit)
     return -(-x.shape[0] // chunks)
 

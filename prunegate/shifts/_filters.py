@@ -199,7 +199,7 @@ def pad_axis(x: torch.Tensor, dim: int, before: int, after: int, mode: str) -> t
     return x.index_select(dim, border_index(n, before, after, mode, x.device))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)  # the presets need 1 (elastic_transform's sigma at 224 px)
 def _gaussian_axis_matrix(n: int, sigma: float, truncate: float, mode: str, device: torch.device) -> torch.Tensor:
     """_axis_matrix of gaussian_kernel1d(sigma, truncate), float64 on `device`, made once."""
     return _axis_matrix(n, gaussian_kernel1d(sigma, truncate), mode).to(device)

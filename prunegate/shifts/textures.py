@@ -247,40 +247,45 @@ def _decimate(img: torch.Tensor, height: int, width: int, scale: float | None = 
 TEXTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-def load_texture_folder(folder: str | Path, field: str = "frost textures") -> tuple[torch.Tensor, ...]:
-    """Load a folder of texture images (PNG/JPEG, RGB; alpha is dropped as cv2.imread does), each
-    as uint8 levels [3, h, w] (float) at its own size, in file-name order. Done once, outside
-    the hot path; Pillow decodes (a damaged file is a one-line error)."""
+class TextureFolder(NamedTuple):
+    """Photographs loaded from a folder, and what a report records of them."""
+
+    photos: tuple[torch.Tensor, ...]  # each uint8 levels [3, h, w] (float) at its own size
+    record: dict  # format, path, size, used, sha256 over "name sha256" lines of the files read
+
+
+def load_texture_folder(folder: str | Path, field: str = "frost textures") -> TextureFolder:
+    """Load a folder of texture images (PNG/JPEG, RGB; alpha is dropped as cv2.imread does) in
+    file-name order, each at its own size, with a digest of exactly the bytes decoded. Done once,
+    outside the hot path; Pillow decodes (a damaged file is a one-line error)."""
+    import hashlib
+    import io
+
     import numpy as np
     from PIL import Image
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("expected a folder of PNG/JPEG frost textures", file=folder, field=field)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in TEXTURE_SUFFIXES)
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in TEXTURE_SUFFIXES)
+    except OSError as exc:
+        raise DataError(f"cannot list the folder ({exc.strerror})", file=folder, field=field) from None
     if not paths:
         raise DataError("no PNG or JPEG files in the folder", file=folder, field=field)
-    images = []
+    images, lines = [], []
     for path in paths:
         try:
-            with Image.open(path) as img:
+            data = path.read_bytes()
+            with Image.open(io.BytesIO(data)) as img:
                 images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).to(torch.float32))
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DataError(f"cannot decode the image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                             file=path, field=field) from None
-    return tuple(images)
-
-
-def texture_folder_record(folder: str | Path) -> dict:
-    """What a report records of a texture folder: its files and a digest over their sha256."""
-    import hashlib
-
-    from prunegate.digest import file_sha256
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in TEXTURE_SUFFIXES)
-    lines = "".join(f"{p.name} {file_sha256(p)}\n" for p in paths)
-    return {"format": "frost-textures", "path": str(folder), "size": len(paths), "used": len(paths),
-            "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+        lines.append(f"{path.name} {hashlib.sha256(data).hexdigest()}\n")
+    record = {"format": "frost-textures", "path": str(folder), "size": len(paths), "used": len(paths),
+              "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
+    return TextureFolder(tuple(images), record)
 
 
 _user_textures: tuple[torch.Tensor, ...] | None = None
@@ -290,23 +295,23 @@ def use_frost_textures(folder: str | Path | None) -> None:
     """Make `frost` overlay crops of the images in `folder` (like the reference does with its
     photographs) instead of procedural textures; None goes back to procedural. Process-wide."""
     global _user_textures
-    _user_textures = None if folder is None else load_texture_folder(folder)
+    _user_textures = None if folder is None else load_texture_folder(folder).photos
 
 
 @contextlib.contextmanager
-def frost_textures_in_use(bank: tuple[torch.Tensor, ...] | None) -> Iterator[None]:
-    """Within the block, `frost` overlays crops of `bank` (load_texture_folder's; None: procedural
-    textures); afterwards whatever was in use before is restored."""
+def frost_textures_in_use(photos: tuple[torch.Tensor, ...] | None) -> Iterator[None]:
+    """Within the block, `frost` overlays crops of `photos` (None: the procedural textures, even
+    if use_frost_textures set others); afterwards whatever was in use before is restored."""
     global _user_textures
     before = _user_textures
-    _user_textures = bank if bank is not None else before
+    _user_textures = photos
     try:
         yield
     finally:
         _user_textures = before
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _user_bank(photos: tuple[torch.Tensor, ...], scale: float, height: int, width: int,
                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The user's photographs resized by `scale` (cv2.resize INTER_LINEAR, each at its own size),
@@ -315,7 +320,7 @@ def _user_bank(photos: tuple[torch.Tensor, ...], scale: float, height: int, widt
     for photo in photos:
         h, w = photo.shape[-2:]
         if scale != 1.0:
-            photo = _decimate(photo[None], round(h * scale), round(w * scale), scale)[0]
+            photo = _decimate(photo[None], max(1, round(h * scale)), max(1, round(w * scale)), scale)[0]
         if photo.shape[-2] < height or photo.shape[-1] < width:  # too small to crop: stretch to fit
             size = (max(height, photo.shape[-2]), max(width, photo.shape[-1]))
             photo = F.interpolate(photo[None], size=size, mode="bilinear")[0]
