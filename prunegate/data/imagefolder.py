@@ -27,7 +27,7 @@ _FLAT_LABEL = re.compile(r"_(\d+)$")
 _PIL_ONLY = {".bmp", ".tif", ".tiff", ".png"}
 
 
-def _pil_decode(raw: bytes) -> torch.Tensor:
+def pil_decode(raw: bytes) -> torch.Tensor:
     """CHW uint8 RGB. Pillow's own conversion clips 16-bit grey to 255 (a white image): those
     are scaled to 8 bits here; float images, whose range no header states, are refused."""
     with PIL.Image.open(io.BytesIO(raw)) as picture:
@@ -47,7 +47,7 @@ def _pil_decode(raw: bytes) -> torch.Tensor:
 _CPP_LOCATION = re.compile(r"^[\w:()<>~ ]+, \S+\.(?:cpp|h|c):\d+, ")  # "decode_png, /…/decode_png.cpp:62, "
 
 
-def _decoder_message(exc: BaseException) -> str:
+def decoder_message(exc: BaseException) -> str:
     text = str(exc).strip()
     line = _CPP_LOCATION.sub("", text.splitlines()[0]) if text else type(exc).__name__
     return line[:200]
@@ -93,7 +93,7 @@ class _Files(ImageSet):
         self._check_pixels(file, raw, max_pixels)
         try:
             if file.suffix.lower() in _PIL_ONLY:
-                image = _pil_decode(raw)
+                image = pil_decode(raw)
             else:
                 image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
             image = _as_rgb8(image)
@@ -101,7 +101,7 @@ class _Files(ImageSet):
             raise self.error(self._too_large(None, max_pixels), file) from None
         except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError, SyntaxError, struct.error...
             raise self.error(f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
-                             f"file ({_decoder_message(exc)})", file) from None
+                             f"file ({decoder_message(exc)})", file) from None
         if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape[1:]:
             raise self.error(f"cannot decode image: decoded to shape {list(image.shape)}, not a 3-channel image", file)
         height, width = image.shape[1:]

@@ -259,10 +259,8 @@ def load_texture_folder(folder: str | Path, field: str = "frost textures") -> Te
     file-name order, each at its own size, with a digest of exactly the bytes decoded. Done once,
     outside the hot path; Pillow decodes (a damaged file is a one-line error)."""
     import hashlib
-    import io
 
-    import numpy as np
-    from PIL import Image
+    from prunegate.data.imagefolder import decoder_message, pil_decode
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -277,11 +275,9 @@ def load_texture_folder(folder: str | Path, field: str = "frost textures") -> Te
     for path in paths:
         try:
             data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as img:
-                images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).to(torch.float32))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot decode the image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                            file=path, field=field) from None
+            images.append(pil_decode(data).to(torch.float32))  # as the data readers decode (16-bit scaled)
+        except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, DecompressionBombError...
+            raise DataError(f"cannot decode the image ({decoder_message(exc)})", file=path, field=field) from None
         lines.append(f"{path.name} {hashlib.sha256(data).hexdigest()}\n")
     record = {"format": "frost-textures", "path": str(folder), "size": len(paths), "used": len(paths),
               "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
