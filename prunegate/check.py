@@ -198,8 +198,8 @@ class Setup:
             progress.start(total_evaluations(self.tasks, self.sources))
         with frost_textures_in_use(self.frost.photos if self.frost else None):
             family, timings = evaluate_family(
-            self.tasks, self.sources, self.dense, self.pruned,
-            pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, self.device),
+                self.tasks, self.sources, self.dense, self.pruned,
+                pre=Preprocess.create(policy.models.input.mean, policy.models.input.std, self.device),
                 size=policy.models.input.size, seed=policy.suite.seed, batch_size=runtime.batch_size,
                 workers=runtime.workers, max_pixels=policy.data.max_pixels, device=self.device,
                 progress=progress.advance if progress and self.world.is_main else None, world=self.world,

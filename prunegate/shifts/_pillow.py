@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 
-# Measured on 2 CPU cores: at 224 px Pillow is 3.9x (pixelate) and 7x (JPEG) faster than the
-# tensor version; at 32 px 2-2.7x slower.
+# Measured on 2 CPU cores (bench/RESULTS.md, session 3): at 224 px Pillow is 2.3x (pixelate) and
+# 5.7x (JPEG) faster than the tensor version; at 32 px 2-2.7x slower.
 MIN_PIXELS = 64 * 64
 
 
