@@ -7,6 +7,8 @@ their fit to each other) is checked before the long pass starts.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 import platform
 import time
@@ -17,16 +19,18 @@ from typing import Optional, Protocol
 import torch
 
 from prunegate import __version__
+from prunegate.checkpoint import Checkpoint
 from prunegate.data import open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
 from prunegate.engine import Preprocess, Source, check_labels, evaluate_family, probe_classes
-from prunegate.gate import Evidence, evaluate_rules, verdict
+from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE, Task, build_plan
 from prunegate.policy import ModelSpec, Policy
 from prunegate.report.schema import Report
-from prunegate.runners import Runner, load_runner, resolve_device
+from prunegate.runners import Runner, load_runner, resolve_device, start_isolated
+from prunegate.runners.isolated import InputArena, Zygote, hidden_files
 from prunegate.runners.base import check_precision
 from prunegate.shifts.rng import task_key
 from prunegate.shifts.textures import TextureFolder, frost_textures_in_use, load_texture_folder
@@ -56,19 +60,25 @@ class Overrides:
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
+    """The policy with the command line's settings in place; `overrides` lists them (the report
+    records them, and `verify --policy` shows them)."""
     models, data, runtime = policy.models, policy.data, policy.runtime
+    overrides: dict[str, object] = dict(policy.overrides)
     for which in ("dense", "pruned"):
         path = getattr(o, which)
         if path is not None:
             spec = models.spec(which)
             models = models.model_copy(update={which: ModelSpec(path=str(Path(path).resolve()), arch=spec.arch)})
+            overrides[f"models.{which}.path"] = str(Path(path).resolve())
     if o.limit is not None:
         data = data.model_copy(update={"limit": o.limit})
+        overrides["data.limit"] = o.limit
     updates = {k: v for k, v in (("device", o.device), ("backend", o.backend), ("batch_size", o.batch_size),
                                  ("workers", o.workers), ("precision", o.precision)) if v is not None}
     runtime = runtime.model_copy(update=updates)
+    overrides.update({f"runtime.{k}": v for k, v in updates.items()})
     result = policy.model_copy(update={"models": models, "data": data, "runtime": runtime})
-    result._file, result._sha256 = policy.file, policy.sha256
+    result._file, result._sha256, result._overrides = policy.file, policy.sha256, overrides
     return result
 
 
@@ -110,6 +120,40 @@ def open_sources(policy: Policy, tasks: list[Task]) -> list[Source]:
             images = CorruptedArrays(folder, task.shift, int(task.param), "suite.corruptions.precomputed")
             sources.append(Source(task.source, images, select(images.labels, policy.data.limit)))
     return sources
+
+
+def input_files(policy: Policy, pruned: Optional[list[Path]] = None) -> dict[str, Path]:
+    """Every file and folder the run reads, by the policy field that names it: what no output
+    may overwrite. `pruned`: the members of `potential` (instead of models.pruned)."""
+    found: dict[str, Path] = {}
+    if policy.file is not None:
+        found["the policy"] = policy.file
+    specs = [("models.dense", policy.models.spec("dense"))]
+    specs += [("models.pruned", policy.models.spec("pruned"))] if pruned is None else \
+        [(f"--pruned.{i}", ModelSpec(path=str(p))) for i, p in enumerate(pruned)]
+    for field, spec in specs:
+        path = policy.resolve(spec.path)
+        found[field] = path
+        if path.suffix.lower() == ".onnx" and path.is_file():
+            from prunegate.runners.onnx import external_locations
+
+            for location in external_locations(path, field):
+                found[f"{field} (its external data {location})"] = path.parent / location
+        module = (spec.arch or "").partition(":")[0]
+        if module.endswith(".py"):
+            found[f"{field}.arch"] = policy.resolve(module)
+    sources = [("data.test", policy.data.test)] + [(f"data.ood.{i}", o) for i, o in enumerate(policy.data.ood)]
+    for field, source in sources:
+        for key in ("path", "labels", "class_names"):
+            value = getattr(source, key)
+            if value:
+                found[f"{field}.{key}"] = policy.resolve(value)
+    corruptions = policy.suite.corruptions
+    for key in ("precomputed", "frost_textures"):
+        value = getattr(corruptions, key, None) if corruptions is not None else None
+        if value:
+            found[f"suite.corruptions.{key}"] = policy.resolve(value)
+    return found
 
 
 def _source_field(name: str, policy: Policy) -> str:
@@ -175,6 +219,15 @@ def corruption_summary(tasks: list[Task], summaries: dict[str, dict]) -> Optiona
             "relative_mce": sum(relatives) / len(relatives) if relatives else None}
 
 
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Keep the pass's progress in `folder` (every few minutes, and when it stops early);
+    `resume`: continue from what is there."""
+
+    folder: Path
+    resume: bool = False
+
+
 @dataclass
 class Setup:
     """Everything the pass needs, loaded and checked against each other before it starts."""
@@ -187,13 +240,29 @@ class Setup:
     classes: int
     world: World = SINGLE
     frost: Optional[TextureFolder] = None  # the policy's frost photographs, if it names some
+    arena: Optional[InputArena] = None  # the models' shared input buffer, when they run isolated
 
-    def evaluate(self, policy: Policy, progress: Optional[ProgressSink] = None):
+    def close(self) -> None:
+        close_runners([self.dense, *self.pruned], self.arena)
+
+    def __enter__(self) -> Setup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def evaluate(self, policy: Policy, progress: Optional[ProgressSink] = None,
+                 checkpoint: Optional[CheckpointPlan] = None):
         """One streaming pass: (a tally dict per pruned model, timings). Under torchrun this
-        process evaluates its part of every source; the tallies come back merged."""
+        process evaluates its part of every source; the tallies come back merged. `checkpoint`:
+        where to keep the pass's progress, and whether to continue from it."""
         runtime = policy.runtime
         for source in self.sources:
             source.part = self.world.part(source.indices)
+        saver, restored = None, None
+        if checkpoint is not None:
+            saver = Checkpoint(checkpoint.folder, self.binding(policy), rank=self.world.rank)
+            restored = saver.restore() if checkpoint.resume else None
         if progress and self.world.is_main:
             progress.start(total_evaluations(self.tasks, self.sources))
         with frost_textures_in_use(self.frost.photos if self.frost else None):
@@ -203,8 +272,31 @@ class Setup:
                 size=policy.models.input.size, seed=policy.suite.seed, batch_size=runtime.batch_size,
                 workers=runtime.workers, max_pixels=policy.data.max_pixels, device=self.device,
                 progress=progress.advance if progress and self.world.is_main else None, world=self.world,
+                classes=self.classes, checkpoint=saver, restored=restored,
             )
+        if saver is not None:
+            saver.discard()
         return family, slowest(timings, self.world)
+
+    def binding(self, policy: Policy) -> dict:
+        """What a checkpoint of this run is bound to (prunegate.checkpoint)."""
+        document = policy.model_dump(mode="json")
+        for setting in ("batch_size", "workers"):  # results do not depend on them: a resumed run may change them
+            document["runtime"].pop(setting, None)
+        document = json.dumps(document, sort_keys=True)
+        binding: dict = {"prunegate": __version__, "policy": hashlib.sha256(document.encode()).hexdigest(),
+                         "processes": self.world.size}
+        for field, runner in [("models.dense", self.dense)] + [(f"models.pruned.{i}", r) for i, r in
+                                                                enumerate(self.pruned)]:
+            info = runner.info
+            binding[field] = {"sha256": info.sha256, "external_data": info.external_data,
+                              "arch": (info.arch_source or {}).get("sha256")}
+            binding[f"{field} backend"] = info.backend
+        for source in self.sources:
+            binding[f"data {source.name}"] = source.images.fingerprint()
+        if self.frost is not None:
+            binding["frost textures"] = self.frost.record.get("sha256")
+        return binding
 
 
 FROST_FIELD = "suite.corruptions.frost_textures"
@@ -233,48 +325,84 @@ def data_records(sources: list[Source], frost: Optional[TextureFolder]) -> list[
 
 
 def prepare(policy: Policy, *, allow_pickle: bool = False, pruned: Optional[list[ModelSpec]] = None,
-            pruned_field: str = "models.pruned", world: World = SINGLE) -> Setup:
+            pruned_field: str = "models.pruned", world: World = SINGLE, key_files: tuple[Path, ...] = (),
+            allow_external_arch: bool = False) -> Setup:
     """Plan, open the data, load the models (the policy's pruned one, or each of `pruned`) and
-    check that they fit: input size, class count, labels."""
+    check that they fit: input size, class count, labels. Each model loads in a sandboxed process
+    of its own (runtime.isolation), which may not read `key_files`."""
     runtime = policy.runtime
+    isolated = runtime.isolation != "off"
+    if isolated:
+        Zygote.shared()  # the models' processes' parent imports torch meanwhile
     tasks = build_plan(policy)
     sources = open_sources(policy, tasks)
     frost = load_frost_textures(policy)
     device = device_for(world, resolve_device(runtime.device, runtime.allow_fallback, file=policy.file))
     check_precision(runtime.precision, device, runtime.backend, file=policy.file)  # per model again, once chosen
+    arena = InputArena() if isolated else None
+    hidden = hidden_files(key_files) if isolated else ()
 
-    def load(spec: ModelSpec, field: str) -> Runner:
-        return load_runner(spec, policy.resolve(spec.path), field, base_dir=policy.base_dir, backend=runtime.backend,
-                           device=device, allow_pickle=allow_pickle, allow_fallback=runtime.allow_fallback,
-                           precision=runtime.precision, channels_last=runtime.channels_last,
-                           input_size=policy.models.input.size, batch_size=runtime.batch_size, settings=policy.file,
-                           gather=(lambda measured: gather_objects(measured, world)) if world.size > 1 else None)
+    def load(spec: ModelSpec, field: str):
+        options = dict(base_dir=policy.base_dir, backend=runtime.backend, device=device, allow_pickle=allow_pickle,
+                       allow_fallback=runtime.allow_fallback, precision=runtime.precision,
+                       channels_last=runtime.channels_last, input_size=policy.models.input.size,
+                       batch_size=runtime.batch_size, settings=policy.file, allow_external_arch=allow_external_arch,
+                       gather=(lambda measured: gather_objects(measured, world)) if world.size > 1 else None)
+        if not isolated:
+            runner = load_runner(spec, policy.resolve(spec.path), field, **options)
+            runner.info.isolation = {"process": False}
+            return runner
+        return start_isolated(spec, policy.resolve(spec.path), field, arena=arena, hidden=hidden,
+                              strict=runtime.isolation == "strict", **options)
 
-    dense = load(policy.models.spec("dense"), "models.dense")
+    wanted = [(policy.models.spec("dense"), "models.dense")]
     if pruned is None:
-        members = [load(policy.models.spec("pruned"), "models.pruned")]
+        wanted.append((policy.models.spec("pruned"), "models.pruned"))
     else:
-        members = [load(spec, f"{pruned_field}.{i}") for i, spec in enumerate(pruned)]
-    size = policy.models.input.size
-    classes = 0
-    for member in members:
-        classes = probe_classes(dense, member, size)
-    for source in sources:
-        check_labels(source, classes, _source_field(source.name, policy))
-    return Setup(tasks, sources, device, dense, members, classes, world, frost=frost)
+        wanted += [(spec, f"{pruned_field}.{i}") for i, spec in enumerate(pruned)]
+    runners: list = []
+    try:
+        for spec, field in wanted:  # model processes start together, then load in order
+            runners.append(load(spec, field))
+        if isolated:
+            runners = [runner.finish_loading() for runner in runners]
+        dense, members = runners[0], runners[1:]
+        size = policy.models.input.size
+        classes = 0
+        for member in members:
+            classes = probe_classes(dense, member, size)
+        for source in sources:
+            check_labels(source, classes, _source_field(source.name, policy))
+    except BaseException:
+        close_runners(runners, arena)
+        raise
+    return Setup(tasks, sources, device, dense, members, classes, world, frost=frost, arena=arena)
+
+
+def close_runners(runners: list, arena: Optional[InputArena]) -> None:
+    """End the models' processes (isolated runners) and free the shared input buffer."""
+    for runner in runners:
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()
+    if arena is not None:
+        arena.close()
 
 
 def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[ProgressSink] = None,
-              world: World = SINGLE) -> Report:
+              world: World = SINGLE, key_files: tuple[Path, ...] = (), allow_external_arch: bool = False,
+              checkpoint: Optional[CheckpointPlan] = None) -> Report:
     """The gate. Under torchrun (`world` of several processes) every process returns the same
-    report; the caller writes it from rank 0."""
+    report; the caller writes it from rank 0. `key_files`: files the models may not read;
+    `checkpoint`: where the pass keeps its progress (and whether to resume from it)."""
     started = dt.datetime.now(dt.timezone.utc)
     clock = time.perf_counter()
     runtime = policy.runtime
-    setup = prepare(policy, allow_pickle=allow_pickle, world=world)
+    with prepare(policy, allow_pickle=allow_pickle, world=world, key_files=key_files,
+                 allow_external_arch=allow_external_arch) as setup:
+        family, timings = setup.evaluate(policy, progress, checkpoint)
     tasks, sources, device, classes = setup.tasks, setup.sources, setup.device, setup.classes
     runners = {"dense": setup.dense, "pruned": setup.pruned[0]}
-    family, timings = setup.evaluate(policy, progress)
     tallies = family[0]
     confidence = policy.gate.confidence or DEFAULT_CONFIDENCE
     summaries, replicates = task_statistics(tasks, sources, tallies, classes, confidence, policy)
@@ -283,18 +411,19 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
         tool={"name": "prunegate", "version": __version__},
         verdict=verdict(results),
         policy={"name": policy.name, "path": str(policy.file) if policy.file else None, "sha256": policy.sha256,
-                "document": policy.model_dump(mode="json")},
+                "document": policy.model_dump(mode="json"), "overrides": policy.overrides},
         models={which: runners[which].info.to_dict() for which in ("dense", "pruned")},
         data=data_records(sources, setup.frost),
         seed=policy.suite.seed,
         options={"device": str(device), "backend": runtime.backend, "precision": runtime.precision,
                  "channels_last": runtime.channels_last, "batch_size": runtime.batch_size,
                  "limit": policy.data.limit, "workers": runtime.workers, "allow_pickle": allow_pickle,
-                 "processes": world.size},
+                 "allow_external_arch": allow_external_arch, "isolation": runtime.isolation, "processes": world.size},
         tasks=[{"name": t.name, "kind": t.kind, "group": t.group, "source": t.source, **summaries[t.name]} for t in tasks],
         rules=[r.to_dict() for r in results],
         confidence=confidence,
         corruption_summary=corruption_summary(tasks, summaries),
+        warnings=nonfinite_warnings(summaries),
         environment=environment(device),
         timing={"started": started.isoformat(timespec="seconds"), "duration_s": round(time.perf_counter() - clock, 3),
                 **{k: round(v, 3) for k, v in timings.items()}},
@@ -302,15 +431,16 @@ def run_check(policy: Policy, *, allow_pickle: bool = False, progress: Optional[
 
 
 def run_potential(policy: Policy, pruned: list[Path], *, delta: float, allow_pickle: bool = False,
-                  progress: Optional[ProgressSink] = None) -> dict:
+                  progress: Optional[ProgressSink] = None, allow_external_arch: bool = False) -> dict:
     """Prune potential of a family: the dense model is evaluated once, every member on the same
     shifted batches. Errors are top-1 errors (1 - accuracy)."""
     from prunegate.potential import Member, analyse
 
     specs = [ModelSpec(path=str(Path(p).resolve()), arch=policy.models.spec("pruned").arch or policy.models.arch)
              for p in pruned]
-    setup = prepare(policy, allow_pickle=allow_pickle, pruned=specs, pruned_field="--pruned")
-    family, timings = setup.evaluate(policy, progress)
+    with prepare(policy, allow_pickle=allow_pickle, pruned=specs, pruned_field="--pruned",
+                 allow_external_arch=allow_external_arch) as setup:
+        family, timings = setup.evaluate(policy, progress)
     dense_errors = {t.name: 1.0 - family[0][t.name].summary(classes=setup.classes)["dense"]["accuracy"] for t in setup.tasks}
     member_errors = [{t.name: 1.0 - tallies[t.name].summary(classes=setup.classes)["pruned"]["accuracy"]
                       for t in setup.tasks} for tallies in family]

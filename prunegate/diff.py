@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from prunegate.errors import printable
 from prunegate.report.render.common import format_metric, rule_status
 from prunegate.report.schema import Report, RuleRecord
 
@@ -186,7 +187,8 @@ def _comparability_notes(old: Report, new: Report) -> list[str]:
 
 
 def render_text(diff: Diff) -> str:
-    """A plain-text account for the terminal: regressions marked ✗, improvements ✓."""
+    """A plain-text account for the terminal: regressions marked ✗, improvements ✓. Each line is
+    printable (rule and task names come from the reports: a control character in one is escaped)."""
 
     def mark(change) -> str:
         return "✗" if change.regression else ("✓" if change.change in ("better", "now passes") else " ")
@@ -208,4 +210,4 @@ def render_text(diff: Diff) -> str:
                   f"{c.delta_text:>10}  {c.change}" for c in changed]
     else:
         lines.append("no task metric changed")
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"

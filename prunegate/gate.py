@@ -23,6 +23,32 @@ from prunegate.policy import Rule
 
 # Accuracies are ratios of counts; a drop of exactly the tolerance must pass despite rounding.
 TOLERANCE = 1e-12
+# A task on which either model gives NaN or infinite logits for more than this fraction of its
+# samples measures nothing: every rule over it fails, whatever its metric says (two models that
+# output only NaN agree perfectly and drop no accuracy).
+NONFINITE_LIMIT = 0.5
+
+
+def nonfinite_share(summary: dict) -> tuple[float, str]:
+    """(the larger share of non-finite outputs of the two models on a task, which model)."""
+    n = max(int(summary.get("n") or 0), 1)
+    shares = {which: summary[which].get("nonfinite", 0) / n for which in ("dense", "pruned") if which in summary}
+    if not shares:
+        return 0.0, ""
+    which = max(shares, key=lambda w: shares[w])
+    return shares[which], which
+
+
+def nonfinite_warnings(summaries: dict[str, dict]) -> list[str]:
+    """One line per task where any output was NaN or infinite (those samples count as wrong)."""
+    lines = []
+    for name, summary in summaries.items():
+        counts = {w: summary[w].get("nonfinite", 0) for w in ("dense", "pruned") if w in summary}
+        found = {w: c for w, c in counts.items() if c}
+        if found:
+            parts = ", ".join(f"{w} {c} of {summary['n']}" for w, c in found.items())
+            lines.append(f"{name}: non-finite logits ({parts}): counted as wrong and disagreeing")
+    return lines
 
 
 def metric_value(summary: dict, metric: str) -> float:
@@ -61,6 +87,7 @@ class RuleResult:
     interval: Optional[dict] = None
     status: str = "pass"
     samples_needed: Optional[int] = None
+    note: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,8 +146,24 @@ def _samples_needed(n: int, value: float, low: float, high: float, comparison: s
 
 
 def evaluate_rule(rule: Rule, evidence: Evidence | dict[str, dict]) -> RuleResult:
-    if not isinstance(evidence, Evidence):
-        evidence = Evidence(evidence)
+    """The rule's result; failed, with a note, when a task it reads has mostly non-finite outputs."""
+    result = _evaluate_rule(rule, evidence if isinstance(evidence, Evidence) else Evidence(evidence))
+    summaries = evidence.summaries if isinstance(evidence, Evidence) else evidence
+    broken = {}
+    for task in result.per_task:
+        share, which = nonfinite_share(summaries[task.task])
+        if share > NONFINITE_LIMIT:
+            broken[task.task] = f"{which} {share:.0%}"
+            task.passed, task.status = False, "fail" if task.status is not None else None
+    if broken:
+        result.passed, result.status, result.samples_needed = False, "fail", None
+        shown = ", ".join(f"{t} ({s})" for t, s in list(broken.items())[:3]) + (" ..." if len(broken) > 3 else "")
+        result.note = (f"failed: most outputs are NaN or infinite on {shown}; a task where a model outputs no "
+                       "numbers measures nothing")
+    return result
+
+
+def _evaluate_rule(rule: Rule, evidence: Evidence) -> RuleResult:
     summaries, confidence = evidence.summaries, evidence.confidence
     comparison = "max" if rule.max is not None else "min"
     threshold = rule.max if rule.max is not None else rule.min

@@ -10,15 +10,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Hashable
+import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from prunegate.errors import PolicyError
+from prunegate.errors import PolicyError, missing_reason
 
 METRICS = {
     # name: (value range, short meaning) — ranges bound the thresholds a rule may set
@@ -45,6 +49,61 @@ def repeated(names: list[str]) -> list[str]:
     return sorted({n for n in names if names.count(n) > 1})
 
 
+def field_error(location: Sequence[Union[str, int]], message: str, value: object) -> ValidationError:
+    """A validation error at `location`, relative to the model (or list) being validated: raised
+    from a validator, pydantic reports it there (e.g. gate.rules.0.max), not where the validator
+    sits (gate.rules.0): a check that looks at several fields still names the one that is wrong."""
+    error = PydanticCustomError("value_error", "{reason}", {"reason": message})
+    return ValidationError.from_exception_data("Policy", [InitErrorDetails(type=error, loc=tuple(location), input=value)])
+
+
+def _unique_names(items: list, what: str) -> None:
+    """Refuse a repeated `name` among `items`, at the repeat's own name field (e.g. gate.rules.2.name)."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        if item.name in first:
+            raise field_error((i, "name"), f"{what} names must be unique: {item.name!r} is also the name of {what} "
+                              f"{first[item.name]}", item.name)
+        first[item.name] = i
+
+
+def _trimmed(name: str) -> str:
+    """A name is compared, matched and shown as written: leading or trailing whitespace would make
+    two names that look the same (or a name that differs from its own display) — refused."""
+    if name != name.strip():
+        raise ValueError(f"a name must not start or end with whitespace (got {name!r})")
+    return name
+
+
+Name = Annotated[str, Field(min_length=1), AfterValidator(_trimmed)]
+
+# The model sees its input normalised in float32: a constant that is another number there (a std
+# of 1e-300 is 0, every input becomes inf and every logit NaN) is refused where it is written.
+FLOAT32_STD_MIN, FLOAT32_LIMIT = 1e-6, 1e6
+
+
+def _in_float32(value: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def _float32_std(std: float) -> float:
+    seen = _in_float32(std)
+    if not _in_float32(FLOAT32_STD_MIN) <= seen <= FLOAT32_LIMIT:  # (the bound rounded as the value is)
+        effect = ("every input would be infinite or NaN" if seen == 0 else "every input would be 0" if seen == np.inf
+                  else f"the inputs would be scaled {'up' if seen < 1 else 'down'} more than {FLOAT32_LIMIT:g} times")
+        raise ValueError(f"a std must be within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32, the precision "
+                         f"the model's input is normalised in: {std!r} is {seen:g} there ({effect})")
+    return std
+
+
+def _float32_mean(mean: float) -> float:
+    if not abs(mean) <= FLOAT32_LIMIT:
+        raise ValueError(f"a mean must be within ±{FLOAT32_LIMIT:g} in float32, the precision the model's input is "
+                         f"normalised in: {mean!r} is {_in_float32(mean):g} there")
+    return mean
+
+
 def _unknown(what: str, name: str, known: list[str]) -> str:
     hint = suggest(name, known)
     return f"unknown {what} {name!r}{f' ({hint})' if hint else ''}; known: {', '.join(known)}"
@@ -56,10 +115,11 @@ class Strict(BaseModel):
 
 class InputSpec(Strict):
     size: int = Field(gt=0, le=4096, description="square input side in pixels")
-    mean: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+    mean: list[Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32_mean)]] = Field(
         [0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel")
-    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field([0.229, 0.224, 0.225], min_length=3,
-                                                                         max_length=3)
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False), AfterValidator(_float32_std)]] = Field(
+        [0.229, 0.224, 0.225], min_length=3, max_length=3,
+        description=f"per RGB channel; within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32")
 
 
 class ModelSpec(Strict):
@@ -93,16 +153,18 @@ class DataSource(Strict):
     labels_key: str = "labels"
 
     @model_validator(mode="after")
-    def _labels_for_npy(self) -> DataSource:
+    def _fields_for_the_format(self) -> DataSource:
         if self.format == "npy" and not self.labels:
-            raise ValueError("format npy needs 'labels': the path of an integer labels .npy file")
+            raise field_error(("labels",), "format npy needs 'labels': the path of an integer labels .npy file",
+                              self.labels)
         if self.class_names and self.format not in ("imagefolder", "imagefolder-flat"):
-            raise ValueError("class_names is for the imagefolder and imagefolder-flat formats")
+            raise field_error(("class_names",), "class_names is for the imagefolder and imagefolder-flat formats",
+                              self.class_names)
         return self
 
 
 class OodSource(DataSource):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Name = Field(pattern=r"^[A-Za-z0-9_.-]+$")
 
 
 class Data(Strict):
@@ -116,16 +178,13 @@ class Data(Strict):
     @field_validator("ood")
     @classmethod
     def _unique_names(cls, ood: list[OodSource]) -> list[OodSource]:
-        names = [o.name for o in ood]
-        duplicates = repeated(names)
-        if duplicates:
-            raise ValueError(f"ood names must be unique; repeated: {', '.join(duplicates)}")
+        _unique_names(ood, "ood set")
         return ood
 
 
 class NoiseSpec(Strict):
     kind: str
-    levels: list[Annotated[float, Field(ge=0.0, le=10.0)]] = Field(min_length=1)
+    levels: list[Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]] = Field(min_length=1)
     draws: int = Field(1, ge=1, le=100, description="independent noise draws per sample")
 
     @field_validator("kind")
@@ -164,9 +223,9 @@ class Corruptions(Strict):
     def _known_names(cls, names: Union[str, list[str]]) -> Union[str, list[str]]:
         from prunegate import shifts
 
-        unknown = [n for n in ([] if names == "all" else names) if n not in shifts.list_shifts()]
-        if unknown:
-            raise ValueError(_unknown("corruption", unknown[0], list(shifts.CORRUPTION_NAMES)))
+        for i, name in enumerate([] if names == "all" else names):
+            if name not in shifts.list_shifts():
+                raise field_error((i,), _unknown("corruption", name, list(shifts.CORRUPTION_NAMES)), name)
         return names
 
     def corruption_names(self) -> list[str]:
@@ -182,22 +241,26 @@ class Suite(Strict):
 
 
 class Rule(Strict):
-    name: str = Field(min_length=1)
+    name: Name
     tasks: Union[str, Annotated[list[str], Field(min_length=1)]] = Field(description="shell-style glob(s) over task names")
     metric: MetricName
     aggregate: Literal["each", "mean", "min", "max"] = "each"
-    max: Optional[float] = None
-    min: Optional[float] = None
+    max: Optional[float] = Field(None, allow_inf_nan=False)
+    min: Optional[float] = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_threshold_in_range(self) -> Rule:
-        if (self.max is None) == (self.min is None):
-            raise ValueError("set exactly one of 'max' or 'min'")
-        threshold = self.max if self.max is not None else self.min
+        if self.max is None and self.min is None:
+            raise ValueError("set one of 'max' or 'min' (the rule's threshold)")
+        if self.max is not None and self.min is not None:
+            raise field_error(("min",), "set exactly one of 'max' or 'min': this rule sets both", self.min)
+        which = "max" if self.max is not None else "min"
+        threshold = getattr(self, which)
         low, high = METRICS[self.metric][0]
         low = max(low, 0.0)  # a negative tolerance would demand the pruned model be better
         if not low <= threshold <= high:
-            raise ValueError(f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]")
+            raise field_error((which,), f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]",
+                              threshold)
         return self
 
     @property
@@ -208,17 +271,14 @@ class Rule(Strict):
 class Gate(Strict):
     rules: list[Rule] = Field(min_length=1)
     confidence: Optional[float] = Field(
-        None, gt=0.5, lt=1.0, description="decide each rule on the conservative end of this two-sided confidence "
+        None, gt=0.5, lt=1.0, allow_inf_nan=False, description="decide each rule on the conservative end of this two-sided confidence "
         "interval (upper bound of a drop, lower bound of an agreement); unset: on the point estimates")
     bootstrap: int = Field(1000, ge=100, le=100_000, description="bootstrap resamples (seeded by suite.seed)")
 
     @field_validator("rules")
     @classmethod
     def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
-        names = [r.name for r in rules]
-        duplicates = repeated(names)
-        if duplicates:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        _unique_names(rules, "rule")
         return rules
 
 
@@ -232,8 +292,12 @@ class Runtime(Strict):
         "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32")
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="channels-last memory format for torch models (auto: on CUDA for models with convolutions)")
+    isolation: Literal["auto", "strict", "off"] = Field(
+        "auto", description="auto: each model runs in a process of its own, sandboxed as far as the kernel allows "
+        "(recorded); strict: refuse to run unless the sandbox is complete; off: in prunegate's own process "
+        "(debugging only: such a report is never signed)")
 
-    @field_validator("channels_last", mode="before")
+    @field_validator("channels_last", "isolation", mode="before")
     @classmethod
     def _yaml_switch(cls, value: object) -> object:
         """YAML 1.1 reads a bare on/off as a boolean: take it as the word it was."""
@@ -242,7 +306,7 @@ class Runtime(Strict):
 
 class Policy(Strict):
     version: Literal[1]
-    name: str = Field(min_length=1)
+    name: Name
     models: Models
     data: Data
     suite: Suite = Suite()
@@ -252,6 +316,7 @@ class Policy(Strict):
 
     _file: Optional[Path] = PrivateAttr(None)
     _sha256: Optional[str] = PrivateAttr(None)
+    _overrides: dict = PrivateAttr(default_factory=dict)  # field -> value the command line set instead
 
     @property
     def file(self) -> Optional[Path]:
@@ -260,6 +325,11 @@ class Policy(Strict):
     @property
     def sha256(self) -> Optional[str]:
         return self._sha256
+
+    @property
+    def overrides(self) -> dict:
+        """What the command line replaced: dotted field -> the value used (see check.apply_overrides)."""
+        return dict(self._overrides)
 
     @property
     def base_dir(self) -> Path:
@@ -272,7 +342,9 @@ class Policy(Strict):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses duplicate keys (YAML would silently keep the last one)."""
+    """safe_load that refuses duplicate keys (YAML would silently keep the last one), and reads
+    numbers in exponent notation without a dot or an exponent sign (1e-2, 1E5, .5e3, +1e-2) as
+    floats, as YAML 1.2 does, rather than as strings (as PyYAML's YAML 1.1 does)."""
 
 
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -292,18 +364,25 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# Only forms with an exponent: those without one (1.5, .5, 10) already resolve as YAML 1.1 says,
+# and a plain integer must stay an int.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _field_path(error: dict, data: object) -> str:
     """The error's dotted location in the user's document. pydantic's own location parts (union
-    members such as 'str' or 'ModelSpec', validator names) are not keys of the document: left out."""
+    members such as 'str' or 'ModelSpec', validator names) are not keys of the document: left out.
+    A last part the document lacks is kept when it is a field there (a required field that is
+    missing, or one a check needs: data.test.labels for format npy)."""
     location, parts, node = error["loc"], [], data
     for i, part in enumerate(location):
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             node = node[part]
-        elif not (error["type"] == "missing" and i == len(location) - 1):
+        elif not (i == len(location) - 1 and (error["type"] == "missing" or part in _fields_at(tuple(location)))):
             continue
         parts.append(str(part))
     return ".".join(parts)
@@ -364,6 +443,9 @@ def _describe(error: dict) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     received = error.get("input")
+    if kind == "finite_number":
+        return ("not a number (NaN): expected a finite number" if received != received
+                else f"expected a finite number, got {received!r}")
     if kind.endswith("_type"):
         if isinstance(received, dict):
             message += " (got a mapping)"
@@ -408,7 +490,7 @@ def load_policy(path: Path | str) -> Policy:
     """Read, parse and validate a policy file."""
     path = Path(path)
     if not path.exists():
-        raise PolicyError("policy file not found", file=path)
+        raise PolicyError(missing_reason(path, "policy file"), file=path)
     if path.is_dir():
         raise PolicyError("is a directory, expected a policy YAML file", file=path)
     try:

@@ -444,11 +444,64 @@ def data_rows() -> list:
         (c.folder / "test_batch.bin").write_bytes(bytes(3073 + 100))
         return c.check(policy), [c.path("test_batch.bin"), "data.test", "3073-byte"]
 
+    # issue #13: links that lead nowhere, bounded decoding
+    def symlink_loop_as_data_path(c: Case):
+        policy = c.policy(data_file="loop.npz")
+        (c.folder / "loop.npz").symlink_to("loop.npz")
+        return c.check(policy), [c.path("loop.npz"), "data.test.path", "is a symbolic link loop"]
+
+    def broken_symlink_as_data_path(c: Case):
+        policy = c.policy(data_file="link.npz")
+        (c.folder / "link.npz").symlink_to("gone.npz")
+        return c.check(policy), [c.path("link.npz"), "data.test.path", "is a broken symbolic link (points to gone.npz)"]
+
+    def broken_symlink_in_image_folder(c: Case):
+        path = c.image_folder({})
+        (c.folder / "images" / "c" / "lost.png").symlink_to("nowhere.png")
+        policy = c.policy(data={"test": {"format": "imagefolder", "path": path}})
+        return c.check(policy), [c.path("images/c/lost.png"), "data.test", "broken symbolic link"]
+
+    def symlink_loop_in_flat_image_folder(c: Case):
+        (c.folder / "flat").mkdir()
+        _png(np.zeros((8, 8, 3), np.uint8), c.folder / "flat" / "good_0.png")
+        (c.folder / "flat" / "loop_1.png").symlink_to("loop_1.png")
+        policy = c.policy(data={"test": {"format": "imagefolder-flat", "path": "flat"}})
+        return c.check(policy), [c.path("flat/loop_1.png"), "data.test", "symbolic link loop"]
+
+    def truncated_npy(c: Case):
+        policy = c.policy(data={"test": {"format": "npy", "path": "x.npy", "labels": "y.npy"}})
+        np.save(c.folder / "x.npy", np.zeros((N, 8, 8, 3), np.uint8))
+        np.save(c.folder / "y.npy", np.arange(N) % 3)
+        _truncate(c.folder / "x.npy", c.folder / "x.npy", 0.9)
+        return c.check(policy), [c.path("x.npy"), "data.test", "header claims shape (12, 8, 8, 3)"]
+
+    def gif_first_frame_over_the_pixel_limit(c: Case):  # a 4 x 4 screen, a 40 x 40 first frame
+        gif = _png(np.zeros((4, 4, 3), np.uint8), fmt="GIF")
+        at = gif.index(b"\x2c\x00\x00\x00\x00\x04\x00\x04\x00")
+        gif = gif[:at] + b"\x2c\x00\x00\x00\x00\x28\x00\x28\x00" + gif[at + 9:]
+        path = c.image_folder({"wide.gif": gif})
+        policy = c.policy(data={"test": {"format": "imagefolder", "path": path}, "max_pixels": 500})
+        return c.check(policy), [c.path("images/c/wide.gif"), "data.test", "1600 pixels", "data.max_pixels"]
+
+    def damaged_compressed_npz_stream(c: Case):  # the member's header is intact: found when the rows are read
+        policy = c.policy()
+        images = np.random.default_rng(0).integers(0, 255, (N, 64, 64, 3), dtype=np.uint8)  # 147 kB of deflate
+        np.savez_compressed(c.folder / "data.npz", images=images, labels=np.arange(N) % 3)
+        with zipfile.ZipFile(c.folder / "data.npz") as archive:
+            info = archive.getinfo("images.npy")
+        raw = bytearray((c.folder / "data.npz").read_bytes())
+        raw[info.header_offset + 100 + info.compress_size // 2] ^= 0xFF
+        (c.folder / "data.npz").write_bytes(bytes(raw))
+        return c.check(policy), [c.path("data.npz"), "data.test", "cannot read the images"]
+
     return [labels_outside_the_classes, negative_label, empty_npz, empty_image_folder, unreadable_image,
             truncated_png, truncated_jpeg, png_with_a_bad_filter_byte, image_over_the_pixel_limit,
             array_images_over_the_pixel_limit,
             mixed_sizes_npz, mixed_sizes_npy, data_not_found, npz_path_is_a_folder, image_folder_path_is_a_file,
-            npy_labels_not_found, npz_not_an_archive, ood_set_not_found, cifar_binary_partial_record]
+            npy_labels_not_found, npz_not_an_archive, ood_set_not_found, cifar_binary_partial_record,
+            symlink_loop_as_data_path, broken_symlink_as_data_path, broken_symlink_in_image_folder,
+            symlink_loop_in_flat_image_folder, truncated_npy, gif_first_frame_over_the_pixel_limit,
+            damaged_compressed_npz_stream]
 
 
 def report_and_key_rows() -> list:
@@ -553,7 +606,81 @@ def report_and_key_rows() -> list:
             verify_key_not_a_key, verify_key_not_found, report_folder_does_not_exist, report_path_is_a_folder]
 
 
-ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows()
+def hardening_rows() -> list:
+    """Issue 13: a control character in a name or value never makes a second line (it is shown
+    escaped); JSON that repeats a key is unreadable; policy errors name the exact field."""
+    from prunegate.errors import printable
+
+    def image_name_with_a_newline(c: Case):
+        path = c.image_folder({"cut\nerror: forged.png": b"\x89PNG\r\n\x1a\n broken"})
+        policy = c.policy(data={"test": {"format": "imagefolder", "path": path}})
+        return c.check(policy), [printable(c.path("images/c/cut\nerror: forged.png")), "data.test",
+                                 "cannot decode image"]
+
+    def data_path_with_escape_sequences(c: Case):
+        policy = c.policy(data_file="\x1b[2J\rgone\u202e.npz")
+        return c.check(policy), [printable(c.path("\x1b[2J\rgone\u202e.npz")), "data.test.path", "not found"]
+
+    def unknown_key_with_an_escape_sequence(c: Case):
+        policy = c.policy(rules=[_rule(max=0.01, **{"tolerance\x1b]0;pwned\x07": 1})])
+        return c.check(policy), [str(policy), "gate.rules.0.tolerance\\x1b]0;pwned\\x07", "unknown field"]
+
+    def key_file_name_with_a_newline(c: Case):
+        policy = c.policy()
+        key = str(c.folder / "k\nerror: forged.pem")
+        return c.check(policy, "--key", key), [printable(key), "--key", "not found"]
+
+    def empty_pt2_model(c: Case):  # torch.export.load logs a 12-line traceback before it raises
+        policy = c.policy(pruned="empty.pt2")
+        (c.folder / "empty.pt2").write_bytes(b"")
+        return c.check(policy), [c.path("empty.pt2"), "models.pruned", "truncated or corrupt"]
+
+    def policy_is_a_symlink_loop(c: Case):
+        loop = c.folder / "policy.yaml"
+        loop.symlink_to(loop)
+        return c.check(loop), [str(loop), "symbolic link loop"]
+
+    def policy_is_a_dangling_symlink(c: Case):
+        link = c.folder / "policy.yaml"
+        link.symlink_to(c.folder / "gone.yaml")
+        return c.check(link), [str(link), "broken symbolic link", "gone.yaml"]
+
+    def nan_confidence(c: Case):
+        policy = c.policy(gate={"confidence": float("nan")})
+        return c.check(policy), [str(policy), "gate.confidence", "not a number"]
+
+    def negative_tolerance_names_the_field(c: Case):
+        policy = c.policy(rules=[_rule(max=-0.01)])
+        return c.check(policy), [str(policy), "gate.rules.0.max:", "-0.01"]
+
+    def rule_names_that_differ_by_whitespace(c: Case):
+        policy = c.policy(rules=[_rule(max=0.01), _rule(name="clean drop ", max=0.02)])
+        return c.check(policy), [str(policy), "gate.rules.1.name", "whitespace"]
+
+    def std_that_is_zero_in_float32(c: Case):
+        policy = c.policy(models={"input": {"size": 8, "std": [1.0e-300, 1.0, 1.0]}})
+        return c.check(policy), [str(policy), "models.input.std.0", "float32"]
+
+    def verify_envelope_with_a_repeated_key(c: Case):
+        (c.folder / "report.json").write_text('{"payloadType": "application/vnd.in-toto+json", "payload": "e30=", '
+                                              '"payload": "e30=", "signatures": []}')
+        c.copy("key.pub")
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], \
+            [str(c.folder / "report.json"), "repeats the key 'payload'"]
+
+    def show_payload_with_a_repeated_key(c: Case):
+        (c.folder / "report.json").write_text(_envelope(b'{"predicateType": "x", "predicateType": '
+                                                        b'"https://prunegate.dev/report/v1"}'))
+        return ["report", "show", str(c.folder / "report.json")], \
+            [str(c.folder / "report.json"), "payload", "repeats the key 'predicateType'"]
+
+    return [image_name_with_a_newline, data_path_with_escape_sequences, unknown_key_with_an_escape_sequence,
+            key_file_name_with_a_newline, empty_pt2_model, policy_is_a_symlink_loop, policy_is_a_dangling_symlink,
+            nan_confidence, negative_tolerance_names_the_field, rule_names_that_differ_by_whitespace,
+            std_that_is_zero_in_float32, verify_envelope_with_a_repeated_key, show_payload_with_a_repeated_key]
+
+
+ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows() + hardening_rows()
 
 
 @pytest.mark.parametrize("build", ROWS, ids=[row.__name__ for row in ROWS])

@@ -284,29 +284,76 @@ def test_progress_lines_for_logs_give_percent_and_eta(capsys) -> None:
     assert "progress: 25% (50/200 evaluations)" in err and "left" in err
 
 
-def test_ctrl_c_stops_cleanly_and_writes_nothing(tmp_path: Path, gate_case) -> None:
+def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tuple[int, str]:
+    """Start `check` in a process of its own, send `signum` once the pass has started."""
     import os
-    import signal
     import subprocess
     import sys
 
-    # enough work to be interrupted mid-pass: 400 images x 3 noise levels x 20 draws, batch 4
-    policy = gate_case("same", n=400, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 20}]},
-                       runtime={"batch_size": 4})
+    env = {**os.environ, "PRUNEGATE_PROGRESS_SECONDS": "0.5", "PRUNEGATE_CHECKPOINT_SECONDS": "0.5"}
+    process = subprocess.Popen([sys.executable, "-m", "prunegate", "check", "--policy", str(policy), "-o", str(report),
+                                *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stderr is not None
+    seen = 0
+    for line in process.stderr:  # the pass has started once progress lines appear
+        seen += line.startswith("progress:")
+        if seen >= 2:
+            break
+    assert seen >= 2 and process.poll() is None, "finished before it could be stopped"
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_stopped_check_exits_cleanly_keeps_its_progress_and_resumes_to_the_same_report(how, tmp_path: Path, capsys,
+                                                                                         gate_case) -> None:
+    """Ctrl-C (130) and SIGTERM (143) stop cleanly: no report, a checkpoint beside where it would
+    be; `--resume` continues to the predicate an uninterrupted run gives (timing apart)."""
+    import signal
+
+    # enough work to be stopped mid-pass: 200 images x 3 noise levels x 12 draws, batch 4
+    policy = gate_case("same", n=200, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
+                       runtime={"batch_size": 4, "backend": "torch"})
     report = tmp_path / "out" / "report.json"
     report.parent.mkdir()
-    env = {**os.environ, "PRUNEGATE_PROGRESS_SECONDS": "0.5"}
-    process = subprocess.Popen([sys.executable, "-m", "prunegate", "check", "--policy", str(policy), "-o", str(report)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    first = process.stderr.readline()  # the pass has started once a progress line appears
-    while first and not first.startswith("progress:"):
-        first = process.stderr.readline()
-    assert first.startswith("progress:") and process.poll() is None, "finished before it could be interrupted"
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "interrupted: nothing was written" in err and "Traceback" not in err
-    assert list(report.parent.iterdir()) == []
+    code, err = _start_and_stop(policy, report, getattr(signal, how))
+    assert code == (130 if how == "SIGINT" else 143), err
+    assert ("interrupted" if how == "SIGINT" else "terminated (SIGTERM)") in err and "Traceback" not in err
+    assert "--resume" in err
+    assert [p.name for p in report.parent.iterdir()] == ["report.json.partial"]
+    assert [p.name for p in (report.parent / "report.json.partial").iterdir()] == ["rank-0.pt"]
+
+    code, _, err = run(capsys, "check", "--policy", policy, "-o", report, "--resume", "--batch-size", "7")
+    assert code == 0, err
+    assert [p.name for p in report.parent.iterdir()] == ["report.json"]  # the checkpoint has served
+    fresh = tmp_path / "fresh.json"
+    assert run(capsys, "check", "--policy", policy, "-o", fresh)[0] == 0
+    resumed, whole = statement_of(report)["predicate"], statement_of(fresh)["predicate"]
+    for predicate in (resumed, whole):
+        predicate.pop("timing")
+        predicate["options"].pop("batch_size")
+        predicate["policy"]["document"]["runtime"].pop("batch_size")
+        predicate["policy"].pop("overrides")
+    assert resumed == whole
+
+
+def test_resume_is_refused_without_a_checkpoint_or_for_another_run(tmp_path: Path, capsys, gate_case, colour_net,
+                                                                   save_torchscript) -> None:
+    import signal
+
+    policy = gate_case("same", n=200, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
+                       runtime={"batch_size": 4, "backend": "torch"})
+    report = tmp_path / "report.json"
+    code, _, err = run(capsys, "check", "--policy", policy, "-o", report, "--resume")
+    assert code == 2 and "nothing to resume" in err and "--resume" in err
+    assert _start_and_stop(policy, report, signal.SIGINT)[0] == 130
+    save_torchscript(colour_net(jitter=0.2, seed=5), policy.parent / "pruned.pt")  # another pruned model
+    code, _, err = run(capsys, "check", "--policy", policy, "-o", report, "--resume")
+    assert code == 2, err
+    [line] = error_lines(err)
+    assert "models.pruned.0" in line and "refusing to resume" in line and "rank-0.pt" in line
+    assert not report.exists()
 
 
 def test_check_with_frost_photographs_records_them_in_the_report(tmp_path: Path, capsys, gate_case) -> None:
@@ -330,3 +377,93 @@ def test_check_with_frost_photographs_records_them_in_the_report(tmp_path: Path,
     from prunegate.shifts import textures
 
     assert textures._user_textures is None  # the run's photographs do not outlive it
+
+
+# --- every message is one line: control characters escaped (issue 13) ---------------------------
+
+
+def test_a_file_name_with_control_characters_makes_one_escaped_error_line(tmp_path: Path, capsys) -> None:
+    name = "p\x1b[2J\rolicy\u202e\x85\nerror: forged.yaml"
+    code, out, err = run(capsys, "policy", "validate", tmp_path / name)
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"error: {tmp_path}/p\\x1b[2J\\rolicy\\u202e\\x85\\nerror: forged.yaml: "
+                                "policy file not found"]
+
+
+def test_usage_errors_are_escaped_too(capsys) -> None:
+    code, _, err = run(capsys, "check", "--bogus\x1b]0;title\x07")
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b]0;title\\x07" in err
+
+
+def test_an_internal_error_is_one_escaped_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    import prunegate.policy
+
+    def broken(path):
+        raise RuntimeError("boom\x1b[2J\u2028second\nthird")
+
+    monkeypatch.setattr(prunegate.policy, "load_policy", broken)
+    code, _, err = run(capsys, "policy", "validate", tmp_path / "p.yaml")
+    assert code == 3 and len(err.splitlines()) == 1  # (the first line of the message: \u2028 ends it)
+    assert err.startswith("internal error: RuntimeError: boom\\x1b[2J (re-run with --debug")
+
+
+def test_the_printable_helper_escapes_what_a_terminal_would_act_on() -> None:
+    from prunegate.errors import printable
+
+    assert printable("plain/ünïcode name.png") == "plain/ünïcode name.png"
+    assert printable("a\nb\r\tc\x00\x1b\x7f\x9b") == "a\\nb\\r\\tc\\x00\\x1b\\x7f\\x9b"
+    assert printable("\u2028\u2029\u202a\u202e\u2066\u2069") == "\\u2028\\u2029\\u202a\\u202e\\u2066\\u2069"
+    assert printable("\udcff") == "\\udcff"  # a name that is not UTF-8 (surrogate-escaped by the OS)
+    for text in ("a\nb\x1b[2J", "\\x1b", "\u202e"):
+        assert printable(printable(text)) == printable(text)
+        assert len(printable(text).splitlines()) == 1
+
+
+def test_a_zero_byte_pt2_model_prints_only_the_one_error_line(tmp_path: Path, gate_case, write_policy) -> None:
+    """torch.export.load logs a warning with a 12-line traceback (logger torch.export, its own
+    handler on stderr) before it raises: only prunegate's error line may reach the user."""
+    import subprocess
+    import sys
+
+    policy = write_policy(gate_case().parent / "policy.yaml", pruned="empty.pt2")
+    (tmp_path / "empty.pt2").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "prunegate", "check", "-p", str(policy), "-o",
+                             str(tmp_path / "report.json")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert str(tmp_path / "empty.pt2") in lines[0] and "models.pruned" in lines[0]
+
+
+def test_torch_export_load_logs_nothing_for_a_damaged_archive(tmp_path: Path) -> None:
+    import logging
+
+    from prunegate.errors import ModelError
+    from prunegate.runners.torch import load_torch_module
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    path = tmp_path / "empty.pt2"
+    path.write_bytes(b"")
+    handler, logger = Collect(), logging.getLogger("torch.export")
+    logger.addHandler(handler)
+    prunegate_logger = logging.getLogger("prunegate")
+    level = prunegate_logger.level
+    prunegate_logger.setLevel(logging.WARNING)
+    try:
+        with pytest.raises(ModelError, match="truncated or corrupt"):
+            load_torch_module(path, "models.pruned", None, tmp_path, False)
+        assert records == []
+        prunegate_logger.setLevel(logging.DEBUG)  # --debug: torch's own account is shown
+        with pytest.raises(ModelError):
+            load_torch_module(path, "models.pruned", None, tmp_path, False)
+        assert records and "deserializing" in records[0].getMessage()
+    finally:
+        logger.removeHandler(handler)
+        prunegate_logger.setLevel(level)
+    assert logger.level == logging.NOTSET  # restored

@@ -170,3 +170,44 @@ def test_manifest_digest_pins_indices_and_contents() -> None:
     assert base != digest([0, 1, 3], {0: "a", 1: "b", 3: "c"})
     manifest = Manifest({"format": "memory", "size": 5}, np.asarray([0, 1]))
     assert manifest.to_dict()["used"] == 2 and manifest.to_dict()["size"] == 5
+
+
+# --- require_path: links that lead nowhere are named as such, not "not found" (issue #13) -------
+
+import os  # noqa: E402
+
+from prunegate.data.base import require_path  # noqa: E402
+
+
+@pytest.mark.parametrize("directory", [False, True])
+def test_require_path_names_a_link_loop_and_a_broken_link(tmp_path: Path, directory: bool) -> None:
+    loop, broken = tmp_path / "loop", tmp_path / "broken.npz"
+    os.symlink("loop", loop)
+    os.symlink(tmp_path / "gone.npz", broken)
+    with pytest.raises(DataError) as caught:
+        require_path(loop, "data.test.path", directory=directory)
+    assert caught.value.file == str(loop) and caught.value.detail == "is a symbolic link loop"
+    with pytest.raises(DataError) as caught:
+        require_path(broken, "data.test.path", directory=directory)
+    assert caught.value.detail == f"is a broken symbolic link (points to {tmp_path / 'gone.npz'})"
+    assert caught.value.field == "data.test.path"
+
+
+def test_require_path_names_a_dead_link_above_the_path(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "unmounted", tmp_path / "data")
+    with pytest.raises(DataError) as caught:
+        require_path(tmp_path / "data" / "x.npz", "data.test.path", directory=False)
+    assert caught.value.file == str(tmp_path / "data" / "x.npz")
+    assert caught.value.detail == (f"not found: the folder {tmp_path / 'data'} is a broken symbolic link "
+                                   f"(points to {tmp_path / 'unmounted'})")
+
+
+def test_require_path_follows_good_links_and_still_says_not_found(tmp_path: Path) -> None:
+    (tmp_path / "real.npz").write_bytes(b"x")
+    os.symlink("real.npz", tmp_path / "link.npz")
+    require_path(tmp_path / "link.npz", "data.test.path", directory=False)
+    with pytest.raises(DataError, match="expected a folder"):
+        require_path(tmp_path / "link.npz", "data.test.path", directory=True)
+    with pytest.raises(DataError) as caught:
+        require_path(tmp_path / "absent.npz", "data.test.path", directory=False)
+    assert caught.value.detail == "not found"

@@ -243,3 +243,161 @@ def test_a_folder_missing_from_the_class_names_is_named(folder: Path, tmp_path: 
 def test_class_names_only_for_image_folders() -> None:
     with pytest.raises(ValueError, match="class_names is for the imagefolder"):
         DataSource(format="npz", path="x.npz", class_names="classes.txt")
+
+
+# --- multi-frame images: only the first frame is decoded (issue #13) ---------------------------
+
+import io  # noqa: E402
+import os  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from prunegate.data import imagefolder as imagefolder_module  # noqa: E402
+
+
+def many_frame_gif(side: int, frames: int) -> bytes:
+    """A side x side GIF of `frames` frames, every frame after the first a 1 x 1 patch: a few KB
+    on disk, frames x side x side x 3 bytes to a decoder that composes every frame (torchvision's
+    decode_image: 900 MB for 300 frames of 1000 px)."""
+    first = io.BytesIO()
+    PIL.Image.new("L", (side, side), 0).save(first, format="GIF")
+    assert first.getvalue().endswith(b";")
+    patch = (b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control extension: 10 ms
+             + b"\x2c" + struct.pack("<4H", 0, 0, 1, 1) + b"\x00"  # image descriptor: 1 x 1 at (0, 0)
+             + b"\x02\x02\x4c\x01\x00")  # LZW, minimum code size 2: clear, pixel 1, end
+    return first.getvalue()[:-1] + patch * (frames - 1) + b";"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the peak resident set from /proc")
+def test_a_many_frame_gif_decodes_its_first_frame_only(tmp_path: Path) -> None:
+    """Peak memory of a fresh process (VmHWM, reset just before: C decoders' allocations count,
+    which tracemalloc does not see) while reading a 300-frame 1000 x 1000 GIF, named .gif and .jpg."""
+    gif = many_frame_gif(1000, 300)
+    with PIL.Image.open(io.BytesIO(gif)) as check:
+        assert check.n_frames == 300 and check.size == (1000, 1000)
+    (tmp_path / "set" / "c").mkdir(parents=True)
+    (tmp_path / "set" / "c" / "a.gif").write_bytes(gif)
+    (tmp_path / "set" / "c" / "b.jpg").write_bytes(gif)  # the decoder follows the content, not the name
+    script = ("import re, sys\nfrom pathlib import Path\nfrom prunegate.data.imagefolder import ImageFolder\n"
+              "images = ImageFolder(Path(sys.argv[1]), 'data.test')\n"
+              "def peak():  # VmHWM, the peak resident set, in KiB\n"
+              "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "def current():\n"
+              "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "open('/proc/self/clear_refs', 'w').write('5')  # the peak starts again from now\n"
+              "before = current()\n"
+              "pictures, _ = images.read([0, 1], 10**9)\n"
+              "grown = (peak() - before) / 1024\n"
+              "print(([tuple(p.shape) for p in pictures], grown))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "set")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    shapes, grown_mb = eval(done.stdout.strip().splitlines()[-1])
+    assert shapes == [(1000, 1000, 3)] * 2
+    assert grown_mb < 150, grown_mb  # 13 MB measured; every frame: 900 MB
+
+
+def frames_file(fmt: str, colours: list[tuple[int, int, int]]) -> bytes:
+    frames = [PIL.Image.new("RGB", (7, 6), colour) for colour in colours]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:],
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("GIF", "a.gif"), ("WEBP", "a.webp"), ("PNG", "a.png"),
+                                           ("TIFF", "a.tif"), ("GIF", "a.jpg"), ("PNG", "a.jpeg")])
+def test_multi_frame_files_give_their_first_frame_decoded_by_pillow(tmp_path: Path, monkeypatch, fmt: str,
+                                                                    name: str) -> None:
+    raw = frames_file(fmt, [(200, 0, 0), (0, 200, 0), (0, 0, 200)])
+    with PIL.Image.open(io.BytesIO(raw)) as check:
+        assert check.n_frames == 3
+    (tmp_path / "set" / "c").mkdir(parents=True)
+    (tmp_path / "set" / "c" / name).write_bytes(raw)
+    calls = []
+    monkeypatch.setattr(imagefolder_module, "decode_jpeg", lambda *a, **k: calls.append(a))  # JPEG data only
+    picture = ImageFolder(tmp_path / "set", "data.test").read([0], BIG)[0][0]
+    assert picture.shape == (6, 7, 3) and calls == []
+    assert abs(int(picture[0, 0, 0]) - 200) <= 4 and int(picture[0, 0, 1:].max()) <= 4
+
+
+def test_jpeg_data_goes_to_torchvisions_decoder_whatever_its_name(tmp_path: Path, monkeypatch) -> None:
+    file = save(tmp_path / "set" / "c" / "a.png", random_rgb(3), format="JPEG", quality=90)
+    calls = []
+    real = imagefolder_module.decode_jpeg
+    monkeypatch.setattr(imagefolder_module, "decode_jpeg", lambda *a, **k: calls.append(1) or real(*a, **k))
+    picture = ImageFolder(tmp_path / "set", "data.test").read([0], BIG)[0][0]
+    assert calls == [1] and np.abs(picture.numpy().astype(int) - pil_rgb(file)).max() <= 2
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "TGA", "PCX"])
+def test_formats_the_suffixes_do_not_name_are_not_decoded(tmp_path: Path, fmt: str) -> None:
+    """Pillow would try its ~40 readers on any content (some with their own bombs or helpers)."""
+    file = save(tmp_path / "set" / "c" / "a.png", random_rgb(4), format=fmt)
+    with pytest.raises(DataError, match="cannot decode image") as caught:
+        ImageFolder(tmp_path / "set", "data.test").read([0], BIG)
+    assert caught.value.file == str(file) and "not a PNG, JPEG, GIF, WebP, BMP or TIFF image" in caught.value.detail
+    assert "0x" not in caught.value.detail  # not "<_io.BytesIO object at 0x7f...>"
+
+
+def test_a_gif_whose_first_frame_is_larger_than_its_screen_is_bounded_by_the_frame(tmp_path: Path) -> None:
+    """The logical screen says 4 x 4; the first frame's descriptor says 40 x 40 (Pillow widens the
+    canvas to it): the 1600 pixels are what max_pixels is checked against."""
+    buffer = io.BytesIO()
+    PIL.Image.new("L", (4, 4), 0).save(buffer, format="GIF")
+    raw = buffer.getvalue()
+    at = raw.index(b"\x2c\x00\x00\x00\x00\x04\x00\x04\x00")
+    wide = raw[:at] + b"\x2c\x00\x00\x00\x00" + struct.pack("<2H", 40, 40) + raw[at + 9:]
+    (tmp_path / "set" / "c").mkdir(parents=True)
+    (tmp_path / "set" / "c" / "wide.gif").write_bytes(wide)
+    with pytest.raises(DataError, match="1600 pixels, over the limit of 1000"):
+        ImageFolder(tmp_path / "set", "data.test").read([0], 1000)
+
+
+# --- symbolic links that lead nowhere are errors, not skipped files (issue #13) -----------------
+
+
+@pytest.mark.parametrize("kind", ["broken", "loop"])
+@pytest.mark.parametrize("layout", ["imagefolder", "imagefolder-flat", "class folder"])
+def test_a_dead_link_where_an_image_or_class_could_be_is_a_data_error(tmp_path: Path, kind: str, layout: str) -> None:
+    root = tmp_path / "set"
+    images = root if layout == "imagefolder-flat" else root / "c"
+    save(images / "good_0.png", random_rgb(0))
+    link = (root if layout == "class folder" else images) / ("dogs" if layout == "class folder" else "gone_1.png")
+    os.symlink(link.name if kind == "loop" else tmp_path / "nowhere.png", link)
+    reader = FlatImageFolder if layout == "imagefolder-flat" else ImageFolder
+    with pytest.raises(DataError) as caught:
+        reader(root, "data.test")
+    assert caught.value.file == str(link) and caught.value.field == "data.test"
+    gone = tmp_path / "nowhere.png"
+    expected = "symbolic link loop" if kind == "loop" else f"broken symbolic link (points to {gone})"
+    assert expected in caught.value.detail
+
+
+def test_links_to_real_images_and_folders_are_read_and_dead_links_to_other_files_ignored(tmp_path: Path) -> None:
+    elsewhere = save(tmp_path / "elsewhere" / "real.png", random_rgb(5))
+    root = tmp_path / "set"
+    save(root / "a" / "own.png", random_rgb(6))
+    os.symlink(elsewhere, root / "a" / "linked.png")
+    os.symlink(tmp_path / "elsewhere", root / "b")  # a class folder that is a link
+    os.symlink(tmp_path / "nowhere.txt", root / "a" / "notes.txt")  # not an image name: not an image lost
+    images = ImageFolder(root, "data.test")
+    assert [f.relative_to(root).as_posix() for f in images.files] == ["a/linked.png", "a/own.png", "b/real.png"]
+    pictures, _ = images.read([0, 2], BIG)
+    assert np.array_equal(pictures[0].numpy(), random_rgb(5)) and np.array_equal(pictures[1].numpy(), random_rgb(5))
+
+
+def test_an_unlistable_class_folder_is_a_data_error(tmp_path: Path, monkeypatch) -> None:
+    save(tmp_path / "set" / "c" / "a.png", random_rgb(0))
+    listing = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "c":
+            raise PermissionError(13, "Permission denied")
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(DataError, match="cannot list the folder \\(Permission denied\\)") as caught:
+        ImageFolder(tmp_path / "set", "data.test")
+    assert caught.value.file == str(tmp_path / "set" / "c")

@@ -29,7 +29,7 @@ DRAWS = {"noise/gaussian/0.1": 3}
 TIME_FIELDS = ["timing.started", "timing.duration_s", "timing.data_s", "timing.shift_s", "timing.models_s"]
 # Fields that record the run options themselves, which the comparisons across options vary.
 OPTION_FIELDS = ["options.batch_size", "policy.document.runtime.batch_size",
-                 "options.workers", "policy.document.runtime.workers"]
+                 "options.workers", "policy.document.runtime.workers", "policy.overrides"]
 
 
 @pytest.fixture(scope="module")

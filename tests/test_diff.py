@@ -114,3 +114,18 @@ def test_diff_command_exit_codes(tmp_path, capsys, base, write_report) -> None:
     assert capsys.readouterr().out.startswith("## ❌ prunegate diff")
     assert main(["diff", str(old), str(tmp_path / "missing.json")]) == 2
     assert main(["diff", str(old), str(same), "--margin", "2"]) == 2
+
+
+def test_names_with_control_characters_stay_on_their_line(base) -> None:
+    """Rule and task names come from the reports: in the text and Markdown diffs a line break, an
+    escape sequence or a bidi override in one is shown escaped, not acted on."""
+    hostile = "clean\x1b[2J\r\nerror: forged\u202e"
+    tasks = [t.model_copy(update={"name": hostile}) if t.name == "clean" else t for t in base.tasks]
+    rules = [r.model_copy(update={"name": f"{r.name}\x1b[31m\u2028"}) for r in base.rules]
+    old = base.model_copy(update={"tasks": tasks, "rules": rules})
+    new = with_task(old, hostile, agreement=base.tasks[0].agreement - 0.05)
+    result = compare(old, new)
+    for text in (render_text(result), render_diff(result)):
+        assert "\x1b" not in text and "\r" not in text and "\u202e" not in text and "\u2028" not in text
+        assert not any(line.startswith("error: forged") for line in text.splitlines())
+    assert "clean\\x1b[2J\\r\\nerror: forged\\u202e" in render_text(result)

@@ -206,10 +206,12 @@ npy_files = st.builds(
 )
 
 
-def valid_npz() -> bytes:
+def valid_npz(compressed: bool = False) -> bytes:
+    """Stored members are memory-mapped, compressed ones streamed: both readers are fuzzed."""
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
-    np.savez(buffer, images=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), labels=np.arange(4))
+    (np.savez_compressed if compressed else np.savez)(
+        buffer, images=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), labels=np.arange(4))
     return buffer.getvalue()
 
 
@@ -250,6 +252,12 @@ UNCLOSED_HEADER = b"\x93NUMPY\x01\x00\x10\x00{'descr': '|u1'\n"  # ... and Synta
 @example(raw=zip_of({"images.npy": UNCLOSED_HEADER, "labels.npy": UNCLOSED_HEADER}))
 @example(raw=zip_of({"images.npy": npy_bytes([10**12, 8, 8, 3], "|u1", False, b""),  # a header claiming 192 TB
                      "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
+@example(raw=zip_of({"images.npy": npy_bytes([2, 8, 8, 3], "|u1", True, bytes(384)),  # Fortran order, memory-mapped
+                     "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
+@example(raw=zip_of({"images.npy": npy_bytes([2, -1, -1, 3], "|u1", False, bytes(6)),  # 6 bytes, if -1 x -1 were 1
+                     "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
+@example(raw=valid_npz(compressed=True)[:-30])  # the central directory cut
+@example(raw=valid_npz(compressed=True))
 def test_npz_reader_on_arbitrary_bytes(scratch: Path, raw: bytes) -> None:
     path = scratch / "data.npz"
     path.write_bytes(raw)
@@ -260,7 +268,7 @@ def test_npz_reader_on_arbitrary_bytes(scratch: Path, raw: bytes) -> None:
 @given(data=st.data())
 def test_npz_reader_on_damaged_archives(scratch: Path, data) -> None:
     path = scratch / "damaged.npz"
-    path.write_bytes(mutate_bytes(data, valid_npz()))
+    path.write_bytes(mutate_bytes(data, valid_npz(data.draw(st.booleans(), label="compressed"))))
     expect_data_error_or_images(lambda: NpzImages(path, "data.test"))
 
 
@@ -309,12 +317,14 @@ def picture(fmt: str, mode: str = "RGB", frames: int = 1) -> bytes:
 
 
 SEEDS = {  # suffix -> valid files of that format to mutate
-    ".png": [picture("PNG"), picture("PNG", "LA"), picture("PNG", "P"), picture("PNG", "I;16"), picture("PNG", "1")],
-    ".jpg": [picture("JPEG"), picture("JPEG", "L"), picture("JPEG", "CMYK")],
+    ".png": [picture("PNG"), picture("PNG", "LA"), picture("PNG", "P"), picture("PNG", "I;16"), picture("PNG", "1"),
+             picture("PNG", frames=3)],  # APNG
+    ".jpg": [picture("JPEG"), picture("JPEG", "L"), picture("JPEG", "CMYK"),
+             picture("GIF", frames=3)],  # decoded by its content, whatever its name
     ".gif": [picture("GIF"), picture("GIF", frames=3)],
     ".bmp": [picture("BMP"), picture("BMP", "P")],
-    ".webp": [picture("WEBP")],
-    ".tiff": [picture("TIFF"), picture("TIFF", "I;16")],
+    ".webp": [picture("WEBP"), picture("WEBP", frames=3)],
+    ".tiff": [picture("TIFF"), picture("TIFF", "I;16"), picture("TIFF", frames=3)],
 }
 
 
@@ -513,3 +523,134 @@ def test_verify_and_report_show_never_crash_on_edited_reports(signed, data, caps
     assert main(["report", "show", str(path)]) in (0, 2)
     assert main(["report", "show", "--json", str(path)]) in (0, 2)
     capsys.readouterr()
+
+
+# --- issue 13: JSON that repeats a key; control characters in what is printed ---------------------
+
+from prunegate.errors import printable  # noqa: E402
+
+HOSTILE_CHARS = ["\n", "\r", "\t", "\x00", "\x07", "\x1b", "\x1b[2J", "\x7f", "\x85", "\x9b", "\u2028", "\u2029",
+                 "\u202e", "\u2066", "[bold red]", "[/]", "error: ", "a", " ", "/", "é"]
+hostile_text = st.lists(st.sampled_from(HOSTILE_CHARS), min_size=1, max_size=6).map("".join)
+UNPRINTABLE = [chr(c) for c in [*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029, *range(0x202a, 0x202f),
+                                *range(0x2066, 0x206a)]]
+
+
+def one_clean_line(text: str) -> bool:
+    return len(text.splitlines()) <= 1 and not any(c in text for c in UNPRINTABLE)
+
+
+@FUZZ
+@given(text=st.one_of(st.text(max_size=40), hostile_text))
+def test_printable_leaves_one_line_without_controls_and_is_idempotent(text: str) -> None:
+    shown = printable(text)
+    assert one_clean_line(shown) and printable(shown) == shown
+    if one_clean_line(text):
+        assert shown == text  # what is printable already is left alone
+
+
+def objects_of(node, prefix=()) -> list[tuple]:
+    """The locations of every JSON object in `node`."""
+    return [p for p in paths_of(node, prefix) if isinstance(_at(node, p), dict)]
+
+
+def _at(node, where: tuple):
+    for part in where:
+        node = node[part]
+    return node
+
+
+def dumps_repeating(node, where: tuple, key: str, value, first: bool, here: tuple = ()) -> str:
+    """JSON of `node` in which the object at `where` names `key` twice: `value` first (a forgery
+    ahead of the genuine value, which Python's json would keep) or last."""
+    if isinstance(node, dict):
+        pairs = [(k, dumps_repeating(v, where, key, value, first, here + (k,))) for k, v in node.items()]
+        if here == where:
+            extra = (key, json.dumps(value))
+            if key not in node:
+                pairs.append((key, json.dumps(value)))
+            pairs.insert(0 if first else len(pairs), extra)
+        return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in pairs) + "}"
+    if isinstance(node, list):
+        return "[" + ", ".join(dumps_repeating(v, where, key, value, first, here + (i,)) for i, v in enumerate(node)) + "]"
+    return json.dumps(node)
+
+
+json_values = st.recursive(  # what JSON can hold: no NaN or infinities (those are refused on their own)
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+              st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8)
+
+
+def repeated_key(data, document) -> tuple[str, str]:
+    """(JSON text of `document` with one object repeating a key, that key)."""
+    where = data.draw(st.sampled_from(objects_of(document)), label="object")
+    existing = list(_at(document, where))
+    key = data.draw(st.sampled_from(existing) if existing and data.draw(st.booleans(), label="existing key")
+                    else st.text(max_size=6), label="key")
+    text = dumps_repeating(document, where, key, data.draw(json_values, label="forged value"),
+                           data.draw(st.booleans(), label="forgery first"))
+    return text, key
+
+
+@FUZZ
+@given(data=st.data())
+def test_an_envelope_that_repeats_a_key_is_unreadable(signed, data) -> None:
+    key, text, _ = signed
+    doubled, repeated = repeated_key(data, json.loads(text))
+    for read in (parse_envelope, read_envelope):
+        with pytest.raises(ReportError) as caught:
+            read(doubled, "r.json")
+        assert str(caught.value).startswith("r.json: ")
+        assert printable(f"the envelope repeats the key {repeated!r}") in str(caught.value)
+
+
+@settings(FEW, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_signed_payload_that_repeats_a_key_is_unreadable(signed, data, capsys) -> None:
+    """The signature over such a payload is fine; what it says is not one thing: exit 2, one line."""
+    from prunegate.cli import main
+
+    key, text, folder = signed
+    statement = json.loads(base64.b64decode(json.loads(text)["payload"]))
+    doubled, repeated = repeated_key(data, statement)
+    envelope_text = json.dumps(sign(doubled.encode(), key))
+    with pytest.raises(ReportError) as caught:
+        parse_envelope(envelope_text, "r.json")
+    assert printable(f"the payload repeats the key {repeated!r}") in str(caught.value)
+    path = folder / "doubled.json"
+    path.write_text(envelope_text)
+    capsys.readouterr()
+    for argv in (["verify", str(path), "--key", str(folder / "key.pub")], ["report", "show", str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith("error: ") and one_clean_line(err.rstrip("\n"))
+
+
+@settings(FEW, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+@example(data=None)  # the rich policy with a hostile rule name, which validates
+def test_control_characters_in_policy_values_never_break_a_line(scratch: Path, data, capsys) -> None:
+    """A value or a key of the policy full of control characters, line breaks, bidi overrides and
+    markup: `policy validate` says so in one clean line on stderr, or validates it (exit 0 or 2)."""
+    from prunegate.cli import main
+
+    document = json.loads(json.dumps(RICH_POLICY))
+    if data is None:
+        document["gate"]["rules"][0]["name"] = "a\x1b[2Jb [bold red]x[/]\u202e"
+    else:
+        where = data.draw(st.sampled_from([p for p in paths_of(document) if p]), label="where")
+        parent = _at(document, where[:-1])
+        if isinstance(parent, dict) and data.draw(st.booleans(), label="as a key"):
+            parent[data.draw(hostile_text, label="key")] = 1
+        else:
+            parent[where[-1]] = data.draw(hostile_text, label="value")
+    path = scratch / "hostile.yaml"
+    path.write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    code = main(["policy", "validate", str(path)])
+    out, err = capsys.readouterr()
+    assert code in (0, 2), err
+    assert one_clean_line(err.rstrip("\n")) and one_clean_line(out.rstrip("\n"))
+    assert (code == 0) == (err == "")

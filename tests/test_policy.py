@@ -166,7 +166,7 @@ def test_tolerance_out_of_range_is_refused(tmp_path: Path, threshold: float) -> 
     data["gate"]["rules"][0]["max"] = threshold
     path = write(tmp_path, data)
     error = load_error(path)
-    assert error.field == "gate.rules.0" and str(path) in str(error)
+    assert error.field == "gate.rules.0.max" and str(path) in str(error)  # the field, not just the rule
     assert str(threshold) in str(error)
 
 
@@ -180,9 +180,10 @@ def test_tolerance_at_the_ends_of_its_range_is_accepted(tmp_path: Path, threshol
 def test_rule_needs_exactly_one_threshold(tmp_path: Path) -> None:
     data = example_dict()
     data["gate"]["rules"][0]["min"] = 0.0
-    assert load_error(write(tmp_path, data)).field == "gate.rules.0"
+    both = load_error(write(tmp_path, data))
+    assert both.field == "gate.rules.0.min" and "both" in str(both)
     del data["gate"]["rules"][0]["min"], data["gate"]["rules"][0]["max"]
-    assert load_error(write(tmp_path, data)).field == "gate.rules.0"
+    assert load_error(write(tmp_path, data)).field == "gate.rules.0"  # (no field to name: the rule lacks both)
 
 
 def test_empty_rules_are_refused(tmp_path: Path) -> None:
@@ -203,10 +204,12 @@ def test_rule_with_an_empty_task_list_is_refused(tmp_path: Path) -> None:
 def test_duplicate_rule_and_ood_names_are_refused(tmp_path: Path) -> None:
     data = example_dict()
     data["gate"]["rules"][1]["name"] = "clean"
-    assert load_error(write(tmp_path, data)).field == "gate.rules"
+    error = load_error(write(tmp_path, data))
+    assert error.field == "gate.rules.1.name" and "'clean' is also the name of rule 0" in str(error)
     data = example_dict()
     data["data"]["ood"][1]["name"] = "other-camera"
-    assert load_error(write(tmp_path, data)).field == "data.ood"
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.ood.1.name" and "'other-camera'" in str(error)
 
 
 def test_missing_required_field_is_named(tmp_path: Path) -> None:
@@ -220,7 +223,96 @@ def test_npy_data_needs_labels(tmp_path: Path) -> None:
     data = example_dict()
     del data["data"]["ood"][1]["labels"]
     error = load_error(write(tmp_path, data))
-    assert error.field == "data.ood.1" and "labels" in str(error)
+    assert error.field == "data.ood.1.labels" and "format npy needs 'labels'" in str(error)
+
+
+def test_class_names_for_a_format_without_classes_names_the_field(tmp_path: Path) -> None:
+    data = example_dict()
+    data["data"]["ood"][0]["class_names"] = "classes.txt"
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.ood.0.class_names" and "imagefolder" in str(error)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("gate.rules.1.name", "clean ", "whitespace"),  # would differ from rule 'clean' only by a space
+    ("gate.rules.0.name", " clean", "whitespace"),
+    ("gate.rules.0.name", "\t", "whitespace"),
+    ("name", "tiny\n", "whitespace"),
+    ("data.ood.1.name", "raw ", "pattern"),
+    ("gate.rules.2.min", 0.1, "both"),
+    ("gate.rules.2.max", -0.5, "within [0, 1.41421]"),
+    ("suite.corruptions.names.1", "fogg", "did you mean 'fog'"),
+    ("suite.noise.0.levels.1", float("nan"), "not a number"),
+])
+def test_errors_name_the_exact_field(tmp_path: Path, field: str, value, expected: str) -> None:
+    data = example_dict()
+    set_at(data, field, value)
+    error = load_error(write(tmp_path, data))
+    assert error.field == field and expected in str(error), error
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN"])
+def test_nan_confidence_is_not_a_number(tmp_path: Path, value: str) -> None:
+    error = load_error(write(tmp_path, EXAMPLE.replace("gate:\n", f"gate:\n  confidence: {value}\n")))
+    assert error.field == "gate.confidence" and "not a number" in str(error) and "less than" not in str(error)
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-2", 0.01), ("1E-2", 0.01), ("+1e-2", 0.01), ("1.e-2", 0.01),
+                                             (".1e-1", 0.01), ("10e-3", 0.01), ("1.0e-2", 0.01)])
+def test_exponent_notation_is_a_float_as_in_yaml_1_2(tmp_path: Path, text: str, value: float) -> None:
+    policy = load_policy(write(tmp_path, EXAMPLE.replace("metric: accuracy_drop, max: 0.01", f"metric: accuracy_drop, max: {text}")))
+    assert policy.gate.rules[0].max == pytest.approx(value)
+
+
+def test_the_float_resolver_leaves_ints_bools_and_strings_alone() -> None:
+    from prunegate.policy import _UniqueKeyLoader
+
+    text = "a: 10\nb: 0x1f\nc: yes\nd: off\ne: 1e\nf: e5\ng: 1e5x\nh: '1e-2'\ni: 1_000\nj: 1.5\nk: .5e3\nl: 1E5\n"
+    assert yaml.load(text, Loader=_UniqueKeyLoader) == {
+        "a": 10, "b": 31, "c": True, "d": False, "e": "1e", "f": "e5", "g": "1e5x", "h": "1e-2", "i": 1000, "j": 1.5,
+        "k": 500.0, "l": 100000.0}
+    assert yaml.safe_load("a: 1e-2") == {"a": "1e-2"}  # (PyYAML's own loader is unchanged)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("models.input.std.0", 1.0e-300, "is 0 there"),  # valid as a float64, 0 in float32: every logit NaN
+    ("models.input.std.1", 1e-7, "1e-06"),
+    ("models.input.std.2", 1e39, "inf"),
+    ("models.input.mean.0", 1e39, "inf"),
+    ("models.input.mean.1", -2e6, "±1e+06"),
+])
+def test_normalisation_constants_must_be_usable_in_float32(tmp_path: Path, field: str, value: float,
+                                                            expected: str) -> None:
+    data = example_dict()
+    set_at(data, field, value)
+    error = load_error(write(tmp_path, data))
+    assert error.field == field and "float32" in str(error) and expected in str(error), error
+
+
+def test_normalisation_constants_at_the_float32_limits_are_accepted(tmp_path: Path) -> None:
+    data = example_dict()
+    data["models"]["input"].update(std=[1e-6, 1.0, 1e6], mean=[-1e6, 0.0, 1e6])
+    assert load_policy(write(tmp_path, data)).models.input.std == [1e-6, 1.0, 1e6]
+
+
+def test_symbolic_link_loop_and_dangling_link_are_named(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    error = load_error(loop)
+    assert str(loop) in str(error) and "symbolic link loop" in str(error) and "not found" not in str(error)
+    dangling = tmp_path / "dangling.yaml"
+    dangling.symlink_to(tmp_path / "gone.yaml")
+    error = load_error(dangling)
+    assert str(dangling) in str(error) and "broken symbolic link" in str(error) and "gone.yaml" in str(error)
+
+
+def test_control_characters_in_policy_values_stay_on_one_line(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0]["drop\r\x1b[2J\nerror: forged\u202e"] = 1  # an unknown key: its name is the field
+    error = load_error(write(tmp_path, data))
+    text = str(error)
+    assert error.field.startswith("gate.rules.0.drop") and "unknown field" in text and len(text.splitlines()) == 1
+    assert "\x1b" not in text and "\r" not in text and "\u202e" not in text and "\\x1b[2J" in text
 
 
 @pytest.mark.parametrize(

@@ -74,8 +74,19 @@ def test_names_with_markup_and_control_characters_stay_valid_xml(sample_report, 
     rules = [r.model_copy(update={"name": f"<b>&\"{r.name}\"\x07"}) for r in report.rules]
     report = report.model_copy(update={"rules": rules, "policy": report.policy.model_copy(update={"name": "a<b>\x01"})})
     root = parse_valid(junit.render(report), schema)
-    assert [c.get("name") for c in root.iter("testcase")][0] == '<b>&"clean accuracy"'
-    assert root.find("testsuite").get("name") == "prunegate: a<b>"
+    # control characters are escaped, visibly (the XML may be printed to a terminal), never raw
+    assert [c.get("name") for c in root.iter("testcase")][0] == '<b>&"clean accuracy"\\x07'
+    assert root.find("testsuite").get("name") == "prunegate: a<b>\\x01"
+
+
+def test_a_line_break_in_a_name_does_not_fake_a_line_of_output(sample_report, schema) -> None:
+    report = sample_report(failing=True)
+    tasks = [t.model_copy(update={"task": "clean\nPASS      everything\u2028ok"}) for t in report.rules[0].per_task]
+    rules = [report.rules[0].model_copy(update={"per_task": tasks}), *report.rules[1:]]
+    root = parse_valid(junit.render(report.model_copy(update={"rules": rules})), schema)
+    out = next(root.iter("testcase")).find("system-out").text
+    assert out.splitlines() == [line for line in out.split("\n")] and len(out.split("\n")) == len(tasks)
+    assert "clean\\nPASS      everything\\u2028ok" in out
 
 
 def test_report_junit_command(tmp_path, capsys, sample_report, write_report, schema) -> None:

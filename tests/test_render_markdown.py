@@ -77,3 +77,14 @@ def test_report_markdown_command(tmp_path, capsys, sample_report, write_report) 
     assert target.read_text() == out
     (tmp_path / "bad.json").write_text("{}")
     assert main(["report", "markdown", str(tmp_path / "bad.json")]) == 2
+
+
+def test_control_characters_in_names_are_escaped_not_printed(sample_report) -> None:
+    """`prunegate report markdown` prints to the terminal: a report's names must not drive it."""
+    report = sample_report(failing=True)
+    rules = [r.model_copy(update={"name": f"{r.name}\x1b[2J\u202e\x9b"}) for r in report.rules]
+    report = report.model_copy(update={"rules": rules, "policy": report.policy.model_copy(update={"name": "p\x1b]0;t\x07"})})
+    text = markdown.render(report)
+    assert not any(c in text for c in "\x1b\u202e\x9b\x07")
+    assert "noise agreement\\\\x1b\\[2J\\\\u202e\\\\x9b" in text  # markdown-escaped, so GFM shows \x1b[2J...
+    assert "noise agreement\\x1b[2J\\u202e\\x9b" in gfm(text)

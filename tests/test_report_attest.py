@@ -117,3 +117,60 @@ def test_malformed_reports_are_report_errors_naming_the_file(text: str, expected
     with pytest.raises(ReportError) as caught:
         read_envelope(text, "some/report.json")
     assert expected in str(caught.value) and "some/report.json" in str(caught.value)
+
+
+# --- duplicate keys: a JSON object that names a key twice means two things, so it is refused ----
+
+
+def _statement_json() -> str:
+    return statement_bytes(sample_report()).decode()
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "key"),
+    [
+        ('{"payloadType": "x", "payload": "e30=", "payload": "e30=", "signatures": []}', "the envelope", "payload"),
+        ('{"payloadType": "x", "payload": "", "signatures": [{"sig": "a", "sig": "b"}]}', "the envelope", "sig"),
+        (json.dumps({"payloadType": "x", "signatures": [], "payload": base64.b64encode(
+            b'{"predicateType": "a", "predicateType": "b"}').decode()}), "the payload", "predicateType"),
+    ],
+)
+def test_duplicate_keys_in_the_envelope_or_its_payload_are_report_errors(text: str, where: str, key: str) -> None:
+    from prunegate.report.attest import parse_envelope
+
+    for read in (read_envelope, parse_envelope):
+        with pytest.raises(ReportError) as caught:
+            read(text, "some/report.json")
+        message = str(caught.value)
+        assert "some/report.json" in message and f"{where} repeats the key {key!r}" in message
+        assert caught.value.exit_code == 2
+
+
+def test_a_forged_payload_before_the_genuine_one_is_refused() -> None:
+    genuine = envelope(statement_bytes(sample_report()))
+    forged = json.loads(_statement_json())
+    forged["predicate"]["verdict"] = "fail"
+    text = envelope_json(genuine).replace(
+        '"payload": ', f'"payload": "{base64.b64encode(json.dumps(forged).encode()).decode()}",\n  "payload": ', 1)
+    assert json.loads(text)["payload"] == genuine["payload"]  # (Python's json keeps the last: the genuine one)
+    with pytest.raises(ReportError, match="the envelope repeats the key 'payload'"):
+        read_envelope(text, "report.json")
+
+
+def test_a_statement_that_repeats_a_key_deep_inside_is_refused() -> None:
+    text = _statement_json().replace('"verdict":"pass"', '"verdict":"fail","verdict":"pass"', 1)
+    assert text != _statement_json()
+    with pytest.raises(ReportError, match="the payload repeats the key 'verdict'") as caught:
+        read_envelope(envelope_json(envelope(text.encode())), "report.json")
+    assert caught.value.field == "payload"
+
+
+def test_strict_json_refuses_duplicate_keys_at_any_depth_and_keeps_order_otherwise() -> None:
+    from prunegate.report.attest import DuplicateKeyError, strict_json
+
+    assert strict_json('{"b": 1, "a": {"c": [{"d": 1}, {"d": 2}]}}') == {"b": 1, "a": {"c": [{"d": 1}, {"d": 2}]}}
+    assert list(strict_json('{"b": 1, "a": 2}')) == ["b", "a"]
+    for text, key in (('{"a": 1, "a": 1}', "a"), ('[{"x": {"y": 1, "y": 2}}]', "y"), ('{"\\u0061": 1, "a": 2}', "a")):
+        with pytest.raises(DuplicateKeyError) as caught:
+            strict_json(text)
+        assert caught.value.key == key and isinstance(caught.value, ValueError)

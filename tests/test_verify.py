@@ -176,3 +176,230 @@ def test_report_schema_describes_the_predicate(signed, capsys):
     statement = json.loads(base64.b64decode(json.loads((signed / "report.json").read_text())["payload"]))
     jsonschema.validate(statement["predicate"], schema)
     assert {"verdict", "models", "tasks", "rules", "policy", "data", "environment"} <= set(schema["required"])
+
+
+# --- duplicate keys and hostile text in a report ------------------------------------------------
+
+
+def _resigned(folder, payload: bytes) -> str:
+    """An envelope over `payload`, signed with the genuine key: the signature part is fine."""
+    from prunegate.report import keys
+    from prunegate.report.attest import envelope_json, sign
+
+    key = keys.load_private((folder / "key.pem").read_bytes(), None, "key.pem")
+    return envelope_json(sign(payload, key))
+
+
+def _payload(folder) -> bytes:
+    return base64.b64decode(json.loads((folder / "report.json").read_text())["payload"])
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_forged_payload_before_the_genuine_one_does_not_verify(signed, capsys):
+    text = (signed / "report.json").read_text()
+    genuine = json.loads(text)
+    statement = json.loads(_payload(signed))
+    statement["predicate"]["verdict"] = "fail"
+    forged = base64.b64encode(json.dumps(statement).encode()).decode()
+    doubled = text.replace('"payload": ', f'"payload": "{forged}",\n  "payload": ', 1)
+    assert json.loads(doubled)["payload"] == genuine["payload"]  # Python alone would read the genuine one
+    assert _verify(signed, doubled) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(signed / "candidate.json") in line and "repeats the key 'payload'" in line
+
+
+def test_a_signed_payload_that_repeats_a_key_is_unreadable(signed, capsys):
+    payload = _payload(signed).replace(b'"verdict":"pass"', b'"verdict":"fail","verdict":"pass"', 1)
+    assert payload != _payload(signed)
+    assert _verify(signed, _resigned(signed, payload)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(signed / "candidate.json") in line and "payload" in line and "'verdict'" in line
+    assert main(["report", "show", str(signed / "candidate.json")]) == 2
+    assert "'verdict'" in _one_error_line(capsys.readouterr().err)
+
+
+HOSTILE = "a\x1b[2Jb [bold red]x[/] \r\nerror: forged\u202e"
+
+
+def test_verify_and_report_show_print_the_reports_own_text_literally(signed, capsys):
+    statement = json.loads(_payload(signed))
+    statement["predicate"]["policy"]["name"] = HOSTILE
+    statement["predicate"]["rules"][0]["name"] = HOSTILE
+    statement["predicate"]["timing"]["started"] = HOSTILE
+    payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+    assert _verify(signed, _resigned(signed, payload)) == 0
+    out, err = capsys.readouterr()
+    assert main(["report", "show", str(signed / "candidate.json")]) == 0
+    shown = capsys.readouterr().out
+    for text in (out, shown):
+        assert "\x1b" not in text and "\r" not in text and "\u202e" not in text
+        assert "a\\x1b[2Jb [bold red]x[/] \\r\\nerror: forged\\u202e" in text  # escaped, markup shown literally
+        assert not any(line.startswith("error: forged") for line in text.splitlines())
+    verified = next(line for line in out.splitlines() if line.startswith("VERIFIED"))
+    assert verified.count("a\\x1b[2Jb") == 2  # the policy's name and the time, on the one line
+
+
+def test_a_signing_key_others_can_read_is_used_with_one_warning(signed, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PRUNEGATE_SIGNING_KEY", raising=False)
+    key = tmp_path / "key.pem"
+    key.write_bytes((signed / "key.pem").read_bytes())
+    key.chmod(0o644)
+    report = tmp_path / "r.json"
+    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(key), "-o", str(report), "-q"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: "), lines
+    assert str(key) in lines[0] and "0644" in lines[0] and "chmod 600" in lines[0]
+    assert main(["verify", str(report), "--key", str(signed / "key.pub")]) == 0
+    key.chmod(0o600)
+    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(key), "-o", str(report), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# --- what ran: overrides and arch code (issue 13) ----------------------------------------------
+
+
+def test_verify_refuses_a_policy_the_run_overrode_and_lists_the_overrides(signed, capsys) -> None:
+    """`check --limit 1` decides on one image: verify --policy must not call that policy verified."""
+    report = signed / "limited.json"
+    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(signed / "key.pem"), "-o", str(report),
+                 "--limit", "1", "--workers", "1", "-q"]) == 0
+    capsys.readouterr()
+    code = main(["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "override: data.limit: ran with 1 (the policy says unset)" in out
+    assert "override: runtime.workers: ran with 1 (the policy says 0)" in out
+    assert "NOT VERIFIED" in err and "data.limit" in err and "runtime.workers" not in err.split("(")[1]
+    code = main(["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml"),
+                 "--allow-overrides"])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "override: data.limit" in out and "VERIFIED" in out
+    code = main(["verify", str(signed / "report.json"), "--key", str(signed / "key.pub"),
+                 "--policy", str(signed / "policy.yaml")])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "the run used the policy as it is" in out and "override" not in out
+
+
+def test_a_model_path_override_is_settled_by_checking_the_model(signed, capsys) -> None:
+    report = signed / "other-path.json"
+    copy = signed / "copies"
+    copy.mkdir(exist_ok=True)
+    (copy / "pruned.pt").write_bytes((signed / "pruned.pt").read_bytes())
+    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(signed / "key.pem"), "-o", str(report),
+                 "--pruned", str(copy / "pruned.pt"), "-q"]) == 0
+    capsys.readouterr()
+    base = ["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml")]
+    assert main(base) == 1
+    assert "models.pruned.path" in capsys.readouterr().err
+    assert main([*base, "--pruned", str(copy / "pruned.pt")]) == 0
+    assert "override: models.pruned.path" in capsys.readouterr().out
+
+
+ARCH = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)) * self.scale * {factor}
+
+
+def build():
+    return Net()
+"""
+
+
+def test_the_arch_code_is_pinned_and_a_swapped_arch_does_not_verify(tmp_path, capsys) -> None:
+    """Two runs with the same weights and policy but another arch file (one that ignores the
+    weights) are told apart: the arch's sha256 is a subject, and verify --arch checks it."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(9) % 3
+    images = rng.integers(0, 100, size=(9, 8, 8, 3))
+    for i, label in enumerate(labels):
+        images[i, :, :, label] += 120
+    np.savez(tmp_path / "data.npz", images=images.astype(np.uint8), labels=labels)
+    torch.save({"scale": torch.ones(1)}, tmp_path / "weights.pth")
+    (tmp_path / "arch.py").write_text(ARCH.format(factor="10.0"))
+    (tmp_path / "policy.yaml").write_text("""
+version: 1
+name: arch
+models: {dense: {path: weights.pth, arch: "arch.py:build"}, pruned: {path: weights.pth, arch: "arch.py:build"},
+         input: {size: 8, mean: [0, 0, 0], std: [1, 1, 1]}}
+data: {test: {format: npz, path: data.npz}}
+gate: {rules: [{name: clean, tasks: clean, metric: accuracy_drop, max: 0.01}]}
+runtime: {workers: 0}
+""")
+    assert main(["keygen", "--out", str(tmp_path / "key")]) == 0
+    original = (tmp_path / "arch.py").read_bytes()
+    assert main(["check", "-p", str(tmp_path / "policy.yaml"), "--key", str(tmp_path / "key.pem"),
+                 "-o", str(tmp_path / "one.json"), "-q"]) == 0
+    (tmp_path / "arch.py").write_text(ARCH.format(factor="-10.0"))  # the swap: another network, same weights
+    assert main(["check", "-p", str(tmp_path / "policy.yaml"), "--key", str(tmp_path / "key.pem"),
+                 "-o", str(tmp_path / "two.json"), "-q"]) == 0
+    swapped = tmp_path / "arch.py"
+    (tmp_path / "original.py").write_bytes(original)
+    capsys.readouterr()
+    statement = json.loads(base64.b64decode(json.loads((tmp_path / "one.json").read_text())["payload"]))
+    arch_subjects = [s for s in statement["subject"] if s["annotations"]["role"] == "arch"]
+    assert len(arch_subjects) == 1 and arch_subjects[0]["annotations"]["models"] == ["dense", "pruned"]
+    record = statement["predicate"]["models"]["pruned"]["arch_source"]
+    assert record["kind"] == "file" and record["external"] is False and record["sha256"] == arch_subjects[0][
+        "digest"]["sha256"]
+    common = ["--key", str(tmp_path / "key.pub"), "--dense", str(tmp_path / "weights.pth"),
+              "--policy", str(tmp_path / "policy.yaml")]
+    assert main(["verify", str(tmp_path / "one.json"), *common, "--arch", str(tmp_path / "original.py")]) == 0
+    assert main(["verify", str(tmp_path / "two.json"), *common, "--arch", str(tmp_path / "original.py")]) == 1
+    assert "not arch code this report pins" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "two.json"), *common, "--arch", str(swapped)]) == 0
+    assert main(["verify", str(tmp_path / "two.json"), *common]) == 0  # without --arch: said, not checked
+    assert "arch code of the dense and pruned model not checked" in capsys.readouterr().out
+
+
+def test_an_arch_file_outside_the_policy_folder_needs_the_opt_in(tmp_path, capsys) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "arch.py").write_text(ARCH.format(factor="10.0"))
+    folder = tmp_path / "project"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    labels = np.arange(6) % 3
+    images = rng.integers(0, 100, size=(6, 8, 8, 3)).astype(np.uint8)
+    np.savez(folder / "data.npz", images=images, labels=labels)
+    torch.save({"scale": torch.ones(1)}, folder / "weights.pth")
+    (folder / "policy.yaml").write_text(f"""
+version: 1
+name: outside
+models: {{dense: weights.pth, pruned: weights.pth, arch: "{outside / 'arch.py'}:build",
+         input: {{size: 8, mean: [0, 0, 0], std: [1, 1, 1]}}}}
+data: {{test: {{format: npz, path: data.npz}}}}
+gate: {{rules: [{{name: clean, tasks: clean, metric: accuracy_drop, max: 0.5}}]}}
+runtime: {{workers: 0}}
+""")
+    report = folder / "report.json"
+    code = main(["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "--allow-external-arch" in err and "models.dense.arch" in err and not report.exists()
+    code = main(["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q", "--allow-external-arch"])
+    assert code in (0, 1)
+    predicate = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))["predicate"]
+    assert predicate["models"]["dense"]["arch_source"]["external"] is True
+    assert predicate["options"]["allow_external_arch"] is True
+
+
+def test_a_module_arch_records_its_distribution_and_version(signed, tmp_path) -> None:
+    from prunegate import __version__
+    from prunegate.runners.archsource import locate_arch
+
+    record = locate_arch("prunegate.archs.cifar_resnet:resnet20", tmp_path, file=tmp_path / "w.pth",
+                         field="models.dense.arch", allow_external=False)
+    assert record["kind"] == "module" and record["distribution"] == "prunegate" and record["version"] == __version__
+    assert record["path"].endswith("cifar_resnet.py") and len(record["sha256"]) == 64

@@ -9,17 +9,19 @@ One module per command family; importing them registers their commands on `cli`,
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
-from prunegate.errors import PrunegateError
+from prunegate.errors import PrunegateError, Terminated, printable
 
 from . import gating, policies, signing, reports, tools  # noqa: F401  (importing registers the commands)
 from .common import (
-    CONSOLE_WIDTH, EXIT_BUG, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, INTERRUPTED, _RichProgress, _state, cli,
-    write_atomic,
+    CONSOLE_WIDTH, EXIT_BUG, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_TERMINATED, INTERRUPTED,
+    TERMINATED, _RichProgress, _state, cli, write_atomic,
 )
 
 try:  # typer >= 0.29 carries its own click; its usage errors derive from TyperException
@@ -29,39 +31,72 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Run the CLI; the one place that turns exceptions into exit codes."""
+    """Run the CLI; the one place that turns exceptions into exit codes. Every message it prints
+    is one line, with control characters escaped (`errors.printable`): file names, arguments and
+    policy values reach the terminal as text, never as line breaks or escape sequences."""
     command = typer.main.get_command(cli)
+    _state["terminated"] = False
+    with _sigterm_as_interrupt():
+        return _run(command, argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, a scheduler's limit) stops a command as Ctrl-C does: cleanly,
+    with a message, the models' processes ended, a checkpoint kept, exit 143."""
+    def stop(signum, frame):
+        _state["terminated"] = True  # typer may turn the interrupt into a plain exit code 130
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (a library caller's): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(command, argv: Optional[list[str]]) -> int:
     try:
         result = command.main(args=argv, prog_name="prunegate", standalone_mode=False)
     except typer.Exit as exc:
         if exc.exit_code == EXIT_INTERRUPTED:  # click turns Ctrl-C into Exit(130) on some versions
-            print(INTERRUPTED, file=sys.stderr)
+            return _stopped()
         return exc.exit_code
     except UsageProblem as exc:  # the same one `error: ` line as every other bad input
         message = exc.format_message()
         if message:  # (no message: the help was shown, as for a bare `prunegate`)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            print(f"error: {message}{hint}", file=sys.stderr)
+            print(printable(f"error: {message}{hint}"), file=sys.stderr)
         return EXIT_INPUT
-    except (typer.Abort, KeyboardInterrupt):
-        print(INTERRUPTED, file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (typer.Abort, KeyboardInterrupt):  # click wraps a KeyboardInterrupt in Abort
+        return _stopped()
     except PrunegateError as exc:
         if _state["debug"]:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(printable(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug: say so, keep the traceback for --debug
         if _state["debug"]:
             raise
         text = str(exc).strip().splitlines()
-        print(f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for the "
-              "traceback; please report it)", file=sys.stderr)
+        print(printable(f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for "
+                        "the traceback; please report it)"), file=sys.stderr)
         return EXIT_BUG
     if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as this code when not standalone
-        print(INTERRUPTED, file=sys.stderr)
+        return _stopped()
     return result if isinstance(result, int) else EXIT_PASS
+
+
+def _stopped() -> int:
+    """Ctrl-C (130) or SIGTERM (143): say so, in one line."""
+    terminated = _state.get("terminated")
+    print(TERMINATED if terminated else INTERRUPTED, file=sys.stderr)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
 
 def app() -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import time
 from enum import Enum
 from pathlib import Path
@@ -16,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
-from prunegate.errors import PrunegateError, require_file
+from prunegate.cli.outputs import write_atomic  # noqa: F401  (commands import it from here)
+from prunegate.errors import PrunegateError, printable, require_file
 
 class Device(str, Enum):
     auto = "auto"
@@ -39,7 +39,9 @@ class Precision(str, Enum):
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
 CONSOLE_WIDTH = 120  # at least: CI logs are not terminals and would wrap tables at 80
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
-INTERRUPTED = "interrupted: nothing was written"
+EXIT_TERMINATED = 143  # SIGTERM, likewise
+INTERRUPTED = "interrupted: no report was written"
+TERMINATED = "terminated (SIGTERM): no report was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
 
 cli = typer.Typer(name="prunegate", help="A safety gate for pruned neural networks.", epilog=EPILOG,
@@ -49,42 +51,37 @@ cli.add_typer(policy_cli, name="policy")
 report_cli = typer.Typer(help="Read, render and describe reports.", no_args_is_help=True)
 cli.add_typer(report_cli, name="report")
 
-_state = {"debug": False}
+_state: dict = {"debug": False, "warned": set()}  # per invocation: --debug, the warnings already given
 log = logging.getLogger("prunegate")
 
 
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename: never half a file."""
-    path = Path(path)
-    if path.is_dir():
-        raise PrunegateError("is a folder, expected a file path to write", file=path)
-    if not path.parent.exists():
-        raise PrunegateError("the folder to write into does not exist", file=path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class _SafeConsole(Console):
+    """A rich console that escapes control characters in every plain string it prints (file names
+    and report fields reach the terminal as text, never as escape sequences or line breaks); a
+    finished rendering (console.Rendered, ANSI styles and all) is printed exactly as it is."""
 
+    def print(self, *objects, **kwargs) -> None:  # type: ignore[override]
+        from prunegate.report.render.console import Rendered
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        safe = [printable(o) if isinstance(o, str) and not isinstance(o, Rendered) else o for o in objects]
+        super().print(*safe, **kwargs)
 
 
 def _stdout() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    return _SafeConsole(highlight=False, soft_wrap=True)
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _SafeConsole(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    """One `warning: ` line on stderr, its control characters escaped (as every error line is);
+    a warning already given in this invocation is not repeated."""
+    line = printable(f"warning: {message}")
+    if line not in _state["warned"]:
+        _state["warned"].add(line)
+        print(line, file=sys.stderr)
 
 
 def _print_version(value: bool) -> None:
@@ -103,6 +100,7 @@ def _global(
                                  callback=_print_version),
 ) -> None:
     _state["debug"] = debug
+    _state["warned"] = set()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -147,21 +145,28 @@ def _signing_key(path: Optional[Path]):
 
     if path is not None:
         require_file(path, "signing key file", field="--key")
-        return load_private(path.read_bytes(), _passphrase(), str(path))
+        key = load_private(path.read_bytes(), _passphrase(), str(path))
+        _warn_if_shared(path)
+        return key
     text = os.environ.get("PRUNEGATE_SIGNING_KEY")
     if text:
         return load_private(text.encode(), _passphrase(), "PRUNEGATE_SIGNING_KEY")
     return None
 
 
-def _check_writable(path: Optional[Path], option: str) -> None:
-    """Fail before the long run, not after it, when an output cannot be written."""
-    if path is None:
+def _warn_if_shared(path: Path) -> None:
+    """A private key that group or others may read (or write) is no longer private: say so (once a
+    run, however often the key is read), and go on. Checked after the key loads, so a file that is
+    no key gets only its error."""
+    if os.name == "nt":  # (Windows has ACLs, not these mode bits)
         return
-    if path.is_dir():
-        raise PrunegateError("is a folder, expected a file path to write", file=path, field=option)
-    if not path.absolute().parent.is_dir():
-        raise PrunegateError("the folder to write into does not exist", file=path, field=option)
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        warn(f"{path}: the signing key is accessible to group or others (mode {mode:04o}); "
+             f"restrict it: chmod 600 {path}")
 
 
 def _read_report(path: Path) -> str:

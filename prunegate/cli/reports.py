@@ -11,9 +11,10 @@ import typer
 from prunegate.errors import PrunegateError
 
 from .common import (
-    CONSOLE_WIDTH, EXIT_FAIL, EXIT_PASS, _check_writable, _read_report, _stderr, _stdout, cli, report_cli, write_atomic,
+    CONSOLE_WIDTH, EXIT_FAIL, EXIT_PASS, _read_report, _stderr, _stdout, cli, report_cli, write_atomic,
 )
 from .gating import _write_renderings
+from .outputs import check_outputs
 
 
 @report_cli.command("schema")
@@ -48,7 +49,7 @@ def report_show(
     out = _stdout()
     signed = _signature_text(data)
     out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH)), end="")
-    out.print(f"{report}: {signed}")
+    out.print(f"{report}: {signed}", markup=False)  # (key ids from the report: text, not markup)
     return EXIT_PASS
 
 
@@ -74,13 +75,16 @@ def _load_report(path: Path):
     return _parse_predicate(statement, path), data
 
 
-def _emit(text: str, out: Optional[Path]) -> None:
-    """Write to --out atomically, or print as it is (no console markup) to stdout."""
+def _emit(text: str, out: Optional[Path], report: Path) -> None:
+    """Write to --out atomically (never over the report read), or print as it is (no console
+    markup) to stdout."""
+    if out is not None:
+        check_outputs({"--out": out}, {"the report": report})
     if out is None:
         sys.stdout.write(text)
     else:
         write_atomic(out, text)
-        _stderr().print(f"wrote {out}")
+        _stderr().print(f"wrote {out}", markup=False)
 
 
 @report_cli.command("html")
@@ -95,9 +99,9 @@ def report_html(
     target = out if out is not None else report.with_suffix(".html")
     if target.resolve() == report.resolve():
         raise PrunegateError("the HTML would overwrite the report itself: pass --out", file=report)
-    _check_writable(target, "--out")
+    check_outputs({"--out": target}, {"the report": report})
     _write_renderings(parsed, html=target, signature=_signature_text(data), gallery=gallery)
-    _stdout().print(f"wrote {target}")
+    _stdout().print(f"wrote {target}", markup=False)
     return EXIT_PASS
 
 
@@ -109,7 +113,7 @@ def report_markdown(
     """Print a GitHub-flavoured Markdown summary of a report."""
     from prunegate.report.render import markdown as markdown_render
 
-    _emit(markdown_render.render(_load_report(report)[0]), out)
+    _emit(markdown_render.render(_load_report(report)[0]), out, report)
     return EXIT_PASS
 
 
@@ -121,7 +125,7 @@ def report_junit(
     """Print a report as JUnit XML: one test case per rule, failures = the rules that did not pass."""
     from prunegate.report.render import junit as junit_render
 
-    _emit(junit_render.render(_load_report(report)[0]), out)
+    _emit(junit_render.render(_load_report(report)[0]), out, report)
     return EXIT_PASS
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from prunegate.errors import PrunegateError, require_file
+from prunegate.errors import PrunegateError, printable, require_file
 
 from .common import EXIT_FAIL, EXIT_PASS, _passphrase, _read_report, _stdout, cli, write_atomic
 
@@ -35,7 +35,8 @@ def keygen(
     with os.fdopen(fd, "wb") as f:
         f.write(keys.private_pem(key, secret if passphrase else None))
     write_atomic(public_path, keys.public_pem(key.public_key()))
-    _stdout().print(f"wrote {private_path} (keep it secret) and {public_path}; keyid {keys.fingerprint(key.public_key())}")
+    _stdout().print(f"wrote {private_path} (keep it secret) and {public_path}; keyid {keys.fingerprint(key.public_key())}",
+                    markup=False)
     return EXIT_PASS
 
 
@@ -45,20 +46,29 @@ def verify(
     key: Path = typer.Option(..., "--key", help="The signer's public key (NAME.pub)."),
     dense: Optional[Path] = typer.Option(None, help="Also check this file is the report's dense model."),
     pruned: Optional[Path] = typer.Option(None, help="Also check this file is the report's pruned model."),
-    policy: Optional[Path] = typer.Option(None, help="Also check this file is the report's policy."),
+    policy: Optional[Path] = typer.Option(None, help="Also check this file is the report's policy, and that the run "
+                                          "used it as it is (no command-line override)."),
+    arch: Optional[list[Path]] = typer.Option(None, "--arch", help="Also check this file is the arch code the report "
+                                              "pins (repeat for each; every pinned arch must be given)."),
+    allow_overrides: bool = typer.Option(False, "--allow-overrides", help="With --policy: accept a run whose "
+                                         "command line overrode policy settings (they are still listed)."),
 ) -> int:
     """Verify a signed report offline: exit 0 valid, 1 does not verify, 2 unreadable input."""
+    from prunegate.digest import file_sha256
     from prunegate.report.attest import parse_envelope, verify_envelope
     from prunegate.report.keys import load_public
-    from prunegate.digest import file_sha256
 
     public_key = load_public(key)
     files = {"dense": dense, "pruned": pruned, "policy": policy}
     for role, path in files.items():
         if path is not None:
             require_file(path, field=f"--{role}")
+    for path in arch or []:
+        require_file(path, field="--arch")
+    loaded_policy = _policy_document(policy) if policy is not None else None
     result = verify_envelope(parse_envelope(_read_report(report), str(report)), public_key)
     out = _stdout()
+    notes: list[str] = []
     if result.ok:
         statement = result.statement
         subjects = {s["annotations"]["role"]: s for s in statement["subject"]}
@@ -69,20 +79,80 @@ def verify(
                     result.fail(f"{files[role]} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
                     break
                 result.checks.append(f"{files[role]} is the {role} model (sha256 {actual[:16]}…)")
-        if result.ok and policy is not None:
-            actual, recorded = file_sha256(policy), statement["predicate"]["policy"]["sha256"]
-            if actual != recorded:
-                result.fail(f"{policy} has sha256 {actual[:16]}…, the report's policy {str(recorded)[:16]}…")
-            else:
-                result.checks.append(f"{policy} is the policy (sha256 {actual[:16]}…)")
+        if result.ok:
+            _check_arch(result, statement, arch or [], notes)
+        if result.ok and loaded_policy is not None:
+            _check_policy(result, statement["predicate"], policy, loaded_policy,
+                          {role for role in ("dense", "pruned") if files[role] is not None}, allow_overrides, notes)
+    # What is printed from here on names files and the report's own fields (which anyone may have
+    # written, signed or not): plain text (markup=False), control characters escaped.
     for check in result.checks:
-        out.print(f"✓ {check}")
+        out.print(f"✓ {check}", markup=False)
+    for note in notes:
+        out.print(f"! {note}", markup=False)
     if not result.ok:
-        print(f"NOT VERIFIED: {report}: {result.failure}", file=sys.stderr)
+        print(printable(f"NOT VERIFIED: {report}: {result.failure}"), file=sys.stderr)
         return EXIT_FAIL
     predicate = result.statement["predicate"]
     models = ", ".join(f"{role} {s['name']} ({s['digest']['sha256'][:16]}…)"
-                       for role, s in ((s["annotations"]["role"], s) for s in result.statement["subject"]))
+                       for role, s in ((s["annotations"]["role"], s) for s in result.statement["subject"])
+                       if role in ("dense", "pruned"))
     out.print(f"VERIFIED: {report}: verdict {predicate['verdict'].upper()} for {models} under policy "
-              f"{predicate['policy']['name']!r}, {predicate['timing']['started']}")
+              f"{predicate['policy']['name']!r}, {predicate['timing']['started']}", markup=False)
     return EXIT_PASS
+
+
+def _policy_document(path: Path) -> dict:
+    """The policy file as a run would validate it (exit 2 if it does not validate)."""
+    from prunegate.policy import load_policy
+
+    return load_policy(path).model_dump(mode="json")
+
+
+def _check_arch(result, statement: dict, given: list[Path], notes: list[str]) -> None:
+    """Each --arch file must be arch code the report pins, and every pinned arch must be given
+    (an arch decides what the weights compute). Without --arch, say what was not checked."""
+    from prunegate.digest import file_sha256
+    from prunegate.report.provenance import arch_subjects
+
+    pinned = arch_subjects(statement["subject"])
+    matched = set()
+    for path in given:
+        actual = file_sha256(path)
+        if actual not in pinned:
+            result.fail(f"{path} has sha256 {actual[:16]}…, which is not arch code this report pins "
+                        f"({', '.join(d[:16] + '…' for d in pinned) or 'it pins none'})")
+            return
+        matched.add(actual)
+        result.checks.append(f"{path} is the arch code of the {' and '.join(pinned[actual])} model "
+                             f"(sha256 {actual[:16]}…)")
+    missing = {d: m for d, m in pinned.items() if d not in matched}
+    if missing and given:
+        result.fail("the report pins arch code not given with --arch: " +
+                    ", ".join(f"{' and '.join(m)} model's ({d[:16]}…)" for d, m in missing.items()))
+    elif missing:
+        notes.extend(f"arch code of the {' and '.join(m)} model not checked (sha256 {d[:16]}…): pass --arch FILE"
+                     for d, m in missing.items())
+
+
+def _check_policy(result, predicate: dict, path: Path, document: dict, checked_models: set[str],
+                  allow_overrides: bool, notes: list[str]) -> None:
+    """The policy file must be the one recorded, and the run must have used it as it is: every
+    field where the recorded document (overrides applied) differs is listed."""
+    from prunegate.digest import file_sha256
+    from prunegate.report.provenance import policy_differences, unexplained
+
+    actual, recorded = file_sha256(path), predicate["policy"]["sha256"]
+    if actual != recorded:
+        result.fail(f"{path} has sha256 {actual[:16]}…, the report's policy {str(recorded)[:16]}…")
+        return
+    result.checks.append(f"{path} is the policy (sha256 {actual[:16]}…)")
+    differences = policy_differences(predicate["policy"]["document"], document)
+    notes.extend(f"override: {d.describe()}" for d in differences)
+    effective = unexplained(differences, checked_models)
+    if effective and not allow_overrides:
+        result.fail(f"the run did not use {path} as it is: {len(effective)} override(s) that can change the verdict "
+                    f"({', '.join(d.field for d in effective)}); --allow-overrides accepts them")
+    elif not effective:
+        result.checks.append("the run used the policy as it is" +
+                             (" (overrides without effect on the verdict listed below)" if differences else ""))

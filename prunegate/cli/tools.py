@@ -14,6 +14,7 @@ from prunegate.errors import PrunegateError, require_file
 from .common import (
     CONSOLE_WIDTH, EXIT_PASS, Backend, Device, _csv, _RichProgress, _stderr, _stdout, cli, write_atomic,
 )
+from .outputs import check_outputs
 
 
 @cli.command()
@@ -57,6 +58,8 @@ def corrupt(
     except Exception:
         raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
     images = open_source(spec, Path, "--source")
+    check_outputs({"--preview": preview}, {"--source": source, **({"--class-names": class_names} if class_names else {}),
+                                           **({"--frost-textures": frost_textures} if frost_textures else {})})
     indices = select(images.labels, limit)
     folder = load_texture_folder(frost_textures, "--frost-textures") if frost_textures is not None else None
     with frost_textures_in_use(folder.photos if folder else None):
@@ -105,6 +108,8 @@ def potential(
     device: Optional[Device] = typer.Option(None, help="Where to run (overrides runtime.device)."),
     backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."),
+    allow_external_arch: bool = typer.Option(False, "--allow-external-arch", help="Allow arch code from outside the "
+                                             "policy's folder and the installed packages."),
 ) -> int:
     """Prune potential of a family of pruned models, per task and task group.
 
@@ -112,7 +117,7 @@ def potential(
     the excess error is the growth of each group's error gap to clean, per prune ratio."""
     import json
 
-    from prunegate.check import Overrides, apply_overrides, run_potential
+    from prunegate.check import Overrides, apply_overrides, input_files, run_potential
     from prunegate.policy import load_policy
     from prunegate.potential import plot_png
     from prunegate.report.render.console import render_potential
@@ -120,9 +125,11 @@ def potential(
     members = [*pruned, *(extra or [])]
     loaded = apply_overrides(load_policy(policy), Overrides(device=device.value if device else None,
                                                             backend=backend.value if backend else None, limit=limit))
+    check_outputs({"--out": out, "--plot": plot}, input_files(loaded, members))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
-        result = run_potential(loaded, members, delta=delta, allow_pickle=allow_pickle, progress=_RichProgress(bar))
+        result = run_potential(loaded, members, delta=delta, allow_pickle=allow_pickle, progress=_RichProgress(bar),
+                               allow_external_arch=allow_external_arch)
     if out is not None:
         write_atomic(out, json.dumps(result, indent=2) + "\n")
     if plot is not None:

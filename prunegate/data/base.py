@@ -10,6 +10,7 @@ decoding (the data manifest costs no extra I/O).
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from prunegate.errors import DataError
+from prunegate.errors import DataError, missing_reason
 
 CROP_FRACTION = 0.875  # the usual 256 -> 224 evaluation resize
 
@@ -49,10 +50,22 @@ class ImageSet(ABC):
         names = {"classes": self.classes} if self.classes else {}
         return {"format": self.format, "path": str(self.path), "size": len(self), **names}
 
+    def contents_key(self) -> str:
+        """What identifies the files behind the set, cheaply (no read of every image): see
+        `fingerprint`. Readers of one file return its digest; folders list their files."""
+        stat = self.path.stat()
+        return f"{stat.st_size} {stat.st_mtime_ns}"
+
+    def fingerprint(self) -> str:
+        """A digest of the set's description and its files, which a checkpoint is bound to: a
+        set that changed between a run and its resumption is not continued."""
+        text = json.dumps(self.describe(), sort_keys=True) + "\n" + self.contents_key()
+        return hashlib.sha256(text.encode()).hexdigest()
+
 
 def require_path(path: Path, field: str, *, directory: bool) -> None:
     if not path.exists():
-        raise DataError("not found", file=path, field=field)
+        raise DataError(missing_reason(path), file=path, field=field)
     if directory and not path.is_dir():
         raise DataError("expected a folder, found a file", file=path, field=field)
     if not directory and path.is_dir():

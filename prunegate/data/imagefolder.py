@@ -1,5 +1,13 @@
 """Folders of image files: `imagefolder` (one sub-folder per class, labels = sorted folder
-names) and `imagefolder-flat` (labels parsed from `<anything>_<label>.<ext>` file names)."""
+names) and `imagefolder-flat` (labels parsed from `<anything>_<label>.<ext>` file names).
+
+Decoding is chosen by the file's content, not its name: JPEG data goes to torchvision's
+decoder, everything else to Pillow, which reads the first frame only (an animated GIF, WebP, APNG
+or multi-page TIFF is never decoded whole: 300 frames of 1000 x 1000 px are 900 MB). Pillow opens
+only the formats the suffixes name, and nothing is decoded whose size the header check could not
+read: `data.max_pixels` bounds every decode. A symbolic link that leads nowhere, where an image
+or a class folder could be, is an error: skipping it would shrink the data set without a word.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +21,29 @@ from typing import Optional
 import numpy as np
 import PIL.Image
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_jpeg
 
-from prunegate.errors import DataError
+from prunegate.errors import DataError, link_problem
 
 from .base import ImageSet, require_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _FLAT_LABEL = re.compile(r"_(\d+)$")
-# Decoded with Pillow: BMP and TIFF, which torchvision's decoder refuses, and PNG, because
-# torchvision's libpng glue crashes the process (a segmentation fault, not an exception) on some
-# damaged PNG files (pytorch/vision#3613, #4485; still so in 0.29: see tests/test_fuzz.py).
-_PIL_ONLY = {".bmp", ".tif", ".tiff", ".png"}
+# Everything but JPEG is decoded with Pillow: BMP and TIFF, which torchvision's decoder refuses;
+# PNG, because torchvision's libpng glue crashes the process (a segmentation fault, not an
+# exception) on some damaged PNG files (pytorch/vision#3613, #4485; still so in 0.29: see
+# tests/test_fuzz.py); GIF and WebP, because torchvision decodes every frame of an animated one
+# (a 0.86 MB GIF took 3.5 GB) where Pillow decodes the first. Pillow opens only these formats
+# (whatever a file's suffix, it would otherwise try any of its ~40 readers on the content).
+PIL_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (multi-picture)
+_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def pil_decode(raw: bytes) -> torch.Tensor:
-    """CHW uint8 RGB. Pillow's own conversion clips 16-bit grey to 255 (a white image): those
-    are scaled to 8 bits here; float images, whose range no header states, are refused."""
-    with PIL.Image.open(io.BytesIO(raw)) as picture:
+    """CHW uint8 RGB of the first frame. Pillow's own conversion clips 16-bit grey to 255 (a
+    white image): those are scaled to 8 bits here; float images, whose range no header states,
+    are refused."""
+    with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as picture:
         if picture.mode.startswith("I"):  # I;16, I;16B, ... (16-bit) or I (32-bit integers)
             grey = np.asarray(picture, dtype=np.float64)
             if grey.size and (grey.min() < 0 or grey.max() > 65535):
@@ -48,15 +61,16 @@ _CPP_LOCATION = re.compile(r"^[\w:()<>~ ]+, \S+\.(?:cpp|h|c):\d+, ")  # "decode_
 
 
 def decoder_message(exc: BaseException) -> str:
+    if isinstance(exc, PIL.UnidentifiedImageError):  # its text names a BytesIO object's address
+        return "not a PNG, JPEG, GIF, WebP, BMP or TIFF image"
     text = str(exc).strip()
     line = _CPP_LOCATION.sub("", text.splitlines()[0]) if text else type(exc).__name__
     return line[:200]
 
 
 def _as_rgb8(image: torch.Tensor) -> torch.Tensor:
-    """torchvision's decoders return an animated GIF as [frames, C, H, W] and a 16-bit PNG as
-    uint16: the first frame, scaled to 8 bits (kept as uint16, the values would be read as if
-    they were 8-bit ones)."""
+    """torchvision's decoders may return [frames, C, H, W] and more than 8 bits: the first
+    frame, scaled to 8 bits (kept as uint16, the values would be read as if they were 8-bit ones)."""
     if image.ndim == 4:
         image = image[0]
     if image.dtype != torch.uint8:
@@ -68,12 +82,45 @@ def _as_rgb8(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _entries(folder: Path, error) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise error(f"cannot list the folder ({exc.strerror or exc})", folder) from None
+
+
+def _refuse_dead_link(entry: Path, error) -> None:
+    """A broken or looping link is neither a file nor a folder, so it would be skipped silently."""
+    problem = link_problem(entry)
+    if problem:
+        raise error(f"{problem}: fix or remove the link (skipping it would leave its images out)", entry)
+
+
+def _image_files(folder: Path, error) -> list[Path]:
+    files = []
+    for entry in _entries(folder, error):
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if entry.is_file():
+            files.append(entry)
+        else:
+            _refuse_dead_link(entry, error)
+    return files
 
 
 class _Files(ImageSet):
     files: list[Path]
+
+    def contents_key(self) -> str:
+        """Every file's name, size and modification time."""
+        lines = []
+        for file in self.files:
+            try:
+                stat = file.stat()
+                lines.append(f"{file} {stat.st_size} {stat.st_mtime_ns}")
+            except OSError:
+                lines.append(f"{file} missing")
+        return "\n".join(lines)
 
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
         images, digests = [], []
@@ -92,16 +139,15 @@ class _Files(ImageSet):
             raise self.error("cannot decode image: the file is empty", file)
         self._check_pixels(file, raw, max_pixels)
         try:
-            if file.suffix.lower() in _PIL_ONLY:
-                image = pil_decode(raw)
+            if raw.startswith(_JPEG_MAGIC):  # by content: a GIF or PNG named .jpg goes to Pillow too
+                image = _as_rgb8(decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
+                                             mode=ImageReadMode.RGB))
             else:
-                image = decode_image(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            image = _as_rgb8(image)
+                image = pil_decode(raw)
         except PIL.Image.DecompressionBombError:
             raise self.error(self._too_large(None, max_pixels), file) from None
         except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError, SyntaxError, struct.error...
-            raise self.error(f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
-                             f"file ({decoder_message(exc)})", file) from None
+            raise self.error(self._undecodable(file, exc), file) from None
         if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape[1:]:
             raise self.error(f"cannot decode image: decoded to shape {list(image.shape)}, not a 3-channel image", file)
         height, width = image.shape[1:]
@@ -116,17 +162,24 @@ class _Files(ImageSet):
                     f"pixels (data.max_pixels is {max_pixels})")
         return f"image has {pixels} pixels, over the limit of {max_pixels} (data.max_pixels)"
 
+    @staticmethod
+    def _undecodable(file: Path, exc: BaseException) -> str:
+        return (f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
+                f"file ({decoder_message(exc)})")
+
     def _check_pixels(self, file: Path, raw: bytes, max_pixels: int) -> None:
-        # Only the header is read here; decoding a bomb is what this prevents.
+        """Only the header is read here (for a GIF, up to its first frame's descriptor, which may
+        widen the canvas); decoding a bomb is what this prevents. An image whose size the header
+        does not give is not decoded: no decoder would then be bounded by max_pixels."""
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-                with PIL.Image.open(io.BytesIO(raw)) as header:
+                with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as header:
                     width, height = header.size
         except PIL.Image.DecompressionBombError:
             raise self.error(self._too_large(None, max_pixels), file) from None
-        except Exception:  # not PIL-readable (Pillow raises many kinds): the decoder will say what is wrong
-            return
+        except Exception as exc:  # Pillow raises many kinds
+            raise self.error(self._undecodable(file, exc), file) from None
         if width * height > max_pixels:
             raise self.error(self._too_large(width * height, max_pixels), file)
 
@@ -164,7 +217,12 @@ class ImageFolder(_Files):
     def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
-        class_dirs = sorted(p for p in path.iterdir() if p.is_dir())
+        class_dirs = []
+        for entry in _entries(path, self.error):
+            if entry.is_dir():
+                class_dirs.append(entry)
+            else:  # any name may be a class folder's
+                _refuse_dead_link(entry, self.error)
         if not class_dirs:
             raise self.error("no class sub-folders found (expected <class>/<image> files)")
         self.classes = class_names or [d.name for d in class_dirs]
@@ -172,7 +230,7 @@ class ImageFolder(_Files):
         self.files, labels = [], []
         for folder in class_dirs:
             label = _label_of(folder.name, self.classes, index, self.error, folder) if class_names else index[folder.name]
-            files = _image_files(folder)
+            files = _image_files(folder, self.error)
             self.files += files
             labels += [label] * len(files)
         if not self.files:
@@ -189,7 +247,7 @@ class FlatImageFolder(_Files):
     def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
-        self.files = _image_files(path)
+        self.files = _image_files(path, self.error)
         if not self.files:
             raise self.error("no image files found")
         labels = []

@@ -42,6 +42,21 @@ class TaskTally:
         self.linf[positions] = linf
         self.filled[positions] = True
 
+    FIELDS = ("labels", "dense_pred", "pruned_pred", "l2", "linf", "filled")
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors, on the CPU, for a checkpoint."""
+        return {name: getattr(self, name).cpu() for name in self.FIELDS}
+
+    @classmethod
+    def from_state(cls, state: dict, n: int, device: torch.device) -> TaskTally:
+        """A tally from `state`; ValueError unless it is one of `n` samples."""
+        tensors = [state.get(name) for name in cls.FIELDS]
+        if not all(isinstance(t, torch.Tensor) and t.shape == (n,) for t in tensors):
+            raise ValueError(f"a checkpoint's tally is not one of {n} samples")
+        empty = cls.empty(n, device)
+        return cls(*(t.to(device, getattr(empty, name).dtype) for name, t in zip(cls.FIELDS, tensors)))
+
     @property
     def n(self) -> int:
         return int(self.labels.shape[0])

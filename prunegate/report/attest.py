@@ -25,11 +25,26 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
 
 
+def arch_digests(report: Report) -> dict[str, tuple[str, list[str]]]:
+    """sha256 -> (file name, the models it built) of the arch code the report pins."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for role, model in (("dense", report.models.dense), ("pruned", report.models.pruned)):
+        source = model.arch_source
+        if source is not None and source.sha256:
+            name = Path(source.path or "arch").name
+            found.setdefault(source.sha256, (name, []))[1].append(role)
+    return found
+
+
 def statement(report: Report) -> dict:
+    """The in-toto Statement: the models, and the arch code that built a state dict's network,
+    as subjects (a verifier checks each by sha256); the report as predicate."""
     subjects = [
         {"name": Path(m.path).name, "digest": {"sha256": m.sha256}, "annotations": {"role": role}}
         for role, m in (("pruned", report.models.pruned), ("dense", report.models.dense))
     ]
+    subjects += [{"name": name, "digest": {"sha256": digest}, "annotations": {"role": "arch", "models": models}}
+                 for digest, (name, models) in sorted(arch_digests(report).items())]
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -58,19 +73,47 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice. Parsers disagree on which value wins (Python's
+    keeps the last, others the first), so such a document means two things: it is refused."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"duplicate key {key!r}")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKeyError(key)
+        result[key] = value
+    return result
+
+
 def strict_json(text: str | bytes) -> object:
-    """json.loads, but refusing what is not JSON (NaN, Infinity) and raising ValueError (not
-    RecursionError) for nesting too deep to parse."""
+    """json.loads, but refusing what is not JSON (NaN, Infinity) or is ambiguous (an object that
+    repeats a key: DuplicateKeyError), and raising ValueError (not RecursionError) for nesting too
+    deep to parse. Every JSON prunegate reads from a user or a report goes through it."""
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
 
+def _duplicate(exc: DuplicateKeyError, where: str, file: str, field: str | None = None) -> ReportError:
+    return ReportError(f"{where} repeats the key {exc.key!r} (a JSON object must name each key once: a "
+                       "reader could take either value)", file=file, field=field)
+
+
 def parse_envelope(text: str, file: str) -> dict:
-    """The envelope's fields from a report file's text; ReportError if it is not an envelope."""
+    """The envelope's fields from a report file's text; ReportError if it is not an envelope, or
+    if the envelope or its payload is JSON that repeats a key (which value is meant would depend
+    on the reader: a forged value first and the genuine one last would verify here)."""
     try:
         data = strict_json(text)
+    except DuplicateKeyError as exc:
+        raise _duplicate(exc, "the envelope", file) from None
     except ValueError as exc:
         where = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else f" ({exc})"
         raise ReportError(f"not JSON{where}", file=file) from None
@@ -78,6 +121,12 @@ def parse_envelope(text: str, file: str) -> dict:
         raise ReportError("not a DSSE envelope (needs payloadType, payload, signatures)", file=file)
     if not isinstance(data["payload"], str) or not isinstance(data["signatures"], list):
         raise ReportError("malformed envelope: payload must be a string and signatures a list", file=file)
+    try:  # (any other problem of the payload is for the reader or the verifier to report)
+        strict_json(base64.b64decode(data["payload"], validate=True))
+    except DuplicateKeyError as exc:
+        raise _duplicate(exc, "the payload", file, "payload") from None
+    except ValueError:
+        pass
     return data
 
 
@@ -87,6 +136,8 @@ def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
     try:
         payload = base64.b64decode(data["payload"], validate=True)
         decoded = strict_json(payload)
+    except DuplicateKeyError as exc:
+        raise _duplicate(exc, "the payload", file, "payload") from None
     except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ReportError("the payload is not base64-encoded JSON", file=file, field="payload") from None
     if not isinstance(decoded, dict) or decoded.get("predicateType") != PREDICATE_TYPE:
@@ -107,12 +158,22 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def subject_digests(subjects: object) -> dict[str, str] | None:
-    """{'dense': sha256, 'pruned': sha256} when `subjects` is exactly the two model subjects a
-    prunegate statement has (each {name, digest: {sha256}, annotations: {role}}); else None."""
-    if not isinstance(subjects, list) or len(subjects) != 2:
+    """{'dense': sha256, 'pruned': sha256, 'arch:<sha256>': sha256...} when `subjects` are the two
+    model subjects a prunegate statement has (each {name, digest: {sha256}, annotations: {role}})
+    and any arch subjects (role 'arch'); else None."""
+    if not isinstance(subjects, list) or len(subjects) < 2:
         return None
     roles: dict[str, str] = {}
     for subject in subjects:
+        annotations = subject.get("annotations") if isinstance(subject, dict) else None
+        if isinstance(annotations, dict) and annotations.get("role") == "arch":
+            sha256 = (subject.get("digest") or {}).get("sha256") if isinstance(subject.get("digest"), dict) else None
+            if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256) or not isinstance(subject.get("name"), str):
+                return None
+            if f"arch:{sha256}" in roles:
+                return None
+            roles[f"arch:{sha256}"] = sha256
+            continue
         if not isinstance(subject, dict) or not isinstance(subject.get("name"), str):
             return None
         annotations, digest = subject.get("annotations"), subject.get("digest")
@@ -124,7 +185,7 @@ def subject_digests(subjects: object) -> dict[str, str] | None:
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             return None
         roles[role] = sha256
-    return roles
+    return roles if {"dense", "pruned"} <= set(roles) else None
 
 
 class Verification:
@@ -181,6 +242,8 @@ def verify_envelope(data: dict, public_key) -> Verification:
         return result.fail(f"payloadType is {data['payloadType']!r}, not {PAYLOAD_TYPE!r}")
     try:
         decoded = strict_json(payload)
+    except DuplicateKeyError as exc:  # (parse_envelope refuses these first, naming the file)
+        raise ReportError(f"the signed payload repeats the key {exc.key!r}", field="payload") from None
     except ValueError:
         return result.fail("the signed payload is not JSON")
     if not isinstance(decoded, dict) or decoded.get("_type") != STATEMENT_TYPE:
@@ -194,9 +257,11 @@ def verify_envelope(data: dict, public_key) -> Verification:
         report = Report.model_validate(decoded.get("predicate"))
     except Exception as exc:
         return result.fail(f"the predicate is not a valid prunegate report ({str(exc).splitlines()[0]})")
-    recorded = {"dense": report.models.dense.sha256, "pruned": report.models.pruned.sha256}
+    recorded = {"dense": report.models.dense.sha256, "pruned": report.models.pruned.sha256,
+                **{f"arch:{digest}": digest for digest in arch_digests(report)}}
     if recorded != roles:
-        return result.fail("the statement's subjects and the report's models have different sha256 digests")
+        return result.fail("the statement's subjects and the report's models (and their arch code) have different "
+                           "sha256 digests")
     result.checks.append("in-toto Statement v1 with the dense and pruned models as subjects; prunegate report predicate")
     result.statement = decoded
     return result

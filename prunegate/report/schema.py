@@ -29,6 +29,28 @@ class ExternalData(_Record):
     sha256: str
 
 
+class ArchSource(_Record):
+    kind: Literal["file", "module"] = Field(description="file: arch 'file.py:fn'; module: arch 'package.module:fn'")
+    path: Optional[str] = Field(description="the arch's source file, resolved")
+    sha256: Optional[str] = Field(description="sha256 of that file (also a subject of the statement)")
+    module: Optional[str] = None
+    distribution: Optional[str] = Field(None, description="the installed distribution that ships the module")
+    version: Optional[str] = Field(None, description="that distribution's version")
+    external: bool = Field(False, description="outside the policy's folder and the installed packages: ran "
+                                              "only with --allow-external-arch")
+
+
+class Isolation(_Record):
+    process: bool = Field(description="the model ran in a process of its own, without the signing key")
+    landlock_abi: Optional[int] = Field(None, description="the kernel's Landlock ABI (0: none)")
+    files: Optional[bool] = Field(None, description="Landlock: no file writes, no reading the signing key")
+    tcp: Optional[bool] = Field(None, description="Landlock: no TCP connections or listening")
+    signals: Optional[bool] = Field(None, description="Landlock: no signals to processes outside the sandbox")
+    seccomp: Optional[bool] = Field(None, description="seccomp: only Unix sockets; no programs, tracing, kernel "
+                                                      "modules, BPF, mounts or namespaces")
+    capabilities: Optional[bool] = Field(None, description="every Linux capability given up (matters under root)")
+
+
 class ModelRecord(_Record):
     path: str
     sha256: str
@@ -48,6 +70,8 @@ class ModelRecord(_Record):
     backend_choice: Optional[BackendChoice] = Field(None, description="with backend auto: why this backend ran it")
     external_data: Optional[list[ExternalData]] = Field(
         None, description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)")
+    arch_source: Optional[ArchSource] = Field(None, description="for a state dict: the arch code that built the network")
+    isolation: Optional[Isolation] = Field(None, description="how the model was kept from prunegate's process")
 
 
 class Models(_Record):
@@ -60,6 +84,8 @@ class PolicyRecord(_Record):
     path: Optional[str]
     sha256: Optional[str] = Field(description="sha256 of the policy file's bytes")
     document: dict = Field(description="the policy as validated, with command-line overrides applied")
+    overrides: dict = Field({}, description="what the command line set instead of the policy: field -> value "
+                                            "(`verify --policy` finds them from the document too)")
 
 
 class DataRecord(_Record):
@@ -164,6 +190,8 @@ class RuleRecord(_Record):
         "pass", description="undecided: the interval straddles the threshold (counts as a failure)")
     samples_needed: Optional[int] = Field(None, description="for an undecided rule: roughly how many samples "
                                                             "per task would decide it")
+    note: Optional[str] = Field(None, description="why the rule failed whatever its value (e.g. a task with "
+                                                  "mostly non-finite outputs)")
 
 
 class CorruptionError(_Record):
@@ -205,6 +233,7 @@ class Report(_Record):
     corruption_summary: Optional[CorruptionSummary] = None
     environment: dict
     timing: Timing
+    warnings: list[str] = Field([], description="what a reader must know about the run (non-finite outputs, ...)")
 
     def failed_rules(self) -> list[RuleRecord]:
         return [r for r in self.rules if not r.passed]

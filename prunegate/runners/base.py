@@ -32,6 +32,8 @@ class ModelInfo:
     channels_last: Optional[bool] = None  # torch: whether the model ran channels-last; None for ONNX Runtime
     backend_choice: Optional[dict] = None  # --backend auto: {"reason", "seconds_per_batch", "batch"}
     external_data: Optional[list] = None  # ONNX: [{"path", "sha256"}] of the weight files beside the model
+    arch_source: Optional[dict] = None  # the arch code that built a state dict's network, pinned (see archsource)
+    isolation: Optional[dict] = None  # how the model's process was isolated: {"process", "landlock_abi", ...}
 
     @property
     def sparsity(self) -> float:

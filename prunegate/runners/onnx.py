@@ -11,6 +11,7 @@ import torch
 from prunegate.errors import DeviceError, ModelError
 
 from .base import Counts, ModelInfo, first_line, run_in_chunks
+from .opscan import scan_onnx_model
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
@@ -86,35 +87,46 @@ def check_external_data(model, path: Path, field: str) -> list[str]:
     return sorted(locations)
 
 
+def external_locations(path: Path, field: str) -> list[str]:
+    """The external data files an ONNX model reads (relative to its folder), checked."""
+    return check_external_data(_read_proto(path, field), path, field)
+
+
 def external_data_digests(path: Path, field: str) -> Optional[list[dict]]:
     """sha256 of each external data file, so the report pins all the weights, not just the .onnx.
     (Read from the file again: a loaded model no longer says where its data came from.)"""
-    import onnx
-
     from prunegate.digest import file_sha256
 
-    locations = check_external_data(onnx.load(str(path), load_external_data=False), path, field)
+    locations = external_locations(path, field)
     return [{"path": loc, "sha256": file_sha256(path.parent / loc)} for loc in locations] or None
 
 
-def load_onnx_model(path: Path, field: str):
-    """The model proto with its external data, checked; ModelError naming the file otherwise."""
+def _read_proto(path: Path, field: str):
+    """The model proto without its external data; ModelError naming the file if it is none."""
     import onnx
     from google.protobuf.message import DecodeError
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
         raise ModelError(f"not a valid ONNX model: the file is truncated or corrupt ({first_line(exc)})",
                          file=path, field=field) from None
     except Exception as exc:  # onnx raises a few kinds for files that are not models
         raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+
+
+def load_onnx_model(path: Path, field: str):
+    """The model proto with its external data, checked; ModelError naming the file otherwise."""
+    import onnx
+
+    model = _read_proto(path, field)
     check_external_data(model, path, field)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises ValidationError, OSError, ValueError...
         raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+    scan_onnx_model(model, path, field)
     return model
 
 

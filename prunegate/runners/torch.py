@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import logging
 import pickle
 import re
 import sys
@@ -23,6 +24,7 @@ import torch
 from prunegate.errors import ModelError
 
 from .base import PRECISIONS, Counts, ModelInfo, first_line, run_in_chunks
+from .opscan import scan_export_program, scan_torchscript_archive, scan_torchscript_module
 
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -127,12 +129,16 @@ def load_torch_module(
     kind = sniff_format(path, field)
     try:
         if kind == "torchscript":
+            scan_torchscript_archive(path, field)  # loading runs __setstate__: its code is checked first
             with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated, on every load
                 warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", FutureWarning)
-                return torch.jit.load(str(path), map_location="cpu"), "torchscript", None
+                module = torch.jit.load(str(path), map_location="cpu")
+            scan_torchscript_module(module, path, field)
+            return module, "torchscript", None
         if kind == "torch-export":
-            with contextlib.nullcontext() if allow_pickle else refuse_unpickling():
+            with contextlib.nullcontext() if allow_pickle else refuse_unpickling(), _quiet_torch_export():
                 program = torch.export.load(str(path))
+            scan_export_program(program, path, field)
             shape = None
             placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
             if placeholders and "val" in placeholders[0].meta:
@@ -181,6 +187,23 @@ def load_torch_module(
     if state is None:
         raise ModelError(f"holds a {type(obj).__name__}, neither a module nor a state dict", file=path, field=field)
     return _module_from_state_dict(state, arch, base_dir, path, field), fmt, None
+
+
+@contextlib.contextmanager
+def _quiet_torch_export() -> Iterator[None]:
+    """torch.export.load logs a warning with a whole traceback (on logger torch.export) when it
+    cannot read the archive, then raises: the ModelError that follows says it in one line. Its
+    loggers are quiet for the call, unless prunegate logs at debug level (--debug)."""
+    if logging.getLogger("prunegate").isEnabledFor(logging.DEBUG):
+        yield
+        return
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _UNPICKLE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+|<[^>]*>)", re.IGNORECASE)

@@ -1,4 +1,10 @@
-"""The console summary: rules first (what decided the verdict), then the task metrics."""
+"""The console summary: rules first (what decided the verdict), then the task metrics.
+
+Every string from the report (rule, task, policy and file names: the report may come from anyone)
+goes through `_text`: control characters escaped, rich markup escaped, so `a\x1b[2Jb` and
+`[bold red]x[/]` are shown as the characters they are. `render` returns a `Rendered` string,
+which a rich console prints as it is rather than reading it as markup again.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,30 @@ from statistics import fmean
 from typing import Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from prunegate.errors import printable
 from prunegate.report.render.common import (POINT_METRICS, PERCENT_METRICS, pct, signed_pct, format_metric,
                                              over_text, rule_status, threshold_text, worst_task)
 from prunegate.report.schema import Report, RuleRecord
 
 MAX_TASK_ROWS = 40  # beyond this, tasks are summarised per group
+
+
+def _text(value: object) -> str:
+    """A value from the report as console markup that shows it literally, on one line."""
+    return escape(printable(value))
+
+
+class Rendered(str):
+    """Console output already rendered (text, with ANSI styles when in colour). A rich console's
+    `print` takes it as finished text, not as markup: a rule named `[red]x[/]`, shown literally
+    in the rendering, stays literal when the CLI prints the rendering."""
+
+    def __rich__(self) -> Text:
+        return Text(str(self))
 
 
 def format_interval(metric: str, low: float, high: float) -> str:
@@ -29,7 +52,7 @@ def format_interval(metric: str, low: float, high: float) -> str:
 def _tasks_text(rule: RuleRecord) -> str:
     """The task, or how many tasks and which was worst."""
     over = over_text(rule)
-    return f"{over}, worst {worst_task(rule).task}" if len(rule.per_task) > 1 else over
+    return _text(f"{over}, worst {worst_task(rule).task}" if len(rule.per_task) > 1 else over)
 
 
 STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
@@ -44,7 +67,7 @@ def rules_table(report: Report) -> Table:
         table.add_column(column, no_wrap=column != "tasks", overflow="fold")
     order = {"fail": 0, "undecided": 1, "pass": 2}
     for rule in sorted(report.rules, key=lambda r: order[rule_status(r)]):
-        cells = [STATUS[rule_status(rule)], rule.name, rule.metric, format_metric(rule.metric, rule.value)]
+        cells = [STATUS[rule_status(rule)], _text(rule.name), _text(rule.metric), format_metric(rule.metric, rule.value)]
         if confident:
             cells.append(format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else "")
         table.add_row(*cells, threshold_text(rule), _tasks_text(rule))
@@ -58,7 +81,7 @@ def undecided_lines(report: Report) -> list[str]:
             continue
         more = (f"about {rule.samples_needed:,} samples per task would likely decide it" if rule.samples_needed
                 else "the estimate sits on the threshold: more samples alone may not decide it")
-        lines.append(f"[yellow]undecided[/] {rule.name}: the {100 * (rule.confidence or 0):g}% interval straddles "
+        lines.append(f"[yellow]undecided[/] {_text(rule.name)}: the {100 * (rule.confidence or 0):g}% interval straddles "
                      f"{threshold_text(rule)}; {more}")
     return lines
 
@@ -81,7 +104,7 @@ def tasks_table(report: Report) -> Table:
         rows = [(t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks]
     for name, n, interval, dense, pruned, drop, agreement, newly_wrong, kappa in rows:
         ci = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
-        table.add_row(name, str(n), pct(dense), pct(pruned), signed_pct(drop), *ci, pct(agreement),
+        table.add_row(_text(name), str(n), pct(dense), pct(pruned), signed_pct(drop), *ci, pct(agreement),
                       format_metric("newly_wrong", newly_wrong), f"{kappa:.2f}" if kappa is not None else "n/a")
     return table
 
@@ -105,7 +128,7 @@ def corruption_line(report: Report) -> Optional[str]:
     worst = max(defined, key=lambda c: c.ce)
     relative = f", relative mCE {summary.relative_mce:.3f}" if summary.relative_mce is not None else ""
     return (f"corruptions: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
-            f"worst {worst.name} CE {worst.ce:.3f}")
+            f"worst {_text(worst.name)} CE {worst.ce:.3f}")
 
 
 def getattr_path(obj, dotted: str):
@@ -115,10 +138,11 @@ def getattr_path(obj, dotted: str):
 
 
 def verdict_line(report: Report) -> str:
+    """The verdict as console markup (the rule names in it escaped), for a rich console to print."""
     failed = report.failed_rules()
     if not failed:
         return f"[bold green]PASS[/]: all {len(report.rules)} rules passed"
-    names = ", ".join(r.name for r in failed)
+    names = ", ".join(_text(r.name) for r in failed)
     return f"[bold red]FAIL[/]: {len(failed)} of {len(report.rules)} rules failed: {names}"
 
 
@@ -126,17 +150,17 @@ def models_line(report: Report) -> str:
     parts = []
     for role in ("dense", "pruned"):
         m = getattr(report.models, role)
-        provider = f", {m.provider}" if m.provider else ""
-        parts.append(f"{role} {Path(m.path).name} ({m.format}, {m.nonzero_parameters:,}/{m.parameters:,} nonzero, "
-                     f"sparsity {pct(m.sparsity)}; {m.backend} on {m.device}{provider})")
+        provider = f", {_text(m.provider)}" if m.provider else ""
+        parts.append(f"{role} {_text(Path(m.path).name)} ({_text(m.format)}, {m.nonzero_parameters:,}/{m.parameters:,} "
+                     f"nonzero, sparsity {pct(m.sparsity)}; {_text(m.backend)} on {_text(m.device)}{provider})")
     return "; ".join(parts)
 
 
-def render(report: Report, *, color: bool = False, width: int = 110) -> str:
+def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
                       color_system="standard" if color else None, highlight=False)
-    console.print(f"[bold]prunegate[/] {report.tool.get('version', '')} · policy [bold]{report.policy.name}[/] · "
+    console.print(f"[bold]prunegate[/] {_text(report.tool.get('version', ''))} · policy [bold]{_text(report.policy.name)}[/] · "
                   f"seed {report.seed} · {report.timing.duration_s:.1f} s")
     console.print(models_line(report))
     console.print(tasks_table(report))
@@ -147,10 +171,10 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> str:
     for line in undecided_lines(report):
         console.print(line, soft_wrap=True)
     console.print(verdict_line(report))
-    return buffer.getvalue()
+    return Rendered(buffer.getvalue())
 
 
-def render_potential(result: dict, *, color: bool = False, width: int = 110) -> str:
+def render_potential(result: dict, *, color: bool = False, width: int = 110) -> Rendered:
     """The prune-potential table: per group, the dense error, each member's error and the potential."""
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
@@ -164,6 +188,6 @@ def render_potential(result: dict, *, color: bool = False, width: int = 110) -> 
         table.add_column(f"{100 * m['prune_ratio']:.1f}%", justify="right")
     table.add_column("potential", justify="right")
     for g in result["groups"]:
-        table.add_row(g["name"], pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]")
+        table.add_row(_text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]")
     console.print(table)
-    return buffer.getvalue()
+    return Rendered(buffer.getvalue())

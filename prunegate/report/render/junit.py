@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from prunegate.errors import printable
 from prunegate.report.render import common
 from prunegate.report.schema import Report, RuleRecord
 
@@ -28,8 +29,14 @@ _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-
 
 
 def _clean(text: object) -> str:
-    """Characters XML 1.0 cannot carry (control characters) are dropped."""
-    return _NOT_XML.sub("", str(text))
+    """One value, on one line: control characters escaped (`errors.printable`: the XML may be
+    printed to a terminal, and a line break in a name must not fake a line), and what else XML 1.0
+    cannot carry dropped."""
+    return _NOT_XML.sub("", printable(text))
+
+
+def _clean_lines(lines: list[str]) -> str:
+    return "\n".join(_clean(line) for line in lines)
 
 
 def _timestamp(report: Report) -> str:
@@ -69,9 +76,9 @@ def _testcase(suite: ET.Element, rule: RuleRecord, classname: str) -> None:
         details = [failure_message(rule)]
         if rule.samples_needed:
             details.append(f"about {rule.samples_needed:,} samples per task would decide it")
-        failure.text = _clean("\n".join(details + (["tasks that did not pass:"] + failing if failing else [])))
+        failure.text = _clean_lines(details + (["tasks that did not pass:"] + failing if failing else []))
     if lines:
-        ET.SubElement(case, "system-out").text = _clean("\n".join(lines))
+        ET.SubElement(case, "system-out").text = _clean_lines(lines)
 
 
 def _properties(suite: ET.Element, report: Report) -> None:

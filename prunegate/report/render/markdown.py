@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prunegate.errors import printable
 from prunegate.report.render import common
 from prunegate.report.schema import Report
 
@@ -23,13 +24,14 @@ _SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")
 
 
 def escape(text: object) -> str:
-    """Text as it should appear literally in a table cell or a line of GFM."""
-    return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    """Text as it should appear literally in a table cell or a line of GFM (whitespace runs, line
+    breaks included, as one space; other control characters escaped: the summary may be printed)."""
+    return _SPECIAL.sub(r"\\\1", printable(" ".join(str(text).split())))
 
 
 def code(text: object) -> str:
     """Inline code; backticks inside are avoided, pipes escaped (GFM tables split on them)."""
-    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+    return "`" + printable(" ".join(str(text).split())).replace("`", "'").replace("|", "\\|") + "`"
 
 
 def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
