@@ -680,7 +680,102 @@ def hardening_rows() -> list:
             std_that_is_zero_in_float32, verify_envelope_with_a_repeated_key, show_payload_with_a_repeated_key]
 
 
-ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows() + hardening_rows()
+def trust_rows() -> list:
+    """Issue 13: outputs that would overwrite inputs or each other; models that would do more than
+    compute; arch code from elsewhere; signing without isolation; a resume with nothing to resume."""
+
+    def report_over_the_policy(c: Case):
+        policy = c.policy()
+        return c.check(policy, "--report", str(policy)), [str(policy), "--report", "the policy", "overwrite"]
+
+    def report_over_the_pruned_model(c: Case):
+        policy = c.policy()
+        return c.check(policy, "--report", str(c.folder / "pruned.pt")), \
+            [str(c.folder / "pruned.pt"), "--report", "models.pruned", "overwrite"]
+
+    def html_over_the_report(c: Case):
+        policy = c.policy()
+        return c.check(policy, "--html", str(c.out / "report.json")), \
+            [str(c.out / "report.json"), "--html", "--report", "two outputs"]
+
+    def markdown_over_the_data(c: Case):
+        policy = c.policy()
+        return c.check(policy, "--markdown", str(c.folder / "data.npz")), \
+            [str(c.folder / "data.npz"), "--markdown", "data.test.path"]
+
+    def junit_through_a_symlink_onto_the_policy(c: Case):
+        policy = c.policy()
+        (c.folder / "innocent.xml").symlink_to(policy)
+        return c.check(policy, "--junit", str(c.folder / "innocent.xml")), \
+            [str(c.folder / "innocent.xml"), "--junit", "the policy"]
+
+    def report_inside_the_image_folder(c: Case):
+        path = c.image_folder({})
+        policy = c.policy(data={"test": {"format": "imagefolder", "path": path}})
+        target = c.folder / "images" / "c" / "report.json"
+        return c.check(policy, "--report", str(target)), [str(target), "--report", "inside data.test.path"]
+
+    def report_over_the_key(c: Case):
+        policy = c.policy()
+        c.copy("key.pem")
+        (c.folder / "key.pem").chmod(0o600)
+        return c.check(policy, "--key", str(c.folder / "key.pem"), "--report", str(c.folder / "key.pem")), \
+            [str(c.folder / "key.pem"), "--report", "the signing key"]
+
+    def torchscript_that_prints(c: Case):
+        policy = c.policy()
+
+        class Printer(torch.nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                print("PASS: all 99 rules passed")
+                return x.mean(dim=(2, 3))
+
+        torch.jit.script(Printer()).save(str(c.folder / "pruned.pt"))
+        return c.check(policy), [c.path("pruned.pt"), "models.pruned", "prim::Print"]
+
+    def onnx_custom_domain(c: Case):
+        from onnx import TensorProto, helper
+
+        graph = helper.make_graph([helper.make_node("ReadFile", ["x"], ["logits"], domain="evil.ops")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)])
+        (c.folder / "custom.onnx").write_bytes(model.SerializeToString())
+        policy = c.policy(pruned="custom.onnx")
+        return c.check(policy), [c.path("custom.onnx"), "models.pruned", "custom domain 'evil.ops'"]
+
+    def arch_file_outside_the_policy_folder(c: Case):
+        c.copy("weights.pth")
+        elsewhere = c.folder.parent / "elsewhere"
+        elsewhere.mkdir()
+        shutil.copy(c.assets / "tiny_arch.py", elsewhere / "tiny_arch.py")
+        policy = c.policy(pruned={"path": "weights.pth", "arch": f"{elsewhere / 'tiny_arch.py'}:build"})
+        return c.check(policy), [c.path("weights.pth"), "models.pruned.arch", "--allow-external-arch"]
+
+    def signing_with_isolation_off(c: Case):
+        policy = c.policy(runtime={"isolation": "off", "device": "cpu", "workers": 0})
+        c.copy("key.pem")
+        (c.folder / "key.pem").chmod(0o600)
+        return c.check(policy, "--key", str(c.folder / "key.pem")), [str(policy), "runtime.isolation", "signed"]
+
+    def resume_without_a_checkpoint(c: Case):
+        policy = c.policy()
+        return c.check(policy, "--resume"), [str(c.out / "report.json.partial"), "--resume", "nothing to resume"]
+
+    def resume_from_a_damaged_checkpoint(c: Case):
+        policy = c.policy()
+        (c.folder / "run.json.partial").mkdir()
+        (c.folder / "run.json.partial" / "rank-0.pt").write_bytes(b"not a checkpoint")
+        return ["check", "--policy", str(policy), "--report", str(c.folder / "run.json"), "--resume"], \
+            [str(c.folder / "run.json.partial" / "rank-0.pt"), "--resume", "not a readable prunegate checkpoint"]
+
+    return [report_over_the_policy, report_over_the_pruned_model, html_over_the_report, markdown_over_the_data,
+            junit_through_a_symlink_onto_the_policy, report_inside_the_image_folder, report_over_the_key,
+            torchscript_that_prints, onnx_custom_domain, arch_file_outside_the_policy_folder,
+            signing_with_isolation_off, resume_without_a_checkpoint, resume_from_a_damaged_checkpoint]
+
+
+ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows() + hardening_rows() + trust_rows()
 
 
 @pytest.mark.parametrize("build", ROWS, ids=[row.__name__ for row in ROWS])
@@ -748,6 +843,35 @@ def test_nonfinite_logits_are_counted_wrong_and_disagreeing_in_the_report(tmp_pa
     assert clean["pruned"]["correct"] == per_class  # only class 2: +inf on the right logit is not "correct"
     assert clean["agreement"] == pytest.approx(1 / 3) and clean["accuracy_drop"] == pytest.approx(2 / 3)
     assert all(not rule["passed"] for rule in predicate["rules"])
+
+
+class AllNaN(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * float("nan")
+
+
+def test_models_that_output_only_nan_fail_every_rule_over_the_task(tmp_path: Path, colour_dataset, write_npz,
+                                                                    write_policy, capsys) -> None:
+    """Two models that output only NaN agree perfectly and drop no accuracy: before, PASS. A
+    task where most outputs are not numbers measures nothing: its rules fail, and the report and
+    the console say why."""
+    images, labels = colour_dataset(N)
+    write_npz(tmp_path / "data.npz", images, labels)
+    for name in ("dense.pt", "pruned.pt"):
+        torch.jit.save(torch.jit.script(AllNaN()), tmp_path / name)
+    policy = write_policy(tmp_path / "policy.yaml", models={"input": {"size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}})
+    report = tmp_path / "report.json"
+    code = main(["check", "-p", str(policy), "-o", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    predicate = read_envelope(report.read_text(), str(report))[2]["predicate"]
+    clean = next(t for t in predicate["tasks"] if t["name"] == "clean")
+    assert clean["accuracy_drop"] == 0.0  # what the metric alone says
+    assert [r["status"] for r in predicate["rules"]] == ["fail", "fail"]
+    assert all("NaN or infinite" in r["note"] and "clean" in r["note"] for r in predicate["rules"])
+    assert predicate["warnings"] == [f"clean: non-finite logits (dense {N} of {N}, pruned {N} of {N}): counted as "
+                                     "wrong and disagreeing"]
+    assert "warning: clean: non-finite logits" in out and "NaN or infinite" in out
 
 
 # --- ONNX external data: confined to the model's folder -----------------------------------------

@@ -654,3 +654,38 @@ def test_control_characters_in_policy_values_never_break_a_line(scratch: Path, d
     assert code in (0, 2), err
     assert one_clean_line(err.rstrip("\n")) and one_clean_line(out.rstrip("\n"))
     assert (code == 0) == (err == "")
+
+
+# --- output paths (issue 13): every collision refused, nothing left behind ----------------------
+
+path_parts = st.sampled_from(["policy.yaml", "data", "data/img.png", "data/sub/x.json", "model.pt", "out.json",
+                              "out.html", "link", "link/x", "missing/out.json", "..", ".", "", "a\nb.json",
+                              "\x1b[2J.md", "out.json/"])
+
+
+@FUZZ
+@given(chosen=st.dictionaries(st.sampled_from(["--report", "--html", "--markdown", "--junit"]),
+                              st.one_of(st.none(), path_parts), max_size=4))
+def test_output_paths_are_checked_or_refused_never_crash(scratch: Path, chosen: dict) -> None:
+    """Any mix of output paths over the run's inputs: accepted (each a distinct, writable file
+    that is not an input) or a PrunegateError; the folder holds exactly what it held."""
+    from prunegate.cli.outputs import check_outputs
+
+    folder = fresh(scratch / "outputs")
+    (folder / "policy.yaml").write_text("x")
+    (folder / "model.pt").write_bytes(b"m")
+    (folder / "data").mkdir()
+    (folder / "data" / "img.png").write_bytes(b"p")
+    (folder / "link").symlink_to(folder / "data")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    inputs = {"the policy": folder / "policy.yaml", "models.dense": folder / "model.pt", "data.test.path": folder / "data"}
+    outputs = {option: (folder / part if part is not None else None) for option, part in chosen.items()}
+    try:
+        accepted = check_outputs(outputs, inputs)
+    except PrunegateError:
+        accepted = None
+    if accepted is not None:
+        real = [p.resolve() for p in accepted.values()]
+        assert len(set(real)) == len(real)
+        assert not any(r == i.resolve() or i.resolve() in r.parents for r in real for i in inputs.values())
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before

@@ -86,6 +86,8 @@ def verify(
                           {role for role in ("dense", "pruned") if files[role] is not None}, allow_overrides, notes)
     # What is printed from here on names files and the report's own fields (which anyone may have
     # written, signed or not): plain text (markup=False), control characters escaped.
+    if result.ok:
+        notes.extend(_isolation_notes(result.statement["predicate"]))
     for check in result.checks:
         out.print(f"✓ {check}", markup=False)
     for note in notes:
@@ -156,3 +158,20 @@ def _check_policy(result, predicate: dict, path: Path, document: dict, checked_m
     elif not effective:
         result.checks.append("the run used the policy as it is" +
                              (" (overrides without effect on the verdict listed below)" if differences else ""))
+
+
+def _isolation_notes(predicate: dict) -> list[str]:
+    """What a reviewer should know of how the models were kept from prunegate's process."""
+    notes = []
+    for role in ("dense", "pruned"):
+        isolation = (predicate.get("models", {}).get(role) or {}).get("isolation")
+        if not isinstance(isolation, dict):
+            notes.append(f"the {role} model's isolation is not recorded (a report from before prunegate isolated "
+                         "models)")
+        elif not isolation.get("process"):
+            notes.append(f"the {role} model ran in prunegate's own process (runtime.isolation: off)")
+        elif not all(isolation.get(k) for k in ("files", "tcp", "seccomp")):
+            notes.append(f"the {role} model ran in its own process, but this machine's kernel could not sandbox it "
+                         "completely (see models.{role}.isolation)".replace("{role}", role))
+    return notes
+

@@ -156,6 +156,23 @@ def models_line(report: Report) -> str:
     return "; ".join(parts)
 
 
+def isolation_line(report: Report) -> Optional[str]:
+    """How the models were kept from prunegate's process, when that was less than complete."""
+    notes = []
+    for role in ("dense", "pruned"):
+        isolation = getattr(report.models, role).isolation
+        if isolation is None:
+            continue
+        if not isolation.process:
+            notes.append(f"{role} ran in prunegate's own process (runtime.isolation: off)")
+        elif not (isolation.files and isolation.tcp and isolation.seccomp):
+            missing = [what for what, ok in (("file writes and key reads", isolation.files), ("TCP", isolation.tcp),
+                                             ("programs and other sockets", isolation.seccomp)) if not ok]
+            notes.append(f"{role} ran in its own process, not sandboxed against {', '.join(missing)} "
+                         "(this kernel lacks Landlock or seccomp)")
+    return "[yellow]isolation[/]: " + "; ".join(notes) if notes else None
+
+
 def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered:
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
@@ -163,6 +180,9 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered
     console.print(f"[bold]prunegate[/] {_text(report.tool.get('version', ''))} · policy [bold]{_text(report.policy.name)}[/] · "
                   f"seed {report.seed} · {report.timing.duration_s:.1f} s")
     console.print(models_line(report))
+    line = isolation_line(report)
+    if line:
+        console.print(line)
     console.print(tasks_table(report))
     line = corruption_line(report)
     if line:
@@ -170,6 +190,11 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered
     console.print(rules_table(report))
     for line in undecided_lines(report):
         console.print(line, soft_wrap=True)
+    for rule in report.rules:
+        if rule.note:
+            console.print(f"[bold red]{_text(rule.name)}[/]: {_text(rule.note)}", soft_wrap=True)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/]: {_text(warning)}", soft_wrap=True)
     console.print(verdict_line(report))
     return Rendered(buffer.getvalue())
 

@@ -62,7 +62,7 @@ def _rule_view(rule: RuleRecord) -> dict:
         "failing": [{"task": t.task, "value": common.format_metric(rule.metric, t.value),
                      "status": common.task_status(t)} for t in failing[:MAX_LISTED_TASKS]],
         "failing_more": max(0, len(failing) - MAX_LISTED_TASKS), "failing_count": len(failing),
-        "tasks_count": len(rule.per_task),
+        "tasks_count": len(rule.per_task), "note": rule.note,
     }
 
 
@@ -167,5 +167,6 @@ def render(report: Report, *, gallery: Optional[Gallery] = None, signature: Opti
         "pruned_file": Path(report.models.pruned.path).name,
         "signature": signature,
         "confidence": report.confidence,
+        "warnings": report.warnings,
     }
     return _environment().get_template("report.html.j2").render(**context)

@@ -110,6 +110,8 @@ def render(report: Report) -> str:
     lines = verdict_lines(report)
     lines += ["", rules_table(report)]
     notes = undecided_notes(report)
+    notes += [f"- **{escape(r.name)}**: {escape(r.note)}" for r in report.rules if r.note]
+    notes += [f"- ⚠️ {escape(w)}" for w in report.warnings]
     if notes:
         lines += ["", *notes]
     summary = f"Tasks ({len(report.tasks)}{', mean per group' if len(report.tasks) > MAX_TASK_ROWS else ''})"
