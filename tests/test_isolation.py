@@ -9,10 +9,8 @@ that managed any attack answers wrongly, so the gate would fail).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import sys
 import textwrap
 from pathlib import Path
 from typing import Tuple
@@ -264,6 +262,38 @@ def test_a_model_that_answers_one_row_for_a_batch_is_refused_naming_the_batch(ca
     assert code == 2, err
     [line] = err.strip().splitlines()
     assert "models.dense" in line and "[1, 3]" in line and "[5, 3]" in line and "samples 0-4" in line
+    assert list((folder / "out").iterdir()) == []
+
+
+def test_a_model_that_fails_only_on_some_batches_is_named_with_the_batch(case, capsys, colour_net) -> None:
+    """The probe's tiny batch passes; a real batch raises inside the model: exit 2 naming the
+    model, the task and the samples (it was exit 3, naming nothing)."""
+    folder, policy = case
+    (folder / "picky_arch.py").write_text(textwrap.dedent("""
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+                self.head = torch.nn.Linear(64, 3)
+
+            def forward(self, x):
+                if x.shape[0] > 2 and float(x.amax()) > 0.5:
+                    raise ValueError("this model cannot take bright images")
+                return self.head(torch.flatten(torch.relu(self.conv(x)), 1))
+
+        def build():
+            return Net()
+    """))
+    torch.save(colour_net().state_dict(), folder / "weights.pth")
+    document = policy({"path": "weights.pth", "arch": "picky_arch.py:build"},
+                      runtime={"backend": "torch", "device": "cpu", "batch_size": 6, "workers": 0})
+    code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert str(folder / "weights.pth") in line and "models.dense" in line and "clean on 6 images of test" in line
+    assert "samples 0-5" in line and "cannot take bright images" in line
     assert list((folder / "out").iterdir()) == []
 
 
