@@ -343,3 +343,14 @@ def test_isolated_and_in_process_runs_give_the_same_predicate(case, capsys, save
         predicates[isolation] = predicate
     for name in predicates["auto"]:  # the same bits: a model sees its input laid out as before
         assert predicates["auto"][name] == predicates["off"][name], name
+
+
+def test_a_system_without_descriptor_passing_is_told_to_turn_isolation_off(monkeypatch) -> None:
+    import socket
+
+    from prunegate.errors import DeviceError
+    from prunegate.runners.isolated import Zygote
+
+    monkeypatch.delattr(socket, "send_fds")
+    with pytest.raises(DeviceError, match="runtime.isolation: off"):
+        Zygote()

@@ -316,6 +316,10 @@ class Zygote:
     _shared: Optional[Zygote] = None
 
     def __init__(self) -> None:
+        if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
+            raise DeviceError("running models in processes of their own needs Linux or macOS; on this system set "
+                              "runtime.isolation: off (the report records it, and is never signed)",
+                              field="runtime.isolation")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
