@@ -206,26 +206,24 @@ def test_arch_code_runs_sandboxed_and_cannot_steal_write_print_or_patch(key_from
     assert isolation["process"] and isolation["files"] and isolation["tcp"]
 
 
+def _arch_with_forward(folder: Path, name: str, forward: str, colour_net) -> dict:
+    """A state dict of the colour net, and an arch file `name` whose network (the colour net's
+    layers) computes `forward` (the body of forward(self, x), where `logits` is the honest
+    answer): the model spec for a policy."""
+    body = textwrap.indent(textwrap.dedent(forward).strip(), " " * 8)
+    (folder / name).write_text(
+        "import os\nimport torch\n\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)\n"
+        "        self.head = torch.nn.Linear(64, 3)\n\n    def forward(self, x):\n"
+        "        logits = self.head(torch.flatten(torch.relu(self.conv(x)), 1))\n"
+        f"{body}\n\n\ndef build():\n    return Net()\n")
+    torch.save(colour_net().state_dict(), folder / "weights.pth")
+    return {"path": "weights.pth", "arch": f"{name}:build"}
+
+
 def test_a_model_process_that_dies_is_a_clear_error(case, capsys, colour_net) -> None:
     folder, policy = case
-    (folder / "dying_arch.py").write_text(textwrap.dedent("""
-        import os
-        import torch
-
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
-                self.head = torch.nn.Linear(64, 3)
-
-            def forward(self, x):
-                os._exit(7)
-
-        def build():
-            return Net()
-    """))
-    torch.save(colour_net().state_dict(), folder / "weights.pth")
-    document = policy({"path": "weights.pth", "arch": "dying_arch.py:build"})
+    document = policy(_arch_with_forward(folder, "dying_arch.py", "os._exit(7)", colour_net))
     code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
     assert code == 2, err
     [line] = err.strip().splitlines()
@@ -237,27 +235,8 @@ def test_a_model_that_answers_one_row_for_a_batch_is_refused_naming_the_batch(ca
     """Only the first, small batch was checked before: a model that returned one row for a later
     batch had it broadcast over the batch. Every batch's output is checked."""
     folder, policy = case
-    (folder / "one_row_arch.py").write_text(textwrap.dedent("""
-        import torch
-
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
-                self.head = torch.nn.Linear(64, 3)
-
-            def forward(self, x):
-                logits = self.head(torch.flatten(torch.relu(self.conv(x)), 1))
-                return logits if x.shape[0] <= 2 else logits[:1]
-
-        def build():
-            return Net()
-    """))
-    torch.save(colour_net().state_dict(), folder / "weights.pth")
-    document = policy({"path": "weights.pth", "arch": "one_row_arch.py:build"}, runtime={"backend": "torch",
-                                                                                         "device": "cpu",
-                                                                                         "batch_size": 5,
-                                                                                         "workers": 0})
+    spec = _arch_with_forward(folder, "one_row_arch.py", "return logits if x.shape[0] <= 2 else logits[:1]", colour_net)
+    document = policy(spec, runtime={"backend": "torch", "device": "cpu", "batch_size": 5, "workers": 0})
     code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
     assert code == 2, err
     [line] = err.strip().splitlines()
@@ -269,26 +248,12 @@ def test_a_model_that_fails_only_on_some_batches_is_named_with_the_batch(case, c
     """The probe's tiny batch passes; a real batch raises inside the model: exit 2 naming the
     model, the task and the samples (it was exit 3, naming nothing)."""
     folder, policy = case
-    (folder / "picky_arch.py").write_text(textwrap.dedent("""
-        import torch
-
-        class Net(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
-                self.head = torch.nn.Linear(64, 3)
-
-            def forward(self, x):
-                if x.shape[0] > 2 and float(x.amax()) > 0.5:
-                    raise ValueError("this model cannot take bright images")
-                return self.head(torch.flatten(torch.relu(self.conv(x)), 1))
-
-        def build():
-            return Net()
-    """))
-    torch.save(colour_net().state_dict(), folder / "weights.pth")
-    document = policy({"path": "weights.pth", "arch": "picky_arch.py:build"},
-                      runtime={"backend": "torch", "device": "cpu", "batch_size": 6, "workers": 0})
+    spec = _arch_with_forward(folder, "picky_arch.py", """
+        if x.shape[0] > 2 and float(x.amax()) > 0.5:
+            raise ValueError("this model cannot take bright images")
+        return logits
+    """, colour_net)
+    document = policy(spec, runtime={"backend": "torch", "device": "cpu", "batch_size": 6, "workers": 0})
     code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
     assert code == 2, err
     [line] = err.strip().splitlines()

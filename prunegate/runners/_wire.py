@@ -72,6 +72,15 @@ def receive_command(sock: socket.socket) -> tuple[tuple, list[int]]:
     return pickle.loads(payload), fds
 
 
+def hang_up(sock: socket.socket) -> None:
+    """Ask the other side to end ("close"), whether or not it still listens, and close the socket."""
+    try:
+        send_command(sock, "close")
+    except OSError:
+        pass
+    sock.close()
+
+
 def send_reply(sock: socket.socket, reply: dict) -> None:
     send(sock, json.dumps(reply, allow_nan=False).encode())
 

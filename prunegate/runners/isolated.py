@@ -285,11 +285,7 @@ class IsolatedRunner:
         return tuple(shape)
 
     def close(self) -> None:
-        try:
-            _wire.send_command(self.sock, "close")
-        except OSError:
-            pass
-        self.sock.close()
+        _wire.hang_up(self.sock)
         if self.zygote.status(self.pid, timeout=5) is None:
             self._kill()
             self.zygote.status(self.pid, timeout=5)
@@ -366,11 +362,7 @@ class Zygote:
         return status if isinstance(status, int) else None
 
     def close(self) -> None:
-        try:
-            _wire.send_command(self.sock, "close")
-        except OSError:
-            pass
-        self.sock.close()
+        _wire.hang_up(self.sock)
         try:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
