@@ -121,6 +121,18 @@ def _save_export(model: torch.nn.Module, path: Path, size: int = SIZE) -> Path:
     return path
 
 
+def corrupt_torchscript(source: Path, target: Path) -> None:
+    """A TorchScript archive that stays a valid zip, but whose code members are garbage."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as broken:
+        for item in original.infolist():
+            data = original.read(item)
+            if "/code/" in item.filename and item.filename.endswith(".py"):
+                data = b"def forward(self, x):\n    return ((( not python\n"
+            broken.writestr(item, data)
+
+
 def _write_arch_file(folder: Path, name: str = "tiny_arch.py", classes: int = CLASSES, size: int = SIZE) -> Path:
     """A `file.py` with `build()` returning an untrained TinyNet: an `arch` for state dicts."""
     source = "import torch\n\n\n" + inspect.getsource(TinyNet) + (

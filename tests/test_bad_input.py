@@ -29,6 +29,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import corrupt_torchscript as garble_torchscript
 from prunegate.cli import main
 from prunegate.report import keys
 from prunegate.report.attest import read_envelope
@@ -118,16 +119,6 @@ def _png(array: np.ndarray, path: Optional[Path] = None, fmt: str = "PNG") -> by
 
 def _rule(**fields) -> dict:
     return {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", **fields}
-
-
-def _corrupt_torchscript(source: Path, target: Path) -> None:
-    """The archive stays a valid zip, but its code member is garbage."""
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as broken:
-        for item in original.infolist():
-            data = original.read(item)
-            if "/code/" in item.filename and item.filename.endswith(".py"):
-                data = b"def forward(self, x):\n    return ((( not python\n"
-            broken.writestr(item, data)
 
 
 def _truncate(source: Path, target: Path, fraction: float = 0.5) -> None:
@@ -271,7 +262,7 @@ def model_rows() -> list:
 
     def corrupt_torchscript(c: Case):
         policy = c.policy()
-        _corrupt_torchscript(c.assets / "pruned.pt", c.folder / "pruned.pt")
+        garble_torchscript(c.assets / "pruned.pt", c.folder / "pruned.pt")
         return c.check(policy), [c.path("pruned.pt"), "models.pruned", "torchscript"]
 
     def truncated_torchscript(c: Case):
@@ -769,7 +760,17 @@ def trust_rows() -> list:
         return ["check", "--policy", str(policy), "--report", str(c.folder / "run.json"), "--resume"], \
             [str(c.folder / "run.json.partial" / "rank-0.pt"), "--resume", "not a readable prunegate checkpoint"]
 
-    return [report_over_the_policy, report_over_the_pruned_model, html_over_the_report, markdown_over_the_data,
+    def unknown_isolation(c: Case):
+        policy = c.policy(runtime={"isolation": "sandboxed"})
+        return c.check(policy), [str(policy), "runtime.isolation", "'auto', 'strict' or 'off'"]
+
+    def verify_arch_not_found(c: Case):
+        c.copy("key.pub")
+        (c.folder / "report.json").write_text(_envelope(b"{}"))
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub"), "--arch",
+                str(c.folder / "absent.py")], [str(c.folder / "absent.py"), "--arch", "not found"]
+
+    return [unknown_isolation, verify_arch_not_found, report_over_the_policy, report_over_the_pruned_model, html_over_the_report, markdown_over_the_data,
             junit_through_a_symlink_onto_the_policy, report_inside_the_image_folder, report_over_the_key,
             torchscript_that_prints, onnx_custom_domain, arch_file_outside_the_policy_folder,
             signing_with_isolation_off, resume_without_a_checkpoint, resume_from_a_damaged_checkpoint]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from onnx import helper
 
+from conftest import corrupt_torchscript
 from prunegate.errors import ModelError
 from prunegate.runners import opscan
 
@@ -77,16 +78,8 @@ def test_an_honest_torchscript_model_passes_both_checks(tmp_path: Path) -> None:
 
 
 def test_unreadable_torchscript_code_is_refused(tmp_path: Path) -> None:
-    import zipfile
-
-    source = _scripted(_Honest(), tmp_path / "honest.pt")
     target = tmp_path / "garbled.pt"
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as broken:
-        for item in original.infolist():
-            data = original.read(item)
-            if "/code/" in item.filename and item.filename.endswith(".py"):
-                data = b"def forward(self, x):\n    return ((( not python\n"
-            broken.writestr(item, data)
+    corrupt_torchscript(_scripted(_Honest(), tmp_path / "honest.pt"), target)
     with pytest.raises(ModelError, match="is not TorchScript source"):
         opscan.scan_torchscript_archive(target, "models.pruned")
 

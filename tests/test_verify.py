@@ -24,15 +24,20 @@ class MeanColour(torch.nn.Module):
         return x.mean(dim=(2, 3)) * 10.0
 
 
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("signed")
+def _write_colour_npz(path) -> None:
+    """9 images whose class is their brightest channel."""
     rng = np.random.default_rng(0)
     labels = np.arange(9) % 3
     images = rng.integers(0, 100, size=(9, 8, 8, 3))
     for i, label in enumerate(labels):
         images[i, :, :, label] += 120
-    np.savez(folder / "data.npz", images=images.astype(np.uint8), labels=labels)
+    np.savez(path, images=images.astype(np.uint8), labels=labels)
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("signed")
+    _write_colour_npz(folder / "data.npz")
     torch.jit.save(torch.jit.script(MeanColour()), folder / "dense.pt")
     torch.jit.save(torch.jit.script(torch.nn.Sequential(MeanColour(), torch.nn.Identity())), folder / "pruned.pt")
     (folder / "policy.yaml").write_text("""
@@ -321,12 +326,7 @@ def build():
 def test_the_arch_code_is_pinned_and_a_swapped_arch_does_not_verify(tmp_path, capsys) -> None:
     """Two runs with the same weights and policy but another arch file (one that ignores the
     weights) are told apart: the arch's sha256 is a subject, and verify --arch checks it."""
-    rng = np.random.default_rng(0)
-    labels = np.arange(9) % 3
-    images = rng.integers(0, 100, size=(9, 8, 8, 3))
-    for i, label in enumerate(labels):
-        images[i, :, :, label] += 120
-    np.savez(tmp_path / "data.npz", images=images.astype(np.uint8), labels=labels)
+    _write_colour_npz(tmp_path / "data.npz")
     torch.save({"scale": torch.ones(1)}, tmp_path / "weights.pth")
     (tmp_path / "arch.py").write_text(ARCH.format(factor="10.0"))
     (tmp_path / "policy.yaml").write_text("""

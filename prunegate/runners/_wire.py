@@ -121,7 +121,8 @@ class SharedBuffer:
         self.fd = _anonymous_file(name)
         os.ftruncate(self.fd, self.size)
         self.map = mmap.mmap(self.fd, self.size)
-        self.sealed = seal and _seal(self.fd)
+        if seal:
+            _seal(self.fd)  # (kernels without F_SEAL_FUTURE_WRITE, before 5.1, lack Landlock too)
 
     def close(self) -> None:
         try:
@@ -142,14 +143,13 @@ def _anonymous_file(name: str) -> int:
     return fd
 
 
-def _seal(fd: int) -> bool:
+def _seal(fd: int) -> None:
     import fcntl
 
     try:
         fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_FUTURE_WRITE | _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_SEAL)
     except OSError:
-        return False
-    return True
+        pass
 
 
 def map_received(fd: int, size: int, *, writable: bool) -> mmap.mmap:

@@ -1,6 +1,6 @@
-"""The model's process: `python -m prunegate.runners.host FD`.
+"""The model's process: `main([FD])`, in a fork of the zygote (runners/zygote.py).
 
-Started by runners/isolated.py with nothing of prunegate's but a socket (FD): no signing key,
+It has nothing of prunegate's but a socket (FD): no signing key,
 no secrets in its environment, no terminal. It sandboxes itself first (runners/sandbox.py), then
 loads the one model it was asked for with the ordinary loaders (runners/__init__.load_runner:
 the op check of runners/opscan.py included), and serves calls: an input in shared memory in,
@@ -176,7 +176,3 @@ def main(argv: Optional[list[str]] = None) -> int:
                             "sandbox": applied})
     _Server(runner, sock).serve()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,9 +2,10 @@
 
 The model under test is untrusted: its TorchScript, exported program, arch code or pickle could
 read the signing key, write files, print a fake verdict or patch prunegate in memory. So it never
-runs in prunegate's process. `start` launches `python -m prunegate.runners.host` per model, with
-a scrubbed environment (no signing key, no tokens), no terminal, and a list of files it may not
-read (the key); the host sandboxes itself before it loads the model (runners/sandbox.py).
+runs in prunegate's process. `IsolatedRunner` has the `Zygote` (runners/zygote.py: one process
+with a scrubbed environment — no signing key, no tokens — that has imported torch) fork a model
+process (runners/host.py) with no terminal and a list of files it may not read (the key); that
+process sandboxes itself before it loads the model (runners/sandbox.py).
 `IsolatedRunner` is then an ordinary Runner: every call puts the batch in one shared, sealed
 input buffer that all model processes read, and takes the logits from the model's own output
 buffer. What a model's process says is parsed as JSON and checked; the facts that pin the model
