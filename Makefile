@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/prunegate demo
 
+# Lint, format check and type check first (quick), then the tests.
 test: $(STAMP)
+	$(PY) -m ruff check prunegate tests
+	$(PY) -m ruff format --check prunegate tests
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 clean:

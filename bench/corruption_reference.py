@@ -47,14 +47,28 @@ import numpy as np
 from PIL import Image
 
 NAMES = [
-    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-    "elastic_transform", "pixelate", "jpeg_compression",
-    "speckle_noise", "gaussian_blur", "spatter", "saturate",
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+    "speckle_noise",
+    "gaussian_blur",
+    "spatter",
+    "saturate",
 ]
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
-                 "dog", "frog", "horse", "ship", "truck"]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def task_seed(seed: int, name: str, severity: int) -> int:
@@ -79,8 +93,7 @@ def load_images(preset: str, n: int, shared: Path) -> tuple[np.ndarray, list[str
             top, left = int(round((h - 224) / 2.0)), int(round((w - 224) / 2.0))
             out.append(np.asarray(img.crop((left, top, left + 224, top + 224))))
     else:
-        files = [shared / "cifar10-test-jpeg" / CIFAR_CLASSES[i % 10] / f"{i // 10:04d}.jpg"
-                 for i in range(n)]
+        files = [shared / "cifar10-test-jpeg" / CIFAR_CLASSES[i % 10] / f"{i // 10:04d}.jpg" for i in range(n)]
         out = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     return np.stack(out).astype(np.uint8), [str(f.relative_to(shared)) for f in files]
 
@@ -111,13 +124,25 @@ def reference_functions(preset: str, reference: str, hendrycks_dir: str) -> dict
 
 
 def versions() -> dict:
-    import cv2, PIL, scipy, skimage  # noqa: E401
-    v = {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-         "scikit-image": skimage.__version__, "opencv": cv2.__version__, "Pillow": PIL.__version__}
+    import cv2  # noqa: E401
+    import PIL
+    import scipy
+    import skimage
+
+    v = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-image": skimage.__version__,
+        "opencv": cv2.__version__,
+        "Pillow": PIL.__version__,
+    }
     try:
         from importlib.metadata import version
+
         v["imagecorruptions"] = version("imagecorruptions")
         import wand.version
+
         v["ImageMagick"] = wand.version.MAGICK_VERSION
     except Exception:  # noqa: BLE001 -- informational only
         pass
@@ -165,11 +190,22 @@ def main(argv: list[str] | None = None) -> int:
                 arrays[f"{name}/{sev}"] = np.stack(outs)
         timing[name] = times.tolist()
         total = times[[s - 1 for s in severities]].sum()
-        print(f"{name:18s} {total:8.2f} s  ({len(severities) * len(pils) / total:8.1f} img/s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name:18s} {total:8.2f} s  ({len(severities) * len(pils) / total:8.1f} img/s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    meta = {"preset": args.preset, "reference": reference, "n": n, "seed": args.seed,
-            "severities": severities, "corruptions": names, "files": files, "versions": versions()}
+    meta = {
+        "preset": args.preset,
+        "reference": reference,
+        "n": n,
+        "seed": args.seed,
+        "severities": severities,
+        "corruptions": names,
+        "files": files,
+        "versions": versions(),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"reference-{args.preset}-{reference}"
     if args.no_save:

@@ -91,13 +91,24 @@ def time_setup(clean: np.ndarray, preset: str, device: str, names: list[str]) ->
     return spent[0] - spent[1]
 
 
-def time_reference(preset: str, n: int, names: list[str], ref_python: str,
-                   reference: str) -> tuple[dict, dict]:
+def time_reference(preset: str, n: int, names: list[str], ref_python: str, reference: str) -> tuple[dict, dict]:
     """name -> seconds for all 5 severities over n images, and the reference's meta."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [ref_python, str(BENCH / "corruption_reference.py"), "--preset", preset,
-               "--n", str(n), "--reference", reference, "--corruptions", ",".join(names),
-               "--out", tmp, "--no-save"]
+        cmd = [
+            ref_python,
+            str(BENCH / "corruption_reference.py"),
+            "--preset",
+            preset,
+            "--n",
+            str(n),
+            "--reference",
+            reference,
+            "--corruptions",
+            ",".join(names),
+            "--out",
+            tmp,
+            "--no-save",
+        ]
         path = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1]
         result = json.loads(Path(path).read_text())
     return {k: float(np.sum(v)) for k, v in result["time"].items()}, result["meta"]
@@ -114,8 +125,10 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"CPU {cpu}, {cores} cores available (torch threads {torch.get_num_threads()}); "
-            f"GPU {gpu}; torch {torch.__version__}; Python {platform.python_version()}")
+    return (
+        f"CPU {cpu}, {cores} cores available (torch threads {torch.get_num_threads()}); "
+        f"GPU {gpu}; torch {torch.__version__}; Python {platform.python_version()}"
+    )
 
 
 def fmt(v: float) -> str:
@@ -138,15 +151,17 @@ def shifts_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def table(size: int, n: int, names: list[str], pg: dict[str, dict], ref: dict | None,
-          ref_meta: dict | None) -> str:
+def table(size: int, n: int, names: list[str], pg: dict[str, dict], ref: dict | None, ref_meta: dict | None) -> str:
     devices = list(pg)
     ref_name = f"reference ({ref_meta['reference']})" if ref_meta else "reference"
     head = ["corruption"] + [f"prunegate {d} img/s" for d in devices]
     if ref:
         head += [f"{ref_name} img/s"] + [f"speed-up {d}" for d in devices]
-    lines = [f"#### {size} px, preset {SIZES[size]}, {n} images x 5 severities\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"#### {size} px, preset {SIZES[size]}, {n} images x 5 severities\n",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
 
     def row(label: str, secs: dict[str, float], ref_s: float | None, count: int, bold=False) -> str:
         cells = [fmt(count / secs[d]) for d in devices]
@@ -171,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="32,224")
     p.add_argument("--corruptions", default=",".join(NAMES))
     p.add_argument("--ref-python", default="/tmp/refenv/bin/python")
-    p.add_argument("--cifar-reference", default="hendrycks",
-                   choices=["hendrycks", "imagecorruptions"])
+    p.add_argument("--cifar-reference", default="hendrycks", choices=["hendrycks", "imagecorruptions"])
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--shared", type=Path, default=SHARED)
     p.add_argument("--md", type=Path, help="also write the Markdown here")
@@ -180,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     names = [c for c in args.corruptions.split(",") if c]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    parts = [f"### Corruption throughput\n\n{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
-             f"{machine()}; prunegate/shifts sha256 {shifts_fingerprint()}\n"]
+    parts = [
+        f"### Corruption throughput\n\n{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
+        f"{machine()}; prunegate/shifts sha256 {shifts_fingerprint()}\n"
+    ]
     ref_versions = None
     for size in [int(s) for s in args.sizes.split(",")]:
         preset, n = SIZES[size], (args.n32 if size == 32 else args.n224)
@@ -196,12 +212,18 @@ def main(argv: list[str] | None = None) -> int:
             ref_versions = ref_meta["versions"]
             print(f"reference {size}px done", file=sys.stderr, flush=True)
         parts.append(table(size, n, names, pg, ref, ref_meta))
-        parts.append("One-off setup per process (tables, textures; not in the rates above): "
-                     + ", ".join(f"{d} {setup[d]:.2f} s" for d in devices) + ".\n")
+        parts.append(
+            "One-off setup per process (tables, textures; not in the rates above): "
+            + ", ".join(f"{d} {setup[d]:.2f} s" for d in devices)
+            + ".\n"
+        )
     if ref_versions:
-        parts.append("Reference env: " + ", ".join(f"{k} {v}" for k, v in ref_versions.items())
-                     + ". Reference runs one image at a time in one process; speed-up = "
-                     "prunegate img/s / reference img/s.\n")
+        parts.append(
+            "Reference env: "
+            + ", ".join(f"{k} {v}" for k, v in ref_versions.items())
+            + ". Reference runs one image at a time in one process; speed-up = "
+            "prunegate img/s / reference img/s.\n"
+        )
     md = "\n".join(parts)
     print(md)
     if args.md:

@@ -41,23 +41,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corruption_reference import task_seed  # noqa: E402  (numpy only)
 
-DETERMINISTIC = {"brightness", "contrast", "saturate", "defocus_blur", "gaussian_blur",
-                 "zoom_blur", "pixelate", "jpeg_compression"}
+DETERMINISTIC = {
+    "brightness",
+    "contrast",
+    "saturate",
+    "defocus_blur",
+    "gaussian_blur",
+    "zoom_blur",
+    "pixelate",
+    "jpeg_compression",
+}
 
 
-def prunegate_outputs(clean: np.ndarray, name: str, severity: int, preset: str, seed: int,
-                      batch: int) -> np.ndarray:
-    """prunegate's corruption of uint8 NHWC images, as uint8 NHWC (rounded)."""
-    from prunegate.shifts import corrupt
+def prunegate_outputs(
+    clean: np.ndarray, name: str, severity: int, preset: str, seed: int, batch: int, assets=None
+) -> np.ndarray:
+    """prunegate's corruption of uint8 NHWC images, as uint8 NHWC (rounded); `assets`: the
+    ShiftAssets to overlay (None: the procedural frost textures)."""
+    from prunegate.shifts import NO_ASSETS, corrupt
     from prunegate.shifts.rng import SampleRNG, task_key
 
     key = task_key(seed, f"corruption/{name}/{severity}")
     outs = []
     for start in range(0, len(clean), batch):
-        x = torch.from_numpy(clean[start:start + batch]).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(clean[start : start + batch]).permute(0, 3, 1, 2).float() / 255.0
         ids = torch.arange(start, start + x.shape[0])
         with torch.no_grad():
-            y = corrupt(x, name, severity, SampleRNG(key, ids), preset)
+            y = corrupt(x, name, severity, SampleRNG(key, ids), preset, assets=assets or NO_ASSETS)
         outs.append((y.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(outs)
 
@@ -74,19 +84,17 @@ class ReplayedAngle:
         return self.u.to(dtype)
 
 
-def motion_blur_replayed(clean: np.ndarray, severity: int, preset: str, seed: int,
-                         batch: int) -> np.ndarray:
+def motion_blur_replayed(clean: np.ndarray, severity: int, preset: str, seed: int, batch: int) -> np.ndarray:
     """prunegate's motion_blur at the reference's own angles (one uniform(-45, 45) per image)."""
     from prunegate.shifts import get_preset, get_shift
 
-    angles = np.random.RandomState(task_seed(seed, "motion_blur", severity)).uniform(
-        -45, 45, size=len(clean))
+    angles = np.random.RandomState(task_seed(seed, "motion_blur", severity)).uniform(-45, 45, size=len(clean))
     fn, param = get_shift("motion_blur").fn, get_preset(preset).param("motion_blur", severity)
     outs = []
     for start in range(0, len(clean), batch):
-        x = torch.from_numpy(clean[start:start + batch]).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(clean[start : start + batch]).permute(0, 3, 1, 2).float() / 255.0
         with torch.no_grad():
-            y = fn(x, param, ReplayedAngle(angles[start:start + batch]))
+            y = fn(x, param, ReplayedAngle(angles[start : start + batch]))
         outs.append((y.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(outs)
 
@@ -130,39 +138,59 @@ def flag(name: str, r: dict, min_psnr: float) -> str:
 
 
 def markdown(meta: dict, rows: list[dict], min_psnr: float, replayed: list[dict]) -> str:
-    head = (f"### Fidelity: prunegate `{meta['preset']}` vs reference `{meta['reference']}`"
-            f" ({meta['n']} images)\n\n{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z};"
-            f" prunegate/shifts sha256 {meta['shifts_sha256']}\n\n")
-    summary = ["| corruption | kind | PSNR dB (min over sev.) | MAD (max) | values differing (max)"
-               " | max abs diff | change ratio (min..max) | flags |", "|---" * 8 + "|"]
-    full = ["| corruption | sev | kind | PSNR dB | MAD | differing | max diff | ref change"
-            " | prunegate change | ratio | ratio 95% CI | flag |", "|---" * 12 + "|"]
+    head = (
+        f"### Fidelity: prunegate `{meta['preset']}` vs reference `{meta['reference']}`"
+        f" ({meta['n']} images)\n\n{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z};"
+        f" prunegate/shifts sha256 {meta['shifts_sha256']}\n\n"
+    )
+    summary = [
+        "| corruption | kind | PSNR dB (min over sev.) | MAD (max) | values differing (max)"
+        " | max abs diff | change ratio (min..max) | flags |",
+        "|---" * 8 + "|",
+    ]
+    full = [
+        "| corruption | sev | kind | PSNR dB | MAD | differing | max diff | ref change"
+        " | prunegate change | ratio | ratio 95% CI | flag |",
+        "|---" * 12 + "|",
+    ]
     for name in dict.fromkeys(r["name"] for r in rows):
         rs = [r for r in rows if r["name"] == name]
         det = name in DETERMINISTIC
         kind = "deterministic" if det else "random"
         ratios = [r["ratio"] for r in rs]
         flags = sorted({f"s{r['sev']}" for r in rs if r["flag"]})
-        cells = (f"{min(r['psnr'] for r in rs):.1f} | {max(r['mad'] for r in rs):.3f} | "
-                 f"{max(r['differ'] for r in rs):.2%} | {max(r['max_diff'] for r in rs)}"
-                 if det else "– | – | – | –")
-        summary.append(f"| {name} | {kind} | {cells} | {min(ratios):.3f}..{max(ratios):.3f}"
-                       f" | {' '.join(flags)} |")
+        cells = (
+            f"{min(r['psnr'] for r in rs):.1f} | {max(r['mad'] for r in rs):.3f} | "
+            f"{max(r['differ'] for r in rs):.2%} | {max(r['max_diff'] for r in rs)}"
+            if det
+            else "– | – | – | –"
+        )
+        summary.append(f"| {name} | {kind} | {cells} | {min(ratios):.3f}..{max(ratios):.3f} | {' '.join(flags)} |")
         for r in rs:
-            p = (f"{r['psnr']:.1f} | {r['mad']:.3f} | {r['differ']:.2%} | {r['max_diff']}"
-                 if det else "– | – | – | –")
-            full.append(f"| {name} | {r['sev']} | {kind} | {p} | {r['ref_change']:.2f} | "
-                        f"{r['our_change']:.2f} | {r['ratio']:.3f} | {r['ci'][0]:.2f}..{r['ci'][1]:.2f} | "
-                        f"{r['flag']} |")
-    note = (f"\nchange = mean |corrupted - clean| in uint8 levels; ratio = prunegate / reference"
-            f" (goal 0.9..1.1), with a paired bootstrap 95 % interval over images (sampling noise);"
-            f" flags: PSNR < {min_psnr:g} dB or ratio off by > 10 %.\n")
+            p = f"{r['psnr']:.1f} | {r['mad']:.3f} | {r['differ']:.2%} | {r['max_diff']}" if det else "– | – | – | –"
+            full.append(
+                f"| {name} | {r['sev']} | {kind} | {p} | {r['ref_change']:.2f} | "
+                f"{r['our_change']:.2f} | {r['ratio']:.3f} | {r['ci'][0]:.2f}..{r['ci'][1]:.2f} | "
+                f"{r['flag']} |"
+            )
+    note = (
+        f"\nchange = mean |corrupted - clean| in uint8 levels; ratio = prunegate / reference"
+        f" (goal 0.9..1.1), with a paired bootstrap 95 % interval over images (sampling noise);"
+        f" flags: PSNR < {min_psnr:g} dB or ratio off by > 10 %.\n"
+    )
     extra = ""
     if replayed:
-        extra = ("\nmotion_blur with the reference's angles replayed (pixel comparison):\n\n"
-                 "| sev | PSNR dB | MAD | differing | max diff |\n|---|---|---|---|---|\n")
-        extra += "\n".join(f"| {r['sev']} | {r['psnr']:.1f} | {r['mad']:.3f} | {r['differ']:.2%} | "
-                           f"{r['max_diff']} |" for r in replayed) + "\n"
+        extra = (
+            "\nmotion_blur with the reference's angles replayed (pixel comparison):\n\n"
+            "| sev | PSNR dB | MAD | differing | max diff |\n|---|---|---|---|---|\n"
+        )
+        extra += (
+            "\n".join(
+                f"| {r['sev']} | {r['psnr']:.1f} | {r['mad']:.3f} | {r['differ']:.2%} | {r['max_diff']} |"
+                for r in replayed
+            )
+            + "\n"
+        )
     return head + "\n".join(summary) + "\n" + note + extra + "\n" + "\n".join(full) + "\n"
 
 
@@ -174,13 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default 64 at 32 px, 16 at 224 px")
     p.add_argument("--corruptions", default=None, help="comma-separated subset")
     p.add_argument("--min-psnr", type=float, default=30.0)
-    p.add_argument("--frost-textures", type=Path, default=None,
-                   help="a folder of frost photographs for frost (as suite.corruptions.frost_textures)")
+    p.add_argument(
+        "--frost-textures",
+        type=Path,
+        default=None,
+        help="a folder of frost photographs for frost (as suite.corruptions.frost_textures)",
+    )
     args = p.parse_args(argv)
+    assets = None
     if args.frost_textures is not None:
-        from prunegate.shifts import textures
+        from prunegate.shifts import ShiftAssets
 
-        textures.use_frost_textures(args.frost_textures)
+        assets = ShiftAssets.load({"frost_textures": args.frost_textures}, lambda _: "--frost-textures")
 
     data = np.load(args.npz)
     meta = json.loads(str(data["meta"]))
@@ -191,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         for sev in meta["severities"]:
-            ours = prunegate_outputs(clean, name, sev, meta["preset"], args.seed, batch)
+            ours = prunegate_outputs(clean, name, sev, meta["preset"], args.seed, batch, assets)
             r = {"name": name, "sev": sev, **compare(data[f"{name}/{sev}"], ours, clean)}
             r["flag"] = flag(name, r, args.min_psnr)
             rows.append(r)

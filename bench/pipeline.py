@@ -70,21 +70,44 @@ def make_models(folder: Path) -> dict[str, dict[str, Path]]:
     return paths
 
 
-def write_policy(folder: Path, models: dict[str, Path], backend: str, images: int, data: Path, fmt: str,
-                 batch: int, names: str = "all", severities: str = "[1, 2, 3, 4, 5]") -> Path:
+def write_policy(
+    folder: Path,
+    models: dict[str, Path],
+    backend: str,
+    images: int,
+    data: Path,
+    fmt: str,
+    batch: int,
+    names: str = "all",
+    severities: str = "[1, 2, 3, 4, 5]",
+) -> Path:
     path = folder / f"policy-{backend}-{fmt}-{images}.yaml"
-    path.write_text(POLICY.format(dense=models["dense"], pruned=models["pruned"], mean=MEAN, std=STD, fmt=fmt,
-                                  data=data, limit=images, names=names, severities=severities, batch=batch,
-                                  backend=backend))
+    path.write_text(
+        POLICY.format(
+            dense=models["dense"],
+            pruned=models["pruned"],
+            mean=MEAN,
+            std=STD,
+            fmt=fmt,
+            data=data,
+            limit=images,
+            names=names,
+            severities=severities,
+            batch=batch,
+            backend=backend,
+        )
+    )
     return path
 
 
 def run_check(policy: Path, report: Path) -> tuple[float, dict, int]:
     """(wall seconds, the report's timing, peak RSS in MB) of a fresh `prunegate check` process."""
-    code = ("import resource, sys, time; from prunegate.cli import main; t = time.perf_counter(); "
-            f"rc = main(['check', '--policy', {str(policy)!r}, '--report', {str(report)!r}, '--quiet']); "
-            "print('WALL', time.perf_counter() - t, 'RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
-            "sys.exit(rc)")
+    code = (
+        "import resource, sys, time; from prunegate.cli import main; t = time.perf_counter(); "
+        f"rc = main(['check', '--policy', {str(policy)!r}, '--report', {str(report)!r}, '--quiet']); "
+        "print('WALL', time.perf_counter() - t, 'RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); "
+        "sys.exit(rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode not in (0, 1):
         raise SystemExit(done.stderr[-2000:])
@@ -99,11 +122,19 @@ def run_check(policy: Path, report: Path) -> tuple[float, dict, int]:
 def inference_alone(models: dict[str, Path], backend: str, images: int, batch: int) -> float:
     """Seconds to run both models over TASKS x images pre-made inputs, in batches."""
     from prunegate.policy import ModelSpec
-    from prunegate.runners import load_runner
+    from prunegate.runners import LoadOptions, load_runner
 
-    runners = [load_runner(ModelSpec(path=str(p)), p, role, base_dir=p.parent, backend=backend,
-                           device=torch.device("cpu"), allow_pickle=False, allow_fallback=False)
-               for role, p in models.items()]
+    runners = [
+        load_runner(
+            ModelSpec(path=str(p)),
+            p,
+            role,
+            LoadOptions(
+                base_dir=p.parent, backend=backend, device=torch.device("cpu"), allow_pickle=False, allow_fallback=False
+            ),
+        )
+        for role, p in models.items()
+    ]
     x = torch.randn(batch, 3, 32, 32)
     for r in runners:
         r(x)  # warm-up
@@ -139,21 +170,40 @@ def main() -> None:
         folder = Path(tmp)
         paths = make_models(folder)
         data = SHARED / "data" / "cifar10-test-jpeg"
-        lines += ["| backend | images | pipeline s | data s | shifts s | models s (in pass) | inference alone s | "
-                  "pipeline / inference | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "| backend | images | pipeline s | data s | shifts s | models s (in pass) | inference alone s | "
+            "pipeline / inference | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for backend in [b for b in args.backends.split(",") if b]:  # --backends "" : memory only
             for n in args.images:
                 policy = write_policy(folder, paths[backend], backend, n, data, "imagefolder", args.batch)
                 wall, timing, rss = run_check(policy, folder / "report.json")
                 alone = inference_alone(paths[backend], backend, n, args.batch)
-                lines.append(f"| {backend} | {n:,} | {wall:.1f} | {timing['data_s']:.1f} | {timing['shift_s']:.1f} | "
-                             f"{timing['models_s']:.1f} | {alone:.1f} | **{wall / alone:.2f}x** | {rss:,} |")
+                lines.append(
+                    f"| {backend} | {n:,} | {wall:.1f} | {timing['data_s']:.1f} | {timing['shift_s']:.1f} | "
+                    f"{timing['models_s']:.1f} | {alone:.1f} | **{wall / alone:.2f}x** | {rss:,} |"
+                )
                 print(lines[-1], flush=True)
-        lines += ["", "Peak memory (fresh process, ONNX, clean + fog and shot_noise at severity 3, synthetic 32 px npz):", "",
-                  "| images | wall s | peak RSS MB |", "|---:|---:|---:|"]
+        lines += [
+            "",
+            "Peak memory (fresh process, ONNX, clean + fog and shot_noise at severity 3, synthetic 32 px npz):",
+            "",
+            "| images | wall s | peak RSS MB |",
+            "|---:|---:|---:|",
+        ]
         for n in args.memory:
-            policy = write_policy(folder, paths["onnx"], "onnx", n, synthetic(folder, n), "npz", args.batch,
-                                  names="[fog, shot_noise]", severities="[3]")
+            policy = write_policy(
+                folder,
+                paths["onnx"],
+                "onnx",
+                n,
+                synthetic(folder, n),
+                "npz",
+                args.batch,
+                names="[fog, shot_noise]",
+                severities="[3]",
+            )
             wall, _, rss = run_check(policy, folder / "report.json")
             lines.append(f"| {n:,} | {wall:.1f} | {rss:,} |")
             print(lines[-1], flush=True)

@@ -32,8 +32,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    state = torch.load(SHARED / "models/akamaster-resnet-cifar10/resnet20-12fca82f.th", map_location="cpu",
-                       weights_only=True)["state_dict"]
+    state = torch.load(
+        SHARED / "models/akamaster-resnet-cifar10/resnet20-12fca82f.th", map_location="cpu", weights_only=True
+    )["state_dict"]
     model = resnet20()
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     model.eval()
@@ -52,16 +53,22 @@ def main() -> None:
                     y = shifts.corrupt(x, name, severity, rng, preset="cifar10-c")
                     correct[name][severity - 1] += int((model((y - MEAN) / STD).argmax(1) == labels).sum())
     n = len(indices)
-    print(f"ResNet-20 (akamaster) top-1 on {n} class-balanced images of cifar10-test-jpeg, preset cifar10-c, "
-          f"seed {args.seed}; {platform.processor() or platform.machine()}, {dt.date.today()}, "
-          f"{time.perf_counter() - start:.0f} s\n")
+    print(
+        f"ResNet-20 (akamaster) top-1 on {n} class-balanced images of cifar10-test-jpeg, preset cifar10-c, "
+        f"seed {args.seed}; {platform.processor() or platform.machine()}, {dt.date.today()}, "
+        f"{time.perf_counter() - start:.0f} s\n"
+    )
     print(f"clean: {100 * clean / n:.1f} %\n")
     print("| corruption | s1 | s2 | s3 | s4 | s5 | mean | monotone |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, counts in correct.items():
         acc = [100 * c / n for c in counts]
         monotone = all(a >= b for a, b in zip(acc, acc[1:]))
-        print(f"| {name} | " + " | ".join(f"{a:.1f}" for a in acc) + f" | {sum(acc) / 5:.1f} | {'yes' if monotone else 'no'} |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{a:.1f}" for a in acc)
+            + f" | {sum(acc) / 5:.1f} | {'yes' if monotone else 'no'} |"
+        )
 
 
 if __name__ == "__main__":

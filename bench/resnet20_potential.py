@@ -54,18 +54,65 @@ def bench(out: Path, limit: int, families: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     dense = out / "wt-00.onnx"
     if not dense.exists():
-        run(["prune", "--model", str(CHECKPOINT), "--arch", ARCH, "--method", "wt", "--ratios", "0",
-             "--input-size", "32", "--format", "onnx", "--out", str(out)])
+        run(
+            [
+                "prune",
+                "--model",
+                str(CHECKPOINT),
+                "--arch",
+                ARCH,
+                "--method",
+                "wt",
+                "--ratios",
+                "0",
+                "--input-size",
+                "32",
+                "--format",
+                "onnx",
+                "--out",
+                str(out),
+            ]
+        )
     policy = out / "policy.yaml"
     policy.write_text(POLICY.format(dense=dense.name, data=SHARED / "data" / "cifar10-test-jpeg", limit=limit))
     for method in families:
         members = [out / f"{method}-{round(float(r) * 100):02d}.onnx" for r in FAMILIES[method].split(",")]
         if not all(m.exists() for m in members):
-            run(["prune", "--model", str(CHECKPOINT), "--arch", ARCH, "--method", method, "--ratios", FAMILIES[method],
-                 "--input-size", "32", "--format", "onnx", "--out", str(out)])
+            run(
+                [
+                    "prune",
+                    "--model",
+                    str(CHECKPOINT),
+                    "--arch",
+                    ARCH,
+                    "--method",
+                    method,
+                    "--ratios",
+                    FAMILIES[method],
+                    "--input-size",
+                    "32",
+                    "--format",
+                    "onnx",
+                    "--out",
+                    str(out),
+                ]
+            )
         tick = time.perf_counter()
-        run(["potential", "--policy", str(policy), "--pruned", *map(str, members), "--delta", "0.005",
-             "--out", str(out / f"potential-{method}.json"), "--plot", str(out / f"potential-{method}.png")])
+        run(
+            [
+                "potential",
+                "--policy",
+                str(policy),
+                "--pruned",
+                *map(str, members),
+                "--delta",
+                "0.005",
+                "--out",
+                str(out / f"potential-{method}.json"),
+                "--plot",
+                str(out / f"potential-{method}.png"),
+            ]
+        )
         print(f"{method}: {time.perf_counter() - tick:.0f} s")
         result = json.loads((out / f"potential-{method}.json").read_text())
         print(json.dumps({g["name"]: round(g["potential"], 3) for g in result["groups"]}))

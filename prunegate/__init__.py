@@ -1,8 +1,8 @@
 """prunegate: a safety gate for pruned neural networks.
 
-    from prunegate import load_policy, run_check
-    report = run_check(load_policy("safety.yaml"))
-    print(report.verdict)
+from prunegate import load_policy, run_check
+report = run_check(load_policy("safety.yaml"))
+print(report.verdict)
 """
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 # The public names, imported on first use: a model's own process (runners/host.py) imports
 # this package too, and needs none of the gate.
-_EXPORTS = {"Overrides": "prunegate.check", "apply_overrides": "prunegate.check", "run_check": "prunegate.check",
-            "PrunegateError": "prunegate.errors", "Policy": "prunegate.policy", "load_policy": "prunegate.policy",
-            "Report": "prunegate.report.schema"}
+_EXPORTS = {
+    "Overrides": "prunegate.check",
+    "apply_overrides": "prunegate.check",
+    "run_check": "prunegate.check",
+    "PrunegateError": "prunegate.errors",
+    "Policy": "prunegate.policy",
+    "load_policy": "prunegate.policy",
+    "Report": "prunegate.report.schema",
+}
 
 if TYPE_CHECKING:
     from prunegate.check import Overrides, apply_overrides, run_check
@@ -35,4 +41,13 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'prunegate' has no attribute {name!r}")
 
 
-__all__ = ["Overrides", "Policy", "PrunegateError", "Report", "__version__", "apply_overrides", "load_policy", "run_check"]
+__all__ = [
+    "Overrides",
+    "Policy",
+    "PrunegateError",
+    "Report",
+    "__version__",
+    "apply_overrides",
+    "load_policy",
+    "run_check",
+]

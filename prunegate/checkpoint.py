@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -38,32 +37,45 @@ def folder_for(report: Path) -> Path:
 class Checkpoint:
     """The checkpoint of one process (`rank`) of one run, bound to `binding` (a JSON-able dict)."""
 
-    def __init__(self, folder: Path, binding: dict, *, rank: int = 0, every: Optional[float] = None):
+    def __init__(self, folder: Path, binding: dict, *, rank: int = 0, every: float | None = None):
         self.folder = folder
         self.binding = binding
         self.file = folder / f"rank-{rank}.pt"
-        self.every = every if every is not None else float(os.environ.get("PRUNEGATE_CHECKPOINT_SECONDS",
-                                                                            DEFAULT_SECONDS))
+        self.every = (
+            every if every is not None else float(os.environ.get("PRUNEGATE_CHECKPOINT_SECONDS", DEFAULT_SECONDS))
+        )
         self.last = time.monotonic()
         self.saved = False
 
     def restore(self) -> dict:
         """The saved state; PrunegateError (exit 2) when there is none or another run made it."""
         if not self.file.is_file():
-            raise PrunegateError(f"nothing to resume: no checkpoint {self.file} (a run writes one every "
-                                 f"{self.every:g} s and when it is stopped)", file=self.folder, field=FIELD)
+            raise PrunegateError(
+                f"nothing to resume: no checkpoint {self.file} (a run writes one every "
+                f"{self.every:g} s and when it is stopped)",
+                file=self.folder,
+                field=FIELD,
+            )
         try:
             state = torch.load(self.file, map_location="cpu", weights_only=True)
             recorded = json.loads(state["binding"])
             if state.get("format") != FORMAT or not isinstance(recorded, dict):
                 raise ValueError("format")
         except Exception:
-            raise PrunegateError("is not a readable prunegate checkpoint (damaged, or from another version): "
-                                 "remove the folder to start over", file=self.file, field=FIELD) from None
+            raise PrunegateError(
+                "is not a readable prunegate checkpoint (damaged, or from another version): "
+                "remove the folder to start over",
+                file=self.file,
+                field=FIELD,
+            ) from None
         differing = sorted(k for k in set(recorded) | set(self.binding) if recorded.get(k) != self.binding.get(k))
         if differing:
-            raise PrunegateError(f"was made by a run with other {', '.join(differing)}: refusing to resume it; "
-                                 "remove the folder to start over", file=self.file, field=FIELD)
+            raise PrunegateError(
+                f"was made by a run with other {', '.join(differing)}: refusing to resume it; "
+                "remove the folder to start over",
+                file=self.file,
+                field=FIELD,
+            )
         return state
 
     def due(self) -> bool:
@@ -95,4 +107,5 @@ class Checkpoint:
 
 
 def remove(folder: Path) -> None:
+    """Delete a checkpoint folder and everything in it, if it exists."""
     shutil.rmtree(folder, ignore_errors=True)

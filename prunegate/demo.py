@@ -16,17 +16,22 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunegate.files import write_atomic
 from prunegate.prune import count_parameters, global_magnitude_prune, prunable_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunegate.report.schema import Report
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +157,17 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int, lr: float,
-         batch_size: int, seed: int, keep_zeros: bool) -> nn.Module:
+def _fit(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    keep_zeros: bool,
+) -> nn.Module:
     """AdamW with a one-cycle schedule, in place; with keep_zeros, zero weights stay zero."""
     x, y = to_input(images), torch.as_tensor(labels, dtype=torch.int64)
     g = torch.Generator().manual_seed(seed)
@@ -180,9 +194,17 @@ def _fit(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: in
     return model.eval()
 
 
-def train_demo_model(images: np.ndarray, labels: np.ndarray, *, epochs: int = 5,
-                     widths: Sequence[int] = WIDTHS, lr: float = 4e-3, batch_size: int = 128,
-                     seed: int = 0, threads: int = 1) -> nn.Module:
+def train_demo_model(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 5,
+    widths: Sequence[int] = WIDTHS,
+    lr: float = 4e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    threads: int = 1,
+) -> nn.Module:
     """Train `demo_net(widths)` from scratch on uint8 NHWC images; returns it in eval mode.
 
     One thread by default: bitwise repeatable on a machine whatever its core count, and on
@@ -195,8 +217,17 @@ def train_demo_model(images: np.ndarray, labels: np.ndarray, *, epochs: int = 5,
         return _fit(model, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, keep_zeros=False)
 
 
-def finetune_pruned(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int = 1,
-                    lr: float = 3e-3, batch_size: int = 128, seed: int = 0, threads: int = 1) -> nn.Module:
+def finetune_pruned(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int = 1,
+    lr: float = 3e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    threads: int = 1,
+) -> nn.Module:
     """Masked fine-tune, in place: the zeros of the conv/linear weights (the masks) stay zero."""
     with _threads(threads):
         return _fit(model, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, keep_zeros=True)
@@ -241,6 +272,7 @@ DEFAULT_STEPS = (PruneStep(0.5, 1, 1e-3), PruneStep(0.9, 2, 3e-3), PruneStep(0.9
 
 
 def pruned_name(ratio: float) -> str:
+    """The demo's name of the model pruned to `ratio`: 0.5 -> "pruned-50"."""
     return f"pruned-{round(ratio * 100):d}"
 
 
@@ -258,9 +290,17 @@ class DemoAssets:
     models: dict[str, nn.Module] = field(default_factory=dict, repr=False)  # the torch models
 
 
-def build_demo(out_dir: Path, seed: int = 0, *, n_train: int = 8000, n_test: int = 2000,
-               epochs: int = 5, widths: Sequence[int] = WIDTHS,
-               steps: Sequence[PruneStep] = DEFAULT_STEPS, threads: int = 1) -> DemoAssets:
+def build_demo(
+    out_dir: Path,
+    seed: int = 0,
+    *,
+    n_train: int = 8000,
+    n_test: int = 2000,
+    epochs: int = 5,
+    widths: Sequence[int] = WIDTHS,
+    steps: Sequence[PruneStep] = DEFAULT_STEPS,
+    threads: int = 1,
+) -> DemoAssets:
     """Write out_dir/data/test.npz and out_dir/models/{dense,pruned-NN}.onnx.
 
     Train and test splits are drawn with different seeds; only the test split is written.
@@ -271,8 +311,16 @@ def build_demo(out_dir: Path, seed: int = 0, *, n_train: int = 8000, n_test: int
         return _build(Path(out_dir), seed, n_train, n_test, epochs, tuple(widths), tuple(steps), threads)
 
 
-def _build(out_dir: Path, seed: int, n_train: int, n_test: int, epochs: int, widths: tuple[int, ...],
-           steps: tuple[PruneStep, ...], threads: int) -> DemoAssets:
+def _build(
+    out_dir: Path,
+    seed: int,
+    n_train: int,
+    n_test: int,
+    epochs: int,
+    widths: tuple[int, ...],
+    steps: tuple[PruneStep, ...],
+    threads: int,
+) -> DemoAssets:
     t0 = time.perf_counter()
     train_x, train_y = make_demo_dataset(n_train, seed=2 * seed)
     test_x, test_y = make_demo_dataset(n_test, seed=2 * seed + 1)
@@ -307,46 +355,38 @@ def _build(out_dir: Path, seed: int, n_train: int, n_test: int, epochs: int, wid
     return assets
 
 
-# --- the demo command: build the assets, then gate each pruned copy with policies/demo.yaml ---
+# --- the demo: build the assets, then gate each pruned copy with policies/demo.yaml ----------
 
 DEMO_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
 
 
-def run_demo(out_dir: Path, console, **build_options) -> int:
-    """Build the demo's data and models in `out_dir`, gate each pruned model against the dense
-    one, write a report per model and print what the gate decided. Returns 0 (the demo ran).
+@dataclass
+class DemoResult:
+    """What `run_demo` built and what the gate decided for each pruned model (mildest first)."""
+
+    assets: DemoAssets
+    policy: Path  # the demo policy, copied into the output folder
+    reports: list[tuple[str, Report]]  # (model name, its report)
+    ratios: dict[str, float]  # model name -> prune ratio
+
+
+def run_demo(out_dir: Path, **build_options: Any) -> DemoResult:
+    """Build the demo's data and models in `out_dir` (with its policy, out_dir/policy.yaml) and gate
+    each pruned model against the dense one. Writes no report: the caller does.
     `build_options` go to `build_demo` (tests make a smaller demo)."""
     from prunegate.check import Overrides, apply_overrides, run_check
-    from prunegate.cli import write_atomic
     from prunegate.policy import load_policy
-    from prunegate.report.attest import envelope, envelope_json, statement_bytes
-    from prunegate.report.render import console as render
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]prunegate demo[/]: building a dataset and a small CNN, pruning it (in {out_dir}/)")
     assets = build_demo(out_dir, **build_options)
-    console.print(f"built in {assets.seconds:.0f} s: dense clean accuracy {assets.accuracy['dense']:.2%}")
     policy_path = out_dir / "policy.yaml"
     write_atomic(policy_path, DEMO_POLICY.read_text(encoding="utf-8"))
     policy = load_policy(policy_path)
-    (out_dir / "reports").mkdir(exist_ok=True)
-    outcomes = []
+    result = DemoResult(assets, policy_path, [], {})
     for ratio, pruned_path in sorted(assets.pruned.items()):
         name = pruned_name(ratio)
-        console.rule(f"{name}: {ratio:.0%} of the weights removed by global magnitude pruning")
         report = run_check(apply_overrides(policy, Overrides(dense=assets.dense, pruned=pruned_path)))
-        report_path = out_dir / "reports" / f"{name}.json"
-        write_atomic(report_path, envelope_json(envelope(statement_bytes(report))))
-        console.print(render.render(report, color=console.is_terminal, width=max(console.width, 100)), end="")
-        console.print(f"report: {report_path}")
-        clean = next(t for t in report.tasks if t.name == "clean")
-        outcomes.append((name, report, clean))
-    console.rule("what the demo shows")
-    for name, report, clean in outcomes:
-        failed = ", ".join(r.name for r in report.failed_rules()) or "-"
-        console.print(f"{name}: clean accuracy drop {100 * clean.accuracy_drop:+.2f}pp → "
-                      f"{report.verdict.upper()} (failed: {failed})")
-    console.print("A pruned model can keep its clean test accuracy and still lose its robustness: "
-                  "the gate checks both. Reports are in " + str(out_dir / "reports"))
-    return 0
+        result.reports.append((name, report))
+        result.ratios[name] = ratio
+    return result

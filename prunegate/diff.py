@@ -8,11 +8,11 @@ metrics and rules that merely moved are shown but do not decide.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from prunegate.errors import printable
 from prunegate.report.render.common import format_metric, rule_status
-from prunegate.report.schema import Report, RuleRecord
+from prunegate.report.schema import Report, RuleRecord, TaskRecord
 
 Direction = Literal["higher", "lower"]  # which way is better
 # Task metrics compared, and which way is better. Only REGRESSION_METRICS decide the exit code.
@@ -70,10 +70,10 @@ class MetricChange:
 class RuleChange:
     name: str
     metric: str
-    old_status: Optional[str]  # pass | fail | undecided; None: the rule is not in that report
-    new_status: Optional[str]
-    old_value: Optional[float]
-    new_value: Optional[float]
+    old_status: str | None  # pass | fail | undecided; None: the rule is not in that report
+    new_status: str | None
+    old_value: float | None
+    new_value: float | None
     change: str  # now fails | now passes | better | worse | same | added | removed
     regression: bool
 
@@ -99,14 +99,15 @@ class Diff:
 
     @property
     def regressions(self) -> list[MetricChange | RuleChange]:
-        return [c for c in (*self.rules, *self.tasks) if c.regression]
+        changes: list[MetricChange | RuleChange] = [*self.rules, *self.tasks]
+        return [c for c in changes if c.regression]
 
     @property
     def regressed(self) -> bool:
         return bool(self.regressions)
 
 
-def _task_metric(task, metric: str) -> float:
+def _task_metric(task: TaskRecord, metric: str) -> float:
     if metric == "dense_accuracy":
         return task.dense.accuracy
     if metric == "pruned_accuracy":
@@ -114,8 +115,10 @@ def _task_metric(task, metric: str) -> float:
     return getattr(task, metric)
 
 
-def compare_rule(old: Optional[RuleRecord], new: Optional[RuleRecord]) -> RuleChange:
+def compare_rule(old: RuleRecord | None, new: RuleRecord | None) -> RuleChange:
+    """How one rule changed between two reports (added, removed, now fails/passes, or by how much)."""
     if new is None:
+        assert old is not None, "compare_rule needs at least one rule"
         return RuleChange(old.name, old.metric, rule_status(old), None, old.value, None, "removed", False)
     if old is None:
         return RuleChange(new.name, new.metric, None, rule_status(new), None, new.value, "added", False)
@@ -146,16 +149,17 @@ def compare(old: Report, new: Report, margin: float = DEFAULT_MARGIN) -> Diff:
         before, after = old_rules.get(name), new_rules.get(name)
         diff.rules.append(compare_rule(before, after))
         if before is not None and after is not None and _definition(before) != _definition(after):
-            diff.notes.append(f"rule {name!r} is defined differently in the two reports (metric, tasks, "
-                              "aggregate or threshold)")
+            diff.notes.append(
+                f"rule {name!r} is defined differently in the two reports (metric, tasks, aggregate or threshold)"
+            )
 
     old_tasks = {t.name: t for t in old.tasks}
     for task in new.tasks:
-        before = old_tasks.get(task.name)
-        if before is None:
+        old_task = old_tasks.get(task.name)
+        if old_task is None:
             continue
         for metric, better in TASK_METRICS.items():
-            a, b = _task_metric(before, metric), _task_metric(task, metric)
+            a, b = _task_metric(old_task, metric), _task_metric(task, metric)
             change = _judge(b - a, better)
             regression = metric in REGRESSION_METRICS and change == "worse" and abs(b - a) > margin + EXACT
             diff.tasks.append(MetricChange(task.name, metric, a, b, change, regression))
@@ -172,11 +176,14 @@ def _comparability_notes(old: Report, new: Report) -> list[str]:
     for data in new.data:
         before = old_data.get(data.name)
         if before is not None and before.sha256 != data.sha256:
-            notes.append(f"data set {data.name!r} differs (other images, or another limit): "
-                         f"{before.used} vs {data.used} images used")
+            notes.append(
+                f"data set {data.name!r} differs (other images, or another limit): "
+                f"{before.used} vs {data.used} images used"
+            )
     old_names = {t.name for t in old.tasks}
     new_names = {t.name for t in new.tasks}
-    for label, names in (("only in the old report", old_names - new_names), ("only in the new report", new_names - old_names)):
+    only = (("only in the old report", old_names - new_names), ("only in the new report", new_names - old_names))
+    for label, names in only:
         if names:
             shown = ", ".join(sorted(names)[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
             notes.append(f"tasks {label}: {shown}")
@@ -190,24 +197,32 @@ def render_text(diff: Diff) -> str:
     """A plain-text account for the terminal: regressions marked ✗, improvements ✓. Each line is
     printable (rule and task names come from the reports: a control character in one is escaped)."""
 
-    def mark(change) -> str:
+    def mark(change: MetricChange | RuleChange) -> str:
         return "✗" if change.regression else ("✓" if change.change in ("better", "now passes") else " ")
 
-    head = (f"REGRESSED: {len(diff.regressions)} change(s) beyond the margin of {diff.margin:g}" if diff.regressed
-            else f"no regression beyond the margin of {diff.margin:g}")
+    head = (
+        f"REGRESSED: {len(diff.regressions)} change(s) beyond the margin of {diff.margin:g}"
+        if diff.regressed
+        else f"no regression beyond the margin of {diff.margin:g}"
+    )
     lines = [f"prunegate diff: {head} (old verdict {diff.old_verdict.upper()}, new verdict {diff.new_verdict.upper()})"]
     lines += [f"  note: {note}" for note in diff.notes]
     if diff.rules:
         width = max(len(c.name) for c in diff.rules)
         lines.append("rules:")
-        lines += [f"  {mark(c)} {c.name:<{width}}  {c.metric:<15} {c.old_text:>22} -> {c.new_text:<22} {c.change}"
-                  for c in diff.rules]
+        lines += [
+            f"  {mark(c)} {c.name:<{width}}  {c.metric:<15} {c.old_text:>22} -> {c.new_text:<22} {c.change}"
+            for c in diff.rules
+        ]
     changed = [c for c in diff.tasks if c.change != "same"]
     if changed:
         width = max(len(c.task) for c in changed)
         lines.append(f"task metrics that changed ({len(changed)} of {len(diff.tasks)}):")
-        lines += [f"  {mark(c)} {c.task:<{width}}  {c.metric:<15} {c.old_text:>9} -> {c.new_text:<9} "
-                  f"{c.delta_text:>10}  {c.change}" for c in changed]
+        lines += [
+            f"  {mark(c)} {c.task:<{width}}  {c.metric:<15} {c.old_text:>9} -> {c.new_text:<9} "
+            f"{c.delta_text:>10}  {c.change}"
+            for c in changed
+        ]
     else:
         lines.append("no task metric changed")
     return "\n".join(printable(line) for line in lines) + "\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -64,29 +63,19 @@ def device_for(world: World, requested: torch.device) -> torch.device:
 
 
 def merge_tallies(tallies: list[dict], world: World) -> None:
-    """Sum every process's tallies in place (all_reduce). Unfilled slots must hold zeros: a
-    prediction is stored plus one, so 0 means "not here"."""
+    """Merge every process's tallies in place; each tally declares how (TaskTally.all_reduce)."""
     if world.size <= 1:
         return
     for member in tallies:
         for tally in member.values():
-            filled = tally.filled
-            shifted = [torch.where(filled, t + 1, torch.zeros_like(t)) for t in (tally.labels, tally.dense_pred, tally.pruned_pred)]
-            floats = [torch.where(filled, t, torch.zeros_like(t)) for t in (tally.l2, tally.linf)]
-            count = filled.to(torch.int32)
-            for t in (*shifted, *floats, count):
-                dist.all_reduce(t)
-            tally.labels, tally.dense_pred, tally.pruned_pred = (t - 1 for t in shifted)
-            tally.l2, tally.linf = floats
-            if int(count.max()) > 1:
-                raise AssertionError("a sample was evaluated by more than one process")
-            tally.filled = count == 1
+            tally.all_reduce(dist.all_reduce)
 
 
 def gather_digests(manifest_digests: dict[int, str], world: World) -> dict[int, str]:
+    """Every process's sample digests, merged (a plain run: its own)."""
     if world.size <= 1:
         return manifest_digests
-    parts: list[Optional[dict]] = [None] * world.size
+    parts: list[dict | None] = [None] * world.size
     dist.all_gather_object(parts, manifest_digests)
     merged: dict[int, str] = {}
     for part in parts:
@@ -127,5 +116,6 @@ def agree_on(value: int, world: World) -> int:
 
 
 def finish(world: World) -> None:
+    """Leave the torchrun process group, if this run joined one."""
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()

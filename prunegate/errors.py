@@ -79,7 +79,7 @@ class KeyFileError(PrunegateError):
 
 
 def link_problem(path: Path) -> str | None:
-    """"is a symbolic link loop" or "is a broken symbolic link (points to X)" when `path` is a link
+    """ "is a symbolic link loop" or "is a broken symbolic link (points to X)" when `path` is a link
     that leads nowhere; None otherwise (`Path.exists()` answers False for both, silently)."""
     if not os.path.islink(path):
         return None
@@ -110,8 +110,9 @@ def missing_reason(path: Path, what: str = "") -> str:
     return missing
 
 
-def require_file(path: Path, what: str = "", *, error: type[PrunegateError] = PrunegateError,
-                 field: str | None = None) -> None:
+def require_file(
+    path: Path, what: str = "", *, error: type[PrunegateError] = PrunegateError, field: str | None = None
+) -> None:
     """Raise `error` unless `path` is an existing regular file ("<what> not found", "is a symbolic
     link loop", "is a broken symbolic link", "is not a file")."""
     if not path.is_file():

@@ -7,19 +7,26 @@ With a confidence level, a rule compares the conservative end of the value's int
 bound of a drop, lower bound of an agreement). Three outcomes: pass (the whole interval is
 within the threshold), fail (the whole interval is beyond it) and undecided (it straddles the
 threshold: more samples are needed). A safety gate counts undecided as not passed.
+
+The gate reads the report's task records and writes the report's rule records
+(prunegate.report.schema): there is no second vocabulary.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import fmean
-from typing import Optional
+from typing import Literal
 
 import numpy as np
 
 from prunegate.plan import match_tasks
-from prunegate.policy import Rule
+from prunegate.policy import METRICS, Rule
+from prunegate.report.schema import Interval, RuleRecord, TaskRecord, TaskValue
+
+Comparison = Literal["max", "min"]
+Status = Literal["pass", "fail", "undecided"]
 
 # Accuracies are ratios of counts; a drop of exactly the tolerance must pass despite rounding.
 TOLERANCE = 1e-12
@@ -29,86 +36,54 @@ TOLERANCE = 1e-12
 NONFINITE_LIMIT = 0.5
 
 
-def nonfinite_share(summary: dict) -> tuple[float, str]:
+@dataclass
+class Evidence:
+    """What the gate may read: the tasks' records and, for intervals of means, the bootstrap replicates."""
+
+    records: list[TaskRecord]
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    confidence: float | None = None
+
+
+def nonfinite_share(record: TaskRecord) -> tuple[float, str]:
     """(the larger share of non-finite outputs of the two models on a task, which model)."""
-    n = max(int(summary.get("n") or 0), 1)
-    shares = {which: summary[which].get("nonfinite", 0) / n for which in ("dense", "pruned") if which in summary}
-    if not shares:
-        return 0.0, ""
+    n = max(record.n, 1)
+    shares = {"dense": record.dense.nonfinite / n, "pruned": record.pruned.nonfinite / n}
     which = max(shares, key=lambda w: shares[w])
     return shares[which], which
 
 
-def nonfinite_warnings(summaries: dict[str, dict]) -> list[str]:
+def nonfinite_warnings(records: list[TaskRecord]) -> list[str]:
     """One line per task where any output was NaN or infinite (those samples count as wrong)."""
     lines = []
-    for name, summary in summaries.items():
-        counts = {w: summary[w].get("nonfinite", 0) for w in ("dense", "pruned") if w in summary}
-        found = {w: c for w, c in counts.items() if c}
-        if found:
-            parts = ", ".join(f"{w} {c} of {summary['n']}" for w, c in found.items())
-            lines.append(f"{name}: non-finite logits ({parts}): counted as wrong and disagreeing")
+    for record in records:
+        counts = {"dense": record.dense.nonfinite, "pruned": record.pruned.nonfinite}
+        parts = ", ".join(f"{w} {c} of {record.n}" for w, c in counts.items() if c)
+        if parts:
+            lines.append(f"{record.name}: non-finite logits ({parts}): counted as wrong and disagreeing")
     return lines
 
 
-def metric_value(summary: dict, metric: str) -> float:
+def metric_value(record: TaskRecord, metric: str) -> float:
     """The metric's value; NaN where it is undefined (e.g. the error consistency of two models
     that make no errors), and NaN never passes."""
     if metric == "dense_accuracy":
-        return summary["dense"]["accuracy"]
+        return record.dense.accuracy
     if metric == "pruned_accuracy":
-        return summary["pruned"]["accuracy"]
-    value = summary.get(metric)
-    return float("nan") if value is None else value
+        return record.pruned.accuracy
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+    value = getattr(record, metric)
+    return float("nan") if value is None else float(value)
 
 
-@dataclass
-class TaskValue:
-    task: str
-    value: float
-    passed: bool
-    bound: Optional[float] = None
-    status: Optional[str] = None
-
-
-@dataclass
-class RuleResult:
-    name: str
-    metric: str
-    tasks: list[str]
-    aggregate: str
-    comparison: str  # "max" (value must not exceed) or "min" (value must reach)
-    threshold: float
-    value: float
-    passed: bool
-    per_task: list[TaskValue]
-    confidence: Optional[float] = None
-    bound: Optional[float] = None
-    interval: Optional[dict] = None
-    status: str = "pass"
-    samples_needed: Optional[int] = None
-    note: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Evidence:
-    """What the gate may read per task: the summaries and, for intervals, the bootstrap replicates."""
-
-    summaries: dict[str, dict]
-    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    confidence: Optional[float] = None
-
-
-def _within(value: float, comparison: str, threshold: float) -> bool:
+def _within(value: float, comparison: Comparison, threshold: float) -> bool:
     if math.isnan(value):
         return False
     return value <= threshold + TOLERANCE if comparison == "max" else value >= threshold - TOLERANCE
 
 
-def _status(low: float, high: float, comparison: str, threshold: float) -> str:
+def _status(low: float, high: float, comparison: Comparison, threshold: float) -> Status:
     conservative, optimistic = (high, low) if comparison == "max" else (low, high)
     if _within(conservative, comparison, threshold):
         return "pass"
@@ -117,7 +92,7 @@ def _status(low: float, high: float, comparison: str, threshold: float) -> str:
     return "undecided"
 
 
-def _aggregate(values: list[float], aggregate: str, comparison: str) -> float:
+def _aggregate(values: list[float], aggregate: str, comparison: Comparison) -> float:
     if not values or any(math.isnan(v) for v in values):
         return float("nan")  # nothing to check, or a task without a number: never a pass
     if aggregate == "mean":
@@ -127,67 +102,107 @@ def _aggregate(values: list[float], aggregate: str, comparison: str) -> float:
     return max(values)  # "max", or "each" against a max: the worst task
 
 
-def _interval(summary: dict, metric: str) -> tuple[float, float]:
-    found = summary.get("intervals", {}).get(metric)
+def _interval(record: TaskRecord, metric: str) -> tuple[float, float]:
+    found = record.intervals.get(metric)
     if found is None:  # a metric without an interval is decided on its value
-        value = metric_value(summary, metric)
+        value = metric_value(record, metric)
         return (value, value)
-    return (found["low"], found["high"])
+    return (found.low, found.high)
 
 
-def _samples_needed(n: int, value: float, low: float, high: float, comparison: str, threshold: float) -> Optional[int]:
+def _samples_needed(
+    n: int, value: float, low: float, high: float, comparison: Comparison, threshold: float
+) -> int | None:
     """Interval half-widths shrink like 1/sqrt(n): the n at which the conservative end would
     reach the threshold's side, if the estimate stayed where it is."""
     half = (high - value) if comparison == "max" else (value - low)
     margin = abs(threshold - value)
-    if margin <= TOLERANCE or half <= 0:
-        return None
+    if math.isnan(half) or math.isnan(margin) or margin <= TOLERANCE or half <= 0:
+        return None  # no estimate to extrapolate from (e.g. a task's metric is undefined)
     return max(n + 1, math.ceil(n * (half / margin) ** 2))
 
 
-def evaluate_rule(rule: Rule, evidence: Evidence | dict[str, dict]) -> RuleResult:
+def _threshold(rule: Rule) -> tuple[Comparison, float]:
+    if rule.max is not None:
+        return "max", rule.max
+    if rule.min is not None:
+        return "min", rule.min
+    raise ValueError(f"rule {rule.name!r} sets neither 'max' nor 'min'")
+
+
+def evaluate_rule(rule: Rule, evidence: Evidence) -> RuleRecord:
     """The rule's result; failed, with a note, when a task it reads has mostly non-finite outputs."""
-    result = _evaluate_rule(rule, evidence if isinstance(evidence, Evidence) else Evidence(evidence))
-    summaries = evidence.summaries if isinstance(evidence, Evidence) else evidence
+    records = {r.name: r for r in evidence.records}
+    result = _evaluate_rule(rule, records, evidence)
     broken = {}
     for task in result.per_task:
-        share, which = nonfinite_share(summaries[task.task])
+        share, which = nonfinite_share(records[task.task])
         if share > NONFINITE_LIMIT:
             broken[task.task] = f"{which} {share:.0%}"
-            task.passed, task.status = False, "fail" if task.status is not None else None
+            task.passed = False
+            if task.status is not None:
+                task.status = "fail"
     if broken:
         result.passed, result.status, result.samples_needed = False, "fail", None
         shown = ", ".join(f"{t} ({s})" for t, s in list(broken.items())[:3]) + (" ..." if len(broken) > 3 else "")
-        result.note = (f"failed: most outputs are NaN or infinite on {shown}; a task where a model outputs no "
-                       "numbers measures nothing")
+        result.note = (
+            f"failed: most outputs are NaN or infinite on {shown}; a task where a model outputs no "
+            "numbers measures nothing"
+        )
     return result
 
 
-def _evaluate_rule(rule: Rule, evidence: Evidence) -> RuleResult:
-    summaries, confidence = evidence.summaries, evidence.confidence
-    comparison = "max" if rule.max is not None else "min"
-    threshold = rule.max if rule.max is not None else rule.min
-    names = match_tasks(rule.globs, list(summaries))
-    values = [metric_value(summaries[n], rule.metric) for n in names]
+def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidence) -> RuleRecord:
+    confidence = evidence.confidence
+    comparison, threshold = _threshold(rule)
+    names = match_tasks(rule.globs, list(records))
+    values = [metric_value(records[n], rule.metric) for n in names]
     value = _aggregate(values, rule.aggregate, comparison)
     if confidence is None:
-        per_task = [TaskValue(n, v, _within(v, comparison, threshold)) for n, v in zip(names, values)]
+        per_task = [
+            TaskValue(task=n, value=v, passed=_within(v, comparison, threshold), bound=None, status=None)
+            for n, v in zip(names, values)
+        ]
         passed = _within(value, comparison, threshold)
-        return RuleResult(rule.name, rule.metric, rule.globs, rule.aggregate, comparison, threshold, value, passed,
-                          per_task, status="pass" if passed else "fail")
+        return RuleRecord(
+            name=rule.name,
+            metric=rule.metric,
+            tasks=rule.globs,
+            aggregate=rule.aggregate,
+            comparison=comparison,
+            threshold=threshold,
+            value=value,
+            passed=passed,
+            per_task=per_task,
+            confidence=None,
+            bound=None,
+            interval=None,
+            status="pass" if passed else "fail",
+            samples_needed=None,
+            note=None,
+        )
 
-    bounds = [_interval(summaries[n], rule.metric) for n in names]
+    bounds = [_interval(records[n], rule.metric) for n in names]
     per_task = []
     for name, v, (low, high) in zip(names, values, bounds):
-        status = _status(low, high, comparison, threshold)
-        per_task.append(TaskValue(name, v, status == "pass", high if comparison == "max" else low, status))
+        task_status = _status(low, high, comparison, threshold)
+        per_task.append(
+            TaskValue(
+                task=name,
+                value=v,
+                passed=task_status == "pass",
+                bound=high if comparison == "max" else low,
+                status=task_status,
+            )
+        )
     if rule.aggregate == "mean":
-        low, high = _mean_interval(names, rule.metric, evidence, value)
+        low, high = _mean_interval(names, rule.metric, evidence.replicates, confidence, value)
     elif not bounds:
         low = high = float("nan")
     else:  # the extreme of intervals bounds the extreme of the values
         pick = min if (rule.aggregate == "min" or (rule.aggregate == "each" and comparison == "min")) else max
         low, high = pick(b[0] for b in bounds), pick(b[1] for b in bounds)
+    status: Status
     if rule.aggregate == "each":
         statuses = {t.status for t in per_task}
         status = "fail" if (not per_task or "fail" in statuses) else "undecided" if "undecided" in statuses else "pass"
@@ -195,39 +210,65 @@ def _evaluate_rule(rule: Rule, evidence: Evidence) -> RuleResult:
         status = _status(low, high, comparison, threshold)
     needed = None
     if status == "undecided":
-        n = max(summaries[t]["n"] for t in names)
         if rule.aggregate == "each":
             undecided = [(t, b) for t, b in zip(per_task, bounds) if t.status == "undecided"]
-            estimates = [_samples_needed(summaries[t.task]["n"], t.value, lo, hi, comparison, threshold)
-                         for t, (lo, hi) in undecided]
-            needed = None if None in estimates else max(estimates)
+            estimates = [
+                _samples_needed(records[t.task].n, t.value, lo, hi, comparison, threshold) for t, (lo, hi) in undecided
+            ]
+            needed = None if None in estimates else max(e for e in estimates if e is not None)
         else:
+            n = max(records[t].n for t in names)
             needed = _samples_needed(n, value, low, high, comparison, threshold)
-    return RuleResult(rule.name, rule.metric, rule.globs, rule.aggregate, comparison, threshold, value,
-                      status == "pass", per_task, confidence, high if comparison == "max" else low,
-                      {"low": low, "high": high, "method": _method(names, rule, evidence)}, status, needed)
+    return RuleRecord(
+        name=rule.name,
+        metric=rule.metric,
+        tasks=rule.globs,
+        aggregate=rule.aggregate,
+        comparison=comparison,
+        threshold=threshold,
+        value=value,
+        passed=status == "pass",
+        per_task=per_task,
+        confidence=confidence,
+        bound=high if comparison == "max" else low,
+        interval=Interval(low=low, high=high, method=_method(names, rule, records)),
+        status=status,
+        samples_needed=needed,
+        note=None,
+    )
 
 
-def _mean_interval(names: list[str], metric: str, evidence: Evidence, value: float) -> tuple[float, float]:
+def _mean_interval(
+    names: list[str], metric: str, replicates: dict[str, dict[str, np.ndarray]], confidence: float, value: float
+) -> tuple[float, float]:
     """Percentile interval of the mean over tasks, from replicates resampled jointly per data set."""
     from prunegate.metrics.intervals import percentile_interval
 
-    series = [evidence.replicates.get(n, {}).get(metric) for n in names]
-    if not series or any(s is None for s in series):
+    series = []
+    for name in names:
+        found = replicates.get(name, {}).get(metric)
+        if found is None:
+            return (value, value)
+        series.append(found)
+    if not series:
         return (value, value)
-    return percentile_interval(np.mean(np.stack(series), axis=0), evidence.confidence)
+    return percentile_interval(np.mean(np.stack(series), axis=0), confidence)
 
 
-def _method(names: list[str], rule: Rule, evidence: Evidence) -> str:
+def _method(names: list[str], rule: Rule, records: dict[str, TaskRecord]) -> str:
     if rule.aggregate == "mean":
         return "bootstrap"
-    methods = {evidence.summaries[n].get("intervals", {}).get(rule.metric, {}).get("method", "none") for n in names}
+    methods = {
+        records[n].intervals[rule.metric].method if rule.metric in records[n].intervals else "none" for n in names
+    }
     return "+".join(sorted(methods)) if methods else "none"
 
 
-def evaluate_rules(rules: list[Rule], evidence: Evidence | dict[str, dict]) -> list[RuleResult]:
+def evaluate_rules(rules: list[Rule], evidence: Evidence) -> list[RuleRecord]:
+    """Every rule's result, in the policy's order."""
     return [evaluate_rule(rule, evidence) for rule in rules]
 
 
-def verdict(results: list[RuleResult]) -> str:
+def verdict(results: list[RuleRecord]) -> Literal["pass", "fail"]:
+    """pass when there are results and every one passed; otherwise fail (undecided counts as not passed)."""
     return "pass" if results and all(r.passed for r in results) else "fail"

@@ -14,13 +14,21 @@ import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, ClassVar, Literal, Union, get_args, get_origin
 
 import numpy as np
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
-                      model_validator)
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from prunegate.errors import PolicyError, missing_reason
 
@@ -37,8 +45,18 @@ METRICS = {
     "error_consistency": ((-1.0, 1.0), "Cohen's kappa between the two models' errors (1: the same mistakes)"),
     "class_recall_drop": ((-1.0, 1.0), "the largest drop in recall of any one class"),
 }
-MetricName = Literal["accuracy_drop", "agreement", "dense_accuracy", "pruned_accuracy", "softmax_l2", "softmax_linf",
-                     "newly_wrong", "newly_right", "error_consistency", "class_recall_drop"]
+MetricName = Literal[
+    "accuracy_drop",
+    "agreement",
+    "dense_accuracy",
+    "pruned_accuracy",
+    "softmax_l2",
+    "softmax_linf",
+    "newly_wrong",
+    "newly_right",
+    "error_consistency",
+    "class_recall_drop",
+]
 DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary"]
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -49,12 +67,13 @@ def repeated(names: list[str]) -> list[str]:
     return sorted({n for n in names if names.count(n) > 1})
 
 
-def field_error(location: Sequence[Union[str, int]], message: str, value: object) -> ValidationError:
+def field_error(location: Sequence[str | int], message: str, value: object) -> ValidationError:
     """A validation error at `location`, relative to the model (or list) being validated: raised
     from a validator, pydantic reports it there (e.g. gate.rules.0.max), not where the validator
     sits (gate.rules.0): a check that looks at several fields still names the one that is wrong."""
     error = PydanticCustomError("value_error", "{reason}", {"reason": message})
-    return ValidationError.from_exception_data("Policy", [InitErrorDetails(type=error, loc=tuple(location), input=value)])
+    details = InitErrorDetails(type=error, loc=tuple(location), input=value)
+    return ValidationError.from_exception_data("Policy", [details])
 
 
 def _unique_names(items: list, what: str) -> None:
@@ -62,8 +81,11 @@ def _unique_names(items: list, what: str) -> None:
     first: dict[str, int] = {}
     for i, item in enumerate(items):
         if item.name in first:
-            raise field_error((i, "name"), f"{what} names must be unique: {item.name!r} is also the name of {what} "
-                              f"{first[item.name]}", item.name)
+            raise field_error(
+                (i, "name"),
+                f"{what} names must be unique: {item.name!r} is also the name of {what} {first[item.name]}",
+                item.name,
+            )
         first[item.name] = i
 
 
@@ -90,17 +112,26 @@ def _in_float32(value: float) -> float:
 def _float32_std(std: float) -> float:
     seen = _in_float32(std)
     if not _in_float32(FLOAT32_STD_MIN) <= seen <= FLOAT32_LIMIT:  # (the bound rounded as the value is)
-        effect = ("every input would be infinite or NaN" if seen == 0 else "every input would be 0" if seen == np.inf
-                  else f"the inputs would be scaled {'up' if seen < 1 else 'down'} more than {FLOAT32_LIMIT:g} times")
-        raise ValueError(f"a std must be within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32, the precision "
-                         f"the model's input is normalised in: {std!r} is {seen:g} there ({effect})")
+        effect = (
+            "every input would be infinite or NaN"
+            if seen == 0
+            else "every input would be 0"
+            if seen == np.inf
+            else f"the inputs would be scaled {'up' if seen < 1 else 'down'} more than {FLOAT32_LIMIT:g} times"
+        )
+        raise ValueError(
+            f"a std must be within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32, the precision "
+            f"the model's input is normalised in: {std!r} is {seen:g} there ({effect})"
+        )
     return std
 
 
 def _float32_mean(mean: float) -> float:
     if not abs(mean) <= FLOAT32_LIMIT:
-        raise ValueError(f"a mean must be within ±{FLOAT32_LIMIT:g} in float32, the precision the model's input is "
-                         f"normalised in: {mean!r} is {_in_float32(mean):g} there")
+        raise ValueError(
+            f"a mean must be within ±{FLOAT32_LIMIT:g} in float32, the precision the model's input is "
+            f"normalised in: {mean!r} is {_in_float32(mean):g} there"
+        )
     return mean
 
 
@@ -116,24 +147,28 @@ class Strict(BaseModel):
 class InputSpec(Strict):
     size: int = Field(gt=0, le=4096, description="square input side in pixels")
     mean: list[Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32_mean)]] = Field(
-        [0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel")
+        [0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel"
+    )
     std: list[Annotated[float, Field(gt=0, allow_inf_nan=False), AfterValidator(_float32_std)]] = Field(
-        [0.229, 0.224, 0.225], min_length=3, max_length=3,
-        description=f"per RGB channel; within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32")
+        [0.229, 0.224, 0.225],
+        min_length=3,
+        max_length=3,
+        description=f"per RGB channel; within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32",
+    )
 
 
 class ModelSpec(Strict):
     path: str = Field(min_length=1)
-    arch: Optional[str] = Field(
+    arch: str | None = Field(
         None, description="'module:callable' or 'file.py:callable' that builds the network for a state dict"
     )
 
 
 class Models(Strict):
-    dense: Union[str, ModelSpec]
-    pruned: Union[str, ModelSpec]
+    dense: str | ModelSpec
+    pruned: str | ModelSpec
     input: InputSpec
-    arch: Optional[str] = Field(None, description="default arch for state-dict files")
+    arch: str | None = Field(None, description="default arch for state-dict files")
 
     def spec(self, which: Literal["dense", "pruned"]) -> ModelSpec:
         value = getattr(self, which)
@@ -144,22 +179,26 @@ class Models(Strict):
 class DataSource(Strict):
     format: DataFormat
     path: str = Field(min_length=1)
-    labels: Optional[str] = Field(None, description="labels .npy file (format npy)")
-    class_names: Optional[str] = Field(
-        None, description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
+    labels: str | None = Field(None, description="labels .npy file (format npy)")
+    class_names: str | None = Field(
+        None,
+        description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
         "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
-        "are looked up in it, so a folder holding some of the classes gets the model's label indices")
+        "are looked up in it, so a folder holding some of the classes gets the model's label indices",
+    )
     images_key: str = "images"
     labels_key: str = "labels"
 
     @model_validator(mode="after")
     def _fields_for_the_format(self) -> DataSource:
         if self.format == "npy" and not self.labels:
-            raise field_error(("labels",), "format npy needs 'labels': the path of an integer labels .npy file",
-                              self.labels)
+            raise field_error(
+                ("labels",), "format npy needs 'labels': the path of an integer labels .npy file", self.labels
+            )
         if self.class_names and self.format not in ("imagefolder", "imagefolder-flat"):
-            raise field_error(("class_names",), "class_names is for the imagefolder and imagefolder-flat formats",
-                              self.class_names)
+            raise field_error(
+                ("class_names",), "class_names is for the imagefolder and imagefolder-flat formats", self.class_names
+            )
         return self
 
 
@@ -169,11 +208,9 @@ class OodSource(DataSource):
 
 class Data(Strict):
     test: DataSource
-    limit: Optional[int] = Field(None, gt=0, description="class-balanced subset of the test set")
+    limit: int | None = Field(None, gt=0, description="class-balanced subset of the test set")
     ood: list[OodSource] = []
-    max_pixels: int = Field(
-        89_478_485, gt=0, description="images with more pixels are refused (decompression bombs)"
-    )
+    max_pixels: int = Field(89_478_485, gt=0, description="images with more pixels are refused (decompression bombs)")
 
     @field_validator("ood")
     @classmethod
@@ -199,14 +236,15 @@ class NoiseSpec(Strict):
 
 class Corruptions(Strict):
     preset: str = "imagenet-c"
-    names: Union[Literal["all"], list[str]] = "all"
+    names: Literal["all"] | list[str] = "all"
     severities: list[Annotated[int, Field(ge=1, le=5)]] = Field([1, 2, 3, 4, 5], min_length=1)
-    precomputed: Optional[str] = Field(
+    precomputed: str | None = Field(
         None, description="a CIFAR-10-C style folder (<name>.npy + labels.npy) to read instead of generating"
     )
-    frost_textures: Optional[str] = Field(
-        None, description="a folder of frost photographs (PNG/JPEG) for `frost` to overlay, as the reference does, "
-        "instead of prunegate's procedural textures; the report records their sha256"
+    frost_textures: str | None = Field(
+        None,
+        description="a folder of frost photographs (PNG/JPEG) for `frost` to overlay, as the reference does, "
+        "instead of prunegate's procedural textures; the report records their sha256",
     )
 
     @field_validator("preset")
@@ -220,7 +258,7 @@ class Corruptions(Strict):
 
     @field_validator("names")
     @classmethod
-    def _known_names(cls, names: Union[str, list[str]]) -> Union[str, list[str]]:
+    def _known_names(cls, names: str | list[str]) -> str | list[str]:
         from prunegate import shifts
 
         for i, name in enumerate([] if names == "all" else names):
@@ -233,20 +271,32 @@ class Corruptions(Strict):
 
         return list(CORRUPTION_NAMES) if self.names == "all" else list(self.names)
 
+    # asset folder field -> the corruption that overlays it
+    ASSET_FIELDS: ClassVar[dict[str, str]] = {"frost_textures": "frost"}
+
+    def asset_folders(self) -> dict[str, str]:
+        """The asset folders the generated corruptions use, by field (e.g. frost_textures), as
+        written in the policy: only where the corruption that overlays them is generated."""
+        if self.precomputed:
+            return {}
+        names = self.corruption_names()
+        found = {key: getattr(self, key) for key, shift in self.ASSET_FIELDS.items() if shift in names}
+        return {key: value for key, value in found.items() if value}
+
 
 class Suite(Strict):
     seed: int = Field(0, ge=0, lt=2**63)
     noise: list[NoiseSpec] = []
-    corruptions: Optional[Corruptions] = None
+    corruptions: Corruptions | None = None
 
 
 class Rule(Strict):
     name: Name
-    tasks: Union[str, Annotated[list[str], Field(min_length=1)]] = Field(description="shell-style glob(s) over task names")
+    tasks: str | Annotated[list[str], Field(min_length=1)] = Field(description="shell-style glob(s) over task names")
     metric: MetricName
     aggregate: Literal["each", "mean", "min", "max"] = "each"
-    max: Optional[float] = Field(None, allow_inf_nan=False)
-    min: Optional[float] = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
+    min: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_threshold_in_range(self) -> Rule:
@@ -259,8 +309,9 @@ class Rule(Strict):
         low, high = METRICS[self.metric][0]
         low = max(low, 0.0)  # a negative tolerance would demand the pruned model be better
         if not low <= threshold <= high:
-            raise field_error((which,), f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]",
-                              threshold)
+            raise field_error(
+                (which,), f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]", threshold
+            )
         return self
 
     @property
@@ -270,9 +321,14 @@ class Rule(Strict):
 
 class Gate(Strict):
     rules: list[Rule] = Field(min_length=1)
-    confidence: Optional[float] = Field(
-        None, gt=0.5, lt=1.0, allow_inf_nan=False, description="decide each rule on the conservative end of this two-sided confidence "
-        "interval (upper bound of a drop, lower bound of an agreement); unset: on the point estimates")
+    confidence: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="decide each rule on the conservative end of this two-sided confidence "
+        "interval (upper bound of a drop, lower bound of an agreement); unset: on the point estimates",
+    )
     bootstrap: int = Field(1000, ge=100, le=100_000, description="bootstrap resamples (seeded by suite.seed)")
 
     @field_validator("rules")
@@ -289,13 +345,17 @@ class Runtime(Strict):
     workers: int = Field(2, ge=0, le=64, description="background decoding processes")
     allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32")
+        "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32"
+    )
     channels_last: Literal["auto", "on", "off"] = Field(
-        "auto", description="channels-last memory format for torch models (auto: on CUDA for models with convolutions)")
+        "auto", description="channels-last memory format for torch models (auto: on CUDA for models with convolutions)"
+    )
     isolation: Literal["auto", "strict", "off"] = Field(
-        "auto", description="auto: each model runs in a process of its own, sandboxed as far as the kernel allows "
+        "auto",
+        description="auto: each model runs in a process of its own, sandboxed as far as the kernel allows "
         "(recorded); strict: refuse to run unless the sandbox is complete; off: in prunegate's own process "
-        "(debugging only: such a report is never signed)")
+        "(debugging only: such a report is never signed)",
+    )
 
     @field_validator("channels_last", "isolation", mode="before")
     @classmethod
@@ -314,16 +374,16 @@ class Policy(Strict):
     runtime: Runtime = Runtime()
     require_signature: bool = Field(False, description="refuse to run without a signing key")
 
-    _file: Optional[Path] = PrivateAttr(None)
-    _sha256: Optional[str] = PrivateAttr(None)
+    _file: Path | None = PrivateAttr(None)
+    _sha256: str | None = PrivateAttr(None)
     _overrides: dict = PrivateAttr(default_factory=dict)  # field -> value the command line set instead
 
     @property
-    def file(self) -> Optional[Path]:
+    def file(self) -> Path | None:
         return self._file
 
     @property
-    def sha256(self) -> Optional[str]:
+    def sha256(self) -> str | None:
         return self._sha256
 
     @property
@@ -356,9 +416,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
                 None, None, f"a key must be a name, not a {type(key).__name__}", key_node.start_mark
             )
         if key in mapping:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
 
@@ -367,11 +425,13 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 # Only forms with an exponent: those without one (1.5, .5, 10) already resolve as YAML 1.1 says,
 # and a plain integer must stay an int.
 _UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
-def _field_path(error: dict, data: object) -> str:
+def _field_path(error: ErrorDetails, data: object) -> str:
     """The error's dotted location in the user's document. pydantic's own location parts (union
     members such as 'str' or 'ModelSpec', validator names) are not keys of the document: left out.
     A last part the document lacks is kept when it is a field there (a required field that is
@@ -424,7 +484,7 @@ def suggest(name: object, known: list[str]) -> str:
     return f"did you mean {close[0]!r}?" if close else ""
 
 
-def _unknown_field(error: dict) -> tuple[str, Optional[str]]:
+def _unknown_field(error: ErrorDetails) -> tuple[str, str | None]:
     """The message for a misspelled key, and the field it probably meant."""
     fields = _fields_at(tuple(error["loc"]))
     hint = suggest(error["loc"][-1], fields)
@@ -434,7 +494,7 @@ def _unknown_field(error: dict) -> tuple[str, Optional[str]]:
     return f"unknown field{allowed} (see `prunegate policy schema`)", None
 
 
-def _describe(error: dict) -> str:
+def _describe(error: ErrorDetails) -> str:
     kind, message = error["type"], error["msg"]
     if kind == "extra_forbidden":
         return _unknown_field(error)[0]
@@ -444,8 +504,11 @@ def _describe(error: dict) -> str:
         message = message[len("Value error, ") :]
     received = error.get("input")
     if kind == "finite_number":
-        return ("not a number (NaN): expected a finite number" if received != received
-                else f"expected a finite number, got {received!r}")
+        return (
+            "not a number (NaN): expected a finite number"
+            if received != received
+            else f"expected a finite number, got {received!r}"
+        )
     if kind.endswith("_type"):
         if isinstance(received, dict):
             message += " (got a mapping)"
@@ -458,6 +521,7 @@ def _describe(error: dict) -> str:
 
 
 def policy_from_dict(data: object, file: Path | str = "<policy>") -> Policy:
+    """Validate a parsed policy document into a Policy; a PolicyError names the deepest problem."""
     if not isinstance(data, dict):
         raise PolicyError("expected a mapping of policy fields at the top level", file=file)
     try:
@@ -514,4 +578,5 @@ def load_policy(path: Path | str) -> Policy:
 
 
 def policy_json_schema() -> str:
+    """The policy's JSON Schema, as indented JSON text."""
     return json.dumps(Policy.model_json_schema(), indent=2)

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from statistics import fmean
-from typing import Optional
 
-from prunegate.plan import Task
+from prunegate.plan import Task, TaskKind
 
 DEFAULT_DELTA = 0.005
 
 
 def task_group(task: Task) -> str:
-    if task.kind == "noise":
+    """The group a task's errors are averaged in: clean, each ood set, each noise kind, each corruption."""
+    if task.kind is TaskKind.NOISE:
         return f"noise/{task.shift}"
-    if task.kind == "ood":
+    if task.kind is TaskKind.OOD:
         return task.name
     return task.group  # clean, or the corruption's name
 
@@ -49,19 +49,25 @@ class Row:
     dense_error: float
     errors: list[float]  # one per member, in member order
     potential: float
-    excess_error: Optional[list[float]] = None  # groups only, None without a clean task
+    excess_error: list[float] | None = None  # groups only, None without a clean task
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def prune_potential(dense_error: float, errors: list[float], ratios: list[float], delta: float) -> float:
+    """The largest prune ratio whose error is within `delta` of the dense error (0: the dense model)."""
     qualifying = [r for e, r in zip(errors, ratios) if e <= dense_error + delta + 1e-12]
     return max([0.0, *qualifying])
 
 
-def analyse(tasks: list[Task], dense_errors: dict[str, float], member_errors: list[dict[str, float]],
-            members: list[Member], delta: float) -> dict:
+def analyse(
+    tasks: list[Task],
+    dense_errors: dict[str, float],
+    member_errors: list[dict[str, float]],
+    members: list[Member],
+    delta: float,
+) -> dict:
     """The potential table: per task and per group, plus excess errors per group."""
     ratios = [m.prune_ratio for m in members]
 
@@ -115,8 +121,14 @@ def plot_png(result: dict, title: str) -> bytes:
         if g.get("excess_error") is None or g["name"] == "clean":
             continue
         style = "-" if g["name"].startswith(("noise", "ood")) else ":"
-        right.plot([100 * ratios[i] for i in order], [100 * g["excess_error"][i] for i in order], style, marker=".",
-                   label=g["name"], linewidth=1)
+        right.plot(
+            [100 * ratios[i] for i in order],
+            [100 * g["excess_error"][i] for i in order],
+            style,
+            marker=".",
+            label=g["name"],
+            linewidth=1,
+        )
     right.axhline(0, color="black", linewidth=0.8)
     right.set_xlabel("prune ratio (%)")
     right.set_ylabel("excess error (pp)")

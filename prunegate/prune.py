@@ -96,8 +96,9 @@ def filter_prune(model: nn.Module, ratio: float) -> nn.Module:
                 continue
             drop = torch.argsort(norms, stable=True)[:k].to(weight.device)
             weight[drop] = 0.0
-            if getattr(layer, "bias", None) is not None:
-                layer.bias[drop] = 0.0
+            bias = getattr(layer, "bias", None)
+            if bias is not None:
+                bias[drop] = 0.0
             following = modules[modules.index(layer) + 1] if modules.index(layer) + 1 < len(modules) else None
             if isinstance(following, nn.modules.batchnorm._BatchNorm) and following.num_features == norms.numel():
                 if following.weight is not None:
@@ -107,6 +108,7 @@ def filter_prune(model: nn.Module, ratio: float) -> nn.Module:
 
 
 def prune(model: nn.Module, method: str, ratio: float) -> nn.Module:
+    """Prune `model` by `ratio` with a named method: 'wt' (global weight magnitude) or 'ft' (filters)."""
     if method == "wt":
         return global_magnitude_prune(model, ratio)
     if method == "ft":
@@ -124,7 +126,15 @@ def export_model(model: nn.Module, size: int, path: Path, fmt: str) -> None:
             scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.trace(model, example)
             torch.jit.save(scripted, str(path))
         elif fmt == "onnx":
-            torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=17,
+            )
         else:
             raise ValueError(f"unknown export format {fmt!r}")

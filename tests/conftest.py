@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -106,11 +106,24 @@ def _save_onnx(model: torch.nn.Module, path: Path, size: int = SIZE) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, example, str(path), dynamo=False, input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                dynamo=False,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            )
         except TypeError:  # a torch without the `dynamo` switch: its default exporter
-            torch.onnx.export(model, example, str(path), input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            )
     return path
 
 
@@ -135,8 +148,10 @@ def corrupt_torchscript(source: Path, target: Path) -> None:
 
 def _write_arch_file(folder: Path, name: str = "tiny_arch.py", classes: int = CLASSES, size: int = SIZE) -> Path:
     """A `file.py` with `build()` returning an untrained TinyNet: an `arch` for state dicts."""
-    source = "import torch\n\n\n" + inspect.getsource(TinyNet) + (
-        f"\n\ndef build():\n    return TinyNet({classes}, {size})\n"
+    source = (
+        "import torch\n\n\n"
+        + inspect.getsource(TinyNet)
+        + (f"\n\ndef build():\n    return TinyNet({classes}, {size})\n")
     )
     path = folder / name
     path.write_text(source)
@@ -178,7 +193,7 @@ def _policy_dict(
     dense: str = "dense.pt",
     pruned: str = "pruned.pt",
     data_file: str = "data.npz",
-    rules: Optional[list[dict]] = None,
+    rules: list[dict] | None = None,
     size: int = SIZE,
     **sections,
 ) -> dict:
@@ -187,10 +202,13 @@ def _policy_dict(
         "name": "tiny",
         "models": {"dense": dense, "pruned": pruned, "input": {"size": size}},
         "data": {"test": {"format": "npz", "path": data_file}},
-        "gate": {"rules": rules or [
-            {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
-            {"name": "clean agreement", "tasks": "clean", "metric": "agreement", "min": 0.9},
-        ]},
+        "gate": {
+            "rules": rules
+            or [
+                {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
+                {"name": "clean agreement", "tasks": "clean", "metric": "agreement", "min": 0.9},
+            ]
+        },
         "runtime": {"device": "cpu", "workers": 0, "batch_size": 16},
     }
     for key, value in sections.items():
@@ -201,7 +219,7 @@ def _policy_dict(
     return policy
 
 
-def _write_policy(path: Path, policy: Optional[dict] = None, **kwargs) -> Path:
+def _write_policy(path: Path, policy: dict | None = None, **kwargs) -> Path:
     """Write `policy` (or `_policy_dict(**kwargs)`) as YAML to `path`."""
     path.write_text(yaml.safe_dump(policy if policy is not None else _policy_dict(**kwargs), sort_keys=False))
     return path
@@ -249,8 +267,15 @@ def gate_case(tmp_path: Path) -> Callable[..., Path]:
 # --- reports for the renderers -----------------------------------------------------------------
 
 
-def _sample_report(*, failing: bool = True, extras: bool = True, corruptions: tuple[str, ...] = ("fog", "contrast"),
-                   severities: tuple[int, ...] = (1, 3, 5), classes: int = 3, name: str = "sample"):
+def _sample_report(
+    *,
+    failing: bool = True,
+    extras: bool = True,
+    corruptions: tuple[str, ...] = ("fog", "contrast"),
+    severities: tuple[int, ...] = (1, 3, 5),
+    classes: int = 3,
+    name: str = "sample",
+):
     """A synthetic but consistent Report: clean, two noise levels and `corruptions` x `severities`.
 
     failing: the pruned model loses agreement under noise (rule 'noise agreement' fails) and one
@@ -261,37 +286,83 @@ def _sample_report(*, failing: bool = True, extras: bool = True, corruptions: tu
     from prunegate.report.schema import Report
 
     def task(name: str, kind: str, group: str, dense: float, pruned: float, agreement: float, n: int = 300) -> dict:
-        record = {"name": name, "kind": kind, "group": group, "source": "test", "n": n,
-                  "dense": {"accuracy": dense, "correct": round(dense * n), "nonfinite": 0},
-                  "pruned": {"accuracy": pruned, "correct": round(pruned * n), "nonfinite": 0},
-                  "accuracy_drop": dense - pruned, "agreement": agreement, "softmax_l2": 0.05 + (1 - agreement) / 2,
-                  "softmax_linf": 0.04}
+        record = {
+            "name": name,
+            "kind": kind,
+            "group": group,
+            "source": "test",
+            "n": n,
+            "dense": {"accuracy": dense, "correct": round(dense * n), "nonfinite": 0},
+            "pruned": {"accuracy": pruned, "correct": round(pruned * n), "nonfinite": 0},
+            "accuracy_drop": dense - pruned,
+            "agreement": agreement,
+            "softmax_l2": 0.05 + (1 - agreement) / 2,
+            "softmax_linf": 0.04,
+        }
         if extras:
             per_class = [n // classes] * classes
-            record.update({
-                "newly_wrong": (dense - pruned) + 0.01, "newly_right": 0.01, "mcnemar_p": 0.03,
-                "error_consistency": 0.6, "class_recall_drop": (dense - pruned) + 0.05,
-                "worst_class": {"label": 1, "name": "green", "n": n // classes, "dense_recall": dense,
-                                "pruned_recall": pruned - 0.05, "drop": (dense - pruned) + 0.05},
-                "flips": {"newly_wrong": round(((dense - pruned) + 0.01) * n), "newly_right": round(0.01 * n)},
-                "intervals": {"accuracy_drop": {"low": dense - pruned - 0.02, "high": dense - pruned + 0.02, "method": "newcombe"},
-                              "agreement": {"low": agreement - 0.03, "high": min(1.0, agreement + 0.03), "method": "wilson"}},
-                "class_recall": {"n": per_class,
-                                 "dense_correct": [round(dense * k) for k in per_class],
-                                 "pruned_correct": [round(pruned * k) - (5 if i == 1 else 0) for i, k in enumerate(per_class)]},
-                "examples": [{"index": i, "draw": 0, "label": i % classes, "dense": i % classes,
-                              "pruned": (i + 1) % classes} for i in (0, 4)],
-            })
+            record.update(
+                {
+                    "newly_wrong": (dense - pruned) + 0.01,
+                    "newly_right": 0.01,
+                    "mcnemar_p": 0.03,
+                    "error_consistency": 0.6,
+                    "class_recall_drop": (dense - pruned) + 0.05,
+                    "worst_class": {
+                        "label": 1,
+                        "name": "green",
+                        "n": n // classes,
+                        "dense_recall": dense,
+                        "pruned_recall": pruned - 0.05,
+                        "drop": (dense - pruned) + 0.05,
+                    },
+                    "flips": {"newly_wrong": round(((dense - pruned) + 0.01) * n), "newly_right": round(0.01 * n)},
+                    "intervals": {
+                        "accuracy_drop": {
+                            "low": dense - pruned - 0.02,
+                            "high": dense - pruned + 0.02,
+                            "method": "newcombe",
+                        },
+                        "agreement": {"low": agreement - 0.03, "high": min(1.0, agreement + 0.03), "method": "wilson"},
+                    },
+                    "class_recall": {
+                        "n": per_class,
+                        "dense_correct": [round(dense * k) for k in per_class],
+                        "pruned_correct": [round(pruned * k) - (5 if i == 1 else 0) for i, k in enumerate(per_class)],
+                    },
+                    "examples": [
+                        {"index": i, "draw": 0, "label": i % classes, "dense": i % classes, "pruned": (i + 1) % classes}
+                        for i in (0, 4)
+                    ],
+                }
+            )
         return record
 
     drop = 0.06 if failing else 0.0
     tasks = [task("clean", "clean", "clean", 0.9, 0.895, 0.97)]
-    tasks += [task(f"noise/uniform/{level:g}", "noise", "noise", 0.85 - level, 0.85 - level - drop * level * 10,
-                   0.95 - drop * level * 5 - level / 10) for level in (0.1, 0.3)]
+    tasks += [
+        task(
+            f"noise/uniform/{level:g}",
+            "noise",
+            "noise",
+            0.85 - level,
+            0.85 - level - drop * level * 10,
+            0.95 - drop * level * 5 - level / 10,
+        )
+        for level in (0.1, 0.3)
+    ]
     for corruption in corruptions:
         for s in severities:
-            tasks.append(task(f"corruption/{corruption}/{s}", "corruption", corruption, 0.88 - 0.08 * s,
-                              0.88 - 0.08 * s - drop * s / 5, 0.95 - 0.03 * s))
+            tasks.append(
+                task(
+                    f"corruption/{corruption}/{s}",
+                    "corruption",
+                    corruption,
+                    0.88 - 0.08 * s,
+                    0.88 - 0.08 * s - drop * s / 5,
+                    0.95 - 0.03 * s,
+                )
+            )
 
     def rule(name, metric, globs, aggregate, comparison, threshold, status=None) -> dict:
         def value_of(t):
@@ -301,15 +372,32 @@ def _sample_report(*, failing: bool = True, extras: bool = True, corruptions: tu
         values = [value_of(t) for t in chosen]
         ok = (lambda v: v <= threshold + 1e-12) if comparison == "max" else (lambda v: v >= threshold - 1e-12)
         per_task = [{"task": t["name"], "value": v, "passed": ok(v)} for t, v in zip(chosen, values)]
-        value = (max if comparison == "max" else min)(values) if aggregate == "each" else \
-            {"min": min, "max": max}.get(aggregate, lambda xs: sum(xs) / len(xs))(values)
+        value = (
+            (max if comparison == "max" else min)(values)
+            if aggregate == "each"
+            else {"min": min, "max": max}.get(aggregate, lambda xs: sum(xs) / len(xs))(values)
+        )
         passed = ok(value) and status != "undecided"
-        record = {"name": name, "metric": metric, "tasks": globs, "aggregate": aggregate, "comparison": comparison,
-                  "threshold": threshold, "value": value, "passed": passed, "per_task": per_task,
-                  "status": status or ("pass" if passed else "fail")}
+        record = {
+            "name": name,
+            "metric": metric,
+            "tasks": globs,
+            "aggregate": aggregate,
+            "comparison": comparison,
+            "threshold": threshold,
+            "value": value,
+            "passed": passed,
+            "per_task": per_task,
+            "status": status or ("pass" if passed else "fail"),
+        }
         if extras:
-            record.update({"confidence": 0.95, "bound": value + (0.01 if comparison == "max" else -0.01),
-                           "interval": {"low": value - 0.02, "high": value + 0.02, "method": "newcombe"}})
+            record.update(
+                {
+                    "confidence": 0.95,
+                    "bound": value + (0.01 if comparison == "max" else -0.01),
+                    "interval": {"low": value - 0.02, "high": value + 0.02, "method": "newcombe"},
+                }
+            )
             if status == "undecided":
                 record["samples_needed"] = 4200
         return record
@@ -319,41 +407,107 @@ def _sample_report(*, failing: bool = True, extras: bool = True, corruptions: tu
         rule("noise agreement", "agreement", ["noise/*"], "each", "min", 0.9),
     ]
     if corruptions:
-        rules.append(rule("corruption drop", "accuracy_drop", ["corruption/*"], "mean", "max", 0.05,
-                          status="undecided" if failing else None))
+        rules.append(
+            rule(
+                "corruption drop",
+                "accuracy_drop",
+                ["corruption/*"],
+                "mean",
+                "max",
+                0.05,
+                status="undecided" if failing else None,
+            )
+        )
     verdict = "pass" if all(r["passed"] for r in rules) else "fail"
-    model = {"sha256": "ab" * 32, "format": "onnx", "parameters": 1000, "backend": "onnx", "device": "cpu",
-             "provider": "CPUExecutionProvider"}
-    document = {"version": 1, "name": name, "models": {"dense": "dense.onnx", "pruned": "pruned.onnx",
-                                                        "input": {"size": 8}},
-                "data": {"test": {"format": "npz", "path": "data.npz"}},
-                "suite": {"seed": 0, "noise": [{"kind": "uniform", "levels": [0.1, 0.3]}]},
-                "gate": {"rules": [{"name": r["name"], "tasks": r["tasks"], "metric": r["metric"], "aggregate": r["aggregate"],
-                                    r["comparison"]: r["threshold"]} for r in rules]}}
+    model = {
+        "sha256": "ab" * 32,
+        "format": "onnx",
+        "parameters": 1000,
+        "backend": "onnx",
+        "device": "cpu",
+        "provider": "CPUExecutionProvider",
+    }
+    document = {
+        "version": 1,
+        "name": name,
+        "models": {"dense": "dense.onnx", "pruned": "pruned.onnx", "input": {"size": 8}},
+        "data": {"test": {"format": "npz", "path": "data.npz"}},
+        "suite": {"seed": 0, "noise": [{"kind": "uniform", "levels": [0.1, 0.3]}]},
+        "gate": {
+            "rules": [
+                {
+                    "name": r["name"],
+                    "tasks": r["tasks"],
+                    "metric": r["metric"],
+                    "aggregate": r["aggregate"],
+                    r["comparison"]: r["threshold"],
+                }
+                for r in rules
+            ]
+        },
+    }
     if corruptions:
-        document["suite"]["corruptions"] = {"preset": "cifar10-c", "names": list(corruptions),
-                                            "severities": list(severities)}
+        document["suite"]["corruptions"] = {
+            "preset": "cifar10-c",
+            "names": list(corruptions),
+            "severities": list(severities),
+        }
     report = {
-        "tool": {"name": "prunegate", "version": "0.1.0"}, "verdict": verdict,
+        "tool": {"name": "prunegate", "version": "0.1.0"},
+        "verdict": verdict,
         "policy": {"name": name, "path": "/nowhere/policy.yaml", "sha256": "cd" * 32, "document": document},
-        "models": {"dense": {**model, "path": "/nowhere/dense.onnx", "nonzero_parameters": 1000, "sparsity": 0.0},
-                   "pruned": {**model, "path": "/nowhere/pruned.onnx", "nonzero_parameters": 100, "sparsity": 0.9,
-                              "sha256": "ef" * 32}},
-        "data": [{"name": "test", "format": "npz", "path": "/nowhere/data.npz", "size": 300, "used": 300,
-                  "sha256": "01" * 32, "classes": ["red", "green", "blue"][:classes] if classes <= 3 else None}],
-        "seed": 0, "options": {"device": "cpu", "backend": "onnx", "batch_size": 64, "limit": None},
-        "tasks": tasks, "rules": rules,
+        "models": {
+            "dense": {**model, "path": "/nowhere/dense.onnx", "nonzero_parameters": 1000, "sparsity": 0.0},
+            "pruned": {
+                **model,
+                "path": "/nowhere/pruned.onnx",
+                "nonzero_parameters": 100,
+                "sparsity": 0.9,
+                "sha256": "ef" * 32,
+            },
+        },
+        "data": [
+            {
+                "name": "test",
+                "format": "npz",
+                "path": "/nowhere/data.npz",
+                "size": 300,
+                "used": 300,
+                "sha256": "01" * 32,
+                "classes": ["red", "green", "blue"][:classes] if classes <= 3 else None,
+            }
+        ],
+        "seed": 0,
+        "options": {"device": "cpu", "backend": "onnx", "batch_size": 64, "limit": None},
+        "tasks": tasks,
+        "rules": rules,
         "environment": {"python": "3.11", "torch": "2.x", "device": "cpu"},
-        "timing": {"started": "2026-01-02T03:04:05+00:00", "duration_s": 12.5, "data_s": 1.0, "shift_s": 2.0,
-                   "models_s": 9.0},
+        "timing": {
+            "started": "2026-01-02T03:04:05+00:00",
+            "duration_s": 12.5,
+            "data_s": 1.0,
+            "shift_s": 2.0,
+            "models_s": 9.0,
+        },
     }
     if extras:
         report["confidence"] = 0.95
     if extras and corruptions:
         report["corruption_summary"] = {
-            "per_corruption": [{"name": c, "severities": list(severities), "dense_error": 1.2, "pruned_error": 1.3,
-                                "ce": 1.3 / 1.2, "relative_ce": 1.1} for c in corruptions],
-            "mce": 1.3 / 1.2, "relative_mce": 1.1}
+            "per_corruption": [
+                {
+                    "name": c,
+                    "severities": list(severities),
+                    "dense_error": 1.2,
+                    "pruned_error": 1.3,
+                    "ce": 1.3 / 1.2,
+                    "relative_ce": 1.1,
+                }
+                for c in corruptions
+            ],
+            "mce": 1.3 / 1.2,
+            "relative_mce": 1.1,
+        }
     return Report.model_validate(report)
 
 

@@ -19,9 +19,9 @@ import logging
 import shutil
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import PIL.Image
@@ -41,14 +41,22 @@ N = 12  # images in the test set
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
     return path
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory, colour_net, colour_dataset, random_net, save_torchscript, save_onnx, write_npz,
-           write_arch_file) -> Path:
+def assets(
+    tmp_path_factory, colour_net, colour_dataset, random_net, save_torchscript, save_onnx, write_npz, write_arch_file
+) -> Path:
     """Every good and bad ingredient, made once; each row copies what it needs."""
     folder = tmp_path_factory.mktemp("assets")
     images, labels = colour_dataset(N)
@@ -87,12 +95,13 @@ class Case:
         """How the error message spells an input file: resolved against the policy's folder."""
         return str(self.folder.resolve() / name)
 
-    def policy(self, document: Optional[dict] = None, *, name: str = "policy.yaml", **changes) -> Path:
+    def policy(self, document: dict | None = None, *, name: str = "policy.yaml", **changes) -> Path:
         """Write a policy (the tiny default with `changes`, or `document`) next to the default inputs."""
         self.copy("data.npz", "dense.pt", "pruned.pt")
         path = self.folder / name
-        path.write_text(yaml.safe_dump(document if document is not None else self.policy_dict(**changes),
-                                       sort_keys=False))
+        path.write_text(
+            yaml.safe_dump(document if document is not None else self.policy_dict(**changes), sort_keys=False)
+        )
         return path
 
     def check(self, policy: Path, *extra: str) -> list[str]:
@@ -109,7 +118,7 @@ class Case:
         return "images"
 
 
-def _png(array: np.ndarray, path: Optional[Path] = None, fmt: str = "PNG") -> bytes:
+def _png(array: np.ndarray, path: Path | None = None, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(array).save(buffer, format=fmt)
     if path is not None:
@@ -127,8 +136,9 @@ def _truncate(source: Path, target: Path, fraction: float = 0.5) -> None:
 
 
 def _envelope(payload: bytes) -> str:
-    return json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": base64.b64encode(payload).decode(),
-                       "signatures": []})
+    return json.dumps(
+        {"payloadType": "application/vnd.in-toto+json", "payload": base64.b64encode(payload).decode(), "signatures": []}
+    )
 
 
 # --- the table: (id, build) -> (argv, substrings the one error line must contain) ---------------
@@ -232,12 +242,30 @@ def policy_rows() -> list:
         path.write_text("- version: 1\n")
         return c.check(path), [str(path), "mapping"]
 
-    return [misspelled_rule_key, misspelled_section, misspelled_key_validate, wrong_type_batch_size,
-            wrong_type_size_as_text, wrong_type_rules_mapping, wrong_type_threshold, negative_tolerance,
-            tolerance_above_one, glob_matches_no_task, glob_matches_no_task_validate, empty_rules,
-            unknown_corruption, unknown_noise, severity_above_five, severity_zero, frost_textures_missing,
-            frost_texture_damaged, policy_not_found,
-            policy_is_a_folder, policy_not_yaml, policy_not_a_mapping]
+    return [
+        misspelled_rule_key,
+        misspelled_section,
+        misspelled_key_validate,
+        wrong_type_batch_size,
+        wrong_type_size_as_text,
+        wrong_type_rules_mapping,
+        wrong_type_threshold,
+        negative_tolerance,
+        tolerance_above_one,
+        glob_matches_no_task,
+        glob_matches_no_task_validate,
+        empty_rules,
+        unknown_corruption,
+        unknown_noise,
+        severity_above_five,
+        severity_zero,
+        frost_textures_missing,
+        frost_texture_damaged,
+        policy_not_found,
+        policy_is_a_folder,
+        policy_not_yaml,
+        policy_not_a_mapping,
+    ]
 
 
 def model_rows() -> list:
@@ -247,8 +275,11 @@ def model_rows() -> list:
 
     def model_override_not_found(c: Case):
         policy = c.policy()
-        return c.check(policy, "--pruned", str(c.folder / "absent.onnx")), \
-            [str(c.folder / "absent.onnx"), "models.pruned", "not found"]
+        return c.check(policy, "--pruned", str(c.folder / "absent.onnx")), [
+            str(c.folder / "absent.onnx"),
+            "models.pruned",
+            "not found",
+        ]
 
     def model_is_a_folder(c: Case):
         policy = c.policy(dense="models")
@@ -318,11 +349,24 @@ def model_rows() -> list:
         policy = c.policy()
         return c.check(policy, "--device", "cuda"), [str(policy.resolve()), "runtime.device", "allow_fallback"]
 
-    return [model_not_found, model_override_not_found, model_is_a_folder, truncated_onnx, corrupt_torchscript,
-            truncated_torchscript, truncated_state_dict, state_dict_without_arch, wrong_input_rank,
-            wrong_input_size_onnx, wrong_input_size_torchscript, different_class_counts,
-            pickled_module_without_opt_in, backend_does_not_fit, cuda_without_fallback_in_policy,
-            cuda_without_fallback_on_command_line]
+    return [
+        model_not_found,
+        model_override_not_found,
+        model_is_a_folder,
+        truncated_onnx,
+        corrupt_torchscript,
+        truncated_torchscript,
+        truncated_state_dict,
+        state_dict_without_arch,
+        wrong_input_rank,
+        wrong_input_size_onnx,
+        wrong_input_size_torchscript,
+        different_class_counts,
+        pickled_module_without_opt_in,
+        backend_does_not_fit,
+        cuda_without_fallback_in_policy,
+        cuda_without_fallback_on_command_line,
+    ]
 
 
 def data_rows() -> list:
@@ -373,8 +417,12 @@ def data_rows() -> list:
             return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
         rows = b"".join(b"\x07" + bytes(24) for _ in range(8))  # filter type 7: PNG has 0-4
-        png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
-               + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+        png = (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b"")
+        )
         path = c.image_folder({"filter.png": png})
         policy = c.policy(data={"test": {"format": "imagefolder", "path": path}})
         return c.check(policy), [c.path("images/c/filter.png"), "data.test", "cannot decode image"]
@@ -469,7 +517,7 @@ def data_rows() -> list:
     def gif_first_frame_over_the_pixel_limit(c: Case):  # a 4 x 4 screen, a 40 x 40 first frame
         gif = _png(np.zeros((4, 4, 3), np.uint8), fmt="GIF")
         at = gif.index(b"\x2c\x00\x00\x00\x00\x04\x00\x04\x00")
-        gif = gif[:at] + b"\x2c\x00\x00\x00\x00\x28\x00\x28\x00" + gif[at + 9:]
+        gif = gif[:at] + b"\x2c\x00\x00\x00\x00\x28\x00\x28\x00" + gif[at + 9 :]
         path = c.image_folder({"wide.gif": gif})
         policy = c.policy(data={"test": {"format": "imagefolder", "path": path}, "max_pixels": 500})
         return c.check(policy), [c.path("images/c/wide.gif"), "data.test", "1600 pixels", "data.max_pixels"]
@@ -485,33 +533,61 @@ def data_rows() -> list:
         (c.folder / "data.npz").write_bytes(bytes(raw))
         return c.check(policy), [c.path("data.npz"), "data.test", "cannot read the images"]
 
-    return [labels_outside_the_classes, negative_label, empty_npz, empty_image_folder, unreadable_image,
-            truncated_png, truncated_jpeg, png_with_a_bad_filter_byte, image_over_the_pixel_limit,
-            array_images_over_the_pixel_limit,
-            mixed_sizes_npz, mixed_sizes_npy, data_not_found, npz_path_is_a_folder, image_folder_path_is_a_file,
-            npy_labels_not_found, npz_not_an_archive, ood_set_not_found, cifar_binary_partial_record,
-            symlink_loop_as_data_path, broken_symlink_as_data_path, broken_symlink_in_image_folder,
-            symlink_loop_in_flat_image_folder, truncated_npy, gif_first_frame_over_the_pixel_limit,
-            damaged_compressed_npz_stream]
+    return [
+        labels_outside_the_classes,
+        negative_label,
+        empty_npz,
+        empty_image_folder,
+        unreadable_image,
+        truncated_png,
+        truncated_jpeg,
+        png_with_a_bad_filter_byte,
+        image_over_the_pixel_limit,
+        array_images_over_the_pixel_limit,
+        mixed_sizes_npz,
+        mixed_sizes_npy,
+        data_not_found,
+        npz_path_is_a_folder,
+        image_folder_path_is_a_file,
+        npy_labels_not_found,
+        npz_not_an_archive,
+        ood_set_not_found,
+        cifar_binary_partial_record,
+        symlink_loop_as_data_path,
+        broken_symlink_as_data_path,
+        broken_symlink_in_image_folder,
+        symlink_loop_in_flat_image_folder,
+        truncated_npy,
+        gif_first_frame_over_the_pixel_limit,
+        damaged_compressed_npz_stream,
+    ]
 
 
 def report_and_key_rows() -> list:
     def verify_report_not_json(c: Case):
         (c.folder / "report.json").write_text('{"payloadType": "x",\n  oops}')
         c.copy("key.pub")
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], \
-            [str(c.folder / "report.json"), "not JSON", "line 2"]
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], [
+            str(c.folder / "report.json"),
+            "not JSON",
+            "line 2",
+        ]
 
     def verify_json_not_an_envelope(c: Case):
         (c.folder / "report.json").write_text('{"verdict": "pass"}')
         c.copy("key.pub")
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], \
-            [str(c.folder / "report.json"), "not a DSSE envelope", "payloadType"]
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], [
+            str(c.folder / "report.json"),
+            "not a DSSE envelope",
+            "payloadType",
+        ]
 
     def verify_report_not_found(c: Case):
         c.copy("key.pub")
-        return ["verify", str(c.folder / "absent.json"), "--key", str(c.folder / "key.pub")], \
-            [str(c.folder / "absent.json"), "not found"]
+        return ["verify", str(c.folder / "absent.json"), "--key", str(c.folder / "key.pub")], [
+            str(c.folder / "absent.json"),
+            "not found",
+        ]
 
     def show_report_not_json(c: Case):
         (c.folder / "report.json").write_bytes(b"\x00\x01 binary")
@@ -519,18 +595,19 @@ def report_and_key_rows() -> list:
 
     def show_json_not_an_envelope(c: Case):
         (c.folder / "report.json").write_text("[1, 2, 3]")
-        return ["report", "show", str(c.folder / "report.json")], \
-            [str(c.folder / "report.json"), "not a DSSE envelope"]
+        return ["report", "show", str(c.folder / "report.json")], [str(c.folder / "report.json"), "not a DSSE envelope"]
 
     def show_payload_not_base64(c: Case):
         (c.folder / "report.json").write_text(json.dumps({"payloadType": "x", "payload": "%%%", "signatures": []}))
-        return ["report", "show", str(c.folder / "report.json")], \
-            [str(c.folder / "report.json"), "payload", "base64"]
+        return ["report", "show", str(c.folder / "report.json")], [str(c.folder / "report.json"), "payload", "base64"]
 
     def show_payload_not_a_prunegate_statement(c: Case):
         (c.folder / "report.json").write_text(_envelope(b'{"predicateType": "https://slsa.dev/provenance/v1"}'))
-        return ["report", "show", str(c.folder / "report.json")], \
-            [str(c.folder / "report.json"), "payload", "not a prunegate statement"]
+        return ["report", "show", str(c.folder / "report.json")], [
+            str(c.folder / "report.json"),
+            "payload",
+            "not a prunegate statement",
+        ]
 
     def show_report_is_a_folder(c: Case):
         (c.folder / "report.json").mkdir()
@@ -554,8 +631,11 @@ def report_and_key_rows() -> list:
     def check_wrong_passphrase(c: Case):
         policy = c.policy()
         c.copy("enc.pem")
-        return c.check(policy, "--key", str(c.folder / "enc.pem")), \
-            [str(c.folder / "enc.pem"), "wrong passphrase", "PRUNEGATE_KEY_PASSPHRASE"]
+        return c.check(policy, "--key", str(c.folder / "enc.pem")), [
+            str(c.folder / "enc.pem"),
+            "wrong passphrase",
+            "PRUNEGATE_KEY_PASSPHRASE",
+        ]
 
     def check_encrypted_key_without_passphrase(c: Case):
         policy = c.policy()
@@ -569,13 +649,17 @@ def report_and_key_rows() -> list:
     def verify_key_not_a_key(c: Case):
         c.policy()  # (for its data.npz: a file that is no key)
         (c.folder / "report.json").write_text(_envelope(b"{}"))
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "data.npz")], \
-            [str(c.folder / "data.npz"), "not a PEM public key"]
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "data.npz")], [
+            str(c.folder / "data.npz"),
+            "not a PEM public key",
+        ]
 
     def verify_key_not_found(c: Case):
         (c.folder / "report.json").write_text(_envelope(b"{}"))
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "absent.pub")], \
-            [str(c.folder / "absent.pub"), "not found"]
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "absent.pub")], [
+            str(c.folder / "absent.pub"),
+            "not found",
+        ]
 
     def report_folder_does_not_exist(c: Case):
         policy = c.policy()
@@ -585,16 +669,33 @@ def report_and_key_rows() -> list:
     def report_path_is_a_folder(c: Case):
         policy = c.policy()
         (c.folder / "reports").mkdir()
-        return ["check", "--policy", str(policy), "--report", str(c.folder / "reports")], \
-            [str(c.folder / "reports"), "is a folder"]
+        return ["check", "--policy", str(policy), "--report", str(c.folder / "reports")], [
+            str(c.folder / "reports"),
+            "is a folder",
+        ]
 
     check_wrong_passphrase.env = {"PRUNEGATE_KEY_PASSPHRASE": "wrong"}
     check_key_from_environment_not_a_key.env = {"PRUNEGATE_SIGNING_KEY": "-----BEGIN PRIVATE KEY-----\nnope\n"}
-    return [verify_report_not_json, verify_json_not_an_envelope, verify_report_not_found, show_report_not_json,
-            show_json_not_an_envelope, show_payload_not_base64, show_payload_not_a_prunegate_statement,
-            show_report_is_a_folder, check_key_not_a_key, check_key_not_found, check_key_is_a_folder,
-            check_wrong_passphrase, check_encrypted_key_without_passphrase, check_key_from_environment_not_a_key,
-            verify_key_not_a_key, verify_key_not_found, report_folder_does_not_exist, report_path_is_a_folder]
+    return [
+        verify_report_not_json,
+        verify_json_not_an_envelope,
+        verify_report_not_found,
+        show_report_not_json,
+        show_json_not_an_envelope,
+        show_payload_not_base64,
+        show_payload_not_a_prunegate_statement,
+        show_report_is_a_folder,
+        check_key_not_a_key,
+        check_key_not_found,
+        check_key_is_a_folder,
+        check_wrong_passphrase,
+        check_encrypted_key_without_passphrase,
+        check_key_from_environment_not_a_key,
+        verify_key_not_a_key,
+        verify_key_not_found,
+        report_folder_does_not_exist,
+        report_path_is_a_folder,
+    ]
 
 
 def hardening_rows() -> list:
@@ -605,8 +706,11 @@ def hardening_rows() -> list:
     def image_name_with_a_newline(c: Case):
         path = c.image_folder({"cut\nerror: forged.png": b"\x89PNG\r\n\x1a\n broken"})
         policy = c.policy(data={"test": {"format": "imagefolder", "path": path}})
-        return c.check(policy), [printable(c.path("images/c/cut\nerror: forged.png")), "data.test",
-                                 "cannot decode image"]
+        return c.check(policy), [
+            printable(c.path("images/c/cut\nerror: forged.png")),
+            "data.test",
+            "cannot decode image",
+        ]
 
     def data_path_with_escape_sequences(c: Case):
         policy = c.policy(data_file="\x1b[2J\rgone\u202e.npz")
@@ -653,22 +757,40 @@ def hardening_rows() -> list:
         return c.check(policy), [str(policy), "models.input.std.0", "float32"]
 
     def verify_envelope_with_a_repeated_key(c: Case):
-        (c.folder / "report.json").write_text('{"payloadType": "application/vnd.in-toto+json", "payload": "e30=", '
-                                              '"payload": "e30=", "signatures": []}')
+        (c.folder / "report.json").write_text(
+            '{"payloadType": "application/vnd.in-toto+json", "payload": "e30=", "payload": "e30=", "signatures": []}'
+        )
         c.copy("key.pub")
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], \
-            [str(c.folder / "report.json"), "repeats the key 'payload'"]
+        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub")], [
+            str(c.folder / "report.json"),
+            "repeats the key 'payload'",
+        ]
 
     def show_payload_with_a_repeated_key(c: Case):
-        (c.folder / "report.json").write_text(_envelope(b'{"predicateType": "x", "predicateType": '
-                                                        b'"https://prunegate.dev/report/v1"}'))
-        return ["report", "show", str(c.folder / "report.json")], \
-            [str(c.folder / "report.json"), "payload", "repeats the key 'predicateType'"]
+        (c.folder / "report.json").write_text(
+            _envelope(b'{"predicateType": "x", "predicateType": "https://prunegate.dev/report/v1"}')
+        )
+        return ["report", "show", str(c.folder / "report.json")], [
+            str(c.folder / "report.json"),
+            "payload",
+            "repeats the key 'predicateType'",
+        ]
 
-    return [image_name_with_a_newline, data_path_with_escape_sequences, unknown_key_with_an_escape_sequence,
-            key_file_name_with_a_newline, empty_pt2_model, policy_is_a_symlink_loop, policy_is_a_dangling_symlink,
-            nan_confidence, negative_tolerance_names_the_field, rule_names_that_differ_by_whitespace,
-            std_that_is_zero_in_float32, verify_envelope_with_a_repeated_key, show_payload_with_a_repeated_key]
+    return [
+        image_name_with_a_newline,
+        data_path_with_escape_sequences,
+        unknown_key_with_an_escape_sequence,
+        key_file_name_with_a_newline,
+        empty_pt2_model,
+        policy_is_a_symlink_loop,
+        policy_is_a_dangling_symlink,
+        nan_confidence,
+        negative_tolerance_names_the_field,
+        rule_names_that_differ_by_whitespace,
+        std_that_is_zero_in_float32,
+        verify_envelope_with_a_repeated_key,
+        show_payload_with_a_repeated_key,
+    ]
 
 
 def trust_rows() -> list:
@@ -681,24 +803,38 @@ def trust_rows() -> list:
 
     def report_over_the_pruned_model(c: Case):
         policy = c.policy()
-        return c.check(policy, "--report", str(c.folder / "pruned.pt")), \
-            [str(c.folder / "pruned.pt"), "--report", "models.pruned", "overwrite"]
+        return c.check(policy, "--report", str(c.folder / "pruned.pt")), [
+            str(c.folder / "pruned.pt"),
+            "--report",
+            "models.pruned",
+            "overwrite",
+        ]
 
     def html_over_the_report(c: Case):
         policy = c.policy()
-        return c.check(policy, "--html", str(c.out / "report.json")), \
-            [str(c.out / "report.json"), "--html", "--report", "two outputs"]
+        return c.check(policy, "--html", str(c.out / "report.json")), [
+            str(c.out / "report.json"),
+            "--html",
+            "--report",
+            "two outputs",
+        ]
 
     def markdown_over_the_data(c: Case):
         policy = c.policy()
-        return c.check(policy, "--markdown", str(c.folder / "data.npz")), \
-            [str(c.folder / "data.npz"), "--markdown", "data.test.path"]
+        return c.check(policy, "--markdown", str(c.folder / "data.npz")), [
+            str(c.folder / "data.npz"),
+            "--markdown",
+            "data.test.path",
+        ]
 
     def junit_through_a_symlink_onto_the_policy(c: Case):
         policy = c.policy()
         (c.folder / "innocent.xml").symlink_to(policy)
-        return c.check(policy, "--junit", str(c.folder / "innocent.xml")), \
-            [str(c.folder / "innocent.xml"), "--junit", "the policy"]
+        return c.check(policy, "--junit", str(c.folder / "innocent.xml")), [
+            str(c.folder / "innocent.xml"),
+            "--junit",
+            "the policy",
+        ]
 
     def report_inside_the_image_folder(c: Case):
         path = c.image_folder({})
@@ -710,8 +846,11 @@ def trust_rows() -> list:
         policy = c.policy()
         c.copy("key.pem")
         (c.folder / "key.pem").chmod(0o600)
-        return c.check(policy, "--key", str(c.folder / "key.pem"), "--report", str(c.folder / "key.pem")), \
-            [str(c.folder / "key.pem"), "--report", "the signing key"]
+        return c.check(policy, "--key", str(c.folder / "key.pem"), "--report", str(c.folder / "key.pem")), [
+            str(c.folder / "key.pem"),
+            "--report",
+            "the signing key",
+        ]
 
     def torchscript_that_prints(c: Case):
         policy = c.policy()
@@ -727,10 +866,14 @@ def trust_rows() -> list:
     def onnx_custom_domain(c: Case):
         from onnx import TensorProto, helper
 
-        graph = helper.make_graph([helper.make_node("ReadFile", ["x"], ["logits"], domain="evil.ops")], "g",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)])
+        graph = helper.make_graph(
+            [helper.make_node("ReadFile", ["x"], ["logits"], domain="evil.ops")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        )
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)]
+        model = helper.make_model(graph, opset_imports=opsets)
         (c.folder / "custom.onnx").write_bytes(model.SerializeToString())
         policy = c.policy(pruned="custom.onnx")
         return c.check(policy), [c.path("custom.onnx"), "models.pruned", "custom domain 'evil.ops'"]
@@ -757,8 +900,11 @@ def trust_rows() -> list:
         policy = c.policy()
         (c.folder / "run.json.partial").mkdir()
         (c.folder / "run.json.partial" / "rank-0.pt").write_bytes(b"not a checkpoint")
-        return ["check", "--policy", str(policy), "--report", str(c.folder / "run.json"), "--resume"], \
-            [str(c.folder / "run.json.partial" / "rank-0.pt"), "--resume", "not a readable prunegate checkpoint"]
+        return ["check", "--policy", str(policy), "--report", str(c.folder / "run.json"), "--resume"], [
+            str(c.folder / "run.json.partial" / "rank-0.pt"),
+            "--resume",
+            "not a readable prunegate checkpoint",
+        ]
 
     def unknown_isolation(c: Case):
         policy = c.policy(runtime={"isolation": "sandboxed"})
@@ -767,21 +913,41 @@ def trust_rows() -> list:
     def verify_arch_not_found(c: Case):
         c.copy("key.pub")
         (c.folder / "report.json").write_text(_envelope(b"{}"))
-        return ["verify", str(c.folder / "report.json"), "--key", str(c.folder / "key.pub"), "--arch",
-                str(c.folder / "absent.py")], [str(c.folder / "absent.py"), "--arch", "not found"]
+        return [
+            "verify",
+            str(c.folder / "report.json"),
+            "--key",
+            str(c.folder / "key.pub"),
+            "--arch",
+            str(c.folder / "absent.py"),
+        ], [str(c.folder / "absent.py"), "--arch", "not found"]
 
-    return [unknown_isolation, verify_arch_not_found, report_over_the_policy, report_over_the_pruned_model, html_over_the_report, markdown_over_the_data,
-            junit_through_a_symlink_onto_the_policy, report_inside_the_image_folder, report_over_the_key,
-            torchscript_that_prints, onnx_custom_domain, arch_file_outside_the_policy_folder,
-            signing_with_isolation_off, resume_without_a_checkpoint, resume_from_a_damaged_checkpoint]
+    return [
+        unknown_isolation,
+        verify_arch_not_found,
+        report_over_the_policy,
+        report_over_the_pruned_model,
+        html_over_the_report,
+        markdown_over_the_data,
+        junit_through_a_symlink_onto_the_policy,
+        report_inside_the_image_folder,
+        report_over_the_key,
+        torchscript_that_prints,
+        onnx_custom_domain,
+        arch_file_outside_the_policy_folder,
+        signing_with_isolation_off,
+        resume_without_a_checkpoint,
+        resume_from_a_damaged_checkpoint,
+    ]
 
 
 ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows() + hardening_rows() + trust_rows()
 
 
 @pytest.mark.parametrize("build", ROWS, ids=[row.__name__ for row in ROWS])
-def test_bad_input_exits_2_with_one_line_naming_file_and_field(build, assets: Path, tmp_path: Path, policy_dict,
-                                                                capsys, monkeypatch) -> None:
+def test_bad_input_exits_2_with_one_line_naming_file_and_field(
+    build, assets: Path, tmp_path: Path, policy_dict, capsys, monkeypatch
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # this machine may have a GPU; the row may not
     monkeypatch.delenv("PRUNEGATE_SIGNING_KEY", raising=False)
     monkeypatch.delenv("PRUNEGATE_KEY_PASSPHRASE", raising=False)
@@ -822,14 +988,18 @@ class MeanColour(torch.nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def test_nonfinite_logits_are_counted_wrong_and_disagreeing_in_the_report(tmp_path: Path, colour_dataset, write_npz,
-                                                                          write_policy, capsys) -> None:
+def test_nonfinite_logits_are_counted_wrong_and_disagreeing_in_the_report(
+    tmp_path: Path, colour_dataset, write_npz, write_policy, capsys
+) -> None:
     images, labels = colour_dataset(N)
     write_npz(tmp_path / "data.npz", images, labels)
     torch.jit.save(torch.jit.script(MeanColour()), tmp_path / "dense.pt")
     torch.jit.save(torch.jit.script(NonFiniteForSomeClasses()), tmp_path / "pruned.pt")
-    policy = write_policy(tmp_path / "policy.yaml", models={"input": {"size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}},
-                          suite={"noise": [{"kind": "gaussian", "levels": [0.01]}]})
+    policy = write_policy(
+        tmp_path / "policy.yaml",
+        models={"input": {"size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}},
+        suite={"noise": [{"kind": "gaussian", "levels": [0.01]}]},
+    )
     report = tmp_path / "report.json"
     code = main(["check", "-p", str(policy), "-o", str(report), "-q"])
     out, err = capsys.readouterr()
@@ -851,8 +1021,9 @@ class AllNaN(torch.nn.Module):
         return x.mean(dim=(2, 3)) * float("nan")
 
 
-def test_models_that_output_only_nan_fail_every_rule_over_the_task(tmp_path: Path, colour_dataset, write_npz,
-                                                                    write_policy, capsys) -> None:
+def test_models_that_output_only_nan_fail_every_rule_over_the_task(
+    tmp_path: Path, colour_dataset, write_npz, write_policy, capsys
+) -> None:
     """Two models that output only NaN agree perfectly and drop no accuracy: before, PASS. A
     task where most outputs are not numbers measures nothing: its rules fail, and the report and
     the console say why."""
@@ -870,15 +1041,16 @@ def test_models_that_output_only_nan_fail_every_rule_over_the_task(tmp_path: Pat
     assert clean["accuracy_drop"] == 0.0  # what the metric alone says
     assert [r["status"] for r in predicate["rules"]] == ["fail", "fail"]
     assert all("NaN or infinite" in r["note"] and "clean" in r["note"] for r in predicate["rules"])
-    assert predicate["warnings"] == [f"clean: non-finite logits (dense {N} of {N}, pruned {N} of {N}): counted as "
-                                     "wrong and disagreeing"]
+    assert predicate["warnings"] == [
+        f"clean: non-finite logits (dense {N} of {N}, pruned {N} of {N}): counted as wrong and disagreeing"
+    ]
     assert "warning: clean: non-finite logits" in out and "NaN or infinite" in out
 
 
 # --- ONNX external data: confined to the model's folder -----------------------------------------
 
 
-def _external_data_model(folder: Path, location: str, *, write_data_to: Optional[Path] = None) -> Path:
+def _external_data_model(folder: Path, location: str, *, write_data_to: Path | None = None) -> Path:
     """A 3-class linear ONNX model on [N, 3, 8, 8] whose weight lives in external data at `location`."""
     from onnx import TensorProto, helper
 
@@ -886,16 +1058,18 @@ def _external_data_model(folder: Path, location: str, *, write_data_to: Optional
     target = write_data_to or (folder / location)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(weight.tobytes())
-    tensor = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=weight.shape,
-                         data_location=TensorProto.EXTERNAL)
+    tensor = TensorProto(name="W", data_type=TensorProto.FLOAT, dims=weight.shape, data_location=TensorProto.EXTERNAL)
     for key, value in (("location", location), ("offset", "0"), ("length", str(weight.nbytes))):
         entry = tensor.external_data.add()
         entry.key, entry.value = key, value
     shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 192])
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "W"], ["logits"])],
-        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], initializer=[tensor, shape])
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[tensor, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = folder / "model.onnx"
@@ -905,17 +1079,23 @@ def _external_data_model(folder: Path, location: str, *, write_data_to: Optional
 
 def _load_onnx(path: Path):
     from prunegate.policy import ModelSpec
-    from prunegate.runners import load_runner
+    from prunegate.runners import LoadOptions, load_runner
 
-    return load_runner(ModelSpec(path=path.name), path, "models.pruned", base_dir=path.parent, backend="auto",
-                       device=torch.device("cpu"), allow_pickle=False, allow_fallback=False)
+    return load_runner(
+        ModelSpec(path=path.name),
+        path,
+        "models.pruned",
+        LoadOptions(
+            base_dir=path.parent, backend="auto", device=torch.device("cpu"), allow_pickle=False, allow_fallback=False
+        ),
+    )
 
 
 def test_onnx_external_data_inside_the_model_folder_loads(tmp_path: Path) -> None:
     folder = tmp_path / "models"
     path = _external_data_model(folder, "weights/linear.bin")
     runner = _load_onnx(path)
-    assert runner.info.parameters == 192 * 3 and runner.info.nonzero_parameters == 192 * 3
+    assert runner.record.parameters == 192 * 3 and runner.record.nonzero_parameters == 192 * 3
     logits = runner(torch.ones(2, 3, 8, 8))
     torch.testing.assert_close(logits, torch.full((2, 3), 1.92))
 
@@ -944,8 +1124,9 @@ def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path: Path, 
     assert "'W'" in message and repr(location) in message and "outside the model's folder" in message
 
 
-def test_onnx_external_data_outside_the_folder_exits_2_from_the_cli(tmp_path: Path, policy_dict, write_policy,
-                                                                  colour_dataset, write_npz, capsys) -> None:
+def test_onnx_external_data_outside_the_folder_exits_2_from_the_cli(
+    tmp_path: Path, policy_dict, write_policy, colour_dataset, write_npz, capsys
+) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
     path = _external_data_model(folder, "../secret.bin", write_data_to=tmp_path / "secret.bin")
@@ -962,8 +1143,9 @@ def test_onnx_external_data_outside_the_folder_exits_2_from_the_cli(tmp_path: Pa
 # --- CUDA requests ------------------------------------------------------------------------------
 
 
-def test_cuda_request_with_fallback_runs_on_cpu_and_records_it(assets: Path, tmp_path: Path, policy_dict, capsys,
-                                                               monkeypatch) -> None:
+def test_cuda_request_with_fallback_runs_on_cpu_and_records_it(
+    assets: Path, tmp_path: Path, policy_dict, capsys, monkeypatch
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for name in ("data.npz", "dense.onnx", "pruned.pt"):
         shutil.copy(assets / name, tmp_path / name)
@@ -986,15 +1168,26 @@ def test_onnx_cuda_provider_that_does_not_load_is_refused_or_recorded(assets: Pa
 
     from prunegate.errors import DeviceError
     from prunegate.policy import ModelSpec
-    from prunegate.runners import load_runner
+    from prunegate.runners import LoadOptions, load_runner
 
-    monkeypatch.setattr(onnxruntime, "get_available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     path = assets / "dense.onnx"
 
     def load(fallback: bool):
-        return load_runner(ModelSpec(path=path.name), path, "models.dense", base_dir=path.parent, backend="auto",
-                           device=torch.device("cuda"), allow_pickle=False, allow_fallback=fallback)
+        return load_runner(
+            ModelSpec(path=path.name),
+            path,
+            "models.dense",
+            LoadOptions(
+                base_dir=path.parent,
+                backend="auto",
+                device=torch.device("cuda"),
+                allow_pickle=False,
+                allow_fallback=fallback,
+            ),
+        )
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1003,7 +1196,7 @@ def test_onnx_cuda_provider_that_does_not_load_is_refused_or_recorded(assets: Pa
         assert str(path) in str(caught.value) and caught.value.field == "runtime.device"
         assert "CUDAExecutionProvider" in str(caught.value)
         runner = load(True)
-    assert runner.info.provider == "CPUExecutionProvider" and runner.info.device == "cpu"
+    assert runner.record.provider == "CPUExecutionProvider" and runner.record.device == "cpu"
     assert runner(torch.rand(2, 3, 8, 8)).shape == (2, 3)
 
 
@@ -1016,9 +1209,9 @@ def _secrets(pem: bytes) -> list[str]:
 
 
 @pytest.mark.parametrize("source", ["--key", "PRUNEGATE_SIGNING_KEY"])
-def test_signing_key_and_passphrase_never_appear_in_output_logs_or_report(source: str, assets: Path, tmp_path: Path,
-                                                                         policy_dict, capsys, caplog,
-                                                                         monkeypatch) -> None:
+def test_signing_key_and_passphrase_never_appear_in_output_logs_or_report(
+    source: str, assets: Path, tmp_path: Path, policy_dict, capsys, caplog, monkeypatch
+) -> None:
     for name in ("data.npz", "dense.pt", "pruned.pt", "enc.pem"):
         shutil.copy(assets / name, tmp_path / name)
     policy = tmp_path / "policy.yaml"
@@ -1038,15 +1231,21 @@ def test_signing_key_and_passphrase_never_appear_in_output_logs_or_report(source
     raw = report.read_bytes()
     payload = read_envelope(raw.decode(), str(report))[1]
     for secret in _secrets(pem):
-        for where, text in (("stdout", out), ("stderr", err), ("logs", caplog.text), ("report", raw.decode()),
-                            ("payload", payload.decode())):
+        for where, text in (
+            ("stdout", out),
+            ("stderr", err),
+            ("logs", caplog.text),
+            ("report", raw.decode()),
+            ("payload", payload.decode()),
+        ):
             assert secret not in text, f"{secret[:20]!r}... leaked into {where}"
     assert main(["verify", str(report), "--key", str(assets / "key.pub")]) == 0
 
 
 @pytest.mark.parametrize("allow_pickle", [False, True])
-def test_pickle_opt_in_is_recorded_in_the_report(allow_pickle: bool, assets: Path, tmp_path: Path, policy_dict,
-                                                 capsys) -> None:
+def test_pickle_opt_in_is_recorded_in_the_report(
+    allow_pickle: bool, assets: Path, tmp_path: Path, policy_dict, capsys
+) -> None:
     for name in ("data.npz", "dense.pt", "whole.pt"):
         shutil.copy(assets / name, tmp_path / name)
     policy = tmp_path / "policy.yaml"
@@ -1098,19 +1297,30 @@ def _booby_trapped_pt2(source: Path, target: Path, marker: Path, where: str) -> 
 
 
 @pytest.mark.parametrize("where", ["sample inputs", "weight"])
-def test_pt2_archive_that_unpickles_code_is_refused_without_allow_pickle(where: str, tmp_path: Path, colour_net,
-                                                                         save_export) -> None:
+def test_pt2_archive_that_unpickles_code_is_refused_without_allow_pickle(
+    where: str, tmp_path: Path, colour_net, save_export
+) -> None:
     from prunegate.errors import ModelError
     from prunegate.policy import ModelSpec
-    from prunegate.runners import load_runner
+    from prunegate.runners import LoadOptions, load_runner
 
     clean = save_export(colour_net(), tmp_path / "clean.pt2")
     marker = tmp_path / "code-ran"
     rigged = _booby_trapped_pt2(clean, tmp_path / "rigged.pt2", marker, where)
 
     def load(allow_pickle: bool):
-        return load_runner(ModelSpec(path=rigged.name), rigged, "models.pruned", base_dir=tmp_path, backend="auto",
-                           device=torch.device("cpu"), allow_pickle=allow_pickle, allow_fallback=False)
+        return load_runner(
+            ModelSpec(path=rigged.name),
+            rigged,
+            "models.pruned",
+            LoadOptions(
+                base_dir=tmp_path,
+                backend="auto",
+                device=torch.device("cpu"),
+                allow_pickle=allow_pickle,
+                allow_fallback=False,
+            ),
+        )
 
     with pytest.raises(ModelError) as caught:
         load(False)
@@ -1131,4 +1341,4 @@ def test_external_data_files_are_pinned_in_the_report(tmp_path: Path) -> None:
     model = _external_data_model(tmp_path, "weights.bin")
     expected = [{"path": "weights.bin", "sha256": hashlib.sha256((tmp_path / "weights.bin").read_bytes()).hexdigest()}]
     assert external_data_digests(model, "models.dense") == expected
-    assert _load_onnx(model).info.to_dict()["external_data"] == expected
+    assert _load_onnx(model).record.model_dump(mode="json")["external_data"] == expected

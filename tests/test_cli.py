@@ -124,9 +124,17 @@ def test_check_fails_a_broken_pruned_model(tmp_path: Path, capsys, gate_case) ->
 def test_check_at_a_confidence_level_reports_undecided_rules(tmp_path: Path, capsys, gate_case) -> None:
     # Identical models on 12 images: the drop is 0 but its 95% interval is wide, so a 1 pp
     # tolerance can be neither confirmed nor refuted: undecided, which does not pass.
-    policy = gate_case("same", n=12, gate={"confidence": 0.95, "rules": [
-        {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
-        {"name": "clean flips", "tasks": "clean", "metric": "newly_wrong", "max": 0.5}]})
+    policy = gate_case(
+        "same",
+        n=12,
+        gate={
+            "confidence": 0.95,
+            "rules": [
+                {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
+                {"name": "clean flips", "tasks": "clean", "metric": "newly_wrong", "max": 0.5},
+            ],
+        },
+    )
     report = tmp_path / "report.json"
     code, out, err = run(capsys, "check", "--policy", policy, "-o", report)
     assert code == 1, err
@@ -146,8 +154,21 @@ def test_check_overrides_from_the_command_line(tmp_path: Path, capsys, gate_case
     policy = gate_case("zero")
     report = tmp_path / "report.json"
     # --pruned points at the dense model: identical models, so the gate passes.
-    code, out, err = run(capsys, "check", "-p", policy, "-o", report, "--pruned", tmp_path / "dense.pt",
-                         "--limit", "6", "--batch-size", "4", "--quiet")
+    code, out, err = run(
+        capsys,
+        "check",
+        "-p",
+        policy,
+        "-o",
+        report,
+        "--pruned",
+        tmp_path / "dense.pt",
+        "--limit",
+        "6",
+        "--batch-size",
+        "4",
+        "--quiet",
+    )
     assert code == 0, err
     assert "PASS" in out and "Tasks" not in out
     predicate = statement_of(report)["predicate"]
@@ -202,8 +223,9 @@ def test_check_truncated_model(tmp_path: Path, capsys, gate_case) -> None:
     assert str(dense) in line and "models.dense" in line
 
 
-def test_check_model_output_does_not_match_the_labels(tmp_path: Path, capsys, gate_case, write_npz,
-                                                      colour_dataset) -> None:
+def test_check_model_output_does_not_match_the_labels(
+    tmp_path: Path, capsys, gate_case, write_npz, colour_dataset
+) -> None:
     policy = gate_case()
     images, _ = colour_dataset(12)
     write_npz(tmp_path / "data.npz", images, np.arange(12) % 5)  # labels 0-4, but the models have 3 classes
@@ -211,8 +233,9 @@ def test_check_model_output_does_not_match_the_labels(tmp_path: Path, capsys, ga
     assert str(tmp_path / "data.npz") in line and "data.test" in line and "3 classes" in line
 
 
-def test_check_models_disagree_on_the_class_count(tmp_path: Path, capsys, gate_case, random_net,
-                                                  save_torchscript) -> None:
+def test_check_models_disagree_on_the_class_count(
+    tmp_path: Path, capsys, gate_case, random_net, save_torchscript
+) -> None:
     policy = gate_case()
     save_torchscript(random_net(classes=4), tmp_path / "pruned.pt")
     line = bad_input(tmp_path, capsys, policy)
@@ -274,10 +297,10 @@ def test_check_onnx_dense_against_torchscript_pruned(tmp_path: Path, capsys, gat
 def test_progress_lines_for_logs_give_percent_and_eta(capsys) -> None:
     from rich.progress import Progress
 
-    from prunegate.cli import _RichProgress
+    from prunegate.cli import RichProgress
 
     with Progress(disable=True) as bar:
-        progress = _RichProgress(bar, lines=True, every=0.0)
+        progress = RichProgress(bar, lines=True, every=0.0)
         progress.start(200)
         progress.advance(50)
     err = capsys.readouterr().err
@@ -291,8 +314,13 @@ def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tup
     import sys
 
     env = {**os.environ, "PRUNEGATE_PROGRESS_SECONDS": "0.5", "PRUNEGATE_CHECKPOINT_SECONDS": "0.5"}
-    process = subprocess.Popen([sys.executable, "-m", "prunegate", "check", "--policy", str(policy), "-o", str(report),
-                                *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prunegate", "check", "--policy", str(policy), "-o", str(report), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert process.stderr is not None
     seen = 0
     for line in process.stderr:  # the pass has started once progress lines appear
@@ -306,15 +334,20 @@ def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tup
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
-def test_a_stopped_check_exits_cleanly_keeps_its_progress_and_resumes_to_the_same_report(how, tmp_path: Path, capsys,
-                                                                                         gate_case) -> None:
+def test_a_stopped_check_exits_cleanly_keeps_its_progress_and_resumes_to_the_same_report(
+    how, tmp_path: Path, capsys, gate_case
+) -> None:
     """Ctrl-C (130) and SIGTERM (143) stop cleanly: no report, a checkpoint beside where it would
     be; `--resume` continues to the predicate an uninterrupted run gives (timing apart)."""
     import signal
 
     # enough work to be stopped mid-pass: 200 images x 3 noise levels x 12 draws, batch 4
-    policy = gate_case("same", n=200, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
-                       runtime={"batch_size": 4, "backend": "torch"})
+    policy = gate_case(
+        "same",
+        n=200,
+        suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
+        runtime={"batch_size": 4, "backend": "torch"},
+    )
     report = tmp_path / "out" / "report.json"
     report.parent.mkdir()
     code, err = _start_and_stop(policy, report, getattr(signal, how))
@@ -338,12 +371,17 @@ def test_a_stopped_check_exits_cleanly_keeps_its_progress_and_resumes_to_the_sam
     assert resumed == whole
 
 
-def test_resume_is_refused_without_a_checkpoint_or_for_another_run(tmp_path: Path, capsys, gate_case, colour_net,
-                                                                   save_torchscript) -> None:
+def test_resume_is_refused_without_a_checkpoint_or_for_another_run(
+    tmp_path: Path, capsys, gate_case, colour_net, save_torchscript
+) -> None:
     import signal
 
-    policy = gate_case("same", n=200, suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
-                       runtime={"batch_size": 4, "backend": "torch"})
+    policy = gate_case(
+        "same",
+        n=200,
+        suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
+        runtime={"batch_size": 4, "backend": "torch"},
+    )
     report = tmp_path / "report.json"
     code, _, err = run(capsys, "check", "--policy", policy, "-o", report, "--resume")
     assert code == 2 and "nothing to resume" in err and "--resume" in err
@@ -361,8 +399,12 @@ def test_check_with_frost_photographs_records_them_in_the_report(tmp_path: Path,
     names the folder with a digest over its files."""
     from PIL import Image
 
-    policy = gate_case("same", suite={"corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [1],
-                                                      "frost_textures": "frost"}})
+    policy = gate_case(
+        "same",
+        suite={
+            "corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [1], "frost_textures": "frost"}
+        },
+    )
     folder = policy.parent / "frost"
     folder.mkdir()
     for i, colour in enumerate([(200, 210, 230), (150, 170, 200)]):
@@ -374,9 +416,10 @@ def test_check_with_frost_photographs_records_them_in_the_report(tmp_path: Path,
     lines = "".join(f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n" for p in sorted(folder.iterdir()))
     assert data["frost_textures"]["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
     assert data["frost_textures"]["size"] == 2 and data["frost_textures"]["path"] == str(folder)
+    # nothing process-wide remembers the run's photographs (shifts take their assets per call)
     from prunegate.shifts import textures
 
-    assert textures._user_textures is None  # the run's photographs do not outlive it
+    assert not [name for name in vars(textures) if name.startswith("_user_textures")]
 
 
 # --- every message is one line: control characters escaped (issue 13) ---------------------------
@@ -386,8 +429,9 @@ def test_a_file_name_with_control_characters_makes_one_escaped_error_line(tmp_pa
     name = "p\x1b[2J\rolicy\u202e\x85\nerror: forged.yaml"
     code, out, err = run(capsys, "policy", "validate", tmp_path / name)
     assert code == 2 and out == ""
-    assert err.splitlines() == [f"error: {tmp_path}/p\\x1b[2J\\rolicy\\u202e\\x85\\nerror: forged.yaml: "
-                                "policy file not found"]
+    assert err.splitlines() == [
+        f"error: {tmp_path}/p\\x1b[2J\\rolicy\\u202e\\x85\\nerror: forged.yaml: policy file not found"
+    ]
 
 
 def test_usage_errors_are_escaped_too(capsys) -> None:
@@ -428,8 +472,12 @@ def test_a_zero_byte_pt2_model_prints_only_the_one_error_line(tmp_path: Path, ga
 
     policy = write_policy(gate_case().parent / "policy.yaml", pruned="empty.pt2")
     (tmp_path / "empty.pt2").write_bytes(b"")
-    result = subprocess.run([sys.executable, "-m", "prunegate", "check", "-p", str(policy), "-o",
-                             str(tmp_path / "report.json")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "prunegate", "check", "-p", str(policy), "-o", str(tmp_path / "report.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

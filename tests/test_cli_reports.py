@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lxml import etree, html as lxml_html
+from lxml import etree
+from lxml import html as lxml_html
 
 from prunegate.cli import main
 
@@ -17,8 +18,22 @@ def test_check_writes_every_rendering_and_the_step_summary(tmp_path, capsys, gat
     summary.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
     out = {name: tmp_path / f"report.{name}" for name in ("json", "html", "md", "xml")}
-    code = main(["check", "-p", str(policy), "-o", str(out["json"]), "--html", str(out["html"]),
-                 "--markdown", str(out["md"]), "--junit", str(out["xml"]), "--quiet"])
+    code = main(
+        [
+            "check",
+            "-p",
+            str(policy),
+            "-o",
+            str(out["json"]),
+            "--html",
+            str(out["html"]),
+            "--markdown",
+            str(out["md"]),
+            "--junit",
+            str(out["xml"]),
+            "--quiet",
+        ]
+    )
     assert code == 1, capsys.readouterr().err
     markdown = out["md"].read_text()
     assert markdown.startswith("## ❌ prunegate: FAIL")

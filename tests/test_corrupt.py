@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from prunegate.cli import main
-from prunegate.corrupt import preview_png
+from prunegate.corrupt import corruption_context, preview_png
+from prunegate.data.arrays import NpzImages
 from prunegate.data.cifar_c import CorruptedArrays
 from prunegate.errors import DataError
 
@@ -37,15 +38,38 @@ def dataset(tmp_path):
 
 
 def _render(tmp_path, dataset, out_name="c", severities="1,3") -> int:
-    return main(["corrupt", "--preset", "cifar10-c", "--source", str(dataset), "--format", "npz",
-                 "--out", str(tmp_path / out_name), "--names", ",".join(NAMES), "--severities", severities,
-                 "--seed", "7", "--device", "cpu"])
+    return main(
+        [
+            "corrupt",
+            "--preset",
+            "cifar10-c",
+            "--source",
+            str(dataset),
+            "--format",
+            "npz",
+            "--out",
+            str(tmp_path / out_name),
+            "--names",
+            ",".join(NAMES),
+            "--severities",
+            severities,
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+        ]
+    )
 
 
 def test_render_writes_the_cifar10c_layout(tmp_path, dataset):
     assert _render(tmp_path, dataset) == 0
     out = tmp_path / "c"
-    assert sorted(p.name for p in out.iterdir()) == ["brightness.npy", "gaussian_noise.npy", "labels.npy", "prunegate-c.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "brightness.npy",
+        "gaussian_noise.npy",
+        "labels.npy",
+        "prunegate-c.json",
+    ]
     noise = np.load(out / "gaussian_noise.npy")
     assert noise.shape == (2 * 12, 32, 32, 3) and noise.dtype == np.uint8
     np.testing.assert_array_equal(np.load(out / "labels.npy"), np.tile(np.arange(12) % 3, 2))
@@ -59,8 +83,24 @@ def test_render_refuses_an_existing_folder_and_bad_severities(tmp_path, dataset,
     (tmp_path / "c").mkdir()
     assert _render(tmp_path, dataset) == 2
     assert _render(tmp_path, dataset, out_name="d", severities="0,6") == 2
-    assert main(["corrupt", "--preset", "cifar10-c", "--source", str(dataset), "--format", "npz",
-                 "--out", str(tmp_path / "e"), "--names", "fogg"]) == 2
+    assert (
+        main(
+            [
+                "corrupt",
+                "--preset",
+                "cifar10-c",
+                "--source",
+                str(dataset),
+                "--format",
+                "npz",
+                "--out",
+                str(tmp_path / "e"),
+                "--names",
+                "fogg",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "already exists" in err and "--severities" in err and "fogg" in err
     assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()
@@ -105,10 +145,13 @@ def test_corrupted_arrays_reject_a_missing_severity_and_bad_labels(tmp_path, dat
 
 def test_preview_is_a_png_grid(tmp_path, dataset):
     image = torch.from_numpy(np.load(dataset)["images"][0])
-    png = preview_png(image, 0, preset="cifar10-c", names=NAMES, severities=[1, 5], seed=0)
+    images = NpzImages(dataset, "--source")
+    ctx = corruption_context(images, np.arange(len(images)), preset="cifar10-c", names=NAMES, severities=[1, 5], seed=0)
+    png = preview_png(ctx, image, 0)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     width, height = Image.open(io.BytesIO(png)).size
     assert width > height  # 3 columns (clean + 2 severities) by 2 rows
@@ -125,8 +168,20 @@ def test_cli_preview_of_a_flat_imagenet_style_folder_with_class_names(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"{wnid}.JPEG")
     names = tmp_path / "wnids.txt"
     names.write_text("n01440764\nn01443537\n")
-    base = ["corrupt", "--preset", "imagenet-c", "--source", str(root), "--format", "imagefolder-flat",
-            "--names", "pixelate", "--severities", "1", "--preview"]
+    base = [
+        "corrupt",
+        "--preset",
+        "imagenet-c",
+        "--source",
+        str(root),
+        "--format",
+        "imagefolder-flat",
+        "--names",
+        "pixelate",
+        "--severities",
+        "1",
+        "--preview",
+    ]
     assert main(base + [str(tmp_path / "no.png")]) == 2  # without the names the labels are unknown
     assert not (tmp_path / "no.png").exists()
     assert main(base + [str(tmp_path / "grid.png"), "--class-names", str(names)]) == 0
@@ -139,13 +194,28 @@ def test_cli_frost_textures_change_frost_and_bad_folders_exit_2(tmp_path, datase
     textures = tmp_path / "frost"
     textures.mkdir()
     Image.new("RGB", (200, 200), (0, 0, 0)).save(textures / "black.png")
-    base = ["corrupt", "--preset", "cifar10-c", "--source", str(dataset), "--format", "npz", "--names", "frost",
-            "--severities", "3", "--limit", "3"]
+    base = [
+        "corrupt",
+        "--preset",
+        "cifar10-c",
+        "--source",
+        str(dataset),
+        "--format",
+        "npz",
+        "--names",
+        "frost",
+        "--severities",
+        "3",
+        "--limit",
+        "3",
+    ]
     assert main(base + ["--out", str(tmp_path / "procedural")]) == 0
     assert main(base + ["--out", str(tmp_path / "black"), "--frost-textures", str(textures)]) == 0
     procedural = np.load(tmp_path / "procedural" / "frost.npy")
     black = np.load(tmp_path / "black" / "frost.npy")
-    manifests = {name: json.loads(next((tmp_path / name).glob("*.json")).read_text()) for name in ("procedural", "black")}
+    manifests = {
+        name: json.loads(next((tmp_path / name).glob("*.json")).read_text()) for name in ("procedural", "black")
+    }
     assert "frost_textures" not in manifests["procedural"]
     assert manifests["black"]["frost_textures"]["size"] == 1  # the folder is recorded with its digest
     assert len(manifests["black"]["frost_textures"]["sha256"]) == 64

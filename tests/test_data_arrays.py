@@ -134,10 +134,15 @@ def test_open_source_resolves_paths_relative_to_the_policy(tmp_path: Path, write
     np.save(tmp_path / "conf" / "arrays" / "x.npy", images)
     np.save(tmp_path / "conf" / "arrays" / "y.npy", labels)
     np.savez(tmp_path / "conf" / "arrays" / "ood.npz", images=images[:2], labels=labels[:2])
-    policy = load_policy(write_policy(
-        tmp_path / "conf" / "policy.yaml",
-        data={"test": {"format": "npy", "path": "arrays/x.npy", "labels": "arrays/y.npy"},
-              "ood": [{"name": "o", "format": "npz", "path": "arrays/ood.npz"}]}))
+    policy = load_policy(
+        write_policy(
+            tmp_path / "conf" / "policy.yaml",
+            data={
+                "test": {"format": "npy", "path": "arrays/x.npy", "labels": "arrays/y.npy"},
+                "ood": [{"name": "o", "format": "npz", "path": "arrays/ood.npz"}],
+            },
+        )
+    )
     test = open_source(policy.data.test, policy.resolve, "data.test")
     ood = open_source(policy.data.ood[0], policy.resolve, "data.ood.0")
     assert isinstance(test, NpyImages) and len(test) == 5 and test.path == tmp_path / "conf" / "arrays" / "x.npy"
@@ -155,14 +160,22 @@ from prunegate.data import batches, select  # noqa: E402
 from prunegate.data.arrays import _StreamedRows  # noqa: E402
 
 
-def streamed_npz(path: Path, n: int, side: int, compression: int = zipfile.ZIP_DEFLATED, *, fortran: bool = False,
-                 labels: np.ndarray | None = None) -> Path:
+def streamed_npz(
+    path: Path,
+    n: int,
+    side: int,
+    compression: int = zipfile.ZIP_DEFLATED,
+    *,
+    fortran: bool = False,
+    labels: np.ndarray | None = None,
+) -> Path:
     """An npz of n zero images of side x side x 3, written in rows: a large array costs no memory
     to make (and, deflated, almost no disk)."""
     with zipfile.ZipFile(path, "w", compression=compression, compresslevel=1) as archive:
         with archive.open("images.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": fortran,
-                                                     "shape": (n, side, side, 3)})
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "|u1", "fortran_order": fortran, "shape": (n, side, side, 3)}
+            )
             row = bytes(side * side * 3)
             for _ in range(n):
                 f.write(row)
@@ -199,7 +212,7 @@ def test_compressed_arrays_read_through_loader_workers(tmp_path: Path, grey: boo
     data.read([20], BIG)  # the parent's stream is open, past most rows: the workers must not share it
     indices = select(data.labels, 17)
     seen = {}
-    for ids, block, _, digests in batches(data, indices, 6, 4, 2, BIG):
+    for ids, block, _, _digests in batches(data, indices, 6, 4, 2, BIG):
         seen.update({int(i): b for i, b in zip(ids, block)})
     expected = np.repeat(images[..., :1], 3, axis=-1) if grey else images
     assert sorted(seen) == indices.tolist()

@@ -198,8 +198,9 @@ def test_require_path_names_a_dead_link_above_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         require_path(tmp_path / "data" / "x.npz", "data.test.path", directory=False)
     assert caught.value.file == str(tmp_path / "data" / "x.npz")
-    assert caught.value.detail == (f"not found: the folder {tmp_path / 'data'} is a broken symbolic link "
-                                   f"(points to {tmp_path / 'unmounted'})")
+    assert caught.value.detail == (
+        f"not found: the folder {tmp_path / 'data'} is a broken symbolic link (points to {tmp_path / 'unmounted'})"
+    )
 
 
 def test_require_path_follows_good_links_and_still_says_not_found(tmp_path: Path) -> None:

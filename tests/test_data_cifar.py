@@ -60,7 +60,8 @@ def test_empty_file_and_bad_label_byte_are_data_errors(tmp_path: Path) -> None:
     path.write_bytes(b"")
     with pytest.raises(DataError, match="3073"):
         Cifar10Binary(path, "data.test")
-    path.write_bytes(cifar_record(3, np.zeros((32, 32, 3), np.uint8)) + cifar_record(12, np.zeros((32, 32, 3), np.uint8)))
+    black = np.zeros((32, 32, 3), np.uint8)
+    path.write_bytes(cifar_record(3, black) + cifar_record(12, black))
     with pytest.raises(DataError, match="12") as caught:
         Cifar10Binary(path, "data.test")
     assert str(path) in str(caught.value)
@@ -74,6 +75,7 @@ def test_folder_without_test_batch_is_a_data_error(tmp_path: Path) -> None:
 
 def test_open_source_picks_the_cifar_reader(tmp_path: Path, write_policy) -> None:
     write_cifar(tmp_path / "cifar" / "test_batch.bin", n=2)
-    policy = load_policy(write_policy(tmp_path / "policy.yaml", data={"test": {"format": "cifar10-binary", "path": "cifar"}}))
+    data = {"test": {"format": "cifar10-binary", "path": "cifar"}}
+    policy = load_policy(write_policy(tmp_path / "policy.yaml", data=data))
     data = open_source(policy.data.test, policy.resolve, "data.test")
     assert isinstance(data, Cifar10Binary) and len(data) == 2

@@ -47,10 +47,19 @@ def test_labels_and_classes_follow_sorted_folder_names(folder: Path) -> None:
     images = ImageFolder(folder, "data.test")
     assert images.classes == ["ant", "cat", "zebra"]
     assert [f.relative_to(folder).as_posix() for f in images.files] == [
-        "ant/x.png", "ant/y.jpg", "cat/0.png", "zebra/a.png", "zebra/b.png"]
+        "ant/x.png",
+        "ant/y.jpg",
+        "cat/0.png",
+        "zebra/a.png",
+        "zebra/b.png",
+    ]
     assert images.labels.tolist() == [0, 0, 1, 2, 2] and len(images) == 5
-    assert images.describe() == {"format": "imagefolder", "path": str(folder), "size": 5,
-                                 "classes": ["ant", "cat", "zebra"]}
+    assert images.describe() == {
+        "format": "imagefolder",
+        "path": str(folder),
+        "size": 5,
+        "classes": ["ant", "cat", "zebra"],
+    }
 
 
 def test_png_decode_equals_pil_exactly(folder: Path) -> None:
@@ -80,14 +89,16 @@ def test_other_png_modes_decode_to_pils_rgb(tmp_path: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("suffix", ["bmp", "gif", "webp", "tif"])
 def test_every_listed_suffix_decodes(tmp_path: Path, suffix: str) -> None:
-    file = save(tmp_path / "set" / "c" / f"img.{suffix}", random_rgb(6), **({"lossless": True} if suffix == "webp" else {}))
+    options = {"lossless": True} if suffix == "webp" else {}
+    file = save(tmp_path / "set" / "c" / f"img.{suffix}", random_rgb(6), **options)
     picture = ImageFolder(tmp_path / "set", "data.test").read([0], BIG)[0][0]
     assert np.array_equal(picture.numpy(), pil_rgb(file))
 
 
 @pytest.mark.parametrize("name", ["a.png", "y.jpg"])
 def test_truncated_image_is_a_data_error_naming_the_file(tmp_path: Path, name: str) -> None:
-    file = save(tmp_path / "set" / "c" / name, random_rgb(7, 32, 32), **({"quality": 90} if name.endswith("jpg") else {}))
+    options = {"quality": 90} if name.endswith("jpg") else {}
+    file = save(tmp_path / "set" / "c" / name, random_rgb(7, 32, 32), **options)
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
     with pytest.raises(DataError) as caught:
         ImageFolder(tmp_path / "set", "data.test").read([0], BIG)
@@ -218,12 +229,14 @@ def test_flat_folders_use_the_name_prefix_with_class_names(tmp_path: Path) -> No
     save(root / "n01_tench.png", random_rgb(1))
     names = tmp_path / "wnids.txt"
     names.write_text("n00\nn01\nn02\n")
-    images = open_source(DataSource(format="imagefolder-flat", path=str(root), class_names=str(names)), Path, "data.ood.0")
+    source = DataSource(format="imagefolder-flat", path=str(root), class_names=str(names))
+    images = open_source(source, Path, "data.ood.0")
     assert images.labels.tolist() == [1, 2] and images.classes == ["n00", "n01", "n02"]
 
 
-@pytest.mark.parametrize(("text", "message"), [("a\n\nb\n", "line 2 is blank"), ("a\nb\na\n", "listed twice"),
-                                               ("\n", "no class names")])
+@pytest.mark.parametrize(
+    ("text", "message"), [("a\n\nb\n", "line 2 is blank"), ("a\nb\na\n", "listed twice"), ("\n", "no class names")]
+)
 def test_bad_class_name_files_are_data_errors(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "classes.txt"
     path.write_text(text)
@@ -263,9 +276,13 @@ def many_frame_gif(side: int, frames: int) -> bytes:
     first = io.BytesIO()
     PIL.Image.new("L", (side, side), 0).save(first, format="GIF")
     assert first.getvalue().endswith(b";")
-    patch = (b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control extension: 10 ms
-             + b"\x2c" + struct.pack("<4H", 0, 0, 1, 1) + b"\x00"  # image descriptor: 1 x 1 at (0, 0)
-             + b"\x02\x02\x4c\x01\x00")  # LZW, minimum code size 2: clear, pixel 1, end
+    patch = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control extension: 10 ms
+        + b"\x2c"
+        + struct.pack("<4H", 0, 0, 1, 1)
+        + b"\x00"  # image descriptor: 1 x 1 at (0, 0)
+        + b"\x02\x02\x4c\x01\x00"
+    )  # LZW, minimum code size 2: clear, pixel 1, end
     return first.getvalue()[:-1] + patch * (frames - 1) + b";"
 
 
@@ -279,19 +296,26 @@ def test_a_many_frame_gif_decodes_its_first_frame_only(tmp_path: Path) -> None:
     (tmp_path / "set" / "c").mkdir(parents=True)
     (tmp_path / "set" / "c" / "a.gif").write_bytes(gif)
     (tmp_path / "set" / "c" / "b.jpg").write_bytes(gif)  # the decoder follows the content, not the name
-    script = ("import re, sys\nfrom pathlib import Path\nfrom prunegate.data.imagefolder import ImageFolder\n"
-              "images = ImageFolder(Path(sys.argv[1]), 'data.test')\n"
-              "def peak():  # VmHWM, the peak resident set, in KiB\n"
-              "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
-              "def current():\n"
-              "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
-              "open('/proc/self/clear_refs', 'w').write('5')  # the peak starts again from now\n"
-              "before = current()\n"
-              "pictures, _ = images.read([0, 1], 10**9)\n"
-              "grown = (peak() - before) / 1024\n"
-              "print(([tuple(p.shape) for p in pictures], grown))\n")
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "set")], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    script = (
+        "import re, sys\nfrom pathlib import Path\nfrom prunegate.data.imagefolder import ImageFolder\n"
+        "images = ImageFolder(Path(sys.argv[1]), 'data.test')\n"
+        "def peak():  # VmHWM, the peak resident set, in KiB\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "def current():\n"
+        "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "open('/proc/self/clear_refs', 'w').write('5')  # the peak starts again from now\n"
+        "before = current()\n"
+        "pictures, _ = images.read([0, 1], 10**9)\n"
+        "grown = (peak() - before) / 1024\n"
+        "print(([tuple(p.shape) for p in pictures], grown))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "set")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr
     shapes, grown_mb = eval(done.stdout.strip().splitlines()[-1])
     assert shapes == [(1000, 1000, 3)] * 2
@@ -301,15 +325,19 @@ def test_a_many_frame_gif_decodes_its_first_frame_only(tmp_path: Path) -> None:
 def frames_file(fmt: str, colours: list[tuple[int, int, int]]) -> bytes:
     frames = [PIL.Image.new("RGB", (7, 6), colour) for colour in colours]
     buffer = io.BytesIO()
-    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:],
-                   **({"lossless": True} if fmt == "WEBP" else {}))
+    frames[0].save(
+        buffer, format=fmt, save_all=True, append_images=frames[1:], **({"lossless": True} if fmt == "WEBP" else {})
+    )
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("GIF", "a.gif"), ("WEBP", "a.webp"), ("PNG", "a.png"),
-                                           ("TIFF", "a.tif"), ("GIF", "a.jpg"), ("PNG", "a.jpeg")])
-def test_multi_frame_files_give_their_first_frame_decoded_by_pillow(tmp_path: Path, monkeypatch, fmt: str,
-                                                                    name: str) -> None:
+@pytest.mark.parametrize(
+    ("fmt", "name"),
+    [("GIF", "a.gif"), ("WEBP", "a.webp"), ("PNG", "a.png"), ("TIFF", "a.tif"), ("GIF", "a.jpg"), ("PNG", "a.jpeg")],
+)
+def test_multi_frame_files_give_their_first_frame_decoded_by_pillow(
+    tmp_path: Path, monkeypatch, fmt: str, name: str
+) -> None:
     raw = frames_file(fmt, [(200, 0, 0), (0, 200, 0), (0, 0, 200)])
     with PIL.Image.open(io.BytesIO(raw)) as check:
         assert check.n_frames == 3
@@ -348,7 +376,7 @@ def test_a_gif_whose_first_frame_is_larger_than_its_screen_is_bounded_by_the_fra
     PIL.Image.new("L", (4, 4), 0).save(buffer, format="GIF")
     raw = buffer.getvalue()
     at = raw.index(b"\x2c\x00\x00\x00\x00\x04\x00\x04\x00")
-    wide = raw[:at] + b"\x2c\x00\x00\x00\x00" + struct.pack("<2H", 40, 40) + raw[at + 9:]
+    wide = raw[:at] + b"\x2c\x00\x00\x00\x00" + struct.pack("<2H", 40, 40) + raw[at + 9 :]
     (tmp_path / "set" / "c").mkdir(parents=True)
     (tmp_path / "set" / "c" / "wide.gif").write_bytes(wide)
     with pytest.raises(DataError, match="1600 pixels, over the limit of 1000"):

@@ -107,11 +107,21 @@ def test_run_demo_gates_every_pruned_model_and_writes_reports(tmp_path):
 
     from rich.console import Console
 
-    from prunegate.demo import run_demo
+    from prunegate.cli.tools import run_demo_command
 
     console = Console(file=__import__("io").StringIO(), width=120)
-    assert run_demo(tmp_path, console, n_train=300, n_test=90, epochs=1, widths=(4, 8),
-                    steps=(PruneStep(0.5, 0, 1e-3), PruneStep(0.9, 0, 1e-3))) == 0
+    assert (
+        run_demo_command(
+            tmp_path,
+            console,
+            n_train=300,
+            n_test=90,
+            epochs=1,
+            widths=(4, 8),
+            steps=(PruneStep(0.5, 0, 1e-3), PruneStep(0.9, 0, 1e-3)),
+        )
+        == 0
+    )
     text = console.file.getvalue()
     assert "pruned-50" in text and "pruned-90" in text and "what the demo shows" in text
     for name in ("pruned-50", "pruned-90"):
@@ -120,3 +130,31 @@ def test_run_demo_gates_every_pruned_model_and_writes_reports(tmp_path):
         assert predicate["policy"]["name"] == "demo"
         assert predicate["models"]["pruned"]["sparsity"] > 0.4
         assert [t["n"] for t in predicate["tasks"]] == [90] * len(predicate["tasks"])
+
+
+def test_no_library_module_imports_the_cli():
+    """The library (the demo included) returns what it made; only prunegate/cli/ prints and writes reports."""
+    import ast
+    from pathlib import Path
+
+    import prunegate
+
+    root = Path(prunegate.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if root / "cli" in path.parents or path == root / "__main__.py":  # (`python -m prunegate` runs the CLI)
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [
+                f"{path.relative_to(root)}: {n}"
+                for n in names
+                if n == "prunegate.cli" or n.startswith("prunegate.cli.")
+            ]
+    assert offenders == []

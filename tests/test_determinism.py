@@ -28,8 +28,13 @@ DRAWS = {"noise/gaussian/0.1": 3}
 # Fields that measure time. Nothing else in a report may differ between two runs of the same inputs.
 TIME_FIELDS = ["timing.started", "timing.duration_s", "timing.data_s", "timing.shift_s", "timing.models_s"]
 # Fields that record the run options themselves, which the comparisons across options vary.
-OPTION_FIELDS = ["options.batch_size", "policy.document.runtime.batch_size",
-                 "options.workers", "policy.document.runtime.workers", "policy.overrides"]
+OPTION_FIELDS = [
+    "options.batch_size",
+    "policy.document.runtime.batch_size",
+    "options.workers",
+    "policy.document.runtime.workers",
+    "policy.overrides",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +54,16 @@ def case(tmp_path_factory, colour_net, colour_dataset, save_torchscript, write_n
         # backend auto picks torch or ONNX Runtime by timing, which can differ between two runs
         # (and with it the last bits of the logits): a pinned backend makes the runs comparable.
         runtime={"backend": "torch"},
-        rules=[{"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.2},
-               {"name": "shift agreement", "tasks": ["noise/*", "corruption/*", "ood/*"], "metric": "agreement",
-                "aggregate": "mean", "min": 0.5}],
+        rules=[
+            {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.2},
+            {
+                "name": "shift agreement",
+                "tasks": ["noise/*", "corruption/*", "ood/*"],
+                "metric": "agreement",
+                "aggregate": "mean",
+                "min": 0.5,
+            },
+        ],
     )
 
 
@@ -85,8 +97,9 @@ def canonical(statement: dict) -> bytes:
 def test_same_inputs_and_seed_give_the_same_report_but_for_the_time(case: Path, tmp_path: Path) -> None:
     first_raw, first = check(case, tmp_path)
     second_raw, second = check(case, tmp_path)
-    assert set(first["predicate"]["timing"]) == {f.split(".")[1] for f in TIME_FIELDS}, \
+    assert set(first["predicate"]["timing"]) == {f.split(".")[1] for f in TIME_FIELDS}, (
         "a new timing field: list it in TIME_FIELDS"
+    )
     assert canonical(without(first, TIME_FIELDS)) == canonical(without(second, TIME_FIELDS))
     # The report file is the envelope of those canonical bytes: nothing else in it can differ.
     assert canonical(first) == read_envelope(first_raw.decode(), "first")[1]
@@ -109,8 +122,7 @@ def expected_n(task: dict, used: dict[str, int]) -> int:
 
 
 @pytest.mark.parametrize("limit", [None, 10])
-def test_every_sample_is_counted_once_whatever_the_batch_size_and_workers(case: Path, tmp_path: Path,
-                                                                          limit) -> None:
+def test_every_sample_is_counted_once_whatever_the_batch_size_and_workers(case: Path, tmp_path: Path, limit) -> None:
     limited = ["--limit", str(limit)] if limit else []
     runs = {}
     for batch_size, workers in ((1, 0), (7, 0), (64, 0), (7, 2)):
@@ -127,8 +139,9 @@ def test_every_sample_is_counted_once_whatever_the_batch_size_and_workers(case: 
                 assert 0 <= task[side]["correct"] <= task["n"] and task[side]["nonfinite"] == 0
                 assert task[side]["accuracy"] == pytest.approx(task[side]["correct"] / task["n"])
     # Decoding workers change nothing at all.
-    assert canonical(without(runs[(7, 2)], TIME_FIELDS + OPTION_FIELDS)) == \
-        canonical(without(runs[(7, 0)], TIME_FIELDS + OPTION_FIELDS))
+    assert canonical(without(runs[(7, 2)], TIME_FIELDS + OPTION_FIELDS)) == canonical(
+        without(runs[(7, 0)], TIME_FIELDS + OPTION_FIELDS)
+    )
     # Other batch sizes: every count, prediction and random draw is the same; the models' float
     # outputs may differ in the last bits (BLAS kernels depend on the batch), and with them the
     # softmax distances.

@@ -37,15 +37,18 @@ def test_identical_reports_do_not_regress(base) -> None:
     assert "no task metric changed" in render_text(diff)
 
 
-@pytest.mark.parametrize("metric, delta, change, regression", [
-    ("agreement", -0.01, "worse", True),
-    ("agreement", -0.004, "worse", False),  # within the margin of 0.005
-    ("agreement", +0.02, "better", False),
-    ("accuracy_drop", +0.006, "worse", True),
-    ("accuracy_drop", +0.005, "worse", False),  # exactly the margin is not beyond it
-    ("accuracy_drop", -0.03, "better", False),
-    ("softmax_l2", +0.2, "worse", False),  # shown, but not one of the deciding metrics
-])
+@pytest.mark.parametrize(
+    "metric, delta, change, regression",
+    [
+        ("agreement", -0.01, "worse", True),
+        ("agreement", -0.004, "worse", False),  # within the margin of 0.005
+        ("agreement", +0.02, "better", False),
+        ("accuracy_drop", +0.006, "worse", True),
+        ("accuracy_drop", +0.005, "worse", False),  # exactly the margin is not beyond it
+        ("accuracy_drop", -0.03, "better", False),
+        ("softmax_l2", +0.2, "worse", False),  # shown, but not one of the deciding metrics
+    ],
+)
 def test_task_metric_changes(base, metric, delta, change, regression) -> None:
     task = base.tasks[1]
     new = with_task(base, task.name, **{metric: getattr(task, metric) + delta})
@@ -80,8 +83,14 @@ def test_rule_values_judged_by_their_comparison(base) -> None:
 
 
 def test_added_removed_and_incomparable_parts_are_noted(base) -> None:
-    new = base.model_copy(update={"rules": base.rules[1:], "tasks": base.tasks[:-1], "seed": 9,
-                                  "policy": base.policy.model_copy(update={"sha256": "00" * 32})})
+    new = base.model_copy(
+        update={
+            "rules": base.rules[1:],
+            "tasks": base.tasks[:-1],
+            "seed": 9,
+            "policy": base.policy.model_copy(update={"sha256": "00" * 32}),
+        }
+    )
     diff = compare(base, new)
     assert [c.change for c in diff.rules if c.name == base.rules[0].name] == ["removed"]
     assert not diff.regressed

@@ -38,8 +38,17 @@ def test_a_plain_run_is_a_world_of_one(monkeypatch) -> None:
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "prunegate", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "prunegate",
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -58,11 +67,19 @@ def compare_with_torchrun(policy: Path, tmp_path: Path) -> tuple[dict, dict]:
 def test_torchrun_gives_the_same_report_as_one_process(tmp_path: Path, gate_case) -> None:
     # 37 images in batches of 5 over 2 processes: uneven parts and partial last batches; noise
     # with 2 draws, random and deterministic corruptions, bootstrap intervals and a mean rule.
-    policy = gate_case("jitter", n=37, suite={
-        "seed": 1, "noise": [{"kind": "uniform", "levels": [0.5, 1.0], "draws": 2}],
-        "corruptions": {"preset": "cifar10-c", "names": ["fog", "shot_noise"], "severities": [1, 5]}},
-        gate={"confidence": 0.9, "rules": [{"name": "mean drop", "tasks": "*", "metric": "accuracy_drop",
-                                             "aggregate": "mean", "max": 0.2}]},
-        runtime={"batch_size": 5, "backend": "torch"})  # auto's timed choice may differ between the two runs
+    policy = gate_case(
+        "jitter",
+        n=37,
+        suite={
+            "seed": 1,
+            "noise": [{"kind": "uniform", "levels": [0.5, 1.0], "draws": 2}],
+            "corruptions": {"preset": "cifar10-c", "names": ["fog", "shot_noise"], "severities": [1, 5]},
+        },
+        gate={
+            "confidence": 0.9,
+            "rules": [{"name": "mean drop", "tasks": "*", "metric": "accuracy_drop", "aggregate": "mean", "max": 0.2}],
+        },
+        runtime={"batch_size": 5, "backend": "torch"},
+    )  # auto's timed choice may differ between the two runs
     one, _ = compare_with_torchrun(policy, tmp_path)
     assert [t["n"] for t in one["tasks"]] == [37, 74, 74, 37, 37, 37, 37]

@@ -6,23 +6,23 @@ import numpy as np
 import pytest
 import torch
 
-from prunegate.check import total_evaluations
+from prunegate.context import Preprocess, RunContext, Source, task_pixels
 from prunegate.data import select
 from prunegate.data.arrays import NpzImages
-from prunegate.engine import Preprocess, Source, check_labels, evaluate, probe_classes, task_input
+from prunegate.engine import check_labels, evaluate, probe_classes, total_evaluations
 from prunegate.errors import DataError, ModelError
-from prunegate.plan import Task
+from prunegate.plan import Task, TaskKind
 from prunegate.policy import ModelSpec
-from prunegate.runners import load_runner
+from prunegate.runners import LoadOptions, load_runner
 
 CPU = torch.device("cpu")
 SIZE = 8
 N = 10
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TASKS = [
-    Task("clean", "clean", "test"),
-    Task("noise/uniform/0.5", "noise", "test", "uniform", 0.5),
-    Task("noise/gaussian/0.2", "noise", "test", "gaussian", 0.2, draws=2),
+    Task("clean", TaskKind.CLEAN, "test"),
+    Task("noise/uniform/0.5", TaskKind.NOISE, "test", "uniform", level=0.5),
+    Task("noise/gaussian/0.2", TaskKind.NOISE, "test", "gaussian", level=0.2, draws=2),
 ]
 
 
@@ -45,8 +45,12 @@ def folder(tmp_path_factory, colour_net, colour_dataset, save_onnx, write_npz, w
 
 def runner(path: Path, arch: str | None = "tiny_arch.py:build"):
     arch = arch if path.name in ("dense.pt", "pruned.pt") else None
-    return load_runner(ModelSpec(path=path.name, arch=arch), path, "models.dense", base_dir=path.parent,
-                       backend="auto", device=CPU, allow_pickle=False, allow_fallback=False)
+    return load_runner(
+        ModelSpec(path=path.name, arch=arch),
+        path,
+        "models.dense",
+        LoadOptions(base_dir=path.parent, backend="auto", device=CPU, allow_pickle=False, allow_fallback=False),
+    )
 
 
 def source(path: Path, limit: int | None = None) -> Source:
@@ -54,11 +58,29 @@ def source(path: Path, limit: int | None = None) -> Source:
     return Source("test", images, select(images.labels, limit))
 
 
+def context(tasks=TASKS, sources=(), seed: int = 0, batch_size: int = 64, pre=None) -> RunContext:
+    return RunContext(
+        tuple(tasks),
+        tuple(sources),
+        pre or Preprocess.create(MEAN, STD, CPU),
+        SIZE,
+        seed,
+        batch_size,
+        workers=0,
+        max_pixels=10**6,
+        device=CPU,
+    )
+
+
+def task_input(task: Task, x, sample_ids, draw: int, seed: int, pre: Preprocess):
+    """The model input of a task, as the engine makes it."""
+    return task_pixels(context(seed=seed, pre=pre), task, x, sample_ids, draw).model_input(pre)
+
+
 def run(folder: Path, batch_size: int, limit: int | None = None, tasks=TASKS, seed: int = 0, progress=None):
     src = source(folder / "data.npz", limit)
-    tallies, timings = evaluate(tasks, [src], runner(folder / "dense.pt"), runner(folder / "pruned.pt"),
-                                pre=Preprocess.create(MEAN, STD, CPU), size=SIZE, seed=seed, batch_size=batch_size,
-                                workers=0, max_pixels=10**6, device=CPU, progress=progress)
+    ctx = context(tasks, [src], seed, batch_size)
+    tallies, timings = evaluate(ctx, runner(folder / "dense.pt"), runner(folder / "pruned.pt"), progress=progress)
     return tallies, timings, src
 
 
@@ -111,7 +133,7 @@ def test_a_correct_model_scores_full_marks_on_clean(folder: Path) -> None:
 def test_progress_adds_up_to_the_total(folder: Path) -> None:
     counts: list[int] = []
     _, _, src = run(folder, 3, limit=7, progress=counts.append)
-    assert sum(counts) == total_evaluations(TASKS, [src]) == 7 * (1 + 1 + 2)
+    assert sum(counts) == total_evaluations(context(TASKS, [src])) == 7 * (1 + 1 + 2)
 
 
 def test_manifest_records_every_used_sample(folder: Path) -> None:
@@ -148,19 +170,20 @@ def test_gaussian_noise_stays_in_the_pixel_range() -> None:
 
 def test_labels_outside_the_classes_are_a_data_error(folder: Path) -> None:
     with pytest.raises(DataError) as caught:
-        check_labels(source(folder / "bad-labels.npz"), 3, "data.test")
+        check_labels(source(folder / "bad-labels.npz"), 3)
     assert "label 5" in str(caught.value) and str(folder / "bad-labels.npz") in str(caught.value)
     assert caught.value.field == "data.test"
-    check_labels(source(folder / "data.npz"), 3, "data.test")
-    check_labels(source(folder / "bad-labels.npz", limit=3), 3, "data.test")  # label 5 not among those used
+    check_labels(source(folder / "data.npz"), 3)
+    check_labels(source(folder / "bad-labels.npz", limit=3), 3)  # label 5 not among those used
 
 
 def test_probe_returns_the_class_count(folder: Path) -> None:
     assert probe_classes(runner(folder / "dense.pt"), runner(folder / "dense.onnx"), SIZE) == 3
 
 
-def test_models_with_different_class_counts_are_a_model_error(tmp_path: Path, folder: Path, random_net,
-                                                              save_torchscript) -> None:
+def test_models_with_different_class_counts_are_a_model_error(
+    tmp_path: Path, folder: Path, random_net, save_torchscript
+) -> None:
     four = save_torchscript(random_net(classes=4), tmp_path / "four.pt")
     with pytest.raises(ModelError) as caught:
         probe_classes(runner(folder / "dense.pt"), runner(four), SIZE)

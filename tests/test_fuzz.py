@@ -35,8 +35,13 @@ from prunegate.policy import load_policy, policy_from_dict
 from prunegate.report import keys
 from prunegate.report.attest import Verification, parse_envelope, read_envelope, sign, verify_envelope
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 FEW = settings(FUZZ, max_examples=60)
 
 
@@ -55,12 +60,21 @@ def fresh(folder: Path) -> Path:
 
 # --- JSON-like values and mutations of a valid document ----------------------------------------
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["all", "clean", "noise/*", "fog", "cuda", "npz", "uniform",
-                                                           "", "..", "/etc/passwd", "accuracy_drop", "max"]))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                        st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                      max_leaves=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["all", "clean", "noise/*", "fog", "cuda", "npz", "uniform", "", "..", "/etc/passwd", "accuracy_drop", "max"]
+    ),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def paths_of(node, prefix=()) -> list[tuple]:
@@ -101,16 +115,37 @@ def mutate(data, document):
 # --- the policy loader ---------------------------------------------------------------------------
 
 RICH_POLICY = {
-    "version": 1, "name": "fuzz",
-    "models": {"dense": "dense.onnx", "pruned": {"path": "pruned.pt", "arch": "net.py:build"}, "arch": "m:f",
-               "input": {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}},
-    "data": {"test": {"format": "imagefolder", "path": "images"}, "limit": 100, "max_pixels": 10**6,
-             "ood": [{"name": "other", "format": "npy", "path": "x.npy", "labels": "y.npy"}]},
-    "suite": {"seed": 3, "noise": [{"kind": "uniform", "levels": [0.1, 0.2], "draws": 2}],
-              "corruptions": {"preset": "cifar10-c", "names": ["fog", "contrast"], "severities": [1, 5]}},
-    "gate": {"rules": [{"name": "clean", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
-                       {"name": "rest", "tasks": ["noise/*", "ood/*", "corruption/*/5"], "metric": "agreement",
-                        "aggregate": "min", "min": 0.9}]},
+    "version": 1,
+    "name": "fuzz",
+    "models": {
+        "dense": "dense.onnx",
+        "pruned": {"path": "pruned.pt", "arch": "net.py:build"},
+        "arch": "m:f",
+        "input": {"size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    },
+    "data": {
+        "test": {"format": "imagefolder", "path": "images"},
+        "limit": 100,
+        "max_pixels": 10**6,
+        "ood": [{"name": "other", "format": "npy", "path": "x.npy", "labels": "y.npy"}],
+    },
+    "suite": {
+        "seed": 3,
+        "noise": [{"kind": "uniform", "levels": [0.1, 0.2], "draws": 2}],
+        "corruptions": {"preset": "cifar10-c", "names": ["fog", "contrast"], "severities": [1, 5]},
+    },
+    "gate": {
+        "rules": [
+            {"name": "clean", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
+            {
+                "name": "rest",
+                "tasks": ["noise/*", "ood/*", "corruption/*/5"],
+                "metric": "agreement",
+                "aggregate": "min",
+                "min": 0.9,
+            },
+        ]
+    },
     "runtime": {"device": "cpu", "backend": "auto", "batch_size": 64, "workers": 0, "allow_fallback": True},
     "require_signature": False,
 }
@@ -133,10 +168,12 @@ def test_the_rich_policy_is_valid(scratch: Path) -> None:
 @FUZZ
 @given(text=st.text(max_size=300))
 @example(text="a: &a [*a, *a]\nversion: *a\n")  # a recursive alias
-@example(text="a: &a ['x','x','x','x','x','x','x','x','x']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
-              "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
-              "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
-              "version: 1\nname: x\ngate: {rules: *f}\n")  # "billion laughs": aliases that expand
+@example(
+    text="a: &a ['x','x','x','x','x','x','x','x','x']\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+    "version: 1\nname: x\ngate: {rules: *f}\n"
+)  # "billion laughs": aliases that expand
 @example(text="!!python/object/apply:os.system ['echo hi']")  # a tag that runs code
 @example(text="version: 1\nname: x\n" + "nest: " + "[" * 2000 + "]" * 2000)
 @example(text="? [1, 2]\n: x\n")  # an unhashable-looking key
@@ -211,7 +248,8 @@ def valid_npz(compressed: bool = False) -> bytes:
     buffer = io.BytesIO()
     rng = np.random.default_rng(0)
     (np.savez_compressed if compressed else np.savez)(
-        buffer, images=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), labels=np.arange(4))
+        buffer, images=rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), labels=np.arange(4)
+    )
     return buffer.getvalue()
 
 
@@ -244,18 +282,41 @@ UNCLOSED_HEADER = b"\x93NUMPY\x01\x00\x10\x00{'descr': '|u1'\n"  # ... and Synta
 
 
 @FUZZ
-@given(raw=st.one_of(st.binary(max_size=400), npy_files,
-                     st.builds(lambda b: b"PK\x03\x04" + b, st.binary(max_size=200)),
-                     st.builds(lambda i, l: zip_of({"images.npy": i, "labels.npy": l}), npy_files, npy_files)))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=400),
+        npy_files,
+        st.builds(lambda b: b"PK\x03\x04" + b, st.binary(max_size=200)),
+        st.builds(lambda i, lab: zip_of({"images.npy": i, "labels.npy": lab}), npy_files, npy_files),
+    )
+)
 @example(raw=npy_bytes([2, 8, 8, 3], "|u1", False, bytes(384)))  # an .npy given as .npz
 @example(raw=zip_of({"images.npy": BROKEN_HEADER, "labels.npy": BROKEN_HEADER}))
 @example(raw=zip_of({"images.npy": UNCLOSED_HEADER, "labels.npy": UNCLOSED_HEADER}))
-@example(raw=zip_of({"images.npy": npy_bytes([10**12, 8, 8, 3], "|u1", False, b""),  # a header claiming 192 TB
-                     "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
-@example(raw=zip_of({"images.npy": npy_bytes([2, 8, 8, 3], "|u1", True, bytes(384)),  # Fortran order, memory-mapped
-                     "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
-@example(raw=zip_of({"images.npy": npy_bytes([2, -1, -1, 3], "|u1", False, bytes(6)),  # 6 bytes, if -1 x -1 were 1
-                     "labels.npy": npy_bytes([2], "<i8", False, bytes(16))}))
+@example(
+    raw=zip_of(
+        {
+            "images.npy": npy_bytes([10**12, 8, 8, 3], "|u1", False, b""),  # a header claiming 192 TB
+            "labels.npy": npy_bytes([2], "<i8", False, bytes(16)),
+        }
+    )
+)
+@example(
+    raw=zip_of(
+        {
+            "images.npy": npy_bytes([2, 8, 8, 3], "|u1", True, bytes(384)),  # Fortran order, memory-mapped
+            "labels.npy": npy_bytes([2], "<i8", False, bytes(16)),
+        }
+    )
+)
+@example(
+    raw=zip_of(
+        {
+            "images.npy": npy_bytes([2, -1, -1, 3], "|u1", False, bytes(6)),  # 6 bytes, if -1 x -1 were 1
+            "labels.npy": npy_bytes([2], "<i8", False, bytes(16)),
+        }
+    )
+)
 @example(raw=valid_npz(compressed=True)[:-30])  # the central directory cut
 @example(raw=valid_npz(compressed=True))
 def test_npz_reader_on_arbitrary_bytes(scratch: Path, raw: bytes) -> None:
@@ -277,8 +338,10 @@ def test_npz_reader_on_damaged_archives(scratch: Path, data) -> None:
 @example(images=npy_bytes([2, 8, 8, 3], "|u1", False, bytes(384)), labels=npy_bytes([2], "<u8", False, b"\xff" * 16))
 @example(images=npy_bytes([2, 0, 8, 3], "|u1", False, b""), labels=npy_bytes([2], "<i8", False, bytes(16)))
 @example(images=BROKEN_HEADER, labels=UNCLOSED_HEADER)
-@example(images=zip_of({"images.npy": npy_bytes([1, 8, 8, 3], "|u1", False, bytes(192))}),  # an .npz given as .npy
-         labels=npy_bytes([1], "<i8", False, bytes(8)))
+@example(
+    images=zip_of({"images.npy": npy_bytes([1, 8, 8, 3], "|u1", False, bytes(192))}),  # an .npz given as .npy
+    labels=npy_bytes([1], "<i8", False, bytes(8)),
+)
 def test_npy_reader_on_arbitrary_arrays(scratch: Path, images: bytes, labels: bytes) -> None:
     (scratch / "x.npy").write_bytes(images)
     (scratch / "y.npy").write_bytes(labels)
@@ -286,11 +349,15 @@ def test_npy_reader_on_arbitrary_arrays(scratch: Path, images: bytes, labels: by
 
 
 @FEW
-@given(images=npy_files, labels=npy_files, meta=st.one_of(st.none(), st.text(max_size=40),
-                                                          st.builds(lambda v: json.dumps({"severities": v}), values)),
-       severity=st.integers(1, 5))
-def test_precomputed_corruption_reader_on_arbitrary_arrays(scratch: Path, images: bytes, labels: bytes, meta,
-                                                           severity: int) -> None:
+@given(
+    images=npy_files,
+    labels=npy_files,
+    meta=st.one_of(st.none(), st.text(max_size=40), st.builds(lambda v: json.dumps({"severities": v}), values)),
+    severity=st.integers(1, 5),
+)
+def test_precomputed_corruption_reader_on_arbitrary_arrays(
+    scratch: Path, images: bytes, labels: bytes, meta, severity: int
+) -> None:
     folder = fresh(scratch / "cifar-c")
     (folder / "fog.npy").write_bytes(images)
     (folder / "labels.npy").write_bytes(labels)
@@ -317,10 +384,20 @@ def picture(fmt: str, mode: str = "RGB", frames: int = 1) -> bytes:
 
 
 SEEDS = {  # suffix -> valid files of that format to mutate
-    ".png": [picture("PNG"), picture("PNG", "LA"), picture("PNG", "P"), picture("PNG", "I;16"), picture("PNG", "1"),
-             picture("PNG", frames=3)],  # APNG
-    ".jpg": [picture("JPEG"), picture("JPEG", "L"), picture("JPEG", "CMYK"),
-             picture("GIF", frames=3)],  # decoded by its content, whatever its name
+    ".png": [
+        picture("PNG"),
+        picture("PNG", "LA"),
+        picture("PNG", "P"),
+        picture("PNG", "I;16"),
+        picture("PNG", "1"),
+        picture("PNG", frames=3),
+    ],  # APNG
+    ".jpg": [
+        picture("JPEG"),
+        picture("JPEG", "L"),
+        picture("JPEG", "CMYK"),
+        picture("GIF", frames=3),
+    ],  # decoded by its content, whatever its name
     ".gif": [picture("GIF"), picture("GIF", frames=3)],
     ".bmp": [picture("BMP"), picture("BMP", "P")],
     ".webp": [picture("WEBP"), picture("WEBP", frames=3)],
@@ -354,8 +431,12 @@ def png_with_filter(filter_type: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     rows = b"".join(bytes([filter_type]) + bytes(range(21)) for _ in range(6))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 7, 6, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 7, 6, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_png_with_a_bad_filter_byte_is_a_data_error_not_a_crash(scratch: Path) -> None:
@@ -428,8 +509,9 @@ def signed(tmp_path_factory, colour_net, colour_dataset, save_torchscript, write
     key = keys.generate()
     (folder / "key.pem").write_bytes(keys.private_pem(key, None))
     (folder / "key.pub").write_bytes(keys.public_pem(key.public_key()))
-    assert main(["check", "-p", str(policy), "-o", str(folder / "report.json"), "--key", str(folder / "key.pem"),
-                 "-q"]) in (0, 1)
+    assert main(
+        ["check", "-p", str(policy), "-o", str(folder / "report.json"), "--key", str(folder / "key.pem"), "-q"]
+    ) in (0, 1)
     return key, (folder / "report.json").read_text(), folder
 
 
@@ -495,10 +577,19 @@ def test_verification_of_signed_but_malformed_statements(signed, data) -> None:
     envelope_outcome(json.dumps(sign(payload, key)), key.public_key())
 
 
-@pytest.mark.parametrize("subject", [
-    5, "dp", [1, 2], [{"annotations": []}, {"annotations": {"role": ["dense"]}}],
-    [{"annotations": {"role": "dense"}, "digest": "ab"}, {"annotations": {"role": "pruned"}, "digest": {"sha256": 1}}],
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        5,
+        "dp",
+        [1, 2],
+        [{"annotations": []}, {"annotations": {"role": ["dense"]}}],
+        [
+            {"annotations": {"role": "dense"}, "digest": "ab"},
+            {"annotations": {"role": "pruned"}, "digest": {"sha256": 1}},
+        ],
+    ],
+)
 def test_signed_statements_with_malformed_subjects_fail_verification(signed, subject) -> None:
     key, text, _ = signed
     statement = json.loads(base64.b64decode(json.loads(text)["payload"]))
@@ -529,11 +620,33 @@ def test_verify_and_report_show_never_crash_on_edited_reports(signed, data, caps
 
 from prunegate.errors import printable  # noqa: E402
 
-HOSTILE_CHARS = ["\n", "\r", "\t", "\x00", "\x07", "\x1b", "\x1b[2J", "\x7f", "\x85", "\x9b", "\u2028", "\u2029",
-                 "\u202e", "\u2066", "[bold red]", "[/]", "error: ", "a", " ", "/", "é"]
+HOSTILE_CHARS = [
+    "\n",
+    "\r",
+    "\t",
+    "\x00",
+    "\x07",
+    "\x1b",
+    "\x1b[2J",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u2028",
+    "\u2029",
+    "\u202e",
+    "\u2066",
+    "[bold red]",
+    "[/]",
+    "error: ",
+    "a",
+    " ",
+    "/",
+    "é",
+]
 hostile_text = st.lists(st.sampled_from(HOSTILE_CHARS), min_size=1, max_size=6).map("".join)
-UNPRINTABLE = [chr(c) for c in [*range(0x20), *range(0x7f, 0xa0), 0x2028, 0x2029, *range(0x202a, 0x202f),
-                                *range(0x2066, 0x206a)]]
+UNPRINTABLE = [
+    chr(c) for c in [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+]
 
 
 def one_clean_line(text: str) -> bool:
@@ -572,25 +685,41 @@ def dumps_repeating(node, where: tuple, key: str, value, first: bool, here: tupl
             pairs.insert(0 if first else len(pairs), extra)
         return "{" + ", ".join(f"{json.dumps(k)}: {v}" for k, v in pairs) + "}"
     if isinstance(node, list):
-        return "[" + ", ".join(dumps_repeating(v, where, key, value, first, here + (i,)) for i, v in enumerate(node)) + "]"
+        items = (dumps_repeating(v, where, key, value, first, here + (i,)) for i, v in enumerate(node))
+        return "[" + ", ".join(items) + "]"
     return json.dumps(node)
 
 
 json_values = st.recursive(  # what JSON can hold: no NaN or infinities (those are refused on their own)
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
-              st.text(max_size=12)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=12),
+    ),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def repeated_key(data, document) -> tuple[str, str]:
     """(JSON text of `document` with one object repeating a key, that key)."""
     where = data.draw(st.sampled_from(objects_of(document)), label="object")
     existing = list(_at(document, where))
-    key = data.draw(st.sampled_from(existing) if existing and data.draw(st.booleans(), label="existing key")
-                    else st.text(max_size=6), label="key")
-    text = dumps_repeating(document, where, key, data.draw(json_values, label="forged value"),
-                           data.draw(st.booleans(), label="forgery first"))
+    key = data.draw(
+        st.sampled_from(existing)
+        if existing and data.draw(st.booleans(), label="existing key")
+        else st.text(max_size=6),
+        label="key",
+    )
+    text = dumps_repeating(
+        document,
+        where,
+        key,
+        data.draw(json_values, label="forged value"),
+        data.draw(st.booleans(), label="forgery first"),
+    )
     return text, key
 
 
@@ -658,14 +787,34 @@ def test_control_characters_in_policy_values_never_break_a_line(scratch: Path, d
 
 # --- output paths (issue 13): every collision refused, nothing left behind ----------------------
 
-path_parts = st.sampled_from(["policy.yaml", "data", "data/img.png", "data/sub/x.json", "model.pt", "out.json",
-                              "out.html", "link", "link/x", "missing/out.json", "..", ".", "", "a\nb.json",
-                              "\x1b[2J.md", "out.json/"])
+path_parts = st.sampled_from(
+    [
+        "policy.yaml",
+        "data",
+        "data/img.png",
+        "data/sub/x.json",
+        "model.pt",
+        "out.json",
+        "out.html",
+        "link",
+        "link/x",
+        "missing/out.json",
+        "..",
+        ".",
+        "",
+        "a\nb.json",
+        "\x1b[2J.md",
+        "out.json/",
+    ]
+)
 
 
 @FUZZ
-@given(chosen=st.dictionaries(st.sampled_from(["--report", "--html", "--markdown", "--junit"]),
-                              st.one_of(st.none(), path_parts), max_size=4))
+@given(
+    chosen=st.dictionaries(
+        st.sampled_from(["--report", "--html", "--markdown", "--junit"]), st.one_of(st.none(), path_parts), max_size=4
+    )
+)
 def test_output_paths_are_checked_or_refused_never_crash(scratch: Path, chosen: dict) -> None:
     """Any mix of output paths over the run's inputs: accepted (each a distinct, writable file
     that is not an input) or a PrunegateError; the folder holds exactly what it held."""
@@ -678,7 +827,11 @@ def test_output_paths_are_checked_or_refused_never_crash(scratch: Path, chosen: 
     (folder / "data" / "img.png").write_bytes(b"p")
     (folder / "link").symlink_to(folder / "data")
     before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-    inputs = {"the policy": folder / "policy.yaml", "models.dense": folder / "model.pt", "data.test.path": folder / "data"}
+    inputs = {
+        "the policy": folder / "policy.yaml",
+        "models.dense": folder / "model.pt",
+        "data.test.path": folder / "data",
+    }
     outputs = {option: (folder / part if part is not None else None) for option, part in chosen.items()}
     try:
         accepted = check_outputs(outputs, inputs)

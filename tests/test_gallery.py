@@ -9,15 +9,17 @@ import torch
 from PIL import Image
 
 from prunegate.check import run_check
+from prunegate.context import RunContext, task_pixels
 from prunegate.data import fit_to_size, open_source
-from prunegate.engine import Preprocess, task_input
-from prunegate.plan import build_plan
 from prunegate.policy import load_policy
 from prunegate.report.gallery import build_gallery, png, select_examples
 from prunegate.report.schema import Example
 
-SUITE = {"seed": 5, "noise": [{"kind": "uniform", "levels": [0.2]}, {"kind": "gaussian", "levels": [0.1], "draws": 2}],
-         "corruptions": {"preset": "cifar10-c", "names": ["contrast", "gaussian_noise"], "severities": [2]}}
+SUITE = {
+    "seed": 5,
+    "noise": [{"kind": "uniform", "levels": [0.2]}, {"kind": "gaussian", "levels": [0.1], "draws": 2}],
+    "corruptions": {"preset": "cifar10-c", "names": ["contrast", "gaussian_noise"], "severities": [2]},
+}
 
 
 @pytest.fixture
@@ -37,15 +39,16 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def engine_inputs(policy_path: Path, task_name: str, indices: list[int], draw: int) -> np.ndarray:
+def engine_inputs(policy_path: Path, task_name: str, indices: list[int], draw: int, assets=None) -> np.ndarray:
     """What the engine fed the models, mapped back from the normalised input to uint8 pixels."""
     policy = load_policy(policy_path)
-    task = {t.name: t for t in build_plan(policy)}[task_name]
+    ctx = RunContext.build(policy, sources=(), assets=assets)
+    task = ctx.task(task_name)
     images = open_source(policy.data.test, policy.resolve, "data.test")
     pictures, _ = images.read(indices, policy.data.max_pixels)
     x = torch.stack([fit_to_size(p.permute(2, 0, 1), policy.models.input.size) for p in pictures]).float() / 255
-    pre = Preprocess.create(policy.models.input.mean, policy.models.input.std, torch.device("cpu"))
-    out = task_input(task, x, torch.tensor(indices), draw, policy.suite.seed, pre) * pre.std + pre.mean
+    pre = ctx.pre
+    out = task_pixels(ctx, task, x, torch.tensor(indices), draw).model_input(pre) * pre.std + pre.mean
     return out.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
@@ -120,10 +123,13 @@ def test_png_thumbnails_are_small() -> None:
 
 
 def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> None:
-    from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder
+    from prunegate.shifts import NO_ASSETS, ShiftAssets
+    from prunegate.shifts.textures import load_texture_folder
 
-    suite = {"seed": 5, "corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [3],
-                                        "frost_textures": "frost"}}
+    suite = {
+        "seed": 5,
+        "corruptions": {"preset": "cifar10-c", "names": ["frost"], "severities": [3], "frost_textures": "frost"},
+    }
     policy = gate_case("jitter", n=12, suite=suite)
     folder = policy.parent / "frost"
     folder.mkdir()
@@ -133,9 +139,10 @@ def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> N
     report = report.model_copy(update={"tasks": [t.model_copy(update={"examples": examples}) for t in report.tasks]})
     gallery = build_gallery(report, limit=100, per_task=3)
     assert gallery.notes == []
-    with frost_textures_in_use(load_texture_folder(folder).photos):
-        expected = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
-    procedural = engine_inputs(policy, "corruption/frost/3", [1, 7], 0)
+    expected = engine_inputs(
+        policy, "corruption/frost/3", [1, 7], 0, ShiftAssets(frost_textures=load_texture_folder(folder))
+    )
+    procedural = engine_inputs(policy, "corruption/frost/3", [1, 7], 0, NO_ASSETS)
     for i, index in enumerate((1, 7)):
         made = decode(gallery.images[("corruption/frost/3", index, 0)])
         assert (made == expected[i]).all()

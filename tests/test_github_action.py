@@ -48,17 +48,47 @@ def test_the_gate_step_passes_its_inputs_and_exit_code(action, tmp_path) -> None
     fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_SEEN"\nexit 1\n')
     fake.chmod(0o755)
     outputs = tmp_path / "github-output"
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "GITHUB_OUTPUT": str(outputs),
-           "ARGS_SEEN": str(tmp_path / "args"), "POLICY": "my policy.yaml", "DENSE": "", "PRUNED": "p.onnx",
-           "REPORT": "r.json", "HTML": "r.html", "JUNIT": "r.xml", "ARGS": "--device cpu  --limit 20",
-           "PRUNEGATE_SIGNING_KEY": ""}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(outputs),
+        "ARGS_SEEN": str(tmp_path / "args"),
+        "POLICY": "my policy.yaml",
+        "DENSE": "",
+        "PRUNED": "p.onnx",
+        "REPORT": "r.json",
+        "HTML": "r.html",
+        "JUNIT": "r.xml",
+        "ARGS": "--device cpu  --limit 20",
+        "PRUNEGATE_SIGNING_KEY": "",
+    }
     script = step(action, "gate")["run"]
-    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr  # the step itself succeeds; the last step fails the job
     assert (tmp_path / "args").read_text().splitlines() == [
-        "check", "--policy", "my policy.yaml", "--report", "r.json", "--html", "r.html", "--junit", "r.xml",
-        "--pruned", "p.onnx", "--device", "cpu", "--limit", "20"]
+        "check",
+        "--policy",
+        "my policy.yaml",
+        "--report",
+        "r.json",
+        "--html",
+        "r.html",
+        "--junit",
+        "r.xml",
+        "--pruned",
+        "p.onnx",
+        "--device",
+        "cpu",
+        "--limit",
+        "20",
+    ]
     assert dict(re.findall(r"^([\w-]+)=(.*)$", outputs.read_text(), re.M)) == {"exit-code": "1", "verdict": "fail"}
     fail_step = step(action, "Fail the step with the gate's exit code")
     assert subprocess.run(["bash", "-c", fail_step["run"]], env={**env, "CODE": "1"}).returncode == 1

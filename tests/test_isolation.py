@@ -13,7 +13,6 @@ import logging
 import os
 import textwrap
 from pathlib import Path
-from typing import Tuple
 
 import pytest
 import torch
@@ -89,8 +88,9 @@ def test_torchscript_that_touches_files_or_prints_is_refused_before_it_runs(atta
         model = _Printer(inner)
         op = "prim::Print"
     torch.jit.script(model).save(str(folder / "dense.pt"))
-    code, out, err = _run(capsys, "check", "-p", policy("dense.pt"), "--key", folder / "key.pem",
-                          "-o", folder / "out" / "report.json")
+    code, out, err = _run(
+        capsys, "check", "-p", policy("dense.pt"), "--key", folder / "key.pem", "-o", folder / "out" / "report.json"
+    )
     assert code == 2, err
     [line] = err.strip().splitlines()
     assert line.startswith("error: ") and str(folder / "dense.pt") in line and "models.dense" in line and op in line
@@ -110,11 +110,11 @@ class _SavesOnLoad(torch.nn.Module):
         return x.mean((2, 3)) * self.weight
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
         return (self.weight, self.target, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[torch.Tensor, str, bool]) -> None:
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
         torch.save(torch.ones(1), state[1])
         self.weight, self.target, self.training = state[0], state[1], state[2]
 
@@ -182,8 +182,9 @@ def build():
 
 @needs_landlock
 @pytest.mark.parametrize("key_from", ["--key", "PRUNEGATE_SIGNING_KEY"])
-def test_arch_code_runs_sandboxed_and_cannot_steal_write_print_or_patch(key_from, case, capsys, monkeypatch, caplog,
-                                                                       colour_net) -> None:
+def test_arch_code_runs_sandboxed_and_cannot_steal_write_print_or_patch(
+    key_from, case, capsys, monkeypatch, caplog, colour_net
+) -> None:
     folder, policy = case
     caplog.set_level(logging.DEBUG, logger="prunegate.runners")  # the model process's stderr, with --debug
     (folder / "thief_arch.py").write_text(ARCH_ATTACK.format(key=str(folder / "key.pem"), out=str(folder / "out")))
@@ -196,7 +197,9 @@ def test_arch_code_runs_sandboxed_and_cannot_steal_write_print_or_patch(key_from
         monkeypatch.setenv("PRUNEGATE_SIGNING_KEY", (folder / "key.pem").read_text())
         os.chmod(folder / "key.pem", 0)  # only the environment holds it now
     document = policy({"path": "weights.pth", "arch": "thief_arch.py:build"})
-    code, out, err = _run(capsys, "--debug", "check", "-p", document, *key_options, "-o", folder / "out" / "report.json")
+    code, out, err = _run(
+        capsys, "--debug", "check", "-p", document, *key_options, "-o", folder / "out" / "report.json"
+    )
     assert "attacks that worked: []" in caplog.text or "attacks that worked: [8]" in caplog.text, caplog.text
     assert code == 0, err
     assert "PASS: all 99" not in out
@@ -216,7 +219,8 @@ def _arch_with_forward(folder: Path, name: str, forward: str, colour_net) -> dic
         "        super().__init__()\n        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)\n"
         "        self.head = torch.nn.Linear(64, 3)\n\n    def forward(self, x):\n"
         "        logits = self.head(torch.flatten(torch.relu(self.conv(x)), 1))\n"
-        f"{body}\n\n\ndef build():\n    return Net()\n")
+        f"{body}\n\n\ndef build():\n    return Net()\n"
+    )
     torch.save(colour_net().state_dict(), folder / "weights.pth")
     return {"path": "weights.pth", "arch": f"{name}:build"}
 
@@ -248,11 +252,16 @@ def test_a_model_that_fails_only_on_some_batches_is_named_with_the_batch(case, c
     """The probe's tiny batch passes; a real batch raises inside the model: exit 2 naming the
     model, the task and the samples (it was exit 3, naming nothing)."""
     folder, policy = case
-    spec = _arch_with_forward(folder, "picky_arch.py", """
+    spec = _arch_with_forward(
+        folder,
+        "picky_arch.py",
+        """
         if x.shape[0] > 2 and float(x.amax()) > 0.5:
             raise ValueError("this model cannot take bright images")
         return logits
-    """, colour_net)
+    """,
+        colour_net,
+    )
     document = policy(spec, runtime={"backend": "torch", "device": "cpu", "batch_size": 6, "workers": 0})
     code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
     assert code == 2, err
@@ -266,26 +275,51 @@ def test_signing_is_refused_when_isolation_is_off(case, capsys, save_torchscript
     folder, policy = case
     save_torchscript(colour_net(), folder / "dense.pt")
     document = policy("dense.pt", runtime={"isolation": "off", "device": "cpu", "workers": 0})
-    code, _, err = _run(capsys, "check", "-p", document, "--key", folder / "key.pem",
-                        "-o", folder / "out" / "report.json")
+    code, _, err = _run(
+        capsys, "check", "-p", document, "--key", folder / "key.pem", "-o", folder / "out" / "report.json"
+    )
     assert code == 2 and "runtime.isolation" in err and "signed" in err
     assert list((folder / "out").iterdir()) == []
     code, _, err = _run(capsys, "check", "-p", document, "-o", folder / "out" / "report.json")
     assert code == 0, err  # unsigned, for debugging: the report says the model was not isolated
     _, _, statement = read_envelope((folder / "out" / "report.json").read_text(), "report")
     assert statement["predicate"]["models"]["dense"]["isolation"] == {
-        "process": False, "landlock_abi": None, "files": None, "tcp": None, "signals": None, "seccomp": None,
-        "capabilities": None}
+        "process": False,
+        "landlock_abi": None,
+        "files": None,
+        "tcp": None,
+        "signals": None,
+        "seccomp": None,
+        "capabilities": None,
+    }
 
 
 def test_the_model_environment_keeps_what_libraries_need_and_no_secret() -> None:
-    environment = model_environment({"PATH": "/bin", "HOME": "/home/u", "CUDA_VISIBLE_DEVICES": "0",
-                                     "OMP_NUM_THREADS": "2", "LC_ALL": "C", "PRUNEGATE_SIGNING_KEY": "pem",
-                                     "PRUNEGATE_KEY_PASSPHRASE": "pw", "GITHUB_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s",
-                                     "TORCH_HOME": "/t", "CUDA_AUTH_TOKEN": "x", "SOMETHING_ELSE": "y"})
+    environment = model_environment(
+        {
+            "PATH": "/bin",
+            "HOME": "/home/u",
+            "CUDA_VISIBLE_DEVICES": "0",
+            "OMP_NUM_THREADS": "2",
+            "LC_ALL": "C",
+            "PRUNEGATE_SIGNING_KEY": "pem",
+            "PRUNEGATE_KEY_PASSPHRASE": "pw",
+            "GITHUB_TOKEN": "t",
+            "AWS_SECRET_ACCESS_KEY": "s",
+            "TORCH_HOME": "/t",
+            "CUDA_AUTH_TOKEN": "x",
+            "SOMETHING_ELSE": "y",
+        }
+    )
     assert {"PATH", "HOME", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "LC_ALL", "TORCH_HOME"} <= set(environment)
-    assert not {"PRUNEGATE_SIGNING_KEY", "PRUNEGATE_KEY_PASSPHRASE", "GITHUB_TOKEN", "AWS_SECRET_ACCESS_KEY",
-                "CUDA_AUTH_TOKEN", "SOMETHING_ELSE"} & set(environment)
+    assert not {
+        "PRUNEGATE_SIGNING_KEY",
+        "PRUNEGATE_KEY_PASSPHRASE",
+        "GITHUB_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+        "CUDA_AUTH_TOKEN",
+        "SOMETHING_ELSE",
+    } & set(environment)
     assert str(Path(__file__).resolve().parents[1]) in environment["PYTHONPATH"].split(os.pathsep)
 
 
@@ -294,9 +328,11 @@ def test_isolated_and_in_process_runs_give_the_same_predicate(case, capsys, save
     save_torchscript(colour_net(), folder / "dense.pt")
     predicates = {}
     for isolation in ("auto", "off"):
-        document = policy("dense.pt", runtime={"isolation": isolation, "device": "cpu", "workers": 0,
-                                               "backend": "torch", "batch_size": 5},
-                          suite={"noise": [{"kind": "uniform", "levels": [0.2]}]})
+        document = policy(
+            "dense.pt",
+            runtime={"isolation": isolation, "device": "cpu", "workers": 0, "backend": "torch", "batch_size": 5},
+            suite={"noise": [{"kind": "uniform", "levels": [0.2]}]},
+        )
         report = folder / "out" / f"{isolation}.json"
         code, _, err = _run(capsys, "check", "-p", document, "-o", report)
         assert code in (0, 1), err
@@ -319,3 +355,47 @@ def test_a_system_without_descriptor_passing_is_told_to_turn_isolation_off(monke
     monkeypatch.delattr(socket, "send_fds")
     with pytest.raises(DeviceError, match="runtime.isolation: off"):
         Zygote()
+
+
+def test_an_isolated_model_asks_prunegate_for_every_process_timing(
+    tmp_path: Path, save_torchscript, colour_net
+) -> None:
+    """--backend auto under torchrun: the model's process sends its timing to prunegate, which
+    gathers every process's (the function never travels to the model's process) and sends them back."""
+    from prunegate.policy import ModelSpec
+    from prunegate.runners import LoadOptions, load_runner, start_isolated
+    from prunegate.runners.isolated import InputArena
+
+    path = save_torchscript(colour_net(), tmp_path / "dense.pt")
+    seen = []
+
+    def gather(measured: dict) -> list:  # this process, and another one where ONNX Runtime is slow
+        seen.append(measured)
+        return [measured, {"reason": None, "seconds": {"torch": 1e-9, "onnx": 10.0}, "batch": 16}]
+
+    options = LoadOptions(
+        base_dir=tmp_path,
+        backend="auto",
+        device=torch.device("cpu"),
+        allow_pickle=False,
+        allow_fallback=False,
+        input_size=8,
+        batch_size=16,
+        gather=gather,
+    )
+    arena = InputArena()
+    runner = start_isolated(ModelSpec(path=path.name), path, "models.dense", options, arena=arena).finish_loading()
+    try:
+        record = runner.record
+        assert len(seen) == 1 and set(seen[0]["seconds"]) == {"torch", "onnx"}
+        assert record.backend == "torch" and record.backend_choice is not None
+        assert "mean of 2 processes" in record.backend_choice.reason and record.backend_choice.batch == 16
+        assert record.isolation is not None and record.isolation.process is True
+        in_process = load_runner(ModelSpec(path=path.name), path, "models.dense", options).record
+        for key in ("path", "sha256", "format", "parameters", "nonzero_parameters", "sparsity", "arch", "device"):
+            assert getattr(record, key) == getattr(in_process, key), key
+        x = torch.rand(3, 3, 8, 8)
+        torch.testing.assert_close(runner(x), load_runner(ModelSpec(path=path.name), path, "models.dense", options)(x))
+    finally:
+        runner.close()
+        arena.close()

@@ -19,7 +19,9 @@ def logits_for(preds: np.ndarray, classes: int) -> torch.Tensor:
 
 def make_tally(labels: np.ndarray, dense: np.ndarray, pruned: np.ndarray, classes: int) -> TaskTally:
     tally = TaskTally.empty(len(labels), torch.device("cpu"))
-    tally.update(torch.arange(len(labels)), torch.from_numpy(labels), logits_for(dense, classes), logits_for(pruned, classes))
+    tally.update(
+        torch.arange(len(labels)), torch.from_numpy(labels), logits_for(dense, classes), logits_for(pruned, classes)
+    )
     return tally
 
 

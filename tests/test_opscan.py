@@ -19,9 +19,12 @@ FILE_ARGUMENTS = {"filename", "file", "path", "fname", "filepath", "file_name"}
 
 def test_every_registered_op_that_takes_a_file_name_is_denied() -> None:
     """If a torch upgrade adds an op that opens a file in an allowed namespace, this fails."""
-    opening = {s.name for s in torch._C._jit_get_all_schemas()
-               if any(a.name in FILE_ARGUMENTS and "str" in str(a.type) for a in s.arguments)
-               and opscan.torch_op_allowed(s.name)}
+    opening = {
+        s.name
+        for s in torch._C._jit_get_all_schemas()
+        if any(a.name in FILE_ARGUMENTS and "str" in str(a.type) for a in s.arguments)
+        and opscan.torch_op_allowed(s.name)
+    }
     assert opening == set()
     assert not opscan.torch_op_allowed("aten::from_file") and not opscan.torch_op_allowed("aten::save")
     assert not opscan.torch_op_allowed("prim::Print") and not opscan.torch_op_allowed("c10d::broadcast_")
@@ -97,8 +100,12 @@ def test_an_exported_program_with_a_denied_or_unknown_call_is_refused(tmp_path: 
 
 def _onnx_model(domain: str, functions: list | None = None, op: str = "Relu") -> onnx.ModelProto:
     node = helper.make_node(op, ["x"], ["y"], domain=domain, name="n0")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
+    )
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     return helper.make_model(graph, opset_imports=opsets, functions=functions or [])
 
@@ -111,11 +118,17 @@ def test_onnx_custom_domains_are_refused_and_standard_ones_pass(tmp_path: Path) 
 
 
 def test_onnx_local_functions_are_allowed_and_their_bodies_checked(tmp_path: Path) -> None:
-    body = helper.make_function("my.funcs", "Act", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
-                                [helper.make_opsetid("", 17)])
+    body = helper.make_function(
+        "my.funcs", "Act", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])], [helper.make_opsetid("", 17)]
+    )
     opscan.scan_onnx_model(_onnx_model("my.funcs", [body], op="Act"), tmp_path / "m.onnx", "models.dense")
-    bad_body = helper.make_function("my.funcs", "Act", ["a"], ["b"],
-                                    [helper.make_node("Exec", ["a"], ["b"], domain="evil.ops")],
-                                    [helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)])
+    bad_body = helper.make_function(
+        "my.funcs",
+        "Act",
+        ["a"],
+        ["b"],
+        [helper.make_node("Exec", ["a"], ["b"], domain="evil.ops")],
+        [helper.make_opsetid("", 17), helper.make_opsetid("evil.ops", 1)],
+    )
     with pytest.raises(ModelError, match="function my.funcs.Act"):
         opscan.scan_onnx_model(_onnx_model("my.funcs", [bad_body], op="Act"), tmp_path / "m.onnx", "models.dense")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from prunegate.errors import PolicyError
 from prunegate.plan import build_plan
@@ -233,17 +234,20 @@ def test_class_names_for_a_format_without_classes_names_the_field(tmp_path: Path
     assert error.field == "data.ood.0.class_names" and "imagefolder" in str(error)
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("gate.rules.1.name", "clean ", "whitespace"),  # would differ from rule 'clean' only by a space
-    ("gate.rules.0.name", " clean", "whitespace"),
-    ("gate.rules.0.name", "\t", "whitespace"),
-    ("name", "tiny\n", "whitespace"),
-    ("data.ood.1.name", "raw ", "pattern"),
-    ("gate.rules.2.min", 0.1, "both"),
-    ("gate.rules.2.max", -0.5, "within [0, 1.41421]"),
-    ("suite.corruptions.names.1", "fogg", "did you mean 'fog'"),
-    ("suite.noise.0.levels.1", float("nan"), "not a number"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("gate.rules.1.name", "clean ", "whitespace"),  # would differ from rule 'clean' only by a space
+        ("gate.rules.0.name", " clean", "whitespace"),
+        ("gate.rules.0.name", "\t", "whitespace"),
+        ("name", "tiny\n", "whitespace"),
+        ("data.ood.1.name", "raw ", "pattern"),
+        ("gate.rules.2.min", 0.1, "both"),
+        ("gate.rules.2.max", -0.5, "within [0, 1.41421]"),
+        ("suite.corruptions.names.1", "fogg", "did you mean 'fog'"),
+        ("suite.noise.0.levels.1", float("nan"), "not a number"),
+    ],
+)
 def test_errors_name_the_exact_field(tmp_path: Path, field: str, value, expected: str) -> None:
     data = example_dict()
     set_at(data, field, value)
@@ -257,10 +261,21 @@ def test_nan_confidence_is_not_a_number(tmp_path: Path, value: str) -> None:
     assert error.field == "gate.confidence" and "not a number" in str(error) and "less than" not in str(error)
 
 
-@pytest.mark.parametrize(("text", "value"), [("1e-2", 0.01), ("1E-2", 0.01), ("+1e-2", 0.01), ("1.e-2", 0.01),
-                                             (".1e-1", 0.01), ("10e-3", 0.01), ("1.0e-2", 0.01)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e-2", 0.01),
+        ("1E-2", 0.01),
+        ("+1e-2", 0.01),
+        ("1.e-2", 0.01),
+        (".1e-1", 0.01),
+        ("10e-3", 0.01),
+        ("1.0e-2", 0.01),
+    ],
+)
 def test_exponent_notation_is_a_float_as_in_yaml_1_2(tmp_path: Path, text: str, value: float) -> None:
-    policy = load_policy(write(tmp_path, EXAMPLE.replace("metric: accuracy_drop, max: 0.01", f"metric: accuracy_drop, max: {text}")))
+    document = EXAMPLE.replace("metric: accuracy_drop, max: 0.01", f"metric: accuracy_drop, max: {text}")
+    policy = load_policy(write(tmp_path, document))
     assert policy.gate.rules[0].max == pytest.approx(value)
 
 
@@ -269,20 +284,35 @@ def test_the_float_resolver_leaves_ints_bools_and_strings_alone() -> None:
 
     text = "a: 10\nb: 0x1f\nc: yes\nd: off\ne: 1e\nf: e5\ng: 1e5x\nh: '1e-2'\ni: 1_000\nj: 1.5\nk: .5e3\nl: 1E5\n"
     assert yaml.load(text, Loader=_UniqueKeyLoader) == {
-        "a": 10, "b": 31, "c": True, "d": False, "e": "1e", "f": "e5", "g": "1e5x", "h": "1e-2", "i": 1000, "j": 1.5,
-        "k": 500.0, "l": 100000.0}
+        "a": 10,
+        "b": 31,
+        "c": True,
+        "d": False,
+        "e": "1e",
+        "f": "e5",
+        "g": "1e5x",
+        "h": "1e-2",
+        "i": 1000,
+        "j": 1.5,
+        "k": 500.0,
+        "l": 100000.0,
+    }
     assert yaml.safe_load("a: 1e-2") == {"a": "1e-2"}  # (PyYAML's own loader is unchanged)
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("models.input.std.0", 1.0e-300, "is 0 there"),  # valid as a float64, 0 in float32: every logit NaN
-    ("models.input.std.1", 1e-7, "1e-06"),
-    ("models.input.std.2", 1e39, "inf"),
-    ("models.input.mean.0", 1e39, "inf"),
-    ("models.input.mean.1", -2e6, "±1e+06"),
-])
-def test_normalisation_constants_must_be_usable_in_float32(tmp_path: Path, field: str, value: float,
-                                                            expected: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("models.input.std.0", 1.0e-300, "is 0 there"),  # valid as a float64, 0 in float32: every logit NaN
+        ("models.input.std.1", 1e-7, "1e-06"),
+        ("models.input.std.2", 1e39, "inf"),
+        ("models.input.mean.0", 1e39, "inf"),
+        ("models.input.mean.1", -2e6, "±1e+06"),
+    ],
+)
+def test_normalisation_constants_must_be_usable_in_float32(
+    tmp_path: Path, field: str, value: float, expected: str
+) -> None:
     data = example_dict()
     set_at(data, field, value)
     error = load_error(write(tmp_path, data))
@@ -378,7 +408,7 @@ def test_policy_without_a_file_resolves_against_the_working_folder(tmp_path: Pat
 
 def test_policy_is_immutable(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, EXAMPLE))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         policy.name = "other"  # type: ignore[misc]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunegate.cli import main
-from prunegate.plan import Task
+from prunegate.plan import Task, TaskKind
 from prunegate.potential import Member, analyse, plot_png, prune_potential
 
 
@@ -22,12 +22,17 @@ def test_potential_is_the_largest_qualifying_ratio_even_past_a_failing_one() -> 
 
 
 def test_groups_average_severities_and_excess_error_is_relative_to_dense() -> None:
-    tasks = [Task("clean", "clean", "test"), Task("noise/uniform/0.1", "noise", "test", "uniform", 0.1),
-             Task("noise/uniform/0.2", "noise", "test", "uniform", 0.2),
-             Task("corruption/fog/1", "corruption", "test", "fog", 1)]
+    tasks = [
+        Task("clean", TaskKind.CLEAN, "test"),
+        Task("noise/uniform/0.1", TaskKind.NOISE, "test", "uniform", level=0.1),
+        Task("noise/uniform/0.2", TaskKind.NOISE, "test", "uniform", level=0.2),
+        Task("corruption/fog/1", TaskKind.CORRUPTION, "test", "fog", severity=1),
+    ]
     dense = {"clean": 0.10, "noise/uniform/0.1": 0.20, "noise/uniform/0.2": 0.30, "corruption/fog/1": 0.25}
-    members = [{"clean": 0.10, "noise/uniform/0.1": 0.22, "noise/uniform/0.2": 0.34, "corruption/fog/1": 0.25},
-               {"clean": 0.12, "noise/uniform/0.1": 0.40, "noise/uniform/0.2": 0.50, "corruption/fog/1": 0.27}]
+    members = [
+        {"clean": 0.10, "noise/uniform/0.1": 0.22, "noise/uniform/0.2": 0.34, "corruption/fog/1": 0.25},
+        {"clean": 0.12, "noise/uniform/0.1": 0.40, "noise/uniform/0.2": 0.50, "corruption/fog/1": 0.27},
+    ]
     family = [Member("a", "x", 100, 60), Member("b", "y", 100, 20)]
     result = analyse(tasks, dense, members, family, delta=0.005)
     groups = {g["name"]: g for g in result["groups"]}
@@ -35,7 +40,9 @@ def test_groups_average_severities_and_excess_error_is_relative_to_dense() -> No
     assert groups["clean"]["potential"] == pytest.approx(0.4)  # 0.8 is 2 pp worse on clean
     assert groups["noise/uniform"]["dense_error"] == pytest.approx(0.25)
     assert groups["noise/uniform"]["potential"] == 0.0  # +3 pp already at 40 %
-    assert groups["noise/uniform"]["excess_error"] == pytest.approx([0.03, 0.18])  # (0.28-0.10)-(0.25-0.10); (0.45-0.12)-0.15
+    assert groups["noise/uniform"]["excess_error"] == pytest.approx(
+        [0.03, 0.18]
+    )  # (0.28-0.10)-(0.25-0.10); (0.45-0.12)-0.15
     assert groups["fog"]["potential"] == pytest.approx(0.4)
     assert [m["prune_ratio"] for m in result["members"]] == pytest.approx([0.4, 0.8])
     assert plot_png(result, "t").startswith(b"\x89PNG")
@@ -52,8 +59,22 @@ def test_potential_cli_evaluates_a_family_once(tmp_path: Path, gate_case, capsys
         _save_torchscript(global_magnitude_prune(_colour_net(), ratio), path)
         members.append(path)
     out, plot = tmp_path / "potential.json", tmp_path / "potential.png"
-    code = main(["potential", "--policy", str(policy), "--pruned", str(members[0]), str(members[1]),
-                 "--out", str(out), "--plot", str(plot), "--delta", "0.01"])
+    code = main(
+        [
+            "potential",
+            "--policy",
+            str(policy),
+            "--pruned",
+            str(members[0]),
+            str(members[1]),
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+            "--delta",
+            "0.01",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     assert [Path(m["path"]).name for m in result["members"]] == ["m0.3.pt", "m0.9.pt"]
@@ -78,12 +99,42 @@ def test_prune_cli_writes_a_family(tmp_path: Path, capsys) -> None:
     arch = tmp_path / "arch.py"
     arch.write_text("from tests.conftest import TinyNet\n\ndef build():\n    return TinyNet(3, 8)\n")
     out = tmp_path / "family"
-    code = main(["prune", "--model", str(state), "--arch", f"{arch}:build", "--method", "ft", "--ratios", "0.25,0.5",
-                 "--input-size", "8", "--out", str(out)])
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(state),
+            "--arch",
+            f"{arch}:build",
+            "--method",
+            "ft",
+            "--ratios",
+            "0.25,0.5",
+            "--input-size",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["ft-25.onnx", "ft-25.pt", "ft-50.onnx", "ft-50.pt"]
-    code = main(["prune", "--model", str(state), "--arch", f"{arch}:build", "--ratios", "0.25",
-                 "--input-size", "8", "--out", str(out), "--method", "ft"])
+    code = main(
+        [
+            "prune",
+            "--model",
+            str(state),
+            "--arch",
+            f"{arch}:build",
+            "--ratios",
+            "0.25",
+            "--input-size",
+            "8",
+            "--out",
+            str(out),
+            "--method",
+            "ft",
+        ]
+    )
     assert code == 2 and "already exists" in capsys.readouterr().err
     code = main(["prune", "--model", str(state), "--ratios", "1.5", "--input-size", "8", "--out", str(out)])
     assert code == 2 and "--ratios" in capsys.readouterr().err

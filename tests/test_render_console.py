@@ -22,18 +22,39 @@ NOT_SGR = re.compile(r"\x1b(?!\[[0-9;]*m)")  # any escape but the colours rich i
 def hostile_report(sample_report):
     """The sample report with HOSTILE in every name the console shows."""
     report = sample_report(failing=True, corruptions=("fog",))
-    rules = [r.model_copy(update={"name": f"{HOSTILE}{i}", "per_task": [
-        t.model_copy(update={"task": f"{t.task}{HOSTILE}"}) for t in r.per_task]}) for i, r in enumerate(report.rules)]
+    rules = [
+        r.model_copy(
+            update={
+                "name": f"{HOSTILE}{i}",
+                "per_task": [t.model_copy(update={"task": f"{t.task}{HOSTILE}"}) for t in r.per_task],
+            }
+        )
+        for i, r in enumerate(report.rules)
+    ]
     tasks = [t.model_copy(update={"name": f"{t.name}{HOSTILE}"}) for t in report.tasks]
-    models = report.models.model_copy(update={
-        role: getattr(report.models, role).model_copy(update={"path": f"/x/{HOSTILE}.onnx", "provider": HOSTILE,
-                                                              "format": HOSTILE, "device": HOSTILE})
-        for role in ("dense", "pruned")})
-    summary = report.corruption_summary.model_copy(update={"per_corruption": [
-        c.model_copy(update={"name": HOSTILE}) for c in report.corruption_summary.per_corruption]})
-    return report.model_copy(update={
-        "rules": rules, "tasks": tasks, "models": models, "corruption_summary": summary,
-        "tool": {"version": HOSTILE}, "policy": report.policy.model_copy(update={"name": HOSTILE})})
+    models = report.models.model_copy(
+        update={
+            role: getattr(report.models, role).model_copy(
+                update={"path": f"/x/{HOSTILE}.onnx", "provider": HOSTILE, "format": HOSTILE, "device": HOSTILE}
+            )
+            for role in ("dense", "pruned")
+        }
+    )
+    summary = report.corruption_summary.model_copy(
+        update={
+            "per_corruption": [c.model_copy(update={"name": HOSTILE}) for c in report.corruption_summary.per_corruption]
+        }
+    )
+    return report.model_copy(
+        update={
+            "rules": rules,
+            "tasks": tasks,
+            "models": models,
+            "corruption_summary": summary,
+            "tool": {"version": HOSTILE},
+            "policy": report.policy.model_copy(update={"name": HOSTILE}),
+        }
+    )
 
 
 def _assert_literal(text: str, expected_count: int) -> None:
@@ -60,13 +81,19 @@ def test_every_name_from_the_report_is_shown_literally(sample_report, color: boo
 def test_the_cli_printing_a_rendering_does_not_read_it_as_markup(sample_report, color: bool) -> None:
     """gating and `report show` hand the rendering to a rich console's print: it must come out as
     it went in (markup in a name, shown literally in the rendering, must not become a style)."""
-    from prunegate.cli.common import _SafeConsole
+    from prunegate.cli.common import SafeConsole
 
     rendered = console.render(hostile_report(sample_report), color=color, width=400)
     assert isinstance(rendered, console.Rendered) and isinstance(rendered, str)
     buffer = io.StringIO()
-    out = _SafeConsole(file=buffer, force_terminal=color, color_system="standard" if color else None,
-                       highlight=False, soft_wrap=True, width=400)
+    out = SafeConsole(
+        file=buffer,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        highlight=False,
+        soft_wrap=True,
+        width=400,
+    )
     out.print(rendered, end="")
     assert buffer.getvalue() == rendered
 
@@ -88,8 +115,11 @@ def test_plain_names_are_unchanged(sample_report) -> None:
 
 
 def test_prune_potential_group_names_are_shown_literally() -> None:
-    result = {"delta": 0.005, "members": [{"prune_ratio": 0.5}],
-              "groups": [{"name": HOSTILE, "dense_error": 0.1, "errors": [0.12], "potential": 0.5}]}
+    result = {
+        "delta": 0.005,
+        "members": [{"prune_ratio": 0.5}],
+        "groups": [{"name": HOSTILE, "dense_error": 0.1, "errors": [0.12], "potential": 0.5}],
+    }
     for color in (False, True):
         text = console.render_potential(result, color=color, width=200)
         _assert_literal(text, 1)

@@ -2,25 +2,71 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import pkgutil
+from pathlib import Path
 
 import pytest
 
 import prunegate.report.render as render_package
-from prunegate.report.render import FORMATS, renderer
+from prunegate.cli import main
+from prunegate.report.render import FORMATS, RENDERERS, Format, Renderer, RenderOptions, renderer
+from prunegate.report.schema import Report
 
 
 def test_every_renderer_module_is_a_listed_format() -> None:
     modules = {m.name for m in pkgutil.iter_modules(render_package.__path__) if not m.name.startswith("_")}
-    assert modules - {"common", "plots"} == set(FORMATS)
+    assert modules - {"common", "interface", "plots"} == set(FORMATS)
+
+
+def test_every_format_has_a_renderer() -> None:
+    assert set(RENDERERS) == set(Format) and FORMATS == tuple(f.value for f in Format)
+    for fmt in Format:
+        found = renderer(fmt.value)
+        assert isinstance(found, Renderer) and found.name is fmt
+        assert type(renderer(fmt)) is type(found)  # the enum member is a name as well
 
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_each_format_renders_a_string(sample_report, name) -> None:
-    text = renderer(name).render(sample_report(corruptions=()))
+    text = renderer(name).format(sample_report(corruptions=()), RenderOptions())
     assert isinstance(text, str) and "sample" in text and "noise agreement" in text
 
 
+@pytest.mark.parametrize("name", FORMATS)
+def test_the_interface_renders_as_the_module_does(sample_report, name) -> None:
+    import importlib
+
+    report = sample_report()
+    module = importlib.import_module(f"prunegate.report.render.{name}")
+    options = RenderOptions(color=True, width=150, signature="signed by key 0123456789abcdef")
+    expected = {
+        "console": lambda: module.render(report, color=True, width=150),
+        "html": lambda: module.render(report, signature="signed by key 0123456789abcdef"),
+    }
+    assert renderer(name).format(report, options) == expected.get(name, lambda: module.render(report))()
+
+
+def test_verdict_only_is_the_verdict_line(sample_report) -> None:
+    text = renderer("console").format(sample_report(failing=True), RenderOptions(verdict_only=True, width=20))
+    assert text.count("\n") == 1 and text.startswith("FAIL: ") and "rules failed" in text  # one line, however narrow
+
+
+def test_each_format_renders_the_report_of_a_real_check(tmp_path: Path, gate_case, capsys) -> None:
+    rules = [
+        {"name": "clean drop", "tasks": "clean", "metric": "accuracy_drop", "max": 0.01},
+        {"name": "noise agreement", "tasks": "noise/*", "metric": "agreement", "min": 0.5},
+    ]
+    policy = gate_case("same", rules=rules, suite={"noise": [{"kind": "gaussian", "levels": [0.1]}]})
+    path = tmp_path / "report.json"
+    assert main(["check", "-p", str(policy), "-o", str(path), "--quiet"]) == 0, capsys.readouterr().err
+    report = Report.model_validate(json.loads(base64.b64decode(json.loads(path.read_text())["payload"]))["predicate"])
+    for name in FORMATS:
+        text = renderer(name).format(report, RenderOptions())
+        assert isinstance(text, str) and "tiny" in text and "noise agreement" in text, name
+
+
 def test_unknown_format() -> None:
-    with pytest.raises(ValueError, match="unknown report format"):
+    with pytest.raises(ValueError, match="unknown report format 'pdf'; known: console, html, markdown, junit"):
         renderer("pdf")

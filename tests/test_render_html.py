@@ -16,8 +16,11 @@ def failing_page() -> str:
 
     report = _sample_report(failing=True)
     key = ("noise/uniform/0.3", 0, 0)
-    gallery = Gallery(images={key: png(np.full((8, 8, 3), 200, np.uint8))},
-                      originals={("test", 0): png(np.zeros((8, 8, 3), np.uint8))}, notes=["one note"])
+    gallery = Gallery(
+        images={key: png(np.full((8, 8, 3), 200, np.uint8))},
+        originals={("test", 0): png(np.zeros((8, 8, 3), np.uint8))},
+        notes=["one note"],
+    )
     return html.render(report, gallery=gallery, signature="signed by key 0123456789abcdef")
 
 

@@ -52,15 +52,36 @@ class DevTools:
             os.dup2(read_end, 3)
             os.dup2(write_end, 4)
 
-        args = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                f"--user-data-dir={profile}", "--no-first-run", "--no-default-browser-check",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-                # networking off: no proxy reachable, no name resolves (the page is also offline below)
-                "--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND",
-                f"--window-size={SCREEN['width']},{SCREEN['height']}", "about:blank"]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, close_fds=False, preexec_fn=wire)
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--disable-default-apps",
+            "--mute-audio",
+            "--hide-scrollbars",
+            # networking off: no proxy reachable, no name resolves (the page is also offline below)
+            "--proxy-server=http://127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--window-size={SCREEN['width']},{SCREEN['height']}",
+            "about:blank",
+        ]
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=False,
+            preexec_fn=wire,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
@@ -103,11 +124,17 @@ class DevTools:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.call(f"{domain}.enable", session=session)
-        self.call("Network.emulateNetworkConditions", {"offline": True, "latency": 0, "downloadThroughput": -1,
-                                                       "uploadThroughput": -1}, session=session)
+        self.call(
+            "Network.emulateNetworkConditions",
+            {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+            session=session,
+        )
         if screen:
-            self.call("Emulation.setDeviceMetricsOverride", {**screen, "deviceScaleFactor": 1, "mobile": False},
-                      session=session)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {**screen, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
         self.call("Page.navigate", {"url": page.as_uri()}, session=session)
         self.wait_for("Page.loadEventFired")
         return session
@@ -156,16 +183,19 @@ def browser_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
     report = _sample_report(failing=True)
     thumbnail = png(np.full((8, 8, 3), 180, np.uint8))
-    gallery = Gallery(images={("noise/uniform/0.3", 0, 0): thumbnail, ("noise/uniform/0.3", 4, 0): thumbnail},
-                      originals={("test", 0): thumbnail})
+    gallery = Gallery(
+        images={("noise/uniform/0.3", 0, 0): thumbnail, ("noise/uniform/0.3", 4, 0): thumbnail},
+        originals={("test", 0): thumbnail},
+    )
     page = folder / "report.html"
     page.write_text(html.render(report, gallery=gallery), encoding="utf-8")
 
     tools = DevTools(binary, folder / "profile")
     try:
         session = tools.open_offline(page, SCREEN)
-        layout = tools.call("Runtime.evaluate", {"expression": LAYOUT_SCRIPT, "returnByValue": True},
-                            session=session)["result"]["value"]
+        layout = tools.call("Runtime.evaluate", {"expression": LAYOUT_SCRIPT, "returnByValue": True}, session=session)[
+            "result"
+        ]["value"]
         screenshot = base64.b64decode(tools.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
         pdf = base64.b64decode(tools.call("Page.printToPDF", {"printBackground": True}, session=session)["data"])
         time.sleep(0.2)  # let late log events arrive
@@ -174,16 +204,25 @@ def browser_run(tmp_path_factory):
         tools.close()
     (folder / "screen.png").write_bytes(screenshot)
     (folder / "print.pdf").write_bytes(pdf)
-    return {"report": report, "events": tools.events, "layout": json.loads(layout), "screenshot": screenshot,
-            "pdf": pdf, "folder": folder}
+    return {
+        "report": report,
+        "events": tools.events,
+        "layout": json.loads(layout),
+        "screenshot": screenshot,
+        "pdf": pdf,
+        "folder": folder,
+    }
 
 
 LAYOUT_SCRIPT = """JSON.stringify({
   banner: (() => { const b = document.querySelector('#verdict'); const r = b.getBoundingClientRect();
-                   return {top: r.top, bottom: r.bottom, text: b.innerText, colour: getComputedStyle(b).backgroundColor}; })(),
+                   return {top: r.top, bottom: r.bottom, text: b.innerText,
+                           colour: getComputedStyle(b).backgroundColor}; })(),
   cards: [...document.querySelectorAll('#failed-rules article')].map(a => {
-            const r = a.getBoundingClientRect(); return {rule: a.dataset.rule, top: r.top, bottom: r.bottom, left: r.left}; }),
-  images: [...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0, width: i.getBoundingClientRect().width})),
+            const r = a.getBoundingClientRect();
+            return {rule: a.dataset.rule, top: r.top, bottom: r.bottom, left: r.left}; }),
+  images: [...document.images].map(i => ({ok: i.complete && i.naturalWidth > 0,
+                                          width: i.getBoundingClientRect().width})),
   viewport: {width: innerWidth, height: innerHeight},
   overflow: document.documentElement.scrollWidth > innerWidth,
   scrolling: [...document.querySelectorAll('.scroll')].filter(e => e.scrollWidth > e.clientWidth).length,
@@ -195,9 +234,13 @@ def test_no_network_requests_and_no_errors(browser_run) -> None:
     requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
     assert requests and all(url.startswith(("file:", "data:")) for url in requests), requests
     assert not [e for e in events if e.get("method") == "Network.loadingFailed"]
-    errors = [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"
-              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    errors = [
+        e["params"]
+        for e in events
+        if e.get("method") == "Runtime.exceptionThrown"
+        or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+    ]
     assert errors == []
 
 
@@ -221,12 +264,15 @@ def test_verdict_and_failed_rules_on_the_first_screen(browser_run) -> None:
     assert picture.shape == (SCREEN["height"], SCREEN["width"], 3)
     red = np.all(picture == (207, 34, 46), axis=-1)
     assert red[: int(banner["bottom"])].mean() > 0.5  # the banner is drawn, in the verdict's colour
-    assert red[int(banner["bottom"]) + 5:].mean() < 0.05
+    assert red[int(banner["bottom"]) + 5 :].mean() < 0.05
     for card in layout["cards"]:  # each failed rule's card has its coloured left edge on screen
         top, left = int(card["top"]), int(card["left"])
-        edge = picture[top + 5: min(SCREEN["height"], top + 40), left + 1: left + 5]
-        assert edge.size and (np.abs(edge.astype(int) - (207, 34, 46)).sum(-1) < 60).mean() > 0.8 \
-            or (np.abs(edge.astype(int) - (154, 103, 0)).sum(-1) < 60).mean() > 0.8  # fail red / undecided amber
+        edge = picture[top + 5 : min(SCREEN["height"], top + 40), left + 1 : left + 5]
+        assert (
+            edge.size
+            and (np.abs(edge.astype(int) - (207, 34, 46)).sum(-1) < 60).mean() > 0.8
+            or (np.abs(edge.astype(int) - (154, 103, 0)).sum(-1) < 60).mean() > 0.8
+        )  # fail red / undecided amber
 
 
 def test_it_prints(browser_run) -> None:

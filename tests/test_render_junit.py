@@ -71,7 +71,7 @@ def test_per_task_results_are_properties(sample_report, schema) -> None:
 
 def test_names_with_markup_and_control_characters_stay_valid_xml(sample_report, schema) -> None:
     report = sample_report(failing=True)
-    rules = [r.model_copy(update={"name": f"<b>&\"{r.name}\"\x07"}) for r in report.rules]
+    rules = [r.model_copy(update={"name": f'<b>&"{r.name}"\x07'}) for r in report.rules]
     report = report.model_copy(update={"rules": rules, "policy": report.policy.model_copy(update={"name": "a<b>\x01"})})
     root = parse_valid(junit.render(report), schema)
     # control characters are escaped, visibly (the XML may be printed to a terminal), never raw

@@ -15,7 +15,8 @@ def gfm(text: str) -> str:
 def table_rows(html: str, index: int = 0) -> list[list[str]]:
     tables = re.findall(r"<table>(.*?)</table>", html, re.S)
     rows = re.findall(r"<tr>(.*?)</tr>", tables[index], re.S)
-    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, re.S)] for row in rows]
+    cells = r"<t[hd][^>]*>(.*?)</t[hd]>"
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(cells, row, re.S)] for row in rows]
 
 
 def test_failing_report_verdict_first_then_failed_rules(sample_report) -> None:
@@ -83,7 +84,8 @@ def test_control_characters_in_names_are_escaped_not_printed(sample_report) -> N
     """`prunegate report markdown` prints to the terminal: a report's names must not drive it."""
     report = sample_report(failing=True)
     rules = [r.model_copy(update={"name": f"{r.name}\x1b[2J\u202e\x9b"}) for r in report.rules]
-    report = report.model_copy(update={"rules": rules, "policy": report.policy.model_copy(update={"name": "p\x1b]0;t\x07"})})
+    policy = report.policy.model_copy(update={"name": "p\x1b]0;t\x07"})
+    report = report.model_copy(update={"rules": rules, "policy": policy})
     text = markdown.render(report)
     assert not any(c in text for c in "\x1b\u202e\x9b\x07")
     assert "noise agreement\\\\x1b\\[2J\\\\u202e\\\\x9b" in text  # markdown-escaped, so GFM shows \x1b[2J...

@@ -20,8 +20,16 @@ from prunegate.report.schema import PREDICATE_TYPE, Report
 
 
 def model_record(name: str, digest: str) -> dict:
-    return {"path": f"/models/{name}", "sha256": digest, "format": "onnx", "parameters": 10,
-            "nonzero_parameters": 4, "sparsity": 0.6, "backend": "onnxruntime", "device": "cpu"}
+    return {
+        "path": f"/models/{name}",
+        "sha256": digest,
+        "format": "onnx",
+        "parameters": 10,
+        "nonzero_parameters": 4,
+        "sparsity": 0.6,
+        "backend": "onnxruntime",
+        "device": "cpu",
+    }
 
 
 def sample_report() -> Report:
@@ -34,13 +42,41 @@ def sample_report() -> Report:
         data=[{"name": "test", "format": "npz", "path": "/t.npz", "size": 2, "used": 2, "sha256": "f" * 64}],
         seed=0,
         options={"device": "cpu"},
-        tasks=[{"name": "clean", "kind": "clean", "group": "clean", "n": 2, "dense": side, "pruned": side,
-                "accuracy_drop": 0.0, "agreement": 1.0, "softmax_l2": 0.0, "softmax_linf": 0.0}],
-        rules=[{"name": "r", "metric": "accuracy_drop", "tasks": ["clean"], "aggregate": "each", "comparison": "max",
-                "threshold": 0.01, "value": 0.0, "passed": True,
-                "per_task": [{"task": "clean", "value": 0.0, "passed": True}]}],
+        tasks=[
+            {
+                "name": "clean",
+                "kind": "clean",
+                "group": "clean",
+                "n": 2,
+                "dense": side,
+                "pruned": side,
+                "accuracy_drop": 0.0,
+                "agreement": 1.0,
+                "softmax_l2": 0.0,
+                "softmax_linf": 0.0,
+            }
+        ],
+        rules=[
+            {
+                "name": "r",
+                "metric": "accuracy_drop",
+                "tasks": ["clean"],
+                "aggregate": "each",
+                "comparison": "max",
+                "threshold": 0.01,
+                "value": 0.0,
+                "passed": True,
+                "per_task": [{"task": "clean", "value": 0.0, "passed": True}],
+            }
+        ],
         environment={"python": "3"},
-        timing={"started": "2026-01-01T00:00:00+00:00", "duration_s": 1.0, "data_s": 0.1, "shift_s": 0.0, "models_s": 0.2},
+        timing={
+            "started": "2026-01-01T00:00:00+00:00",
+            "duration_s": 1.0,
+            "data_s": 0.1,
+            "shift_s": 0.0,
+            "models_s": 0.2,
+        },
     )
 
 
@@ -107,10 +143,21 @@ def encoded(obj) -> str:
         ('{"payloadType": "x", "payload": 5, "signatures": []}', "payload must be a string"),
         ('{"payloadType": "x", "payload": "", "signatures": {}}', "signatures a list"),
         ('{"payloadType": "x", "payload": "***", "signatures": []}', "base64"),
-        (json.dumps({"payloadType": "x", "payload": base64.b64encode(b"not json").decode(), "signatures": []}), "base64"),
+        (
+            json.dumps({"payloadType": "x", "payload": base64.b64encode(b"not json").decode(), "signatures": []}),
+            "base64",
+        ),
         (json.dumps({"payloadType": "x", "payload": encoded([1]), "signatures": []}), "not a prunegate statement"),
-        (json.dumps({"payloadType": "x", "payload": encoded({"predicateType": "https://slsa.dev/provenance/v1"}),
-                     "signatures": []}), "not a prunegate statement"),
+        (
+            json.dumps(
+                {
+                    "payloadType": "x",
+                    "payload": encoded({"predicateType": "https://slsa.dev/provenance/v1"}),
+                    "signatures": [],
+                }
+            ),
+            "not a prunegate statement",
+        ),
     ],
 )
 def test_malformed_reports_are_report_errors_naming_the_file(text: str, expected: str) -> None:
@@ -131,8 +178,17 @@ def _statement_json() -> str:
     [
         ('{"payloadType": "x", "payload": "e30=", "payload": "e30=", "signatures": []}', "the envelope", "payload"),
         ('{"payloadType": "x", "payload": "", "signatures": [{"sig": "a", "sig": "b"}]}', "the envelope", "sig"),
-        (json.dumps({"payloadType": "x", "signatures": [], "payload": base64.b64encode(
-            b'{"predicateType": "a", "predicateType": "b"}').decode()}), "the payload", "predicateType"),
+        (
+            json.dumps(
+                {
+                    "payloadType": "x",
+                    "signatures": [],
+                    "payload": base64.b64encode(b'{"predicateType": "a", "predicateType": "b"}').decode(),
+                }
+            ),
+            "the payload",
+            "predicateType",
+        ),
     ],
 )
 def test_duplicate_keys_in_the_envelope_or_its_payload_are_report_errors(text: str, where: str, key: str) -> None:
@@ -151,7 +207,8 @@ def test_a_forged_payload_before_the_genuine_one_is_refused() -> None:
     forged = json.loads(_statement_json())
     forged["predicate"]["verdict"] = "fail"
     text = envelope_json(genuine).replace(
-        '"payload": ', f'"payload": "{base64.b64encode(json.dumps(forged).encode()).decode()}",\n  "payload": ', 1)
+        '"payload": ', f'"payload": "{base64.b64encode(json.dumps(forged).encode()).decode()}",\n  "payload": ', 1
+    )
     assert json.loads(text)["payload"] == genuine["payload"]  # (Python's json keeps the last: the genuine one)
     with pytest.raises(ReportError, match="the envelope repeats the key 'payload'"):
         read_envelope(text, "report.json")

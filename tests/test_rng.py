@@ -13,8 +13,13 @@ P_MIN = 1e-3  # goodness-of-fit tests with a fixed key: fail only on a real mism
 
 def draws(rng: SampleRNG) -> list[torch.Tensor]:
     """One of each kind of draw, in a fixed sequence of calls (as a shift would make them)."""
-    return [rng.bits(4), rng.uniform(2, 3), rng.normal(5), rng.randint(2, 9, 6),
-            rng.poisson(torch.tensor([[0.5, 4.0, 25.0, 300.0]]).expand(rng.n, 4))]
+    return [
+        rng.bits(4),
+        rng.uniform(2, 3),
+        rng.normal(5),
+        rng.randint(2, 9, 6),
+        rng.poisson(torch.tensor([[0.5, 4.0, 25.0, 300.0]]).expand(rng.n, 4)),
+    ]
 
 
 def test_a_samples_draws_do_not_depend_on_its_batch() -> None:

@@ -73,9 +73,13 @@ def probed(tmp_path_factory) -> tuple[dict, Path]:
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     try:
-        done = subprocess.run([sys.executable, "-c", PROBE, str(folder / "key.pem"), str(folder),
-                               str(listener.getsockname()[1])], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, str(folder / "key.pem"), str(folder), str(listener.getsockname()[1])],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
     finally:
         listener.close()
     assert done.returncode == 0, done.stderr

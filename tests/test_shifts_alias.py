@@ -25,8 +25,9 @@ def implied_pmf(table: AliasTable, row: int) -> dict[int, float]:
     return law
 
 
-@pytest.mark.parametrize("photons", sorted({get_preset(p).param("shot_noise", s)
-                                            for p in ("cifar10-c", "imagenet-c") for s in range(1, 6)}))
+@pytest.mark.parametrize(
+    "photons", sorted({get_preset(p).param("shot_noise", s) for p in ("cifar10-c", "imagenet-c") for s in range(1, 6)})
+)
 def test_level_tables_hold_the_poisson_law(photons: float) -> None:
     table = poisson_levels_table(float(photons), CPU)
     for level in (0, 1, 9, 100, 200, 255):

@@ -64,7 +64,9 @@ def reference_disk(radius: float, alias_blur: float) -> np.ndarray:
     return disk.astype(np.float64)
 
 
-@pytest.mark.parametrize(("preset", "severity"), [("cifar10-c", 3), ("cifar10-c", 5), ("imagenet-c", 1), ("imagenet-c", 5)])
+@pytest.mark.parametrize(
+    ("preset", "severity"), [("cifar10-c", 3), ("cifar10-c", 5), ("imagenet-c", 1), ("imagenet-c", 5)]
+)
 def test_defocus_blur_is_a_disc_filter(preset: str, severity: int) -> None:
     x = images(size=32)
     radius, alias = get_preset(preset).param("defocus_blur", severity)

@@ -92,7 +92,9 @@ def test_elastic_and_spatter_constants() -> None:
     assert [p.mud for p in get_preset("cifar10-c").table["spatter"]] == [0, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize(("start", "stop", "step"), [(1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.26, 0.02), (1, 1.31, 0.03)])
+@pytest.mark.parametrize(
+    ("start", "stop", "step"), [(1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.26, 0.02), (1, 1.31, 0.03)]
+)
 def test_zoom_factors_are_numpy_arange(start: float, stop: float, step: float) -> None:
     assert np_arange(start, stop, step) == tuple(np.arange(start, stop, step).tolist())
 
@@ -131,8 +133,16 @@ def test_contract(preset: str, name: str) -> None:
         parts = torch.cat([run(x[:2], name, severity, preset, ids[:2]), run(x[2:], name, severity, preset, ids[2:])])
         assert torch.equal(parts, y), "depends on how the batch is split"
         assert torch.equal(run(other, name, severity, preset, ids)[1:], y[1:]), "depends on a neighbour"
-        if name not in ("brightness", "contrast", "pixelate", "jpeg_compression", "saturate", "defocus_blur",
-                        "gaussian_blur", "zoom_blur"):  # the deterministic ones
+        if name not in (
+            "brightness",
+            "contrast",
+            "pixelate",
+            "jpeg_compression",
+            "saturate",
+            "defocus_blur",
+            "gaussian_blur",
+            "zoom_blur",
+        ):  # the deterministic ones
             assert not torch.equal(run(x, name, severity, preset, ids + 50), y), "ignores the sample ids"
 
 

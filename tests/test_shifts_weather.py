@@ -10,8 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from prunegate.shifts import SampleRNG, corrupt, get_preset
-from prunegate.shifts import textures
+from prunegate.shifts import NO_ASSETS, SampleRNG, ShiftAssets, corrupt, get_preset, textures
 from prunegate.shifts._cv import canny, chamfer_distance, equalize_hist
 
 KEY = 5
@@ -228,37 +227,38 @@ def test_user_texture_folder(tmp_path: Path) -> None:
 
     for i, colour in enumerate([(200, 210, 220), (90, 120, 140)]):
         Image.new("RGB", (60 + 10 * i, 50), colour).save(tmp_path / f"t{i}.png")
-    textures.use_frost_textures(tmp_path)
-    try:
-        x = images(n=4, size=32)
-        y = corrupt(x, "frost", 1, SampleRNG(KEY, torch.arange(4)), "imagenet-c")
-        weight, frost_weight, _ = get_preset("imagenet-c").param("frost", 1)
-        overlay = (torch.round(y * 255) - weight * torch.round(x * 255)) / frost_weight
-        per_sample = overlay.mean(dim=(2, 3))
-        assert all(
-            min(float((p - torch.tensor(c)).abs().max()) for c in [(200, 210, 220), (90, 120, 140)]) < 3 / frost_weight
-            for p in per_sample
-            if float(y.max()) < 1.0
-        )
-    finally:
-        textures.use_frost_textures(None)
+    assets = ShiftAssets(frost_textures=textures.load_texture_folder(tmp_path))
+    x = images(n=4, size=32)
+    y = corrupt(x, "frost", 1, SampleRNG(KEY, torch.arange(4)), "imagenet-c", assets=assets)
+    weight, frost_weight, _ = get_preset("imagenet-c").param("frost", 1)
+    overlay = (torch.round(y * 255) - weight * torch.round(x * 255)) / frost_weight
+    per_sample = overlay.mean(dim=(2, 3))
+    assert all(
+        min(float((p - torch.tensor(c)).abs().max()) for c in [(200, 210, 220), (90, 120, 140)]) < 3 / frost_weight
+        for p in per_sample
+        if float(y.max()) < 1.0
+    )
 
 
-def test_frost_textures_in_use_restores_what_was_there(tmp_path: Path) -> None:
+def test_frost_assets_reach_only_the_call_that_passes_them(tmp_path: Path) -> None:
     from PIL import Image
 
     Image.new("RGB", (240, 240), (10, 20, 30)).save(tmp_path / "dark.png")
-    photos = textures.load_texture_folder(tmp_path).photos
+    assets = ShiftAssets(frost_textures=textures.load_texture_folder(tmp_path))
     x = images(n=2, size=32)
     ids = torch.arange(2)
     procedural = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
-    with textures.frost_textures_in_use(photos):
-        dark = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c")
-        with textures.frost_textures_in_use(None):  # None: procedural, whatever was set outside
-            assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), procedural)
-        assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), dark)
+    dark = corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c", assets=assets)
+    # interleaved: nothing of one call's assets lingers for the next
+    assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c", assets=NO_ASSETS), procedural)
+    assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c", assets=assets), dark)
     assert torch.equal(corrupt(x, "frost", 2, SampleRNG(KEY, ids), "imagenet-c"), procedural)
     assert float(dark.mean()) < float(procedural.mean())  # a dark photograph darkens the overlay
+    # a shift that takes no assets is called without them
+    assert torch.equal(
+        corrupt(x, "fog", 2, SampleRNG(KEY, ids), "imagenet-c", assets=assets),
+        corrupt(x, "fog", 2, SampleRNG(KEY, ids), "imagenet-c"),
+    )
 
 
 def test_texture_folder_errors_name_the_file_and_field(tmp_path: Path) -> None:
@@ -277,8 +277,8 @@ def test_tiny_photographs_are_stretched_not_fatal(tmp_path: Path) -> None:
 
     Image.new("RGB", (2, 2), (250, 250, 250)).save(tmp_path / "speck.png")
     x = images(n=2, size=32)
-    with textures.frost_textures_in_use(textures.load_texture_folder(tmp_path).photos):
-        y = corrupt(x, "frost", 1, SampleRNG(KEY, torch.arange(2)), "cifar10-c")
+    assets = ShiftAssets(frost_textures=textures.load_texture_folder(tmp_path))
+    y = corrupt(x, "frost", 1, SampleRNG(KEY, torch.arange(2)), "cifar10-c", assets=assets)
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
@@ -291,7 +291,13 @@ def test_texture_record_digests_the_bytes_read(tmp_path: Path) -> None:
     Image.new("RGB", (30, 40), (4, 5, 6)).save(tmp_path / "a.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
     folder = textures.load_texture_folder(tmp_path)
-    lines = "".join(f"{name} {hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}\n" for name in ("a.jpg", "b.png"))
-    assert folder.record == {"format": "frost-textures", "path": str(tmp_path), "size": 2, "used": 2,
-                             "sha256": hashlib.sha256(lines.encode()).hexdigest()}
+    digests = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in ("a.jpg", "b.png")}
+    lines = "".join(f"{name} {digest}\n" for name, digest in digests.items())
+    assert folder.record == {
+        "format": "frost-textures",
+        "path": str(tmp_path),
+        "size": 2,
+        "used": 2,
+        "sha256": hashlib.sha256(lines.encode()).hexdigest(),
+    }
     assert [tuple(p.shape) for p in folder.photos] == [(3, 40, 30), (3, 30, 40)]  # each at its own size

@@ -51,8 +51,18 @@ runtime: {workers: 0}
 """)
     assert main(["keygen", "--out", str(folder / "key")]) == 0
     assert main(["keygen", "--out", str(folder / "other")]) == 0
-    code = main(["check", "-p", str(folder / "policy.yaml"), "--key", str(folder / "key.pem"),
-                 "-o", str(folder / "report.json"), "-q"])
+    code = main(
+        [
+            "check",
+            "-p",
+            str(folder / "policy.yaml"),
+            "--key",
+            str(folder / "key.pem"),
+            "-o",
+            str(folder / "report.json"),
+            "-q",
+        ]
+    )
     assert code == 0
     return folder
 
@@ -64,8 +74,16 @@ def _verify(folder, report_text: str, *extra: str, key: str = "key.pub") -> int:
 
 
 def _pae(payload_type: str, payload: bytes) -> bytes:
-    return b"DSSEv1 " + str(len(payload_type)).encode() + b" " + payload_type.encode() + b" " + \
-        str(len(payload)).encode() + b" " + payload
+    return (
+        b"DSSEv1 "
+        + str(len(payload_type)).encode()
+        + b" "
+        + payload_type.encode()
+        + b" "
+        + str(len(payload)).encode()
+        + b" "
+        + payload
+    )
 
 
 def test_key_files(signed):
@@ -80,9 +98,20 @@ def test_valid_report_verifies_with_cryptography_itself(signed, capsys):
     payload = base64.b64decode(envelope["payload"])
     public = load_pem_public_key((signed / "key.pub").read_bytes())
     public.verify(base64.b64decode(envelope["signatures"][0]["sig"]), _pae(envelope["payloadType"], payload))
-    code = main(["verify", str(signed / "report.json"), "--key", str(signed / "key.pub"),
-                 "--dense", str(signed / "dense.pt"), "--pruned", str(signed / "pruned.pt"),
-                 "--policy", str(signed / "policy.yaml")])
+    code = main(
+        [
+            "verify",
+            str(signed / "report.json"),
+            "--key",
+            str(signed / "key.pub"),
+            "--dense",
+            str(signed / "dense.pt"),
+            "--pruned",
+            str(signed / "pruned.pt"),
+            "--policy",
+            str(signed / "policy.yaml"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "VERIFIED" in out and "verdict PASS" in out and "dense.pt" in out and "pruned.pt" in out
@@ -271,8 +300,25 @@ def test_a_signing_key_others_can_read_is_used_with_one_warning(signed, tmp_path
 def test_verify_refuses_a_policy_the_run_overrode_and_lists_the_overrides(signed, capsys) -> None:
     """`check --limit 1` decides on one image: verify --policy must not call that policy verified."""
     report = signed / "limited.json"
-    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(signed / "key.pem"), "-o", str(report),
-                 "--limit", "1", "--workers", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "-p",
+                str(signed / "policy.yaml"),
+                "--key",
+                str(signed / "key.pem"),
+                "-o",
+                str(report),
+                "--limit",
+                "1",
+                "--workers",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     code = main(["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml")])
     out, err = capsys.readouterr()
@@ -280,12 +326,29 @@ def test_verify_refuses_a_policy_the_run_overrode_and_lists_the_overrides(signed
     assert "override: data.limit: ran with 1 (the policy says unset)" in out
     assert "override: runtime.workers: ran with 1 (the policy says 0)" in out
     assert "NOT VERIFIED" in err and "data.limit" in err and "runtime.workers" not in err.split("(")[1]
-    code = main(["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml"),
-                 "--allow-overrides"])
+    code = main(
+        [
+            "verify",
+            str(report),
+            "--key",
+            str(signed / "key.pub"),
+            "--policy",
+            str(signed / "policy.yaml"),
+            "--allow-overrides",
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 0 and "override: data.limit" in out and "VERIFIED" in out
-    code = main(["verify", str(signed / "report.json"), "--key", str(signed / "key.pub"),
-                 "--policy", str(signed / "policy.yaml")])
+    code = main(
+        [
+            "verify",
+            str(signed / "report.json"),
+            "--key",
+            str(signed / "key.pub"),
+            "--policy",
+            str(signed / "policy.yaml"),
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 0 and "the run used the policy as it is" in out and "override" not in out
 
@@ -295,8 +358,23 @@ def test_a_model_path_override_is_settled_by_checking_the_model(signed, capsys) 
     copy = signed / "copies"
     copy.mkdir(exist_ok=True)
     (copy / "pruned.pt").write_bytes((signed / "pruned.pt").read_bytes())
-    assert main(["check", "-p", str(signed / "policy.yaml"), "--key", str(signed / "key.pem"), "-o", str(report),
-                 "--pruned", str(copy / "pruned.pt"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "-p",
+                str(signed / "policy.yaml"),
+                "--key",
+                str(signed / "key.pem"),
+                "-o",
+                str(report),
+                "--pruned",
+                str(copy / "pruned.pt"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     base = ["verify", str(report), "--key", str(signed / "key.pub"), "--policy", str(signed / "policy.yaml")]
     assert main(base) == 1
@@ -340,11 +418,37 @@ runtime: {workers: 0}
 """)
     assert main(["keygen", "--out", str(tmp_path / "key")]) == 0
     original = (tmp_path / "arch.py").read_bytes()
-    assert main(["check", "-p", str(tmp_path / "policy.yaml"), "--key", str(tmp_path / "key.pem"),
-                 "-o", str(tmp_path / "one.json"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "-p",
+                str(tmp_path / "policy.yaml"),
+                "--key",
+                str(tmp_path / "key.pem"),
+                "-o",
+                str(tmp_path / "one.json"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     (tmp_path / "arch.py").write_text(ARCH.format(factor="-10.0"))  # the swap: another network, same weights
-    assert main(["check", "-p", str(tmp_path / "policy.yaml"), "--key", str(tmp_path / "key.pem"),
-                 "-o", str(tmp_path / "two.json"), "-q"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "-p",
+                str(tmp_path / "policy.yaml"),
+                "--key",
+                str(tmp_path / "key.pem"),
+                "-o",
+                str(tmp_path / "two.json"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     swapped = tmp_path / "arch.py"
     (tmp_path / "original.py").write_bytes(original)
     capsys.readouterr()
@@ -352,10 +456,19 @@ runtime: {workers: 0}
     arch_subjects = [s for s in statement["subject"] if s["annotations"]["role"] == "arch"]
     assert len(arch_subjects) == 1 and arch_subjects[0]["annotations"]["models"] == ["dense", "pruned"]
     record = statement["predicate"]["models"]["pruned"]["arch_source"]
-    assert record["kind"] == "file" and record["external"] is False and record["sha256"] == arch_subjects[0][
-        "digest"]["sha256"]
-    common = ["--key", str(tmp_path / "key.pub"), "--dense", str(tmp_path / "weights.pth"),
-              "--policy", str(tmp_path / "policy.yaml")]
+    assert (
+        record["kind"] == "file"
+        and record["external"] is False
+        and record["sha256"] == arch_subjects[0]["digest"]["sha256"]
+    )
+    common = [
+        "--key",
+        str(tmp_path / "key.pub"),
+        "--dense",
+        str(tmp_path / "weights.pth"),
+        "--policy",
+        str(tmp_path / "policy.yaml"),
+    ]
     assert main(["verify", str(tmp_path / "one.json"), *common, "--arch", str(tmp_path / "original.py")]) == 0
     assert main(["verify", str(tmp_path / "two.json"), *common, "--arch", str(tmp_path / "original.py")]) == 1
     assert "not arch code this report pins" in capsys.readouterr().err
@@ -378,7 +491,7 @@ def test_an_arch_file_outside_the_policy_folder_needs_the_opt_in(tmp_path, capsy
     (folder / "policy.yaml").write_text(f"""
 version: 1
 name: outside
-models: {{dense: weights.pth, pruned: weights.pth, arch: "{outside / 'arch.py'}:build",
+models: {{dense: weights.pth, pruned: weights.pth, arch: "{outside / "arch.py"}:build",
          input: {{size: 8, mean: [0, 0, 0], std: [1, 1, 1]}}}}
 data: {{test: {{format: npz, path: data.npz}}}}
 gate: {{rules: [{{name: clean, tasks: clean, metric: accuracy_drop, max: 0.5}}]}}
@@ -399,7 +512,12 @@ def test_a_module_arch_records_its_distribution_and_version(signed, tmp_path) ->
     from prunegate import __version__
     from prunegate.runners.archsource import locate_arch
 
-    record = locate_arch("prunegate.archs.cifar_resnet:resnet20", tmp_path, file=tmp_path / "w.pth",
-                         field="models.dense.arch", allow_external=False)
+    record = locate_arch(
+        "prunegate.archs.cifar_resnet:resnet20",
+        tmp_path,
+        file=tmp_path / "w.pth",
+        field="models.dense.arch",
+        allow_external=False,
+    )
     assert record["kind"] == "module" and record["distribution"] == "prunegate" and record["version"] == __version__
     assert record["path"].endswith("cifar_resnet.py") and len(record["sha256"]) == 64

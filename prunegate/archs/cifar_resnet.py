@@ -62,16 +62,20 @@ class CifarResNet(nn.Module):
 
 
 def resnet20(num_classes: int = 10) -> CifarResNet:
+    """The CIFAR ResNet-20 (3 blocks a stage)."""
     return CifarResNet(3, num_classes)
 
 
 def resnet32(num_classes: int = 10) -> CifarResNet:
+    """The CIFAR ResNet-32 (5 blocks a stage)."""
     return CifarResNet(5, num_classes)
 
 
 def resnet44(num_classes: int = 10) -> CifarResNet:
+    """The CIFAR ResNet-44 (7 blocks a stage)."""
     return CifarResNet(7, num_classes)
 
 
 def resnet56(num_classes: int = 10) -> CifarResNet:
+    """The CIFAR ResNet-56 (9 blocks a stage)."""
     return CifarResNet(9, num_classes)

@@ -12,30 +12,42 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
 from prunegate.errors import PrunegateError, Terminated, printable
+from prunegate.files import write_atomic  # re-exported: it was the CLI's before it moved to the library
 
-from . import gating, policies, signing, reports, tools  # noqa: F401  (importing registers the commands)
+from . import gating, policies, reports, signing, tools  # noqa: F401  (importing registers the commands)
 from .common import (
-    CONSOLE_WIDTH, EXIT_BUG, EXIT_FAIL, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_TERMINATED, INTERRUPTED,
-    TERMINATED, _RichProgress, _state, cli, write_atomic,
+    CONSOLE_WIDTH,
+    EXIT_BUG,
+    EXIT_FAIL,
+    EXIT_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_PASS,
+    EXIT_TERMINATED,
+    INTERRUPTED,
+    TERMINATED,
+    RichProgress,
+    cli,
+    invocation,
 )
 
 try:  # typer >= 0.29 carries its own click; its usage errors derive from TyperException
     from typer.exceptions import TyperException as UsageProblem
 except ImportError:  # pragma: no cover - older typer on top of click
-    from click.exceptions import ClickException as UsageProblem
+    from click.exceptions import ClickException as UsageProblem  # type: ignore[no-redef]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the CLI; the one place that turns exceptions into exit codes. Every message it prints
     is one line, with control characters escaped (`errors.printable`): file names, arguments and
     policy values reach the terminal as text, never as line breaks or escape sequences."""
     command = typer.main.get_command(cli)
-    _state["terminated"] = False
+    invocation["terminated"] = False
     with _sigterm_as_interrupt():
         return _run(command, argv)
 
@@ -44,8 +56,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a cancelled CI job, a scheduler's limit) stops a command as Ctrl-C does: cleanly,
     with a message, the models' processes ended, a checkpoint kept, exit 143."""
-    def stop(signum, frame):
-        _state["terminated"] = True  # typer may turn the interrupt into a plain exit code 130
+
+    def stop(signum: int, frame: object) -> None:
+        invocation["terminated"] = True  # typer may turn the interrupt into a plain exit code 130
         raise Terminated()
 
     try:
@@ -59,7 +72,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(command, argv: Optional[list[str]]) -> int:
+def _run(command: Any, argv: list[str] | None) -> int:  # typer's click Command
     try:
         result = command.main(args=argv, prog_name="prunegate", standalone_mode=False)
     except typer.Exit as exc:
@@ -76,16 +89,21 @@ def _run(command, argv: Optional[list[str]]) -> int:
     except (typer.Abort, KeyboardInterrupt):  # click wraps a KeyboardInterrupt in Abort
         return _stopped()
     except PrunegateError as exc:
-        if _state["debug"]:
+        if invocation["debug"]:
             raise
         print(printable(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug: say so, keep the traceback for --debug
-        if _state["debug"]:
+        if invocation["debug"]:
             raise
         text = str(exc).strip().splitlines()
-        print(printable(f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for "
-                        "the traceback; please report it)"), file=sys.stderr)
+        print(
+            printable(
+                f"internal error: {type(exc).__name__}: {text[0] if text else ''} (re-run with --debug for "
+                "the traceback; please report it)"
+            ),
+            file=sys.stderr,
+        )
         return EXIT_BUG
     if result == EXIT_INTERRUPTED:  # typer returns Ctrl-C as this code when not standalone
         return _stopped()
@@ -94,7 +112,7 @@ def _run(command, argv: Optional[list[str]]) -> int:
 
 def _stopped() -> int:
     """Ctrl-C (130) or SIGTERM (143): say so, in one line."""
-    terminated = _state.get("terminated")
+    terminated = invocation.get("terminated")
     print(TERMINATED if terminated else INTERRUPTED, file=sys.stderr)
     return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
 
@@ -104,5 +122,15 @@ def app() -> None:
     sys.exit(main())
 
 
-__all__ = ["CONSOLE_WIDTH", "EXIT_BUG", "EXIT_FAIL", "EXIT_INPUT", "EXIT_PASS", "_RichProgress", "app", "cli", "main",
-           "write_atomic"]
+__all__ = [
+    "CONSOLE_WIDTH",
+    "EXIT_BUG",
+    "EXIT_FAIL",
+    "EXIT_INPUT",
+    "EXIT_PASS",
+    "RichProgress",
+    "app",
+    "cli",
+    "main",
+    "write_atomic",
+]

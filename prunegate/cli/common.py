@@ -9,14 +9,18 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from prunegate.cli.outputs import write_atomic  # noqa: F401  (commands import it from here)
 from prunegate.errors import PrunegateError, printable, require_file
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 
 class Device(str, Enum):
     auto = "auto"
@@ -44,43 +48,51 @@ INTERRUPTED = "interrupted: no report was written"
 TERMINATED = "terminated (SIGTERM): no report was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
 
-cli = typer.Typer(name="prunegate", help="A safety gate for pruned neural networks.", epilog=EPILOG,
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+cli = typer.Typer(
+    name="prunegate",
+    help="A safety gate for pruned neural networks.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 policy_cli = typer.Typer(help="Write, check and describe policy files.", no_args_is_help=True)
 cli.add_typer(policy_cli, name="policy")
 report_cli = typer.Typer(help="Read, render and describe reports.", no_args_is_help=True)
 cli.add_typer(report_cli, name="report")
 
-_state: dict = {"debug": False, "warned": set()}  # per invocation: --debug, the warnings already given
+invocation: dict = {"debug": False, "warned": set()}  # per invocation: --debug, the warnings already given
 log = logging.getLogger("prunegate")
 
 
-class _SafeConsole(Console):
+class SafeConsole(Console):
     """A rich console that escapes control characters in every plain string it prints (file names
     and report fields reach the terminal as text, never as escape sequences or line breaks); a
     finished rendering (console.Rendered, ANSI styles and all) is printed exactly as it is."""
 
-    def print(self, *objects, **kwargs) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         from prunegate.report.render.console import Rendered
 
         safe = [printable(o) if isinstance(o, str) and not isinstance(o, Rendered) else o for o in objects]
         super().print(*safe, **kwargs)
 
 
-def _stdout() -> Console:
-    return _SafeConsole(highlight=False, soft_wrap=True)
+def stdout_console() -> Console:
+    """The console for results (standard output); control characters in text are escaped."""
+    return SafeConsole(highlight=False, soft_wrap=True)
 
 
-def _stderr() -> Console:
-    return _SafeConsole(stderr=True, highlight=False)
+def stderr_console() -> Console:
+    """The console for progress, warnings and errors (standard error)."""
+    return SafeConsole(stderr=True, highlight=False)
 
 
 def warn(message: str) -> None:
     """One `warning: ` line on stderr, its control characters escaped (as every error line is);
     a warning already given in this invocation is not repeated."""
     line = printable(f"warning: {message}")
-    if line not in _state["warned"]:
-        _state["warned"].add(line)
+    if line not in invocation["warned"]:
+        invocation["warned"].add(line)
         print(line, file=sys.stderr)
 
 
@@ -96,19 +108,21 @@ def _print_version(value: bool) -> None:
 @cli.callback()
 def _global(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
-                                 callback=_print_version),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
-    _state["debug"] = debug
-    _state["warned"] = set()
+    invocation["debug"] = debug
+    invocation["warned"] = set()
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-class _RichProgress:
+class RichProgress:
     """A live bar on a terminal; elsewhere (CI logs), with `lines`, one line every `every` seconds."""
 
     def __init__(self, progress: Progress, lines: bool = False, every: float = 30.0):
-        self.progress, self.task, self.lines, self.every = progress, None, lines, every
+        self.progress, self.lines, self.every = progress, lines, every
+        self.task: TaskID | None = None
         self.total = self.done = 0
         self.started = self.last = 0.0
 
@@ -118,6 +132,7 @@ class _RichProgress:
         self.last = self.started
 
     def advance(self, count: int) -> None:
+        assert self.task is not None, "start() comes first"
         self.progress.advance(self.task, count)
         self.done += count
         now = time.monotonic()
@@ -125,8 +140,12 @@ class _RichProgress:
             self.last = now
             elapsed = now - self.started
             eta = elapsed * (self.total - self.done) / max(self.done, 1)
-            print(f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} evaluations), "
-                  f"{_duration(elapsed)} elapsed, about {_duration(eta)} left", file=sys.stderr, flush=True)
+            print(
+                f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} evaluations), "
+                f"{_duration(elapsed)} elapsed, about {_duration(eta)} left",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _duration(seconds: float) -> str:
@@ -134,23 +153,24 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
-def _passphrase() -> Optional[bytes]:
+def signing_passphrase() -> bytes | None:
+    """The signing key's passphrase from PRUNEGATE_KEY_PASSPHRASE, if set."""
     value = os.environ.get("PRUNEGATE_KEY_PASSPHRASE")
     return value.encode() if value else None
 
 
-def _signing_key(path: Optional[Path]):
+def signing_key(path: Path | None) -> Ed25519PrivateKey | None:
     """The key from --key, else from PRUNEGATE_SIGNING_KEY (PEM text, as a CI secret), else None."""
     from prunegate.report.keys import load_private
 
     if path is not None:
         require_file(path, "signing key file", field="--key")
-        key = load_private(path.read_bytes(), _passphrase(), str(path))
+        key = load_private(path.read_bytes(), signing_passphrase(), str(path))
         _warn_if_shared(path)
         return key
     text = os.environ.get("PRUNEGATE_SIGNING_KEY")
     if text:
-        return load_private(text.encode(), _passphrase(), "PRUNEGATE_SIGNING_KEY")
+        return load_private(text.encode(), signing_passphrase(), "PRUNEGATE_SIGNING_KEY")
     return None
 
 
@@ -165,11 +185,13 @@ def _warn_if_shared(path: Path) -> None:
     except OSError:
         return
     if mode & 0o077:
-        warn(f"{path}: the signing key is accessible to group or others (mode {mode:04o}); "
-             f"restrict it: chmod 600 {path}")
+        warn(
+            f"{path}: the signing key is accessible to group or others (mode {mode:04o}); restrict it: chmod 600 {path}"
+        )
 
 
-def _read_report(path: Path) -> str:
+def read_report_text(path: Path) -> str:
+    """A report file's text; a missing or unreadable file is a one-line error."""
     require_file(path, "report file")
     try:
         return path.read_text(encoding="utf-8")
@@ -177,5 +199,6 @@ def _read_report(path: Path) -> str:
         raise PrunegateError("cannot read the report as UTF-8 text", file=path) from None
 
 
-def _csv(value: Optional[str]) -> Optional[list[str]]:
+def split_csv(value: str | None) -> list[str] | None:
+    """A comma-separated option as its non-empty items (None when not given)."""
     return [v.strip() for v in value.split(",") if v.strip()] if value else None

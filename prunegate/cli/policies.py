@@ -9,7 +9,7 @@ import typer
 
 from prunegate.errors import PrunegateError
 
-from .common import EXIT_PASS, _stdout, policy_cli, write_atomic
+from .common import EXIT_PASS, policy_cli, stdout_console, write_atomic
 
 
 @policy_cli.command("init")
@@ -21,7 +21,7 @@ def policy_init(
     if out.exists() and not force:
         raise PrunegateError("already exists (use --force to overwrite)", file=out)
     write_atomic(out, resources.files("prunegate").joinpath("templates/policy.yaml").read_text(encoding="utf-8"))
-    _stdout().print(f"wrote {out}")
+    stdout_console().print(f"wrote {out}")
     return EXIT_PASS
 
 
@@ -33,7 +33,7 @@ def policy_validate(file: Path = typer.Argument(..., help="Policy YAML file.")) 
 
     policy = load_policy(file)
     tasks = build_plan(policy)
-    _stdout().print(f"{file}: valid policy {policy.name!r}: {len(tasks)} tasks, {len(policy.gate.rules)} rules")
+    stdout_console().print(f"{file}: valid policy {policy.name!r}: {len(tasks)} tasks, {len(policy.gate.rules)} rules")
     return EXIT_PASS
 
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
 
 from prunegate.errors import PrunegateError
+from prunegate.report.render import Format, RenderOptions, renderer
 
 from .common import (
-    CONSOLE_WIDTH, EXIT_FAIL, EXIT_PASS, _read_report, _stderr, _stdout, cli, report_cli, write_atomic,
+    CONSOLE_WIDTH,
+    EXIT_FAIL,
+    EXIT_PASS,
+    cli,
+    read_report_text,
+    report_cli,
+    stderr_console,
+    stdout_console,
 )
-from .gating import _write_renderings
-from .outputs import check_outputs
+from .outputs import check_outputs, render_files, write_atomic, write_together
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunegate.report.schema import Report
 
 
 @report_cli.command("schema")
@@ -39,27 +49,29 @@ def report_show(
     import json
 
     from prunegate.report.attest import read_envelope
-    from prunegate.report.render import console as console_render
 
-    data, _, statement = read_envelope(_read_report(report), str(report))
+    data, _, statement = read_envelope(read_report_text(report), str(report))
     if as_json:
         print(json.dumps(statement, indent=2))
         return EXIT_PASS
     parsed = _parse_predicate(statement, report)
-    out = _stdout()
+    out = stdout_console()
     signed = _signature_text(data)
-    out.print(console_render.render(parsed, color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH)), end="")
+    options = RenderOptions(color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH))
+    out.print(renderer(Format.console).format(parsed, options), end="")
     out.print(f"{report}: {signed}", markup=False)  # (key ids from the report: text, not markup)
     return EXIT_PASS
 
 
-def _parse_predicate(statement: dict, path: Path):
+def _parse_predicate(statement: dict, path: Path) -> Report:
     from prunegate.report.schema import Report
 
     try:
         return Report.model_validate(statement["predicate"])
     except Exception:
-        raise PrunegateError("the predicate is not a prunegate report of this version", file=path, field="predicate") from None
+        raise PrunegateError(
+            "the predicate is not a prunegate report of this version", file=path, field="predicate"
+        ) from None
 
 
 def _signature_text(envelope_data: dict) -> str:
@@ -67,15 +79,15 @@ def _signature_text(envelope_data: dict) -> str:
     return f"signed by key {', '.join(keyids)} (not verified here: run prunegate verify)" if keyids else "UNSIGNED"
 
 
-def _load_report(path: Path):
+def _load_report(path: Path) -> tuple[Report, dict]:
     """(Report, envelope) from a report file; PrunegateError (exit 2) when it is not one."""
     from prunegate.report.attest import read_envelope
 
-    data, _, statement = read_envelope(_read_report(path), str(path))
+    data, _, statement = read_envelope(read_report_text(path), str(path))
     return _parse_predicate(statement, path), data
 
 
-def _emit(text: str, out: Optional[Path], report: Path) -> None:
+def _emit(text: str, out: Path | None, report: Path) -> None:
     """Write to --out atomically (never over the report read), or print as it is (no console
     markup) to stdout."""
     if out is not None:
@@ -84,15 +96,19 @@ def _emit(text: str, out: Optional[Path], report: Path) -> None:
         sys.stdout.write(text)
     else:
         write_atomic(out, text)
-        _stderr().print(f"wrote {out}", markup=False)
+        stderr_console().print(f"wrote {out}", markup=False)
 
 
 @report_cli.command("html")
 def report_html(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: the report's name with .html)."),
-    gallery: bool = typer.Option(True, "--gallery/--no-gallery", help="Rebuild thumbnails of the inputs the pruned "
-                                 "model newly gets wrong from the data the report names (skipped when unreachable)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: the report's name with .html)."),
+    gallery: bool = typer.Option(
+        True,
+        "--gallery/--no-gallery",
+        help="Rebuild thumbnails of the inputs the pruned "
+        "model newly gets wrong from the data the report names (skipped when unreachable).",
+    ),
 ) -> int:
     """Write the report as one self-contained HTML page."""
     parsed, data = _load_report(report)
@@ -100,32 +116,28 @@ def report_html(
     if target.resolve() == report.resolve():
         raise PrunegateError("the HTML would overwrite the report itself: pass --out", file=report)
     check_outputs({"--out": target}, {"the report": report})
-    _write_renderings(parsed, html=target, signature=_signature_text(data), gallery=gallery)
-    _stdout().print(f"wrote {target}", markup=False)
+    write_together(render_files(parsed, {Format.html: target}, signature=_signature_text(data), gallery=gallery))
+    stdout_console().print(f"wrote {target}", markup=False)
     return EXIT_PASS
 
 
 @report_cli.command("markdown")
 def report_markdown(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
 ) -> int:
     """Print a GitHub-flavoured Markdown summary of a report."""
-    from prunegate.report.render import markdown as markdown_render
-
-    _emit(markdown_render.render(_load_report(report)[0]), out, report)
+    _emit(renderer(Format.markdown).format(_load_report(report)[0]), out, report)
     return EXIT_PASS
 
 
 @report_cli.command("junit")
 def report_junit(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="File to write (default: standard output)."),
 ) -> int:
     """Print a report as JUnit XML: one test case per rule, failures = the rules that did not pass."""
-    from prunegate.report.render import junit as junit_render
-
-    _emit(junit_render.render(_load_report(report)[0]), out, report)
+    _emit(renderer(Format.junit).format(_load_report(report)[0]), out, report)
     return EXIT_PASS
 
 
@@ -133,8 +145,13 @@ def report_junit(
 def diff(
     old: Path = typer.Argument(..., help="The earlier report (DSSE envelope)."),
     new: Path = typer.Argument(..., help="The later report."),
-    margin: float = typer.Option(0.005, min=0.0, max=1.0, help="Tolerated worsening of accuracy_drop and agreement "
-                                 "per task, as a fraction (0.005 = half a percentage point)."),
+    margin: float = typer.Option(
+        0.005,
+        min=0.0,
+        max=1.0,
+        help="Tolerated worsening of accuracy_drop and agreement "
+        "per task, as a fraction (0.005 = half a percentage point).",
+    ),
     markdown: bool = typer.Option(False, "--markdown", help="Print GitHub-flavoured Markdown instead of text."),
 ) -> int:
     """Compare two reports: what got better or worse, per task and rule.

@@ -1,24 +1,93 @@
-"""`prunegate keygen` and `prunegate verify`: signing keys and offline verification."""
+"""`prunegate keygen` and `prunegate verify`: signing keys and offline verification; and the
+signing of `prunegate check`'s report (`check_signing` before the run, `sign_report` after it)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import typer
 
 from prunegate.errors import PrunegateError, printable, require_file
 
-from .common import EXIT_FAIL, EXIT_PASS, _passphrase, _read_report, _stdout, cli, write_atomic
+from .common import (
+    EXIT_FAIL,
+    EXIT_PASS,
+    cli,
+    read_report_text,
+    signing_key,
+    signing_passphrase,
+    stdout_console,
+    write_atomic,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prunegate.policy import Policy
+    from prunegate.report.attest import Verification
+    from prunegate.report.schema import Report
+
+
+def check_signing(key: Path | None, policy: Policy, policy_path: Path) -> bool:
+    """Whether `check` will sign its report; PrunegateError (exit 2) for a bad key or passphrase, or
+    one the policy's `require_signature` or `runtime.isolation` rules out.
+
+    The key is read now only to fail fast; `sign_report` loads it again after the models'
+    processes have ended (they may not read its file)."""
+    signs = signing_key(key) is not None
+    if not signs and policy.require_signature:
+        raise PrunegateError(
+            "the policy requires a signed report: pass --key or set PRUNEGATE_SIGNING_KEY",
+            file=policy_path,
+            field="require_signature",
+        )
+    if signs and policy.runtime.isolation == "off":
+        raise PrunegateError(
+            "runtime.isolation is off, so the models would run in prunegate's own process, where "
+            "their code could reach the signing key: a signed report needs isolation auto or strict",
+            file=policy_path,
+            field="runtime.isolation",
+        )
+    return signs
+
+
+@dataclass(frozen=True)
+class SignedReport:
+    """The report file's text (a DSSE envelope) and the key that signed it."""
+
+    envelope: str
+    keyid: str | None  # the first 16 hex digits of the key's fingerprint; None: unsigned
+
+    def signature_line(self) -> str:
+        """What the HTML page says of the signature."""
+        return f"signed by key {self.keyid}" if self.keyid else "unsigned"
+
+    def status_line(self) -> str:
+        """What the console says of the signature, after the report's path."""
+        return f"signed by key {self.keyid}" if self.keyid else "UNSIGNED: pass --key to sign"
+
+
+def sign_report(report: Report, key: Path | None, signs: bool) -> SignedReport:
+    """The report's envelope, signed with the key from --key or PRUNEGATE_SIGNING_KEY when `signs`
+    (as `check_signing` decided), else unsigned."""
+    from prunegate.report.attest import envelope, envelope_json, sign, statement_bytes
+    from prunegate.report.keys import fingerprint
+
+    private_key = signing_key(key) if signs else None  # only now: the models' processes have ended
+    payload = statement_bytes(report)
+    if private_key is None:
+        return SignedReport(envelope_json(envelope(payload)), None)
+    return SignedReport(envelope_json(sign(payload, private_key)), fingerprint(private_key.public_key())[:16])
 
 
 @cli.command()
 def keygen(
     out: Path = typer.Option(..., "--out", help="Writes OUT.pem (private, mode 0600) and OUT.pub."),
-    passphrase: bool = typer.Option(False, "--passphrase", help="Encrypt the private key with the passphrase "
-                                    "in PRUNEGATE_KEY_PASSPHRASE."),
+    passphrase: bool = typer.Option(
+        False, "--passphrase", help="Encrypt the private key with the passphrase in PRUNEGATE_KEY_PASSPHRASE."
+    ),
 ) -> int:
     """Make an Ed25519 key pair for signing reports."""
     from prunegate.report import keys
@@ -27,7 +96,7 @@ def keygen(
     for path in (private_path, public_path):
         if path.exists():
             raise PrunegateError("already exists; refusing to overwrite a key", file=path)
-    secret = _passphrase()
+    secret = signing_passphrase()
     if passphrase and not secret:
         raise PrunegateError("--passphrase needs the passphrase in PRUNEGATE_KEY_PASSPHRASE")
     key = keys.generate()
@@ -35,8 +104,8 @@ def keygen(
     with os.fdopen(fd, "wb") as f:
         f.write(keys.private_pem(key, secret if passphrase else None))
     write_atomic(public_path, keys.public_pem(key.public_key()))
-    _stdout().print(f"wrote {private_path} (keep it secret) and {public_path}; keyid {keys.fingerprint(key.public_key())}",
-                    markup=False)
+    keyid = keys.fingerprint(key.public_key())
+    stdout_console().print(f"wrote {private_path} (keep it secret) and {public_path}; keyid {keyid}", markup=False)
     return EXIT_PASS
 
 
@@ -44,14 +113,24 @@ def keygen(
 def verify(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
     key: Path = typer.Option(..., "--key", help="The signer's public key (NAME.pub)."),
-    dense: Optional[Path] = typer.Option(None, help="Also check this file is the report's dense model."),
-    pruned: Optional[Path] = typer.Option(None, help="Also check this file is the report's pruned model."),
-    policy: Optional[Path] = typer.Option(None, help="Also check this file is the report's policy, and that the run "
-                                          "used it as it is (no command-line override)."),
-    arch: Optional[list[Path]] = typer.Option(None, "--arch", help="Also check this file is the arch code the report "
-                                              "pins (repeat for each; every pinned arch must be given)."),
-    allow_overrides: bool = typer.Option(False, "--allow-overrides", help="With --policy: accept a run whose "
-                                         "command line overrode policy settings (they are still listed)."),
+    dense: Path | None = typer.Option(None, help="Also check this file is the report's dense model."),
+    pruned: Path | None = typer.Option(None, help="Also check this file is the report's pruned model."),
+    policy: Path | None = typer.Option(
+        None,
+        help="Also check this file is the report's policy, and that the run "
+        "used it as it is (no command-line override).",
+    ),
+    arch: list[Path] | None = typer.Option(
+        None,
+        "--arch",
+        help="Also check this file is the arch code the report "
+        "pins (repeat for each; every pinned arch must be given).",
+    ),
+    allow_overrides: bool = typer.Option(
+        False,
+        "--allow-overrides",
+        help="With --policy: accept a run whose command line overrode policy settings (they are still listed).",
+    ),
 ) -> int:
     """Verify a signed report offline: exit 0 valid, 1 does not verify, 2 unreadable input."""
     from prunegate.digest import file_sha256
@@ -66,28 +145,36 @@ def verify(
     for path in arch or []:
         require_file(path, field="--arch")
     loaded_policy = _policy_document(policy) if policy is not None else None
-    result = verify_envelope(parse_envelope(_read_report(report), str(report)), public_key)
-    out = _stdout()
+    result = verify_envelope(parse_envelope(read_report_text(report), str(report)), public_key)
+    statement: dict = result.statement or {}  # (set whenever the envelope verifies)
+    out = stdout_console()
     notes: list[str] = []
     if result.ok:
-        statement = result.statement
         subjects = {s["annotations"]["role"]: s for s in statement["subject"]}
         for role in ("dense", "pruned"):
-            if files[role] is not None:
-                actual, recorded = file_sha256(files[role]), subjects[role]["digest"]["sha256"]
+            model = files[role]
+            if model is not None:
+                actual, recorded = file_sha256(model), subjects[role]["digest"]["sha256"]
                 if actual != recorded:
-                    result.fail(f"{files[role]} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
+                    result.fail(f"{model} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
                     break
-                result.checks.append(f"{files[role]} is the {role} model (sha256 {actual[:16]}…)")
+                result.checks.append(f"{model} is the {role} model (sha256 {actual[:16]}…)")
         if result.ok:
             _check_arch(result, statement, arch or [], notes)
-        if result.ok and loaded_policy is not None:
-            _check_policy(result, statement["predicate"], policy, loaded_policy,
-                          {role for role in ("dense", "pruned") if files[role] is not None}, allow_overrides, notes)
+        if result.ok and policy is not None and loaded_policy is not None:
+            _check_policy(
+                result,
+                statement["predicate"],
+                policy,
+                loaded_policy,
+                {role for role in ("dense", "pruned") if files[role] is not None},
+                allow_overrides,
+                notes,
+            )
     # What is printed from here on names files and the report's own fields (which anyone may have
     # written, signed or not): plain text (markup=False), control characters escaped.
     if result.ok:
-        notes.extend(_isolation_notes(result.statement["predicate"]))
+        notes.extend(_isolation_notes(statement["predicate"]))
     for check in result.checks:
         out.print(f"✓ {check}", markup=False)
     for note in notes:
@@ -95,12 +182,17 @@ def verify(
     if not result.ok:
         print(printable(f"NOT VERIFIED: {report}: {result.failure}"), file=sys.stderr)
         return EXIT_FAIL
-    predicate = result.statement["predicate"]
-    models = ", ".join(f"{role} {s['name']} ({s['digest']['sha256'][:16]}…)"
-                       for role, s in ((s["annotations"]["role"], s) for s in result.statement["subject"])
-                       if role in ("dense", "pruned"))
-    out.print(f"VERIFIED: {report}: verdict {predicate['verdict'].upper()} for {models} under policy "
-              f"{predicate['policy']['name']!r}, {predicate['timing']['started']}", markup=False)
+    predicate = statement["predicate"]
+    models = ", ".join(
+        f"{role} {s['name']} ({s['digest']['sha256'][:16]}…)"
+        for role, s in ((s["annotations"]["role"], s) for s in statement["subject"])
+        if role in ("dense", "pruned")
+    )
+    out.print(
+        f"VERIFIED: {report}: verdict {predicate['verdict'].upper()} for {models} under policy "
+        f"{predicate['policy']['name']!r}, {predicate['timing']['started']}",
+        markup=False,
+    )
     return EXIT_PASS
 
 
@@ -111,7 +203,7 @@ def _policy_document(path: Path) -> dict:
     return load_policy(path).model_dump(mode="json")
 
 
-def _check_arch(result, statement: dict, given: list[Path], notes: list[str]) -> None:
+def _check_arch(result: Verification, statement: dict, given: list[Path], notes: list[str]) -> None:
     """Each --arch file must be arch code the report pins, and every pinned arch must be given
     (an arch decides what the weights compute). Without --arch, say what was not checked."""
     from prunegate.digest import file_sha256
@@ -122,23 +214,37 @@ def _check_arch(result, statement: dict, given: list[Path], notes: list[str]) ->
     for path in given:
         actual = file_sha256(path)
         if actual not in pinned:
-            result.fail(f"{path} has sha256 {actual[:16]}…, which is not arch code this report pins "
-                        f"({', '.join(d[:16] + '…' for d in pinned) or 'it pins none'})")
+            result.fail(
+                f"{path} has sha256 {actual[:16]}…, which is not arch code this report pins "
+                f"({', '.join(d[:16] + '…' for d in pinned) or 'it pins none'})"
+            )
             return
         matched.add(actual)
-        result.checks.append(f"{path} is the arch code of the {' and '.join(pinned[actual])} model "
-                             f"(sha256 {actual[:16]}…)")
+        result.checks.append(
+            f"{path} is the arch code of the {' and '.join(pinned[actual])} model (sha256 {actual[:16]}…)"
+        )
     missing = {d: m for d, m in pinned.items() if d not in matched}
     if missing and given:
-        result.fail("the report pins arch code not given with --arch: " +
-                    ", ".join(f"{' and '.join(m)} model's ({d[:16]}…)" for d, m in missing.items()))
+        result.fail(
+            "the report pins arch code not given with --arch: "
+            + ", ".join(f"{' and '.join(m)} model's ({d[:16]}…)" for d, m in missing.items())
+        )
     elif missing:
-        notes.extend(f"arch code of the {' and '.join(m)} model not checked (sha256 {d[:16]}…): pass --arch FILE"
-                     for d, m in missing.items())
+        notes.extend(
+            f"arch code of the {' and '.join(m)} model not checked (sha256 {d[:16]}…): pass --arch FILE"
+            for d, m in missing.items()
+        )
 
 
-def _check_policy(result, predicate: dict, path: Path, document: dict, checked_models: set[str],
-                  allow_overrides: bool, notes: list[str]) -> None:
+def _check_policy(
+    result: Verification,
+    predicate: dict,
+    path: Path,
+    document: dict,
+    checked_models: set[str],
+    allow_overrides: bool,
+    notes: list[str],
+) -> None:
     """The policy file must be the one recorded, and the run must have used it as it is: every
     field where the recorded document (overrides applied) differs is listed."""
     from prunegate.digest import file_sha256
@@ -153,11 +259,15 @@ def _check_policy(result, predicate: dict, path: Path, document: dict, checked_m
     notes.extend(f"override: {d.describe()}" for d in differences)
     effective = unexplained(differences, checked_models)
     if effective and not allow_overrides:
-        result.fail(f"the run did not use {path} as it is: {len(effective)} override(s) that can change the verdict "
-                    f"({', '.join(d.field for d in effective)}); --allow-overrides accepts them")
+        result.fail(
+            f"the run did not use {path} as it is: {len(effective)} override(s) that can change the verdict "
+            f"({', '.join(d.field for d in effective)}); --allow-overrides accepts them"
+        )
     elif not effective:
-        result.checks.append("the run used the policy as it is" +
-                             (" (overrides without effect on the verdict listed below)" if differences else ""))
+        result.checks.append(
+            "the run used the policy as it is"
+            + (" (overrides without effect on the verdict listed below)" if differences else "")
+        )
 
 
 def _isolation_notes(predicate: dict) -> list[str]:
@@ -166,12 +276,14 @@ def _isolation_notes(predicate: dict) -> list[str]:
     for role in ("dense", "pruned"):
         isolation = (predicate.get("models", {}).get(role) or {}).get("isolation")
         if not isinstance(isolation, dict):
-            notes.append(f"the {role} model's isolation is not recorded (a report from before prunegate isolated "
-                         "models)")
+            notes.append(
+                f"the {role} model's isolation is not recorded (a report from before prunegate isolated models)"
+            )
         elif not isolation.get("process"):
             notes.append(f"the {role} model ran in prunegate's own process (runtime.isolation: off)")
         elif not all(isolation.get(k) for k in ("files", "tcp", "seccomp")):
-            notes.append(f"the {role} model ran in its own process, but this machine's kernel could not sandbox it "
-                         "completely (see models.{role}.isolation)".replace("{role}", role))
+            notes.append(
+                f"the {role} model ran in its own process, but this machine's kernel could not sandbox it "
+                "completely (see models.{role}.isolation)".replace("{role}", role)
+            )
     return notes
-

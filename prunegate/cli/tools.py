@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prunegate.errors import PrunegateError, require_file
 
 from .common import (
-    CONSOLE_WIDTH, EXIT_PASS, Backend, Device, _csv, _RichProgress, _stderr, _stdout, cli, write_atomic,
+    CONSOLE_WIDTH,
+    EXIT_PASS,
+    Backend,
+    Device,
+    RichProgress,
+    cli,
+    split_csv,
+    stderr_console,
+    stdout_console,
+    write_atomic,
 )
 from .outputs import check_outputs
+
+if TYPE_CHECKING:
+    from prunegate.context import RunContext
 
 
 @cli.command()
@@ -22,94 +35,130 @@ def corrupt(
     preset: str = typer.Option(..., help="cifar10-c or imagenet-c."),
     source: Path = typer.Option(..., help="The clean images."),
     format: str = typer.Option("imagefolder", "--format", help="Format of --source (as in a policy's data)."),
-    class_names: Optional[Path] = typer.Option(
-        None, "--class-names", help="The model's class names, one per line (as a policy's data.class_names)."),
-    out: Optional[Path] = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
-    frost_textures: Optional[Path] = typer.Option(
-        None, "--frost-textures", help="A folder of frost photographs for frost (default: procedural textures)."),
-    names: Optional[str] = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
+    class_names: Path | None = typer.Option(
+        None, "--class-names", help="The model's class names, one per line (as a policy's data.class_names)."
+    ),
+    out: Path | None = typer.Option(None, help="Folder to write (CIFAR-10-C layout); must not exist."),
+    frost_textures: Path | None = typer.Option(
+        None, "--frost-textures", help="A folder of frost photographs for frost (default: procedural textures)."
+    ),
+    names: str | None = typer.Option(None, help="Comma-separated corruption names (default: all 19)."),
     severities: str = typer.Option("1,2,3,4,5", help="Comma-separated severities."),
-    limit: Optional[int] = typer.Option(None, min=1, help="A class-balanced subset of this size."),
+    limit: int | None = typer.Option(None, min=1, help="A class-balanced subset of this size."),
     seed: int = typer.Option(0, min=0, help="Seed of every random draw (as suite.seed)."),
-    preview: Optional[Path] = typer.Option(None, help="Write a PNG grid (corruptions x severities) of one image."),
+    preview: Path | None = typer.Option(None, help="Write a PNG grid (corruptions x severities) of one image."),
     device: Device = typer.Option(Device.auto, help="Where to make the corruptions."),
     batch_size: int = typer.Option(256, min=1),
 ) -> int:
     """Render a corruption preset to disk, and/or preview it on one image."""
     from prunegate import shifts
+    from prunegate.corrupt import corruption_context
     from prunegate.data import open_source, select
     from prunegate.policy import DataSource
-    from prunegate.shifts.textures import frost_textures_in_use, load_texture_folder
+    from prunegate.runners import resolve_device
+    from prunegate.shifts import ShiftAssets
 
     if out is None and preview is None:
         raise PrunegateError("nothing to do: give --out, --preview or both")
     shifts.get_preset(preset)  # an unknown preset fails here, before any work
-    chosen = _csv(names) or list(shifts.CORRUPTION_NAMES)
+    chosen = split_csv(names) or list(shifts.CORRUPTION_NAMES)
     for name in chosen:
         shifts.get_shift(name)  # unknown names fail here, before any work
     try:
-        levels = [int(s) for s in _csv(severities) or []]
+        levels = [int(s) for s in split_csv(severities) or []]
     except ValueError:
         raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}") from None
     if not levels or any(not 1 <= s <= 5 for s in levels):
         raise PrunegateError(f"--severities must be integers 1-5, got {severities!r}")
     try:
-        spec = DataSource(format=format, path=str(source), class_names=str(class_names) if class_names else None)
+        spec = DataSource.model_validate(
+            {"format": format, "path": str(source), "class_names": str(class_names) if class_names else None}
+        )
     except Exception:
-        raise PrunegateError(f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)") from None
+        raise PrunegateError(
+            f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, npz, cifar10-binary)"
+        ) from None
     images = open_source(spec, Path, "--source")
-    check_outputs({"--preview": preview}, {"--source": source, **({"--class-names": class_names} if class_names else {}),
-                                           **({"--frost-textures": frost_textures} if frost_textures else {})})
+    check_outputs(
+        {"--preview": preview},
+        {
+            "--source": source,
+            **({"--class-names": class_names} if class_names else {}),
+            **({"--frost-textures": frost_textures} if frost_textures else {}),
+        },
+    )
     indices = select(images.labels, limit)
-    folder = load_texture_folder(frost_textures, "--frost-textures") if frost_textures is not None else None
-    with frost_textures_in_use(folder.photos if folder else None):
-        _render_corruptions(images, indices, preset, chosen, levels, seed, out, preview, device, batch_size,
-                            folder.record if folder else None)
+    assets = ShiftAssets.load(
+        {"frost_textures": frost_textures} if frost_textures is not None else {},
+        lambda name: "--" + name.replace("_", "-"),
+    )
+    ctx = corruption_context(
+        images,
+        indices,
+        preset=preset,
+        names=chosen,
+        severities=levels,
+        seed=seed,
+        batch_size=batch_size,
+        device=resolve_device(device.value, False),
+        assets=assets,
+    )
+    _render_corruptions(ctx, out, preview)
     return EXIT_PASS
 
 
-def _render_corruptions(images, indices, preset: str, chosen: list[str], levels: list[int], seed: int,
-                        out: Optional[Path], preview: Optional[Path], device: Device, batch_size: int,
-                        frost_record: Optional[dict]) -> None:
+def _render_corruptions(ctx: RunContext, out: Path | None, preview: Path | None) -> None:
     """`prunegate corrupt`'s work once its inputs are checked: the preview, then the folder."""
     from prunegate import corrupt as corrupt_lib
-    from prunegate import shifts
-    from prunegate.runners import resolve_device
+    from prunegate.data import fit_to_size
 
-    preset_obj = shifts.get_preset(preset)
+    source = ctx.sources[0]
     if preview is not None:
-        from prunegate.data import fit_to_size
-
-        first = int(indices[0])
-        picture = fit_to_size(images.read([first], 89_478_485)[0][0].permute(2, 0, 1), preset_obj.image_size)
-        png = corrupt_lib.preview_png(picture.permute(1, 2, 0), first, preset=preset, names=chosen, severities=levels, seed=seed)
-        write_atomic(preview, png)
-        _stdout().print(f"wrote {preview}")
+        first = int(source.indices[0])
+        picture = fit_to_size(source.images.read([first], 89_478_485)[0][0].permute(2, 0, 1), ctx.size)
+        write_atomic(preview, corrupt_lib.preview_png(ctx, picture.permute(1, 2, 0), first))
+        stdout_console().print(f"wrote {preview}")
     if out is not None:
-        columns = (TextColumn("corrupting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
-            task = bar.add_task("corrupting", total=len(indices))
-            summary = corrupt_lib.render(images, indices, preset=preset, names=chosen, severities=levels, seed=seed,
-                                         out=out, batch_size=batch_size, device=resolve_device(device.value, False),
-                                         progress=lambda n: bar.advance(task, n), frost_textures=frost_record)
-        _stdout().print(f"wrote {out}: {len(chosen)} corruptions x {len(levels)} severities x {summary['images']} images "
-                        f"at {summary['size']}px")
+        columns = (
+            TextColumn("corrupting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(
+            *columns, console=stderr_console(), transient=True, disable=not stderr_console().is_terminal
+        ) as bar:
+            task = bar.add_task("corrupting", total=len(source.indices))
+            summary = corrupt_lib.render(ctx, out, progress=lambda n: bar.advance(task, n))
+        names = len({t.shift for t in ctx.tasks})
+        stdout_console().print(
+            f"wrote {out}: {names} corruptions x {len(summary['severities'])} severities x "
+            f"{summary['images']} images at {summary['size']}px"
+        )
 
 
 @cli.command()
 def potential(
     policy: Path = typer.Option(..., "--policy", "-p", help="Policy YAML file (its dense model, data and suite)."),
-    pruned: list[Path] = typer.Option(..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."),
-    extra: Optional[list[Path]] = typer.Argument(None, help="More pruned members.", show_default=False),
+    pruned: list[Path] = typer.Option(
+        ..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."
+    ),
+    extra: list[Path] | None = typer.Argument(None, help="More pruned members.", show_default=False),
     delta: float = typer.Option(0.005, min=0.0, max=1.0, help="Error tolerance vs the dense model (0.005 = 0.5 pp)."),
-    out: Optional[Path] = typer.Option(None, help="Write the table as JSON."),
-    plot: Optional[Path] = typer.Option(None, help="Write the prune-potential / excess-error plot (PNG)."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
-    device: Optional[Device] = typer.Option(None, help="Where to run (overrides runtime.device)."),
-    backend: Optional[Backend] = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."),
-    allow_external_arch: bool = typer.Option(False, "--allow-external-arch", help="Allow arch code from outside the "
-                                             "policy's folder and the installed packages."),
+    out: Path | None = typer.Option(None, help="Write the table as JSON."),
+    plot: Path | None = typer.Option(None, help="Write the prune-potential / excess-error plot (PNG)."),
+    limit: int | None = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
+    device: Device | None = typer.Option(None, help="Where to run (overrides runtime.device)."),
+    backend: Backend | None = typer.Option(None, help="Model runtime (overrides runtime.backend)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow model files that unpickle arbitrary objects."
+    ),
+    allow_external_arch: bool = typer.Option(
+        False,
+        "--allow-external-arch",
+        help="Allow arch code from outside the policy's folder and the installed packages.",
+    ),
 ) -> int:
     """Prune potential of a family of pruned models, per task and task group.
 
@@ -123,18 +172,32 @@ def potential(
     from prunegate.report.render.console import render_potential
 
     members = [*pruned, *(extra or [])]
-    loaded = apply_overrides(load_policy(policy), Overrides(device=device.value if device else None,
-                                                            backend=backend.value if backend else None, limit=limit))
+    loaded = apply_overrides(
+        load_policy(policy),
+        Overrides(device=device.value if device else None, backend=backend.value if backend else None, limit=limit),
+    )
     check_outputs({"--out": out, "--plot": plot}, input_files(loaded, members))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_stderr(), transient=True, disable=not _stderr().is_terminal) as bar:
-        result = run_potential(loaded, members, delta=delta, allow_pickle=allow_pickle, progress=_RichProgress(bar),
-                               allow_external_arch=allow_external_arch)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr_console(), transient=True, disable=not stderr_console().is_terminal) as bar:
+        result = run_potential(
+            loaded,
+            members,
+            delta=delta,
+            allow_pickle=allow_pickle,
+            progress=RichProgress(bar),
+            allow_external_arch=allow_external_arch,
+        )
     if out is not None:
         write_atomic(out, json.dumps(result, indent=2) + "\n")
     if plot is not None:
         write_atomic(plot, plot_png(result, f"{loaded.name}: {len(members)} pruned models"))
-    stdout = _stdout()
+    stdout = stdout_console()
     stdout.print(render_potential(result, color=stdout.is_terminal, width=max(stdout.width, CONSOLE_WIDTH)), end="")
     for label, path in (("table", out), ("plot", plot)):
         if path is not None:
@@ -144,14 +207,20 @@ def potential(
 
 @cli.command("prune")
 def prune_command(
-    model: Path = typer.Option(..., "--model", help="The dense torch model: TorchScript, .pt2, or a state dict with --arch."),
-    ratios: str = typer.Option(..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."),
+    model: Path = typer.Option(
+        ..., "--model", help="The dense torch model: TorchScript, .pt2, or a state dict with --arch."
+    ),
+    ratios: str = typer.Option(
+        ..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder to write the family into (created; files must not exist)."),
     method: str = typer.Option("wt", help="wt: global weight magnitude; ft: per-layer filter L1 norm."),
-    arch: Optional[str] = typer.Option(None, help="'module:fn' or 'file.py:fn' building the network for a state dict."),
+    arch: str | None = typer.Option(None, help="'module:fn' or 'file.py:fn' building the network for a state dict."),
     input_size: int = typer.Option(..., "--input-size", min=1, help="Square input side, for export."),
     formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."),
+    allow_pickle: bool = typer.Option(
+        False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."
+    ),
 ) -> int:
     """Make a family of pruned models (no retraining), masks made permanent, exported."""
     from prunegate.prune import METHODS, count_parameters, export_model
@@ -161,12 +230,12 @@ def prune_command(
     if method not in METHODS:
         raise PrunegateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     try:
-        levels = [float(r) for r in _csv(ratios) or []]
+        levels = [float(r) for r in split_csv(ratios) or []]
     except ValueError:
         raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}") from None
     if not levels or any(not 0.0 <= r < 1.0 for r in levels):
         raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}")
-    kinds = _csv(formats) or []
+    kinds = split_csv(formats) or []
     suffixes = {"onnx": "onnx", "torchscript": "pt"}
     if not kinds or any(k not in suffixes for k in kinds):
         raise PrunegateError(f"--format must list onnx and/or torchscript, got {formats!r}")
@@ -177,7 +246,7 @@ def prune_command(
         if target.exists():
             raise PrunegateError("already exists; refusing to overwrite", file=target)
     out.mkdir(parents=True, exist_ok=True)
-    stdout = _stdout()
+    stdout = stdout_console()
     for r in levels:
         member = prune_model(module, method, r)
         total, nonzero = count_parameters(member)
@@ -189,14 +258,51 @@ def prune_command(
                 os.replace(tmp, target)
             finally:
                 tmp.unlink(missing_ok=True)
-        stdout.print(f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})")
+        stdout.print(
+            f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})"
+        )
     stdout.print(f"wrote {len(targets)} files to {out}")
     return EXIT_PASS
 
 
 @cli.command()
-def demo(out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and reports.")) -> int:
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for the demo's data, models and reports."),
+) -> int:
     """Build a small dataset and CNN, prune it, and gate each pruned copy (offline, ~1 minute)."""
-    from prunegate.demo import run_demo
+    return run_demo_command(out, stdout_console())
 
-    return run_demo(out, _stdout())
+
+def run_demo_command(out: Path, console: Console, **build_options: Any) -> int:
+    """`prunegate demo`'s work: build and gate (`prunegate.demo.run_demo`), write a report per pruned
+    model into OUT/reports/ and print what the gate decided. Returns 0 (the demo ran).
+    `build_options` go to `build_demo` (tests make a smaller demo)."""
+    from prunegate.demo import run_demo
+    from prunegate.report.attest import envelope, envelope_json, statement_bytes
+    from prunegate.report.render import Format, RenderOptions, renderer
+
+    out = Path(out)
+    console.print(f"[bold]prunegate demo[/]: building a dataset and a small CNN, pruning it (in {out}/)")
+    result = run_demo(out, **build_options)
+    console.print(f"built in {result.assets.seconds:.0f} s: dense clean accuracy {result.assets.accuracy['dense']:.2%}")
+    (out / "reports").mkdir(exist_ok=True)
+    options = RenderOptions(color=console.is_terminal, width=max(console.width, 100))
+    for name, report in result.reports:
+        console.rule(f"{name}: {result.ratios[name]:.0%} of the weights removed by global magnitude pruning")
+        report_path = out / "reports" / f"{name}.json"
+        write_atomic(report_path, envelope_json(envelope(statement_bytes(report))))
+        console.print(renderer(Format.console).format(report, options), end="")
+        console.print(f"report: {report_path}")
+    console.rule("what the demo shows")
+    for name, report in result.reports:
+        clean = next(t for t in report.tasks if t.name == "clean")
+        failed = ", ".join(r.name for r in report.failed_rules()) or "-"
+        console.print(
+            f"{name}: clean accuracy drop {100 * clean.accuracy_drop:+.2f}pp → "
+            f"{report.verdict.upper()} (failed: {failed})"
+        )
+    console.print(
+        "A pruned model can keep its clean test accuracy and still lose its robustness: "
+        "the gate checks both. Reports are in " + str(out / "reports")
+    )
+    return EXIT_PASS

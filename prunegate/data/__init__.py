@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from prunegate.policy import DataSource
 
 from .arrays import NpyImages, NpzImages
 from .base import CROP_FRACTION, ImageSet, Manifest, batches, fit_to_size, select
 from .cifar import Cifar10Binary
-from .imagefolder import read_class_names, FlatImageFolder, ImageFolder
+from .imagefolder import FlatImageFolder, ImageFolder, read_class_names
 
 __all__ = ["ImageSet", "Manifest", "batches", "fit_to_size", "open_source", "select", "CROP_FRACTION"]
 

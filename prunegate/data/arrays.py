@@ -33,10 +33,11 @@ import struct
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO
 
 import numpy as np
 import torch
@@ -46,8 +47,10 @@ from prunegate.errors import DataError
 
 from .base import ImageSet, require_path
 
-MIXED_SIZES = ("holds an object array, not one uint8 array (images of different sizes?): {format} needs the "
-               "images as one uint8 array [N, H, W, 3] of same-size images; use imagefolder for images of any size")
+MIXED_SIZES = (
+    "holds an object array, not one uint8 array (images of different sizes?): {format} needs the "
+    "images as one uint8 array [N, H, W, 3] of same-size images; use imagefolder for images of any size"
+)
 INFLATE_LIMIT = 1 << 30  # bytes a compressed member read whole may take in memory
 _INT64_MAX = np.iinfo(np.int64).max
 _ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader: 30 bytes
@@ -68,7 +71,7 @@ class _Header:
         return prod(int(n) for n in self.shape) * self.dtype.itemsize
 
 
-def _read_header(stream) -> _Header:
+def _read_header(stream: IO[bytes]) -> _Header:
     """Raises ValueError (or numpy's SyntaxError, TokenError... on a damaged header)."""
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
@@ -84,17 +87,19 @@ def _read_header(stream) -> _Header:
     return _Header(tuple(int(n) for n in shape), dtype, bool(fortran), stream.tell())
 
 
-def _claims_too_much(header: _Header, available: int, where: str) -> Optional[str]:
+def _claims_too_much(header: _Header, available: int, where: str) -> str | None:
     if header.nbytes <= available:
         return None
-    return (f"{where}: its header claims shape {header.shape} ({header.nbytes} bytes) but {max(available, 0)} bytes "
-            f"follow the header (a truncated or damaged file?)")
+    return (
+        f"{where}: its header claims shape {header.shape} ({header.nbytes} bytes) but {max(available, 0)} bytes "
+        f"follow the header (a truncated or damaged file?)"
+    )
 
 
 class _StreamedRows:
     """The rows of a compressed .npz member, decompressed on demand (see the module's docstring).
 
-    Looks enough like an array for `_Arrays`: `shape`, `dtype`, `ndim`, and `rows[indices]` for a
+    Looks enough like an array for `ArrayImages`: `shape`, `dtype`, `ndim`, and `rows[indices]` for a
     list of indices, in any order. The open stream belongs to the process that opened it (a forked
     loader worker opens its own: a file offset shared with the parent would interleave reads) and
     is not pickled."""
@@ -102,14 +107,14 @@ class _StreamedRows:
     def __init__(self, path: Path, member: str, header: _Header):
         self.path, self.member, self.header = path, member, header
         self.shape, self.dtype = header.shape, header.dtype
-        self._state: Optional[tuple[int, zipfile.ZipFile, object, int]] = None  # pid, archive, stream, next row
+        self._state: tuple[int, zipfile.ZipFile, IO[bytes], int] | None = None  # pid, archive, stream, next row
         self._lock = threading.Lock()
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    def with_channel_axis(self) -> "_StreamedRows":
+    def with_channel_axis(self) -> _StreamedRows:
         """NHW -> NHW1: the same bytes per row."""
         rows = _StreamedRows(self.path, self.member, self.header)
         rows.shape = (*self.shape, 1)
@@ -143,14 +148,21 @@ class _StreamedRows:
                         block[slot] = row
                     position = index + 1
                 self._state = (os.getpid(), archive, stream, position)
-            except (OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error,
-                    lzma.LZMAError) as exc:  # a damaged stream; the file rewritten since it was opened
+            except (
+                OSError,
+                EOFError,
+                RuntimeError,
+                NotImplementedError,
+                zipfile.BadZipFile,
+                zlib.error,
+                lzma.LZMAError,
+            ) as exc:  # a damaged stream; the file rewritten since it was opened
                 self._close()
                 text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 raise ValueError(f"array {self.member!r}: {text}") from None
         return block
 
-    def _stream_at(self, first: int):
+    def _stream_at(self, first: int) -> tuple[zipfile.ZipFile, IO[bytes], int]:
         """(archive, stream, the row it is at): the open stream, restarted from the member's start
         if it is past row `first` or was opened by another process (the parent of a forked worker)."""
         if self._state is not None:
@@ -176,27 +188,29 @@ class _StreamedRows:
             archive.close()
 
     @staticmethod
-    def _read(stream, count: int) -> bytes:
+    def _read(stream: IO[bytes], count: int) -> bytes:
         data = stream.read(count)
         if len(data) != count:
             raise EOFError("the archive member ends before the rows its header claims")
         return data
 
     @classmethod
-    def _skip(cls, stream, count: int) -> None:
+    def _skip(cls, stream: IO[bytes], count: int) -> None:
         while count > 0:
             step = min(count, _SKIP_CHUNK)
             cls._read(stream, step)
             count -= step
 
 
-_Images = Union[np.ndarray, _StreamedRows]
+_Images = np.ndarray | _StreamedRows
 
 
-class _Arrays(ImageSet):
+class ArrayImages(ImageSet):
+    """A set whose images are one uint8 NHWC array: memory-mapped, in memory, or streamed rows."""
+
     images: _Images
     digest: str
-    _mapped: Optional[tuple[str, int]] = None  # a memory-mapped file and its size when it was opened
+    _mapped: tuple[str, int] | None = None  # a memory-mapped file and its size when it was opened
 
     def contents_key(self) -> str:
         return self.digest  # the file's sha256, taken when it was opened
@@ -229,14 +243,19 @@ class _Arrays(ImageSet):
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
         height, width = self.images.shape[1:3]
         if height * width > max_pixels:
-            raise self.error(f"images have {height * width} pixels ({height} x {width}), over the limit of "
-                             f"{max_pixels} (data.max_pixels)")
+            raise self.error(
+                f"images have {height * width} pixels ({height} x {width}), over the limit of "
+                f"{max_pixels} (data.max_pixels)"
+            )
         if self._mapped:  # touching a mapped page past a shrunk file's end kills the process (SIGBUS)
             name, size = self._mapped
             now = os.path.getsize(name) if os.path.exists(name) else 0
             if now < size:
-                raise self.error(f"cannot read the images: the file shrank from {size} to {now} bytes after it "
-                                 f"was opened (rewritten during the run?)", Path(name))
+                raise self.error(
+                    f"cannot read the images: the file shrank from {size} to {now} bytes after it "
+                    f"was opened (rewritten during the run?)",
+                    Path(name),
+                )
         try:
             block = torch.from_numpy(np.ascontiguousarray(self.images[indices]))
         except (OSError, ValueError) as exc:  # a damaged compressed stream; a file that changed under us
@@ -251,7 +270,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def _load_npy(path: Path, field_error, format: str = "npy") -> np.ndarray:
+def load_npy(path: Path, field_error: Callable[[str, Path], DataError], format: str = "npy") -> np.ndarray:
     """A memory map of an .npy file, after checking that the file holds what its header claims
     (numpy's own error for a short file is "mmap length is greater than file size")."""
     try:
@@ -295,7 +314,7 @@ def _member_data_offset(path: Path, info: zipfile.ZipInfo) -> int:
     return info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
 
 
-class NpzImages(_Arrays):
+class NpzImages(ArrayImages):
     format = "npz"
 
     def __init__(self, path: Path, field: str, images_key: str = "images", labels_key: str = "labels"):
@@ -339,8 +358,14 @@ class NpzImages(_Arrays):
                 raise ValueError(problem)
             if header.nbytes == 0:
                 return np.zeros(header.shape, header.dtype)
-            return np.memmap(self.path, dtype=header.dtype, mode="r", offset=start, shape=header.shape,
-                             order="F" if header.fortran else "C")
+            return np.memmap(
+                self.path,
+                dtype=header.dtype,
+                mode="r",
+                offset=start,
+                shape=header.shape,
+                order="F" if header.fortran else "C",
+            )
         if not whole and not header.fortran:
             return _StreamedRows(self.path, member, header)
         in_memory = header.nbytes
@@ -348,22 +373,24 @@ class NpzImages(_Arrays):
             in_memory = max(in_memory, prod(header.shape) * np.dtype(np.int64).itemsize)
         if in_memory > INFLATE_LIMIT:
             why = "a Fortran-ordered compressed array is read whole" if not whole else "the labels are read whole"
-            raise self.error(f"array {name!r} is compressed and would take {in_memory} bytes in memory (shape "
-                             f"{header.shape}), over the limit of {INFLATE_LIMIT} ({why}): save the archive with "
-                             f"np.savez (uncompressed, read in place) or use format npy")
+            raise self.error(
+                f"array {name!r} is compressed and would take {in_memory} bytes in memory (shape "
+                f"{header.shape}), over the limit of {INFLATE_LIMIT} ({why}): save the archive with "
+                f"np.savez (uncompressed, read in place) or use format npy"
+            )
         with archive.open(member) as stream:
             return np.lib.format.read_array(stream, allow_pickle=False)
 
 
-class NpyImages(_Arrays):
+class NpyImages(ArrayImages):
     format = "npy"
 
     def __init__(self, path: Path, field: str, labels_path: Path):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=False)
         require_path(labels_path, field + ".labels", directory=False)
-        images = _load_npy(path, self.error)
-        labels = np.asarray(_load_npy(labels_path, self.error))
+        images = load_npy(path, self.error)
+        labels = np.asarray(load_npy(labels_path, self.error))
         self._set_arrays(images, labels, path)
         self.labels_path = labels_path
         self.digest = hashlib.sha256((file_sha256(path) + file_sha256(labels_path)).encode()).hexdigest()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class ImageSet(ABC):
         self.path = path
         self.field = field
         self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
-        self.classes: Optional[list[str]] = None
+        self.classes: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -43,7 +43,7 @@ class ImageSet(ABC):
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
         """Images (uint8 HWC, any size) and one content digest per image for these indices."""
 
-    def error(self, message: str, file: Optional[Path] = None) -> DataError:
+    def error(self, message: str, file: Path | None = None) -> DataError:
         return DataError(message, file=file or self.path, field=self.field)
 
     def describe(self) -> dict:
@@ -64,6 +64,7 @@ class ImageSet(ABC):
 
 
 def require_path(path: Path, field: str, *, directory: bool) -> None:
+    """Raise a DataError unless `path` exists and is a folder (or a file, when not `directory`)."""
     if not path.exists():
         raise DataError(missing_reason(path), file=path, field=field)
     if directory and not path.is_dir():
@@ -72,7 +73,7 @@ def require_path(path: Path, field: str, *, directory: bool) -> None:
         raise DataError("expected a file, found a folder", file=path, field=field)
 
 
-def select(labels: np.ndarray, limit: Optional[int]) -> np.ndarray:
+def select(labels: np.ndarray, limit: int | None) -> np.ndarray:
     """Indices of the class-balanced subset: samples are taken by their rank within their class
     (all first samples of each class, then all second ones, ...) until `limit` are chosen, so each
     class gets floor or ceil of limit/K; returned in file order."""
@@ -97,6 +98,10 @@ def fit_to_size(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(image, [size, size])
 
 
+# One decoded batch: (sample indices, uint8 NHWC images, labels, one digest per image).
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]
+
+
 class _Fetch(torch.utils.data.Dataset):
     """Worker-side reading of whole batches: the sampler yields lists of indices.
 
@@ -109,7 +114,7 @@ class _Fetch(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, indices: list[int]):
+    def __getitem__(self, indices: list[int]) -> Batch | DataError:
         try:
             pictures, digests = self.images.read(indices, self.max_pixels)
         except DataError as error:
@@ -120,7 +125,7 @@ class _Fetch(torch.utils.data.Dataset):
         return torch.tensor(indices, dtype=torch.int64), batch, labels, digests
 
 
-def _identity(batch):
+def _identity(batch: Batch | DataError) -> Batch | DataError:
     return batch
 
 
@@ -154,7 +159,7 @@ class Manifest:
 
 def batches(
     images: ImageSet, indices: np.ndarray, size: int, batch_size: int, workers: int, max_pixels: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]]:
+) -> Iterator[Batch]:
     """(sample indices, uint8 NHWC images, labels, digests) in order, decoded in workers."""
     chunks = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     loader = torch.utils.data.DataLoader(
@@ -162,7 +167,8 @@ def batches(
         batch_size=None,
         sampler=chunks,
         num_workers=min(workers, len(chunks)),
-        collate_fn=_identity,
+        # With batch_size=None torch calls collate_fn on each item, not on a list as its type says.
+        collate_fn=_identity,  # type: ignore[arg-type]
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )

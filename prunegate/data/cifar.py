@@ -12,14 +12,14 @@ import numpy as np
 
 from prunegate.digest import file_sha256
 
-from .arrays import _Arrays
+from .arrays import ArrayImages
 from .base import require_path
 
 RECORD = 1 + 3 * 32 * 32
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-class Cifar10Binary(_Arrays):
+class Cifar10Binary(ArrayImages):
     format = "cifar10-binary"
 
     def __init__(self, path: Path, field: str):

@@ -17,7 +17,7 @@ import numpy as np
 from prunegate.digest import file_sha256
 from prunegate.errors import DataError
 
-from .arrays import _Arrays, _load_npy
+from .arrays import ArrayImages, load_npy
 from .base import require_path
 
 SEVERITY_FILE = "prunegate-c.json"
@@ -31,15 +31,19 @@ def folder_severities(folder: Path, field: str = "suite.corruptions.precomputed"
         return [1, 2, 3, 4, 5]
     try:
         severities = json.loads(meta.read_text(encoding="utf-8"))["severities"]
-        if not isinstance(severities, list) or not severities or any(
-                type(s) is not int or not 1 <= s <= 5 for s in severities) or len(set(severities)) != len(severities):
+        if (
+            not isinstance(severities, list)
+            or not severities
+            or any(type(s) is not int or not 1 <= s <= 5 for s in severities)
+            or len(set(severities)) != len(severities)
+        ):
             raise ValueError
         return severities
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise DataError('expected {"severities": [distinct integers 1-5]}', file=meta, field=field) from None
 
 
-class CorruptedArrays(_Arrays):
+class CorruptedArrays(ArrayImages):
     """One corruption at one severity, read from a precomputed folder."""
 
     format = "cifar-c"
@@ -52,8 +56,8 @@ class CorruptedArrays(_Arrays):
         severities = folder_severities(folder, field)
         if severity not in severities:
             raise self.error(f"severity {severity} is not in this folder (it has {severities})")
-        images = _load_npy(self.path, self.error)
-        labels = np.asarray(_load_npy(folder / "labels.npy", self.error))
+        images = load_npy(self.path, self.error)
+        labels = np.asarray(load_npy(folder / "labels.npy", self.error))
         if images.ndim == 0:
             raise self.error(f"images must be uint8 [S * N, H, W, 3]; found shape {images.shape}")
         if labels.ndim != 1:
@@ -65,7 +69,9 @@ class CorruptedArrays(_Arrays):
         if len(labels) == blocks * n:
             labels = labels[:n]
         elif len(labels) != n:
-            raise self.error(f"labels.npy has {len(labels)} labels; expected {n} or {blocks * n}", folder / "labels.npy")
+            raise self.error(
+                f"labels.npy has {len(labels)} labels; expected {n} or {blocks * n}", folder / "labels.npy"
+            )
         block = severities.index(severity)
         self._set_arrays(images[block * n : (block + 1) * n], labels, self.path)
         self.severity = severity

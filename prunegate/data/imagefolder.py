@@ -15,8 +15,9 @@ import hashlib
 import io
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import cast
 
 import numpy as np
 import PIL.Image
@@ -24,48 +25,14 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from prunegate.errors import DataError, link_problem
+from prunegate.imageio import PIL_FORMATS, decoder_message, pil_decode
 
 from .base import ImageSet, require_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _FLAT_LABEL = re.compile(r"_(\d+)$")
-# Everything but JPEG is decoded with Pillow: BMP and TIFF, which torchvision's decoder refuses;
-# PNG, because torchvision's libpng glue crashes the process (a segmentation fault, not an
-# exception) on some damaged PNG files (pytorch/vision#3613, #4485; still so in 0.29: see
-# tests/test_fuzz.py); GIF and WebP, because torchvision decodes every frame of an animated one
-# (a 0.86 MB GIF took 3.5 GB) where Pillow decodes the first. Pillow opens only these formats
-# (whatever a file's suffix, it would otherwise try any of its ~40 readers on the content).
-PIL_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG includes MPO (multi-picture)
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
-
-def pil_decode(raw: bytes) -> torch.Tensor:
-    """CHW uint8 RGB of the first frame. Pillow's own conversion clips 16-bit grey to 255 (a
-    white image): those are scaled to 8 bits here; float images, whose range no header states,
-    are refused."""
-    with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as picture:
-        if picture.mode.startswith("I"):  # I;16, I;16B, ... (16-bit) or I (32-bit integers)
-            grey = np.asarray(picture, dtype=np.float64)
-            if grey.size and (grey.min() < 0 or grey.max() > 65535):
-                raise ValueError(f"{picture.mode} pixels outside 0-65535; convert the image to 8 or 16 bits")
-            grey = np.clip(np.round(grey * (255 / 65535)), 0, 255).astype(np.uint8)
-            rgb = np.repeat(grey[..., None], 3, axis=-1)
-        elif picture.mode == "F":
-            raise ValueError("floating-point pixels (mode F) have no defined range; convert the image to 8 or 16 bits")
-        else:
-            rgb = np.array(picture.convert("RGB"))
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
-
-
-_CPP_LOCATION = re.compile(r"^[\w:()<>~ ]+, \S+\.(?:cpp|h|c):\d+, ")  # "decode_png, /…/decode_png.cpp:62, "
-
-
-def decoder_message(exc: BaseException) -> str:
-    if isinstance(exc, PIL.UnidentifiedImageError):  # its text names a BytesIO object's address
-        return "not a PNG, JPEG, GIF, WebP, BMP or TIFF image"
-    text = str(exc).strip()
-    line = _CPP_LOCATION.sub("", text.splitlines()[0]) if text else type(exc).__name__
-    return line[:200]
+ErrorFactory = Callable[[str, Path], DataError]  # an ImageSet's `error`: (message, file) -> DataError
 
 
 def _as_rgb8(image: torch.Tensor) -> torch.Tensor:
@@ -82,21 +49,21 @@ def _as_rgb8(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def _entries(folder: Path, error) -> list[Path]:
+def _entries(folder: Path, error: ErrorFactory) -> list[Path]:
     try:
         return sorted(folder.iterdir())
     except OSError as exc:
         raise error(f"cannot list the folder ({exc.strerror or exc})", folder) from None
 
 
-def _refuse_dead_link(entry: Path, error) -> None:
+def _refuse_dead_link(entry: Path, error: ErrorFactory) -> None:
     """A broken or looping link is neither a file nor a folder, so it would be skipped silently."""
     problem = link_problem(entry)
     if problem:
         raise error(f"{problem}: fix or remove the link (skipping it would leave its images out)", entry)
 
 
-def _image_files(folder: Path, error) -> list[Path]:
+def _image_files(folder: Path, error: ErrorFactory) -> list[Path]:
     files = []
     for entry in _entries(folder, error):
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
@@ -140,8 +107,9 @@ class _Files(ImageSet):
         self._check_pixels(file, raw, max_pixels)
         try:
             if raw.startswith(_JPEG_MAGIC):  # by content: a GIF or PNG named .jpg goes to Pillow too
-                image = _as_rgb8(decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8),
-                                             mode=ImageReadMode.RGB))
+                image = _as_rgb8(
+                    decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                )
             else:
                 image = pil_decode(raw)
         except PIL.Image.DecompressionBombError:
@@ -158,14 +126,20 @@ class _Files(ImageSet):
     @staticmethod
     def _too_large(pixels: int | None, max_pixels: int) -> str:
         if pixels is None:
-            return (f"image is too large: over Pillow's decompression-bomb limit of {2 * PIL.Image.MAX_IMAGE_PIXELS} "
-                    f"pixels (data.max_pixels is {max_pixels})")
+            # Pillow's bomb check raised, so its limit is set (typed int | None: None turns the check off).
+            bomb = 2 * cast(int, PIL.Image.MAX_IMAGE_PIXELS)
+            return (
+                f"image is too large: over Pillow's decompression-bomb limit of {bomb} "
+                f"pixels (data.max_pixels is {max_pixels})"
+            )
         return f"image has {pixels} pixels, over the limit of {max_pixels} (data.max_pixels)"
 
     @staticmethod
     def _undecodable(file: Path, exc: BaseException) -> str:
-        return (f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
-                f"file ({decoder_message(exc)})")
+        return (
+            f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
+            f"file ({decoder_message(exc)})"
+        )
 
     def _check_pixels(self, file: Path, raw: bytes, max_pixels: int) -> None:
         """Only the header is read here (for a GIF, up to its first frame's descriptor, which may
@@ -195,7 +169,9 @@ def read_class_names(path: Path, field: str) -> list[str]:
     while names and not names[-1]:
         names.pop()
     if not names:
-        raise DataError("no class names in the file (one per line, in the model's output order)", file=path, field=field)
+        raise DataError(
+            "no class names in the file (one per line, in the model's output order)", file=path, field=field
+        )
     for number, name in enumerate(names, start=1):
         if not name:
             raise DataError(f"line {number} is blank: every line names a class", file=path, field=field)
@@ -205,7 +181,7 @@ def read_class_names(path: Path, field: str) -> list[str]:
     return names
 
 
-def _label_of(name: str, class_names: list[str], index: dict[str, int], error, where: Path) -> int:
+def _label_of(name: str, class_names: list[str], index: dict[str, int], error: ErrorFactory, where: Path) -> int:
     if name not in index:
         raise error(f"class {name!r} is not in the class_names file ({len(class_names)} names)", where)
     return index[name]
@@ -214,7 +190,7 @@ def _label_of(name: str, class_names: list[str], index: dict[str, int], error, w
 class ImageFolder(_Files):
     format = "imagefolder"
 
-    def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
+    def __init__(self, path: Path, field: str, class_names: list[str] | None = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
         class_dirs = []
@@ -229,7 +205,10 @@ class ImageFolder(_Files):
         index = {name: i for i, name in enumerate(self.classes)}
         self.files, labels = [], []
         for folder in class_dirs:
-            label = _label_of(folder.name, self.classes, index, self.error, folder) if class_names else index[folder.name]
+            if class_names:
+                label = _label_of(folder.name, self.classes, index, self.error, folder)
+            else:
+                label = index[folder.name]
             files = _image_files(folder, self.error)
             self.files += files
             labels += [label] * len(files)
@@ -244,7 +223,7 @@ class FlatImageFolder(_Files):
 
     format = "imagefolder-flat"
 
-    def __init__(self, path: Path, field: str, class_names: Optional[list[str]] = None):
+    def __init__(self, path: Path, field: str, class_names: list[str] | None = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
         self.files = _image_files(path, self.error)
@@ -254,8 +233,9 @@ class FlatImageFolder(_Files):
         if class_names:
             self.classes = class_names
             index = {name: i for i, name in enumerate(class_names)}
-            self.labels = np.asarray([_label_of(f.stem.split("_")[0], class_names, index, self.error, f)
-                                      for f in self.files], dtype=np.int64)
+            self.labels = np.asarray(
+                [_label_of(f.stem.split("_")[0], class_names, index, self.error, f) for f in self.files], dtype=np.int64
+            )
             return
         for file in self.files:
             match = _FLAT_LABEL.search(file.stem)

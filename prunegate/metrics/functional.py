@@ -12,6 +12,7 @@ NO_PREDICTION = -1
 
 
 def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 class per sample, or NO_PREDICTION where the logits are not all finite."""
     finite = torch.isfinite(logits).all(dim=1)
     top1 = logits.argmax(dim=1)
     return torch.where(finite, top1, torch.full_like(top1, NO_PREDICTION))
@@ -30,16 +31,20 @@ def softmax_distances(dense_logits: torch.Tensor, pruned_logits: torch.Tensor) -
 
 
 def correct(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample bool: the prediction is the label."""
     return (preds == labels) & (preds != NO_PREDICTION)
 
 
 def agree(dense_preds: torch.Tensor, pruned_preds: torch.Tensor) -> torch.Tensor:
+    """Per-sample bool: both models made the same prediction."""
     return (dense_preds == pruned_preds) & (dense_preds != NO_PREDICTION)
 
 
 def accuracy(preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """The fraction of correct predictions (NaN for no samples)."""
     return float(correct(preds, labels).double().mean()) if len(labels) else float("nan")
 
 
 def agreement(dense_preds: torch.Tensor, pruned_preds: torch.Tensor) -> float:
+    """The fraction of samples on which both models agree (NaN for no samples)."""
     return float(agree(dense_preds, pruned_preds).double().mean()) if len(dense_preds) else float("nan")

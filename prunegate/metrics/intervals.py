@@ -15,9 +15,9 @@ accuracy uses the 2x2 table of (dense right?, pruned right?), not two independen
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Iterator
 
 import numpy as np
 
@@ -28,6 +28,7 @@ def z_value(confidence: float) -> float:
 
 
 def wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (NaN, NaN for no trials)."""
     if n <= 0:
         return (float("nan"), float("nan"))
     z = z_value(confidence)
@@ -38,7 +39,9 @@ def wilson(successes: int, n: int, confidence: float) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def newcombe_paired(both: int, only_first: int, only_second: int, neither: int, confidence: float) -> tuple[float, float]:
+def newcombe_paired(
+    both: int, only_first: int, only_second: int, neither: int, confidence: float
+) -> tuple[float, float]:
     """Interval for p1 - p2 where p1 = (both + only_first)/n and p2 = (both + only_second)/n.
 
     For accuracy_drop: first = dense right, second = pruned right, so only_first counts the
@@ -91,6 +94,7 @@ def mean_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile bootstrap interval over the finite replicates (NaN, NaN when none is finite)."""
     finite = replicates[np.isfinite(replicates)]
     if len(finite) == 0:
         return (float("nan"), float("nan"))

@@ -3,12 +3,18 @@
 Each task keeps, for every evaluated sample, both models' predictions and the two softmax
 distances, at the sample's fixed position. Positions come from the sample order, so shards and
 batches fill disjoint slots and merge exactly, and paired statistics can use the bits later.
+
+Every tensor declares how it merges across processes (as torchmetrics' `add_state` does):
+`Slots(empty)` are per-sample slots that exactly one process fills, so the merge sums what each
+process filled (offset by `empty`, so an unfilled slot contributes zero) and `filled` counts the
+processes that wrote each slot (more than one is a bug). A new field is one line in STATES.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,24 +22,54 @@ import torch
 from . import functional as F
 
 
+@dataclass(frozen=True)
+class Slots:
+    """A per-sample tensor of `dtype`, `empty` where no sample was written."""
+
+    dtype: torch.dtype
+    empty: float
+
+    @property
+    def offset(self) -> float:
+        """What a filled slot is stored relative to for the merge's sum (a finite `empty`, else 0)."""
+        return self.empty if np.isfinite(self.empty) else 0.0
+
+
+# labels and predictions: class indices, -1 = none; distances: NaN until written (21 bytes/sample)
+STATES: dict[str, Slots] = {
+    "labels": Slots(torch.int32, -1),
+    "dense_pred": Slots(torch.int32, -1),
+    "pruned_pred": Slots(torch.int32, -1),
+    "l2": Slots(torch.float32, float("nan")),
+    "linf": Slots(torch.float32, float("nan")),
+}
+
+Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place across processes (dist.all_reduce)
+
+
 @dataclass
 class TaskTally:
-    labels: torch.Tensor  # [n] int32 (class indices; 21 bytes per sample and task in all)
+    """One task's per-sample outcomes for the dense and one pruned model."""
+
+    labels: torch.Tensor  # [n] int32 (class indices)
     dense_pred: torch.Tensor  # [n] int32, -1 = no prediction
     pruned_pred: torch.Tensor
     l2: torch.Tensor  # [n] float32
     linf: torch.Tensor
     filled: torch.Tensor  # [n] bool: every slot must be written exactly once
 
+    FIELDS = (*STATES, "filled")
+
     @classmethod
     def empty(cls, n: int, device: torch.device) -> TaskTally:
-        def full(value, dtype):
-            return torch.full((n,), value, dtype=dtype, device=device)
+        """A tally of `n` unwritten slots on `device`."""
+        slots = {name: torch.full((n,), s.empty, dtype=s.dtype, device=device) for name, s in STATES.items()}
+        return cls(**slots, filled=torch.zeros(n, dtype=torch.bool, device=device))
 
-        return cls(full(-1, torch.int32), full(-1, torch.int32), full(-1, torch.int32),
-                   full(float("nan"), torch.float32), full(float("nan"), torch.float32), full(False, torch.bool))
-
-    def update(self, positions: torch.Tensor, labels: torch.Tensor, dense_logits: torch.Tensor, pruned_logits: torch.Tensor) -> None:
+    def update(
+        self, positions: torch.Tensor, labels: torch.Tensor, dense_logits: torch.Tensor, pruned_logits: torch.Tensor
+    ) -> None:
+        """Write one batch's outcomes into the slots at `positions`."""
         l2, linf = F.softmax_distances(dense_logits, pruned_logits)
         self.labels[positions] = labels.to(self.labels.dtype)
         self.dense_pred[positions] = F.predictions(dense_logits).to(self.dense_pred.dtype)
@@ -42,7 +78,21 @@ class TaskTally:
         self.linf[positions] = linf
         self.filled[positions] = True
 
-    FIELDS = ("labels", "dense_pred", "pruned_pred", "l2", "linf", "filled")
+    def all_reduce(self, reduce: Reduce) -> None:
+        """Merge every process's part in place, as STATES declare; each slot must have been filled
+        by exactly one process."""
+        filled = self.filled
+        for name, slots in STATES.items():
+            tensor = getattr(self, name)
+            offset = torch.tensor(slots.offset, dtype=tensor.dtype, device=tensor.device)
+            mine = torch.where(filled, tensor - offset, torch.zeros_like(tensor))
+            reduce(mine)
+            setattr(self, name, mine + offset)
+        count = filled.to(torch.int32)
+        reduce(count)
+        if int(count.max()) > 1:
+            raise AssertionError("a sample was evaluated by more than one process")
+        self.filled = count == 1
 
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors, on the CPU, for a checkpoint."""
@@ -51,33 +101,66 @@ class TaskTally:
     @classmethod
     def from_state(cls, state: dict, n: int, device: torch.device) -> TaskTally:
         """A tally from `state`; ValueError unless it is one of `n` samples."""
-        tensors = [state.get(name) for name in cls.FIELDS]
-        if not all(isinstance(t, torch.Tensor) and t.shape == (n,) for t in tensors):
+        found = [state.get(name) for name in cls.FIELDS]
+        tensors = [t for t in found if isinstance(t, torch.Tensor) and t.shape == (n,)]
+        if len(tensors) != len(found):
             raise ValueError(f"a checkpoint's tally is not one of {n} samples")
         empty = cls.empty(n, device)
         return cls(*(t.to(device, getattr(empty, name).dtype) for name, t in zip(cls.FIELDS, tensors)))
 
     @property
     def n(self) -> int:
+        """The number of slots (samples x draws)."""
         return int(self.labels.shape[0])
 
     def cpu(self) -> TaskTally:
-        return TaskTally(*(t.cpu() for t in (self.labels, self.dense_pred, self.pruned_pred, self.l2, self.linf, self.filled)))
+        """The same tally on the CPU."""
+        return TaskTally(*(getattr(self, name).cpu() for name in self.FIELDS))
 
-    def summary(self, *, draws: int = 1, classes: Optional[int] = None, confidence: float = 0.95,
-                resampler=None, indices=None, class_names=None) -> dict:
+    def summary(
+        self,
+        *,
+        draws: int = 1,
+        classes: int | None = None,
+        confidence: float = 0.95,
+        resampler: Any = None,
+        indices: np.ndarray | None = None,
+        class_names: list[str] | None = None,
+    ) -> dict:
         """The task's metrics as the report records them (see paired.task_statistics)."""
-        return self.statistics(draws=draws, classes=classes, confidence=confidence, resampler=resampler,
-                               indices=indices, class_names=class_names)[0]
+        return self.statistics(
+            draws=draws,
+            classes=classes,
+            confidence=confidence,
+            resampler=resampler,
+            indices=indices,
+            class_names=class_names,
+        )[0]
 
-    def statistics(self, *, draws: int = 1, classes: Optional[int] = None, confidence: float = 0.95,
-                   resampler=None, indices=None, class_names=None) -> tuple[dict, dict]:
+    def statistics(
+        self,
+        *,
+        draws: int = 1,
+        classes: int | None = None,
+        confidence: float = 0.95,
+        resampler: Any = None,
+        indices: np.ndarray | None = None,
+        class_names: list[str] | None = None,
+    ) -> tuple[dict, dict]:
         """(summary, bootstrap replicates per metric)."""
         from .paired import task_statistics
 
         if classes is None:
-            classes = int(max(self.labels.max(), self.dense_pred.max(), self.pruned_pred.max())) + 1 if self.n else 1
+            top = max(self.labels.max(), self.dense_pred.max(), self.pruned_pred.max())
+            classes = int(top) + 1 if self.n else 1
         if indices is None:
             indices = np.arange(self.n // draws)
-        return task_statistics(self.cpu(), draws=draws, classes=classes, confidence=confidence, resampler=resampler,
-                               indices=indices, class_names=class_names)
+        return task_statistics(
+            self.cpu(),
+            draws=draws,
+            classes=classes,
+            confidence=confidence,
+            resampler=resampler,
+            indices=indices,
+            class_names=class_names,
+        )

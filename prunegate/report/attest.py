@@ -10,10 +10,14 @@ import base64
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prunegate.errors import ReportError
 
 from .schema import PREDICATE_TYPE, Report
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -43,8 +47,10 @@ def statement(report: Report) -> dict:
         {"name": Path(m.path).name, "digest": {"sha256": m.sha256}, "annotations": {"role": role}}
         for role, m in (("pruned", report.models.pruned), ("dense", report.models.dense))
     ]
-    subjects += [{"name": name, "digest": {"sha256": digest}, "annotations": {"role": "arch", "models": models}}
-                 for digest, (name, models) in sorted(arch_digests(report).items())]
+    subjects += [
+        {"name": name, "digest": {"sha256": digest}, "annotations": {"role": "arch", "models": models}}
+        for digest, (name, models) in sorted(arch_digests(report).items())
+    ]
     return {
         "_type": STATEMENT_TYPE,
         "subject": subjects,
@@ -54,10 +60,12 @@ def statement(report: Report) -> dict:
 
 
 def statement_bytes(report: Report) -> bytes:
+    """The in-toto Statement of a report as canonical JSON bytes (sorted keys, no spaces)."""
     return json.dumps(statement(report), indent=None, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def envelope(payload: bytes, signatures: list[dict] | None = None) -> dict:
+    """A DSSE envelope around `payload` with the given signatures."""
     return {
         "payloadType": PAYLOAD_TYPE,
         "payload": base64.b64encode(payload).decode("ascii"),
@@ -66,6 +74,7 @@ def envelope(payload: bytes, signatures: list[dict] | None = None) -> dict:
 
 
 def envelope_json(envelope_dict: dict) -> str:
+    """A DSSE envelope as indented JSON text with a trailing newline."""
     return json.dumps(envelope_dict, indent=2) + "\n"
 
 
@@ -102,8 +111,12 @@ def strict_json(text: str | bytes) -> object:
 
 
 def _duplicate(exc: DuplicateKeyError, where: str, file: str, field: str | None = None) -> ReportError:
-    return ReportError(f"{where} repeats the key {exc.key!r} (a JSON object must name each key once: a "
-                       "reader could take either value)", file=file, field=field)
+    return ReportError(
+        f"{where} repeats the key {exc.key!r} (a JSON object must name each key once: a "
+        "reader could take either value)",
+        file=file,
+        field=field,
+    )
 
 
 def parse_envelope(text: str, file: str) -> dict:
@@ -141,12 +154,13 @@ def read_envelope(text: str, file: str) -> tuple[dict, bytes, dict]:
     except ValueError:  # binascii.Error, JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ReportError("the payload is not base64-encoded JSON", file=file, field="payload") from None
     if not isinstance(decoded, dict) or decoded.get("predicateType") != PREDICATE_TYPE:
-        raise ReportError(f"the payload is not a prunegate statement (predicateType {PREDICATE_TYPE})",
-                          file=file, field="payload")
+        raise ReportError(
+            f"the payload is not a prunegate statement (predicateType {PREDICATE_TYPE})", file=file, field="payload"
+        )
     return data, payload, decoded
 
 
-def sign(payload: bytes, key) -> dict:
+def sign(payload: bytes, key: Ed25519PrivateKey) -> dict:
     """A signed envelope over `payload` with an Ed25519 private key."""
     from .keys import fingerprint
 
@@ -205,7 +219,7 @@ class Verification:
         return self
 
 
-def verify_envelope(data: dict, public_key) -> Verification:
+def verify_envelope(data: dict, public_key: Ed25519PublicKey) -> Verification:
     """Check signature first (over the exact payload bytes), then the statement's structure.
 
     `data` must already be an envelope-shaped dict (see `parse_envelope`)."""
@@ -257,11 +271,17 @@ def verify_envelope(data: dict, public_key) -> Verification:
         report = Report.model_validate(decoded.get("predicate"))
     except Exception as exc:
         return result.fail(f"the predicate is not a valid prunegate report ({str(exc).splitlines()[0]})")
-    recorded = {"dense": report.models.dense.sha256, "pruned": report.models.pruned.sha256,
-                **{f"arch:{digest}": digest for digest in arch_digests(report)}}
+    recorded = {
+        "dense": report.models.dense.sha256,
+        "pruned": report.models.pruned.sha256,
+        **{f"arch:{digest}": digest for digest in arch_digests(report)},
+    }
     if recorded != roles:
-        return result.fail("the statement's subjects and the report's models (and their arch code) have different "
-                           "sha256 digests")
-    result.checks.append("in-toto Statement v1 with the dense and pruned models as subjects; prunegate report predicate")
+        return result.fail(
+            "the statement's subjects and the report's models (and their arch code) have different sha256 digests"
+        )
+    result.checks.append(
+        "in-toto Statement v1 with the dense and pruned models as subjects; prunegate report predicate"
+    )
     result.statement = decoded
     return result

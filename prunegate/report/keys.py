@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from prunegate.errors import KeyFileError, require_file
-
 
 NOT_PRIVATE = "not a PEM private key (expected the text of a NAME.pem from `prunegate keygen`)"
 
@@ -22,29 +20,37 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
 
 
 def generate() -> Ed25519PrivateKey:
+    """A new Ed25519 signing key."""
     return Ed25519PrivateKey.generate()
 
 
-def private_pem(key: Ed25519PrivateKey, passphrase: Optional[bytes]) -> bytes:
+def private_pem(key: Ed25519PrivateKey, passphrase: bytes | None) -> bytes:
+    """The private key as PKCS#8 PEM, encrypted when a passphrase is given."""
     encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
+    """The public key as SubjectPublicKeyInfo PEM."""
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private(pem: bytes, passphrase: Optional[bytes], source: str) -> Ed25519PrivateKey:
+def load_private(pem: bytes, passphrase: bytes | None, source: str) -> Ed25519PrivateKey:
+    """Parse a PEM Ed25519 private key, raising KeyFileError with a readable reason."""
     try:
         key = serialization.load_pem_private_key(pem, password=passphrase or None)
     except TypeError as exc:  # encrypted without a passphrase, or a passphrase for a plain key
-        wanted = "needs a passphrase (set PRUNEGATE_KEY_PASSPHRASE)" if "encrypted" in str(exc) and not passphrase \
+        wanted = (
+            "needs a passphrase (set PRUNEGATE_KEY_PASSPHRASE)"
+            if "encrypted" in str(exc) and not passphrase
             else "is not encrypted, but a passphrase was given"
+        )
         raise KeyFileError(f"the signing key {wanted}", file=source) from None
     except ValueError:
         if passphrase and b"ENCRYPTED" in pem:
-            raise KeyFileError("wrong passphrase for the signing key (the one in PRUNEGATE_KEY_PASSPHRASE)",
-                               file=source) from None
+            raise KeyFileError(
+                "wrong passphrase for the signing key (the one in PRUNEGATE_KEY_PASSPHRASE)", file=source
+            ) from None
         raise KeyFileError(NOT_PRIVATE, file=source) from None
     except Exception:  # cryptography raises a few kinds for malformed input
         raise KeyFileError(NOT_PRIVATE, file=source) from None
@@ -54,6 +60,7 @@ def load_private(pem: bytes, passphrase: Optional[bytes], source: str) -> Ed2551
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
+    """Read an Ed25519 public key from a PEM file (a private key file gives its public half)."""
     require_file(path, "public key file", error=KeyFileError)
     data = path.read_bytes()
     try:
@@ -62,8 +69,9 @@ def load_public(path: Path) -> Ed25519PublicKey:
         try:  # a private key file works too: its public half verifies
             return load_private(data, None, str(path)).public_key()
         except KeyFileError:
-            raise KeyFileError("not a PEM public key (expected the NAME.pub that `prunegate keygen` wrote)",
-                               file=path) from None
+            raise KeyFileError(
+                "not a PEM public key (expected the NAME.pub that `prunegate keygen` wrote)", file=path
+            ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=path)
     return key

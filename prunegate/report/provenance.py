@@ -10,8 +10,8 @@ whether or not the report lists it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 # Overrides that cannot change a verdict: how many images go through a batch (results do not
 # depend on it: tests/test_determinism.py) and how many processes decode them.

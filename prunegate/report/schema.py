@@ -6,9 +6,11 @@ Fields are stable and documented; `prunegate report schema` prints the JSON Sche
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from prunegate.plan import TaskKind
 
 PREDICATE_TYPE = "https://prunegate.dev/report/v1"
 SCHEMA_VERSION = 1
@@ -21,7 +23,7 @@ class _Record(BaseModel):
 class BackendChoice(_Record):
     reason: str
     seconds_per_batch: dict[str, float] = Field({}, description="measured per backend (torch, onnx), when timed")
-    batch: Optional[int] = Field(None, description="images per timed batch")
+    batch: int | None = Field(None, description="images per timed batch")
 
 
 class ExternalData(_Record):
@@ -31,24 +33,26 @@ class ExternalData(_Record):
 
 class ArchSource(_Record):
     kind: Literal["file", "module"] = Field(description="file: arch 'file.py:fn'; module: arch 'package.module:fn'")
-    path: Optional[str] = Field(description="the arch's source file, resolved")
-    sha256: Optional[str] = Field(description="sha256 of that file (also a subject of the statement)")
-    module: Optional[str] = None
-    distribution: Optional[str] = Field(None, description="the installed distribution that ships the module")
-    version: Optional[str] = Field(None, description="that distribution's version")
-    external: bool = Field(False, description="outside the policy's folder and the installed packages: ran "
-                                              "only with --allow-external-arch")
+    path: str | None = Field(description="the arch's source file, resolved")
+    sha256: str | None = Field(description="sha256 of that file (also a subject of the statement)")
+    module: str | None = None
+    distribution: str | None = Field(None, description="the installed distribution that ships the module")
+    version: str | None = Field(None, description="that distribution's version")
+    external: bool = Field(
+        False, description="outside the policy's folder and the installed packages: ran only with --allow-external-arch"
+    )
 
 
 class Isolation(_Record):
     process: bool = Field(description="the model ran in a process of its own, without the signing key")
-    landlock_abi: Optional[int] = Field(None, description="the kernel's Landlock ABI (0: none)")
-    files: Optional[bool] = Field(None, description="Landlock: no file writes, no reading the signing key")
-    tcp: Optional[bool] = Field(None, description="Landlock: no TCP connections or listening")
-    signals: Optional[bool] = Field(None, description="Landlock: no signals to processes outside the sandbox")
-    seccomp: Optional[bool] = Field(None, description="seccomp: only Unix sockets; no programs, tracing, kernel "
-                                                      "modules, BPF, mounts or namespaces")
-    capabilities: Optional[bool] = Field(None, description="every Linux capability given up (matters under root)")
+    landlock_abi: int | None = Field(None, description="the kernel's Landlock ABI (0: none)")
+    files: bool | None = Field(None, description="Landlock: no file writes, no reading the signing key")
+    tcp: bool | None = Field(None, description="Landlock: no TCP connections or listening")
+    signals: bool | None = Field(None, description="Landlock: no signals to processes outside the sandbox")
+    seccomp: bool | None = Field(
+        None, description="seccomp: only Unix sockets; no programs, tracing, kernel modules, BPF, mounts or namespaces"
+    )
+    capabilities: bool | None = Field(None, description="every Linux capability given up (matters under root)")
 
 
 class ModelRecord(_Record):
@@ -60,18 +64,21 @@ class ModelRecord(_Record):
     sparsity: float = Field(description="1 - nonzero_parameters / parameters")
     backend: str
     device: str
-    provider: Optional[str] = Field(None, description="ONNX Runtime execution provider actually used")
-    arch: Optional[str] = None
+    provider: str | None = Field(None, description="ONNX Runtime execution provider actually used")
+    arch: str | None = None
     pickle_allowed: bool = False
-    fixed_batch: Optional[int] = None
-    precision: Optional[str] = Field(None, description="fp32 | bf16 | fp16 (torch autocast), as run")
-    channels_last: Optional[bool] = Field(None, description="torch: whether the model ran in channels-last memory "
-                                                            "format; None for ONNX Runtime")
-    backend_choice: Optional[BackendChoice] = Field(None, description="with backend auto: why this backend ran it")
-    external_data: Optional[list[ExternalData]] = Field(
-        None, description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)")
-    arch_source: Optional[ArchSource] = Field(None, description="for a state dict: the arch code that built the network")
-    isolation: Optional[Isolation] = Field(None, description="how the model was kept from prunegate's process")
+    fixed_batch: int | None = None
+    precision: str | None = Field(None, description="fp32 | bf16 | fp16 (torch autocast), as run")
+    channels_last: bool | None = Field(
+        None, description="torch: whether the model ran in channels-last memory format; None for ONNX Runtime"
+    )
+    backend_choice: BackendChoice | None = Field(None, description="with backend auto: why this backend ran it")
+    external_data: list[ExternalData] | None = Field(
+        None,
+        description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)",
+    )
+    arch_source: ArchSource | None = Field(None, description="for a state dict: the arch code that built the network")
+    isolation: Isolation | None = Field(None, description="how the model was kept from prunegate's process")
 
 
 class Models(_Record):
@@ -81,22 +88,28 @@ class Models(_Record):
 
 class PolicyRecord(_Record):
     name: str
-    path: Optional[str]
-    sha256: Optional[str] = Field(description="sha256 of the policy file's bytes")
+    path: str | None
+    sha256: str | None = Field(description="sha256 of the policy file's bytes")
     document: dict = Field(description="the policy as validated, with command-line overrides applied")
-    overrides: dict = Field({}, description="what the command line set instead of the policy: field -> value "
-                                            "(`verify --policy` finds them from the document too)")
+    overrides: dict = Field(
+        {},
+        description="what the command line set instead of the policy: field -> value "
+        "(`verify --policy` finds them from the document too)",
+    )
 
 
 class DataRecord(_Record):
-    name: str = Field(description="'test', the ood set's name, a precomputed block, or 'frost_textures' (the policy's frost photographs)")
+    name: str = Field(
+        description="'test', the ood set's name, a precomputed block, or 'frost_textures' "
+        "(the policy's frost photographs)"
+    )
     format: str
     path: str
     size: int = Field(description="images in the set")
     used: int = Field(description="images evaluated (after limit)")
     sha256: str = Field(description="digest over the index and content digest of every image used")
-    classes: Optional[list[str]] = None
-    severity: Optional[int] = Field(None, description="for a precomputed corruption block")
+    classes: list[str] | None = None
+    severity: int | None = Field(None, description="for a precomputed corruption block")
 
 
 class ModelSide(_Record):
@@ -108,8 +121,10 @@ class ModelSide(_Record):
 class Interval(_Record):
     low: float
     high: float
-    method: str = Field(description="newcombe (paired difference), wilson (a proportion), "
-                                    "bootstrap (seeded paired percentile) or normal (a mean)")
+    method: str = Field(
+        description="newcombe (paired difference), wilson (a proportion), "
+        "bootstrap (seeded paired percentile) or normal (a mean)"
+    )
 
 
 class Flips(_Record):
@@ -125,7 +140,7 @@ class ClassRecall(_Record):
 
 class WorstClass(_Record):
     label: int
-    name: Optional[str] = None
+    name: str | None = None
     n: int
     dense_recall: float
     pruned_recall: float
@@ -142,9 +157,9 @@ class Example(_Record):
 
 class TaskRecord(_Record):
     name: str
-    kind: Literal["clean", "ood", "noise", "corruption"]
+    kind: TaskKind
     group: str
-    source: Optional[str] = Field(None, description="the data set the task reads (data[].name)")
+    source: str | None = Field(None, description="the data set the task reads (data[].name)")
     n: int
     dense: ModelSide
     pruned: ModelSide
@@ -152,16 +167,17 @@ class TaskRecord(_Record):
     agreement: float
     softmax_l2: float
     softmax_linf: float
-    newly_wrong: Optional[float] = Field(None, description="fraction of samples newly wrong after pruning")
-    newly_right: Optional[float] = Field(None, description="fraction of samples newly right after pruning")
-    flips: Optional[Flips] = None
-    error_consistency: Optional[float] = Field(
-        None, description="Cohen's kappa between the two models' error indicators (None when undefined)")
-    class_recall_drop: Optional[float] = Field(None, description="the largest per-class recall drop")
-    worst_class: Optional[WorstClass] = None
-    class_recall: Optional[ClassRecall] = None
+    newly_wrong: float | None = Field(None, description="fraction of samples newly wrong after pruning")
+    newly_right: float | None = Field(None, description="fraction of samples newly right after pruning")
+    flips: Flips | None = None
+    error_consistency: float | None = Field(
+        None, description="Cohen's kappa between the two models' error indicators (None when undefined)"
+    )
+    class_recall_drop: float | None = Field(None, description="the largest per-class recall drop")
+    worst_class: WorstClass | None = None
+    class_recall: ClassRecall | None = None
     intervals: dict[str, Interval] = Field({}, description="per metric, at the report's confidence level")
-    mcnemar_p: Optional[float] = Field(None, description="exact McNemar test of equal accuracy (two-sided)")
+    mcnemar_p: float | None = Field(None, description="exact McNemar test of equal accuracy (two-sided)")
     examples: list[Example] = Field([], description="a few samples the pruned model newly gets wrong")
 
 
@@ -169,8 +185,8 @@ class TaskValue(_Record):
     task: str
     value: float
     passed: bool
-    bound: Optional[float] = Field(None, description="the conservative interval bound the rule compared")
-    status: Optional[Literal["pass", "fail", "undecided"]] = None
+    bound: float | None = Field(None, description="the conservative interval bound the rule compared")
+    status: Literal["pass", "fail", "undecided"] | None = None
 
 
 class RuleRecord(_Record):
@@ -183,15 +199,18 @@ class RuleRecord(_Record):
     value: float
     passed: bool
     per_task: list[TaskValue]
-    confidence: Optional[float] = Field(None, description="gate.confidence; None: point estimates decide")
-    bound: Optional[float] = Field(None, description="the conservative bound compared with the threshold")
-    interval: Optional[Interval] = None
+    confidence: float | None = Field(None, description="gate.confidence; None: point estimates decide")
+    bound: float | None = Field(None, description="the conservative bound compared with the threshold")
+    interval: Interval | None = None
     status: Literal["pass", "fail", "undecided"] = Field(
-        "pass", description="undecided: the interval straddles the threshold (counts as a failure)")
-    samples_needed: Optional[int] = Field(None, description="for an undecided rule: roughly how many samples "
-                                                            "per task would decide it")
-    note: Optional[str] = Field(None, description="why the rule failed whatever its value (e.g. a task with "
-                                                  "mostly non-finite outputs)")
+        "pass", description="undecided: the interval straddles the threshold (counts as a failure)"
+    )
+    samples_needed: int | None = Field(
+        None, description="for an undecided rule: roughly how many samples per task would decide it"
+    )
+    note: str | None = Field(
+        None, description="why the rule failed whatever its value (e.g. a task with mostly non-finite outputs)"
+    )
 
 
 class CorruptionError(_Record):
@@ -199,15 +218,16 @@ class CorruptionError(_Record):
     severities: list[int]
     dense_error: float = Field(description="sum over severities of the dense model's top-1 error")
     pruned_error: float
-    ce: Optional[float] = Field(description="dense-relative corruption error: pruned_error / dense_error")
-    relative_ce: Optional[float] = Field(
-        None, description="sum of (error - clean error) of the pruned over the dense model's (needs a clean task)")
+    ce: float | None = Field(description="dense-relative corruption error: pruned_error / dense_error")
+    relative_ce: float | None = Field(
+        None, description="sum of (error - clean error) of the pruned over the dense model's (needs a clean task)"
+    )
 
 
 class CorruptionSummary(_Record):
     per_corruption: list[CorruptionError]
-    mce: Optional[float] = Field(description="mean over corruptions of ce")
-    relative_mce: Optional[float] = None
+    mce: float | None = Field(description="mean over corruptions of ce")
+    relative_mce: float | None = None
 
 
 class Timing(_Record):
@@ -229,8 +249,8 @@ class Report(_Record):
     options: dict = Field(description="device, backend, batch size, limit, allow_pickle as used")
     tasks: list[TaskRecord]
     rules: list[RuleRecord]
-    confidence: Optional[float] = Field(None, description="level of the intervals (gate.confidence or 0.95)")
-    corruption_summary: Optional[CorruptionSummary] = None
+    confidence: float | None = Field(None, description="level of the intervals (gate.confidence or 0.95)")
+    corruption_summary: CorruptionSummary | None = None
     environment: dict
     timing: Timing
     warnings: list[str] = Field([], description="what a reader must know about the run (non-finite outputs, ...)")

@@ -20,7 +20,6 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Optional
 
 from prunegate.digest import file_sha256
 from prunegate.errors import ModelError
@@ -42,7 +41,7 @@ def _library_folders() -> list[str]:
     return sorted(folders)
 
 
-def _find_module(name: str):
+def _find_module(name: str) -> importlib.machinery.ModuleSpec | None:
     """The module's spec, found the way `import` would, without running any of it (importlib's
     find_spec imports the parent packages of a dotted name: here each level is looked up in
     the previous one's folders instead)."""
@@ -51,12 +50,13 @@ def _find_module(name: str):
     for depth in range(1, len(parts)):
         if spec is None or not spec.submodule_search_locations:
             return None
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]),
-                                                        list(spec.submodule_search_locations))
+        spec = importlib.machinery.PathFinder.find_spec(
+            ".".join(parts[: depth + 1]), list(spec.submodule_search_locations)
+        )
     return spec
 
 
-def _distribution(top_level: str) -> tuple[Optional[str], Optional[str]]:
+def _distribution(top_level: str) -> tuple[str | None, str | None]:
     names = importlib.metadata.packages_distributions().get(top_level) or []
     for name in names:
         try:
@@ -71,19 +71,31 @@ def locate_arch(arch: str, base_dir: Path, *, file: Path, field: str, allow_exte
     found, or lies outside the policy's folder and the installed packages without the opt-in."""
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
-        raise ModelError(f"arch {arch!r} must look like 'package.module:function' or 'file.py:function'",
-                         file=file, field=field)
+        raise ModelError(
+            f"arch {arch!r} must look like 'package.module:function' or 'file.py:function'", file=file, field=field
+        )
     if module_name.endswith(".py"):
         source = Path(module_name) if Path(module_name).is_absolute() else base_dir / module_name
         if not source.is_file():
             raise ModelError(f"arch file {source} not found", file=file, field=field)
         external = not _inside(str(source), str(base_dir))
         if external and not allow_external:
-            raise ModelError(f"arch file {source} lies outside the policy's folder {base_dir}: its code would decide "
-                             f"what the weights compute; move it next to the policy, or re-run with {OPT_IN} if you "
-                             "trust it (the report records that)", file=file, field=field)
-        return {"kind": "file", "path": os.path.realpath(source), "sha256": file_sha256(source), "module": None,
-                "distribution": None, "version": None, "external": external}
+            raise ModelError(
+                f"arch file {source} lies outside the policy's folder {base_dir}: its code would decide "
+                f"what the weights compute; move it next to the policy, or re-run with {OPT_IN} if you "
+                "trust it (the report records that)",
+                file=file,
+                field=field,
+            )
+        return {
+            "kind": "file",
+            "path": os.path.realpath(source),
+            "sha256": file_sha256(source),
+            "module": None,
+            "distribution": None,
+            "version": None,
+            "external": external,
+        }
     try:
         spec = _find_module(module_name)
     except (ImportError, ValueError, AttributeError):
@@ -95,9 +107,19 @@ def locate_arch(arch: str, base_dir: Path, *, file: Path, field: str, allow_exte
     installed = distribution is not None or (origin is not None and any(_inside(origin, f) for f in _library_folders()))
     external = not installed and not (origin is not None and _inside(origin, str(base_dir)))
     if external and not allow_external:
-        raise ModelError(f"arch module {module_name!r} ({origin or 'no file'}) is neither an installed package nor in "
-                         f"the policy's folder {base_dir}; re-run with {OPT_IN} if you trust it (the report records "
-                         "that)", file=file, field=field)
-    return {"kind": "module", "path": os.path.realpath(origin) if origin else None,
-            "sha256": file_sha256(Path(origin)) if origin else None, "module": module_name,
-            "distribution": distribution, "version": version, "external": external}
+        raise ModelError(
+            f"arch module {module_name!r} ({origin or 'no file'}) is neither an installed package nor in "
+            f"the policy's folder {base_dir}; re-run with {OPT_IN} if you trust it (the report records "
+            "that)",
+            file=file,
+            field=field,
+        )
+    return {
+        "kind": "module",
+        "path": os.path.realpath(origin) if origin else None,
+        "sha256": file_sha256(Path(origin)) if origin else None,
+        "module": module_name,
+        "distribution": distribution,
+        "version": version,
+        "external": external,
+    }

@@ -9,20 +9,26 @@ the device, logits that differ from torch's) leaves the model on torch, with tha
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING
 
 import torch
 
 from prunegate.errors import PrunegateError
+from prunegate.report.schema import BackendChoice
 
-from .base import ModelInfo, first_line
+from .base import Counts, LoadOptions, ModelFile, first_line
 from .torch import TorchRunner
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+    from .onnx import OnnxRunner
 
 TIMING_BATCH = 64  # at most this many images per timed batch
 WARMUP, ROUNDS = 2, 3  # untimed calls per backend (allocations, cuDNN/ORT set-up), then timed rounds
@@ -43,11 +49,11 @@ class _NoModeSwitch(torch.nn.Module):
     def train(self, mode: bool = True) -> _NoModeSwitch:
         return self
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
 
 
-def export_onnx(module: torch.nn.Module, size: int, fixed_batch: Optional[int]):
+def export_onnx(module: torch.nn.Module, size: int, fixed_batch: int | None) -> ModelProto:
     """The module as an ONNX ModelProto, exported in memory (TorchScript exporter) with a dynamic
     batch, or the model's own fixed one."""
     import onnx
@@ -62,18 +68,32 @@ def export_onnx(module: torch.nn.Module, size: int, fixed_batch: Optional[int]):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and exporter notices
         try:
-            torch.onnx.export(module, (example,), buffer, dynamo=False, input_names=["input"],
-                              output_names=["logits"], dynamic_axes=dynamic)
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,  # type: ignore[arg-type]  # (a file object)
+                dynamo=False,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes=dynamic,
+            )
         except TypeError:  # a torch without the `dynamo` switch: its default is this exporter
             buffer = io.BytesIO()
-            torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["logits"],
-                              dynamic_axes=dynamic)
+            torch.onnx.export(
+                module,
+                (example,),
+                buffer,  # type: ignore[arg-type]
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes=dynamic,
+            )
     return onnx.load_from_string(buffer.getvalue())
 
 
 def _seconds_per_batch(runners: dict[str, Callable], x: torch.Tensor, device: torch.device) -> tuple[dict, dict]:
     """The median time of one batch on each runner (rounds interleaved, so a change in the
     machine's load hits both alike), and each runner's logits."""
+
     def once(runner: Callable) -> tuple[float, torch.Tensor]:
         tick = time.perf_counter()
         out = runner(x)
@@ -92,7 +112,7 @@ def _seconds_per_batch(runners: dict[str, Callable], x: torch.Tensor, device: to
     return {name: statistics.median(values) for name, values in samples.items()}, outputs
 
 
-def _differ(a: torch.Tensor, b: torch.Tensor) -> Optional[str]:
+def _differ(a: torch.Tensor, b: torch.Tensor) -> str | None:
     """Why the export's logits `b` are not torch's `a`, or None when they agree."""
     if not isinstance(b, torch.Tensor) or a.shape != b.shape:
         return f"shape {list(getattr(b, 'shape', []))} instead of {list(a.shape)}"
@@ -104,18 +124,20 @@ def _differ(a: torch.Tensor, b: torch.Tensor) -> Optional[str]:
     return f"largest difference {gap:.3g}" if gap > AGREEMENT * scale else None
 
 
-def choose(module: torch.nn.Module, info: ModelInfo, shape: Optional[list], *, path: Path, field: str,
-           device: torch.device, precision: str, channels_last: str, input_size: Optional[int], batch_size: int,
-           gather: Optional[Callable[[dict], list]] = None):
+def choose(
+    module: torch.nn.Module, file: ModelFile, shape: list | None, *, path: Path, field: str, options: LoadOptions
+) -> TorchRunner | OnnxRunner:
     """The faster runner for a torch model: its TorchRunner, or ONNX Runtime on its export.
 
-    `gather` (under torchrun) collects every process's measurement, so that all of them run the
-    model on the same backend: ONNX Runtime only where every process can, when it is faster on
-    average."""
+    `options.gather` (under torchrun) collects every process's measurement, so that all of them
+    run the model on the same backend: ONNX Runtime only where every process can, when it is
+    faster on average."""
     from .onnx import OnnxRunner
 
+    device, precision, input_size = options.device, options.precision, options.input_size
     fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
-    reason, exported = None, None
+    reason: str | None = None
+    exported: ModelProto | None = None
     if precision != "fp32":
         reason = f"precision {precision} runs on torch only (ONNX Runtime runs fp32)"
     elif not input_size:
@@ -125,16 +147,18 @@ def choose(module: torch.nn.Module, info: ModelInfo, shape: Optional[list], *, p
             exported = export_onnx(module, input_size, fixed)  # before the runner moves the module
         except Exception as exc:
             reason = f"the export to ONNX failed ({first_line(exc)})"
-    torch_runner = TorchRunner(module, device, info, shape, precision=precision, channels_last=channels_last)
-    onnx_runner, seconds, batch = None, {}, None
+    torch_runner = TorchRunner(module, device, file, shape, precision=precision, channels_last=options.channels_last)
+    onnx_runner: OnnxRunner | None = None
+    seconds: dict[str, float] = {}
+    batch: int | None = None
     if exported is not None:
+        counts = Counts(torch_runner.record.parameters, torch_runner.record.nonzero_parameters)  # the user's file's
         try:
-            onnx_runner = OnnxRunner(path, field, device, dataclasses.replace(info), allow_fallback=False,
-                                     model=exported, count=False)
+            onnx_runner = OnnxRunner(path, field, device, file, allow_fallback=False, model=exported, counts=counts)
         except PrunegateError as exc:  # ONNX Runtime cannot load the export, or cannot use this device
             reason = f"ONNX Runtime cannot run the export ({exc.detail})"
-    if onnx_runner is not None:
-        batch = fixed or max(1, min(batch_size, TIMING_BATCH))
+    if onnx_runner is not None and input_size:
+        batch = fixed or max(1, min(options.batch_size, TIMING_BATCH))
         x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
         try:
             seconds, outputs = _seconds_per_batch({"torch": torch_runner, "onnx": onnx_runner}, x, device)
@@ -145,9 +169,11 @@ def choose(module: torch.nn.Module, info: ModelInfo, shape: Optional[list], *, p
             if difference:
                 reason = f"the ONNX export's logits differ from torch's ({difference})"
     measured = {"reason": reason, "seconds": seconds, "batch": batch}
-    backend, choice = decide([measured] if gather is None else gather(measured))
-    runner = onnx_runner if backend == "onnx" else torch_runner
-    runner.info.backend_choice = choice
+    backend, choice = decide([measured] if options.gather is None else options.gather(measured))
+    runner: TorchRunner | OnnxRunner = torch_runner
+    if backend == "onnx" and onnx_runner is not None:  # (onnx is chosen only when its runner ran)
+        runner = onnx_runner
+    runner.record = runner.record.model_copy(update={"backend_choice": BackendChoice.model_validate(choice)})
     return runner
 
 
@@ -167,11 +193,12 @@ def decide(measured: list[dict]) -> tuple[str, dict]:
     faster = "onnx" if seconds["onnx"] < seconds["torch"] * (1 - SWITCH_MARGIN) else "torch"
     slower = "torch" if faster == "onnx" else "onnx"
     batch = measured[0]["batch"]
-    reason = (f"faster: {faster} {1e3 * seconds[faster]:.3g} ms vs {slower} {1e3 * seconds[slower]:.3g} ms "
-              f"per batch of {batch}" + (f" (mean of {len(measured)} processes)" if len(measured) > 1 else ""))
+    reason = (
+        f"faster: {faster} {1e3 * seconds[faster]:.3g} ms vs {slower} {1e3 * seconds[slower]:.3g} ms "
+        f"per batch of {batch}" + (f" (mean of {len(measured)} processes)" if len(measured) > 1 else "")
+    )
     return faster, _choice(reason, seconds, batch)
 
 
-def _choice(reason: str, seconds: Optional[dict] = None, batch: Optional[int] = None) -> dict:
-    return {"reason": reason, "seconds_per_batch": {k: round(v, 6) for k, v in (seconds or {}).items()},
-            "batch": batch}
+def _choice(reason: str, seconds: dict | None = None, batch: int | None = None) -> dict:
+    return {"reason": reason, "seconds_per_batch": {k: round(v, 6) for k, v in (seconds or {}).items()}, "batch": batch}

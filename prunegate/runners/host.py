@@ -10,6 +10,7 @@ own outputs, which prunegate checks like any other.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -18,43 +19,40 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from prunegate.errors import DeviceError, PrunegateError
 
 from . import _wire, sandbox
 
+if TYPE_CHECKING:
+    import mmap
+
+    import torch
+
+    from .base import LoadOptions, Runner
+
 
 @dataclass(frozen=True)
 class LoadRequest:
-    """What prunegate asks the model's process to load (the arguments of load_runner)."""
+    """What prunegate asks the model's process to load (load_runner's arguments), and how to isolate it."""
 
     path: str
     field: str
-    arch: Optional[str]
-    base_dir: str
-    backend: str
-    device: str
-    allow_pickle: bool
-    allow_fallback: bool
-    precision: str
-    channels_last: str
-    input_size: Optional[int]
-    batch_size: int
-    settings: Optional[str]
+    arch: str | None
+    options: LoadOptions  # its `gather` is None: a function does not travel (see `gather` below)
     hidden: tuple[str, ...]  # files the model may not read (the signing key)
     strict: bool  # refuse to load unless every restriction of the sandbox took effect
     gather: bool  # --backend auto under torchrun: ask prunegate for every process's timing
-    allow_external_arch: bool  # the user's opt-in for arch code outside the policy's folder and the installed packages
     threads: int  # torch's intra-op threads: prunegate's own count, as when models ran in its process
-    scratch: Optional[str] = None  # the model process's own temporary folder: the one place it may write
+    scratch: str | None = None  # the model process's own temporary folder: the one place it may write
 
 
-def _error(kind: str, message: str, field: Optional[str] = None, file: Optional[str] = None) -> dict:
+def _error(kind: str, message: str, field: str | None = None, file: str | None = None) -> dict:
     return {"error": {"kind": kind, "message": message[:500], "field": field, "file": file}}
 
 
-def _load(request: LoadRequest, sock: socket.socket):
+def _load(request: LoadRequest, sock: socket.socket) -> Runner:
     from prunegate.policy import ModelSpec
 
     from . import load_runner
@@ -67,22 +65,18 @@ def _load(request: LoadRequest, sock: socket.socket):
     import torch
 
     torch.set_num_threads(max(1, request.threads))
-    return load_runner(ModelSpec(path=request.path, arch=request.arch), Path(request.path), request.field,
-                       base_dir=Path(request.base_dir), backend=request.backend, device=torch.device(request.device),
-                       allow_pickle=request.allow_pickle, allow_fallback=request.allow_fallback,
-                       precision=request.precision, channels_last=request.channels_last,
-                       input_size=request.input_size, batch_size=request.batch_size,
-                       settings=Path(request.settings) if request.settings else None,
-                       gather=gather if request.gather else None, allow_external_arch=request.allow_external_arch)
+    options = dataclasses.replace(request.options, gather=gather) if request.gather else request.options
+    return load_runner(ModelSpec(path=request.path, arch=request.arch), Path(request.path), request.field, options)
 
 
 class _Server:
     """Calls on the loaded model: ("input", size) + fd, ("output", size) + fd, ("run", shape), ("close",)."""
 
-    def __init__(self, runner, sock: socket.socket):
+    def __init__(self, runner: Runner, sock: socket.socket):
         self.runner, self.sock = runner, sock
-        self.inputs = self.outputs = None
-        self.pending = None  # the last output, until it has been delivered
+        self.inputs: mmap.mmap | None = None
+        self.outputs: mmap.mmap | None = None
+        self.pending: torch.Tensor | None = None  # the last output, until it has been delivered
 
     def serve(self) -> None:
         while True:
@@ -141,7 +135,8 @@ class _Server:
         return {"shape": list(out.shape), "written": written}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The model process: sandbox itself, load the model it is asked for, serve calls on it."""
     args = sys.argv[1:] if argv is None else argv
     sandbox.set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is prunegate's to handle; it closes this process
@@ -152,12 +147,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         import tempfile
 
         os.environ["TMPDIR"] = tempfile.tempdir = request.scratch
-    applied = sandbox.restrict([Path(p) for p in request.hidden],
-                               scratch=Path(request.scratch) if request.scratch else None)
+    applied = sandbox.restrict(
+        [Path(p) for p in request.hidden], scratch=Path(request.scratch) if request.scratch else None
+    )
     if request.strict and not sandbox.complete(applied):
-        _wire.send_reply(sock, _error("device", f"runtime.isolation is strict, but this machine's kernel cannot "
-                                                f"sandbox the model ({sandbox.describe(applied)})",
-                                      "runtime.isolation"))
+        _wire.send_reply(
+            sock,
+            _error(
+                "device",
+                f"runtime.isolation is strict, but this machine's kernel cannot "
+                f"sandbox the model ({sandbox.describe(applied)})",
+                "runtime.isolation",
+            ),
+        )
         return 0
     try:
         runner = _load(request, sock)
@@ -172,7 +174,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         _wire.send_reply(sock, _error("model", f"cannot load the model ({first_line(exc)})"))
         return 0
-    _wire.send_reply(sock, {"loaded": runner.info.to_dict(), "input_shape": runner.input_shape(),
-                            "sandbox": applied})
+    _wire.send_reply(
+        sock, {"loaded": runner.record.model_dump(mode="json"), "input_shape": runner.input_shape(), "sandbox": applied}
+    )
     _Server(runner, sock).serve()
     return 0

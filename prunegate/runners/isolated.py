@@ -28,37 +28,84 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional
 
 import torch
 
 from prunegate.errors import DeviceError, ModelError
+from prunegate.report.schema import Isolation, ModelRecord
 
 from . import _wire
-from .base import ModelInfo
+from .base import ModelFile, model_record
 from .host import LoadRequest
 
 # The environment a model's process gets: what torch, CUDA, ONNX Runtime and Python need, never
 # a name that looks like a secret (CI tokens, cloud credentials, the signing key).
-ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH",
-                       "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
-                       "SYSTEMROOT"})
-ENV_PREFIXES = ("LC_", "CUDA_", "CUDNN_", "NVIDIA_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "GOMP_", "TORCH_",
-                "PYTORCH_", "ORT_", "HIP_", "ROCM_", "HSA_")
+ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "LD_LIBRARY_PATH",
+        "CUDA_VISIBLE_DEVICES",
+        "SYSTEMROOT",
+    }
+)
+ENV_PREFIXES = (
+    "LC_",
+    "CUDA_",
+    "CUDNN_",
+    "NVIDIA_",
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "OPENBLAS_",
+    "GOMP_",
+    "TORCH_",
+    "PYTORCH_",
+    "ORT_",
+    "HIP_",
+    "ROCM_",
+    "HSA_",
+)
 SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD", "PASSPHRASE", "CREDENTIAL", "AUTH", "COOKIE", "SESSION")
 # Files of other tools' secrets a model may not read either, when they exist.
-SECRET_FILES = (".ssh", ".gnupg", ".aws", ".azure", ".netrc", ".git-credentials", ".pypirc", ".docker/config.json",
-                ".kube/config", ".config/gh", ".config/gcloud")
+SECRET_FILES = (
+    ".ssh",
+    ".gnupg",
+    ".aws",
+    ".azure",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".docker/config.json",
+    ".kube/config",
+    ".config/gh",
+    ".config/gcloud",
+)
 STDERR_LINES = 40  # of a model process's standard error, kept to explain a crash
 log = logging.getLogger("prunegate.runners")
 
 
-def model_environment(environ: Optional[dict[str, str]] = None) -> dict[str, str]:
+def model_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the models' processes: what libraries need, no secret (see ENV_NAMES)."""
     environ = dict(os.environ if environ is None else environ)
-    kept = {name: value for name, value in environ.items()
-            if (name in ENV_NAMES or name.startswith(ENV_PREFIXES))
-            and not any(word in name.upper() for word in SECRET_WORDS)}
+    kept = {
+        name: value
+        for name, value in environ.items()
+        if (name in ENV_NAMES or name.startswith(ENV_PREFIXES))
+        and not any(word in name.upper() for word in SECRET_WORDS)
+    }
     # The model's process imports what this one can: prunegate (a source checkout's too), and the
     # modules of the user's arch or pickled classes wherever this process found them.
     package_root = str(Path(__file__).resolve().parents[2])
@@ -81,9 +128,9 @@ class InputArena:
     can write it."""
 
     def __init__(self) -> None:
-        self.buffer: Optional[_wire.SharedBuffer] = None
+        self.buffer: _wire.SharedBuffer | None = None
         self.generation = 0
-        self._last: Optional[torch.Tensor] = None
+        self._last: torch.Tensor | None = None
         self._last_version = -1
 
     def put(self, x: torch.Tensor) -> tuple[tuple[int, ...], bool]:
@@ -114,14 +161,19 @@ class IsolatedRunner:
     """A Runner whose model lives in a sandboxed process of its own (see the module's text).
     `start` launches the process; `finish_loading` waits until the model is loaded and checked."""
 
-    def __init__(self, request: LoadRequest, info: ModelInfo, device: torch.device, arena: InputArena,
-                 gather: Optional[Callable[[dict], list]] = None):
-        self.request, self.info, self.device, self.arena = request, info, device, arena
+    record: ModelRecord  # set by finish_loading
+
+    def __init__(
+        self, request: LoadRequest, file: ModelFile, arena: InputArena, gather: Callable[[dict], list] | None = None
+    ):
+        """`file`: prunegate's own facts about the model file, its format as sniffed (torch-save:
+        a state dict or a pickle, as the model's process finds)."""
+        self.request, self.file, self.device, self.arena = request, file, request.options.device, arena
         self.gather = gather
         self.sandbox: dict = {}
-        self._shape: Optional[list] = None
+        self._shape: list | None = None
         self._generation = 0
-        self._output: Optional[_wire.SharedBuffer] = None
+        self._output: _wire.SharedBuffer | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         # Its own temporary folder (libraries write scratch files), removed when it ends.
         self.scratch = tempfile.mkdtemp(prefix="prunegate-model-")
@@ -164,8 +216,11 @@ class IsolatedRunner:
         self._drainer.join(timeout=5)  # its last words
         how = "it did not end" if code is None else f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         last = next((line for line in reversed(self._stderr) if line.strip()), "")
-        return ModelError(f"the model's process ended unexpectedly ({how}){': ' + last if last else ''}",
-                          file=self.info.path, field=self.request.field)
+        return ModelError(
+            f"the model's process ended unexpectedly ({how}){': ' + last if last else ''}",
+            file=self.file.path,
+            field=self.request.field,
+        )
 
     def _reply(self) -> dict:
         try:
@@ -174,8 +229,9 @@ class IsolatedRunner:
             raise self._died() from None
         except ValueError as exc:
             self.close()
-            raise ModelError(f"the model's process sent a malformed reply ({exc})", file=self.info.path,
-                             field=self.request.field) from None
+            raise ModelError(
+                f"the model's process sent a malformed reply ({exc})", file=self.file.path, field=self.request.field
+            ) from None
         error = reply.get("error")
         if error is not None:
             raise self._error(error)
@@ -183,10 +239,10 @@ class IsolatedRunner:
 
     def _error(self, error: object) -> Exception:
         if not isinstance(error, dict):
-            return ModelError("the model's process failed", file=self.info.path, field=self.request.field)
+            return ModelError("the model's process failed", file=self.file.path, field=self.request.field)
         message = str(error.get("message") or "failed")[:500]
         field = error.get("field") if isinstance(error.get("field"), str) else self.request.field
-        file = error.get("file") if isinstance(error.get("file"), str) else self.info.path
+        file = error.get("file") if isinstance(error.get("file"), str) else self.file.path
         kind = DeviceError if error.get("kind") == "device" else ModelError
         return kind(message, file=file, field=field)
 
@@ -199,8 +255,9 @@ class IsolatedRunner:
     # -- loading ------------------------------------------------------------------------------
 
     def finish_loading(self) -> IsolatedRunner:
-        from prunegate.report.schema import BackendChoice, ModelRecord
-
+        """Wait until the model's process has loaded the model; its record joins prunegate's own
+        facts about the file (path, sha256, arch, pickle opt-in, external data) with the process's
+        word on how it runs, and how the process was sandboxed."""
         while True:
             reply = self._reply()
             if "measured" in reply:
@@ -208,46 +265,60 @@ class IsolatedRunner:
                 continue
             break
         try:
-            record = ModelRecord.model_validate(reply.get("loaded"))
+            loaded = ModelRecord.model_validate(reply.get("loaded"))
             shape = reply.get("input_shape")
             if shape is not None and not (isinstance(shape, list) and all(isinstance(d, (int, str)) for d in shape)):
                 raise ValueError("input_shape")
             sandbox = reply.get("sandbox")
             if not isinstance(sandbox, dict):
                 raise ValueError("sandbox")
+            isolation = Isolation(process=True, **{k: sandbox.get(k) for k in ISOLATION_FIELDS})
         except ValueError as exc:
             self.close()
-            raise ModelError(f"the model's process described the model wrongly ({str(exc).splitlines()[0]})",
-                             file=self.info.path, field=self.request.field) from None
-        trusted = self.info  # path, sha256, arch, pickle opt-in, external data: prunegate's own facts
-        if trusted.format and record.format != trusted.format or \
-                not trusted.format and record.format not in ("state-dict", "pickle"):
+            raise ModelError(
+                f"the model's process described the model wrongly ({str(exc).splitlines()[0]})",
+                file=self.file.path,
+                field=self.request.field,
+            ) from None
+        pinned = self.file
+        if pinned.format == "torch-save" and loaded.format in ("state-dict", "pickle"):
+            file = dataclasses.replace(pinned, format=loaded.format)
+        elif loaded.format == pinned.format and pinned.format != "torch-save":
+            file = pinned
+        else:
             self.close()
-            raise ModelError(f"the model's process loaded it as {record.format!r}, which its file is not",
-                             file=self.info.path, field=self.request.field)
-        self.info = ModelInfo(
-            path=trusted.path, sha256=trusted.sha256, format=trusted.format or record.format,
-            parameters=record.parameters, nonzero_parameters=min(record.nonzero_parameters, record.parameters),
-            backend=record.backend, device=record.device, provider=record.provider, arch=trusted.arch,
-            pickle_allowed=trusted.pickle_allowed, fixed_batch=record.fixed_batch, precision=record.precision or "fp32",
-            channels_last=record.channels_last,
-            backend_choice=BackendChoice.model_validate(record.backend_choice).model_dump() if record.backend_choice
-            else None,
-            external_data=trusted.external_data, arch_source=trusted.arch_source,
-            isolation={"process": True, **{k: sandbox.get(k) for k in ISOLATION_FIELDS}})
+            raise ModelError(
+                f"the model's process loaded it as {loaded.format!r}, which its file is not",
+                file=self.file.path,
+                field=self.request.field,
+            )
+        self.record = model_record(
+            file,
+            parameters=loaded.parameters,
+            nonzero_parameters=min(loaded.nonzero_parameters, loaded.parameters),
+            backend=loaded.backend,
+            device=loaded.device,
+            provider=loaded.provider,
+            fixed_batch=loaded.fixed_batch,
+            precision=loaded.precision or "fp32",
+            channels_last=loaded.channels_last,
+            backend_choice=loaded.backend_choice,
+            isolation=isolation,
+        )
         self._shape = shape
         self.sandbox = sandbox
         return self
 
     def _gathered(self, measured: object) -> list:
         if not (isinstance(measured, dict) and set(measured) == {"reason", "seconds", "batch"}):
-            raise ModelError("the model's process sent a malformed timing", file=self.info.path,
-                             field=self.request.field)
+            raise ModelError(
+                "the model's process sent a malformed timing", file=self.file.path, field=self.request.field
+            )
         return self.gather(measured) if self.gather else [measured]
 
     # -- the Runner protocol ------------------------------------------------------------------
 
-    def input_shape(self) -> Optional[list]:
+    def input_shape(self) -> list | None:
         return self._shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,8 +339,9 @@ class IsolatedRunner:
             self._command("output", self._output.size, fds=(self._output.fd,))
             reply = self._reply()
             if self._shape_of(reply) != out_shape or not reply.get("written"):
-                raise ModelError("the model's process did not deliver its output", file=self.info.path,
-                                 field=self.request.field)
+                raise ModelError(
+                    "the model's process did not deliver its output", file=self.file.path, field=self.request.field
+                )
         assert self._output is not None
         out = torch.frombuffer(self._output.map, dtype=torch.float32, count=count).view(out_shape).clone()
         return out.to(self.device)
@@ -278,11 +350,19 @@ class IsolatedRunner:
 
     def _shape_of(self, reply: dict) -> tuple[int, ...]:
         shape = reply.get("shape")
-        if not (isinstance(shape, list) and len(shape) <= 8 and
-                all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)) or \
-                math.prod(shape) * 4 > self.MAX_OUTPUT:
-            raise ModelError(f"the model's process sent an impossible output shape {str(shape)[:80]}",
-                             file=self.info.path, field=self.request.field)
+        if (
+            not (
+                isinstance(shape, list)
+                and len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)
+            )
+            or math.prod(shape) * 4 > self.MAX_OUTPUT
+        ):
+            raise ModelError(
+                f"the model's process sent an impossible output shape {str(shape)[:80]}",
+                file=self.file.path,
+                field=self.request.field,
+            )
         return tuple(shape)
 
     def close(self) -> None:
@@ -297,7 +377,6 @@ class IsolatedRunner:
             self._output = None
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-
     def _kill(self) -> None:
         try:
             os.kill(self.pid, signal.SIGKILL)
@@ -310,19 +389,26 @@ class Zygote:
     first use, for this process's life (the tests share it; a run's models share it), restarted
     if it is gone. It has the models' environment, never a key, and never runs a model."""
 
-    _shared: Optional[Zygote] = None
+    _shared: Zygote | None = None
 
     def __init__(self) -> None:
         if not hasattr(os, "fork") or not hasattr(socket, "send_fds"):
-            raise DeviceError("running models in processes of their own needs Linux or macOS; on this system set "
-                              "runtime.isolation: off (the report records it, and is never signed)",
-                              field="runtime.isolation")
+            raise DeviceError(
+                "running models in processes of their own needs Linux or macOS; on this system set "
+                "runtime.isolation: off (the report records it, and is never signed)",
+                field="runtime.isolation",
+            )
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "prunegate.runners.zygote", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                env=model_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "-m", "prunegate.runners.zygote", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                env=model_environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         except OSError as exc:
             ours.close()
             raise DeviceError(f"cannot start a process for the models ({exc.strerror})") from None
@@ -354,7 +440,7 @@ class Zygote:
             raise DeviceError("the process that starts the models' processes failed")
         return pid
 
-    def status(self, pid: int, timeout: float) -> Optional[int]:
+    def status(self, pid: int, timeout: float) -> int | None:
         """The model process's exit status (-N: signal N) once it has ended, within `timeout` s."""
         try:
             status = self._ask("status", pid, timeout).get("status")

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from prunegate.errors import DeviceError, ModelError
+from prunegate.report.schema import ExternalData, ModelRecord
 
-from .base import Counts, ModelInfo, first_line, run_in_chunks
+from .base import Counts, ModelFile, first_line, model_record, run_in_chunks
 from .opscan import scan_onnx_model
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from onnx import GraphProto, ModelProto, NodeProto, TensorProto
 
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def count_onnx_parameters(model) -> Counts:
+def count_onnx_parameters(model: ModelProto) -> Counts:
     """Parameters are the float initializers (weights, biases, folded batch norms)."""
     from onnx import numpy_helper
 
@@ -30,18 +38,18 @@ def count_onnx_parameters(model) -> Counts:
     return counts
 
 
-def _tensors(model) -> Iterator:
+def _tensors(model: ModelProto) -> Iterator[TensorProto]:
     """Every tensor a model holds: initializers (sparse ones too) and tensor attributes, in the
     main graph, its subgraphs and its functions."""
 
-    def graph_tensors(graph) -> Iterator:
+    def graph_tensors(graph: GraphProto) -> Iterator[TensorProto]:
         yield from graph.initializer
         for sparse in graph.sparse_initializer:
             yield sparse.values
             yield sparse.indices
         yield from node_tensors(graph.node)
 
-    def node_tensors(nodes) -> Iterator:
+    def node_tensors(nodes: Iterable[NodeProto]) -> Iterator[TensorProto]:
         for node in nodes:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
@@ -57,7 +65,7 @@ def _tensors(model) -> Iterator:
         yield from node_tensors(function.node)
 
 
-def check_external_data(model, path: Path, field: str) -> list[str]:
+def check_external_data(model: ModelProto, path: Path, field: str) -> list[str]:
     """Refuse external data outside the model file's folder: an absolute `location`, or one that
     leads (through '..' or symbolic links) elsewhere, would read any file the user can read.
     Returns the external data files' locations, sorted."""
@@ -77,12 +85,19 @@ def check_external_data(model, path: Path, field: str) -> list[str]:
             resolved = (path.parent / target).resolve()
             outside = not resolved.is_relative_to(folder)
         if outside:
-            raise ModelError(f"tensor {tensor.name!r} reads external data {location!r}, outside the model's folder "
-                             f"{folder}: refusing to read it (keep external data files next to the model)",
-                             file=path, field=field)
+            raise ModelError(
+                f"tensor {tensor.name!r} reads external data {location!r}, outside the model's folder "
+                f"{folder}: refusing to read it (keep external data files next to the model)",
+                file=path,
+                field=field,
+            )
         if not (path.parent / target).is_file():
-            raise ModelError(f"tensor {tensor.name!r}: its external data file {location!r} is missing "
-                             f"(expected next to the model, in {folder})", file=path, field=field)
+            raise ModelError(
+                f"tensor {tensor.name!r}: its external data file {location!r} is missing "
+                f"(expected next to the model, in {folder})",
+                file=path,
+                field=field,
+            )
         locations.add(location)
     return sorted(locations)
 
@@ -92,7 +107,7 @@ def external_locations(path: Path, field: str) -> list[str]:
     return check_external_data(_read_proto(path, field), path, field)
 
 
-def external_data_digests(path: Path, field: str) -> Optional[list[dict]]:
+def external_data_digests(path: Path, field: str) -> list[dict] | None:
     """sha256 of each external data file, so the report pins all the weights, not just the .onnx.
     (Read from the file again: a loaded model no longer says where its data came from.)"""
     from prunegate.digest import file_sha256
@@ -101,7 +116,13 @@ def external_data_digests(path: Path, field: str) -> Optional[list[dict]]:
     return [{"path": loc, "sha256": file_sha256(path.parent / loc)} for loc in locations] or None
 
 
-def _read_proto(path: Path, field: str):
+def pinned_external_data(path: Path, field: str) -> list[ExternalData] | None:
+    """The report's external_data of an ONNX model: each external data file with its sha256 (None: none)."""
+    digests = external_data_digests(path, field)
+    return [ExternalData.model_validate(digest) for digest in digests] if digests else None
+
+
+def _read_proto(path: Path, field: str) -> ModelProto:
     """The model proto without its external data; ModelError naming the file if it is none."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -109,13 +130,14 @@ def _read_proto(path: Path, field: str):
     try:
         return onnx.load(str(path), load_external_data=False)
     except DecodeError as exc:
-        raise ModelError(f"not a valid ONNX model: the file is truncated or corrupt ({first_line(exc)})",
-                         file=path, field=field) from None
+        raise ModelError(
+            f"not a valid ONNX model: the file is truncated or corrupt ({first_line(exc)})", file=path, field=field
+        ) from None
     except Exception as exc:  # onnx raises a few kinds for files that are not models
         raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
 
 
-def load_onnx_model(path: Path, field: str):
+def load_onnx_model(path: Path, field: str) -> ModelProto:
     """The model proto with its external data, checked; ModelError naming the file otherwise."""
     import onnx
 
@@ -151,21 +173,30 @@ class OnnxRunner:
     CUDA they never pass through the host), on CPU and CUDA alike.
 
     `model`: an already loaded ModelProto (an export made by --backend auto) instead of reading
-    `path`; `count`: whether its initializers give the parameter counts (an export's folded
-    constants do not describe the user's file)."""
+    `path`; `counts`: the parameter counts to record instead of the model's initializers' (an
+    export's folded constants do not describe the user's file). Without `counts`, the model's
+    own initializers are counted and its external data files pinned in the record."""
 
-    def __init__(self, path: Path, field: str, device: torch.device, info: ModelInfo, allow_fallback: bool, *,
-                 model=None, count: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        field: str,
+        device: torch.device,
+        file: ModelFile,
+        allow_fallback: bool,
+        *,
+        model: ModelProto | None = None,
+        counts: Counts | None = None,
+    ):
         import onnxruntime as ort
 
         self.path, self.device = path, device
         if model is None:
             model = load_onnx_model(path, field)
-        if count:
+        if counts is None:
             counts = count_onnx_parameters(model)
-            info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
-            info.external_data = external_data_digests(path, field)
-        providers = ["CPUExecutionProvider"]
+            file = dataclasses.replace(file, external_data=pinned_external_data(path, field))
+        providers: list[str | tuple[str, dict]] = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 if not allow_fallback:
@@ -210,13 +241,20 @@ class OnnxRunner:
         self.classes = declared[1] if len(declared) == 2 and isinstance(declared[1], int) and declared[1] > 0 else None
         self._shape = list(inputs[0].shape)
         batch = self._shape[0] if self._shape else None
-        info.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
-        info.backend, info.provider = "onnxruntime", self.session.get_providers()[0]
-        info.device = str(self.device)
-        info.precision, info.channels_last = "fp32", None
-        self.info = info
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.record: ModelRecord = model_record(
+            file,
+            parameters=counts.parameters,
+            nonzero_parameters=counts.nonzero,
+            backend="onnxruntime",
+            device=str(self.device),
+            provider=self.session.get_providers()[0],
+            fixed_batch=self.fixed_batch,
+            precision="fp32",
+            channels_last=None,
+        )
 
-    def input_shape(self) -> Optional[list]:
+    def input_shape(self) -> list | None:
         return self._shape
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,4 +285,4 @@ class OnnxRunner:
         return out.to(home, torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return run_in_chunks(self._run, x, self.info.fixed_batch)
+        return run_in_chunks(self._run, x, self.fixed_batch)

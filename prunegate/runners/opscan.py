@@ -18,15 +18,34 @@ from __future__ import annotations
 import ast
 import operator
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prunegate.errors import ModelError
 
+if TYPE_CHECKING:
+    import torch
+    from onnx import GraphProto, ModelProto, NodeProto
+
 # TorchScript and torch.export ops: namespaces of computation (torch's own kernels, quantized and
 # oneDNN ones, torchvision's detection ops)...
-TORCH_NAMESPACES = frozenset({"aten", "prim", "prims", "quantized", "_quantized", "prepacked", "mkldnn",
-                              "mkldnn_prepacked", "onednn", "quantization", "torchvision", "higher_order"})
+TORCH_NAMESPACES = frozenset(
+    {
+        "aten",
+        "prim",
+        "prims",
+        "quantized",
+        "_quantized",
+        "prepacked",
+        "mkldnn",
+        "mkldnn_prepacked",
+        "onednn",
+        "quantization",
+        "torchvision",
+        "higher_order",
+    }
+)
 # ...less the ops in them that read or write files or print (torch.from_file, torch.save, print).
 # Warnings (aten::warn) are allowed: they go to the model process's stderr, which the console
 # never shows. tests/test_opscan.py checks that no other registered op takes a file name.
@@ -34,9 +53,27 @@ DENIED_OPS = frozenset({"aten::from_file", "aten::save", "aten::_print", "prim::
 # TorchScript source names the same ops as torch.<op>, ops.<ns>.<op>, torch.ops.<ns>.<op> or print().
 _DENIED_SOURCE = frozenset({"from_file", "save", "_print", "Print", "PythonOp"})
 # Python callables a torch.export graph may hold besides ops: symbolic-shape arithmetic.
-_EXPORT_PYTHON = frozenset({operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv,
-                            operator.truediv, operator.mod, operator.pow, operator.neg, operator.eq, operator.ne,
-                            operator.lt, operator.le, operator.gt, operator.ge, operator.and_, operator.or_})
+_EXPORT_PYTHON = frozenset(
+    {
+        operator.getitem,
+        operator.add,
+        operator.sub,
+        operator.mul,
+        operator.floordiv,
+        operator.truediv,
+        operator.mod,
+        operator.pow,
+        operator.neg,
+        operator.eq,
+        operator.ne,
+        operator.lt,
+        operator.le,
+        operator.gt,
+        operator.ge,
+        operator.and_,
+        operator.or_,
+    }
+)
 # ONNX domains ONNX Runtime implements itself; anything else is a custom op (a shared library).
 ONNX_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"})
 
@@ -44,8 +81,11 @@ _HOW = "prunegate runs only models that compute: refusing to run it"
 
 
 def _refuse(op: str, where: str, path: Path, field: str) -> ModelError:
-    return ModelError(f"the model calls {op} ({where}), which reads or writes files, prints or is not a known "
-                      f"computation; {_HOW}", file=path, field=field)
+    return ModelError(
+        f"the model calls {op} ({where}), which reads or writes files, prints or is not a known computation; {_HOW}",
+        file=path,
+        field=field,
+    )
 
 
 def torch_op_allowed(kind: str) -> bool:
@@ -94,14 +134,18 @@ def scan_torchscript_archive(path: Path, field: str) -> None:
             try:
                 tree = ast.parse(text)
             except (SyntaxError, ValueError):
-                raise ModelError(f"cannot load the torchscript model: its code {name} is not TorchScript source "
-                                 "(a damaged or crafted archive)", file=path, field=field) from None
+                raise ModelError(
+                    f"cannot load the torchscript model: its code {name} is not TorchScript source "
+                    "(a damaged or crafted archive)",
+                    file=path,
+                    field=field,
+                ) from None
             for op in _source_ops(tree):
                 if op in DENIED_OPS or (op.split("::")[0] not in TORCH_NAMESPACES):
                     raise _refuse(op, f"in {name}", path, field)
 
 
-def _graph_kinds(graph) -> Iterator[str]:
+def _graph_kinds(graph: torch.Graph) -> Iterator[str]:
     """The op kind of every node, sub-blocks (if/loop bodies) included."""
     stack = [graph.nodes()]
     while stack:
@@ -110,7 +154,7 @@ def _graph_kinds(graph) -> Iterator[str]:
             stack.extend(block.nodes() for block in node.blocks())
 
 
-def scan_torchscript_module(module, path: Path, field: str) -> None:
+def scan_torchscript_module(module: torch.nn.Module, path: Path, field: str) -> None:
     """After loading: every method of every submodule, with the functions it calls inlined."""
     import torch
 
@@ -138,7 +182,7 @@ def _export_target(target: object) -> str:
     return ""
 
 
-def scan_export_program(program, path: Path, field: str) -> None:
+def scan_export_program(program: torch.export.ExportedProgram, path: Path, field: str) -> None:
     """Every call in an ExportedProgram's graph and its subgraphs is an allowed op (or shape
     arithmetic); a call_module or call_method would run Python the program does not show."""
     import torch
@@ -152,8 +196,11 @@ def scan_export_program(program, path: Path, field: str) -> None:
             if node.op != "call_function":
                 raise _refuse(f"{node.op} {node.target}", f"node {node.name}", path, field)
             target = node.target
-            if target in _EXPORT_PYTHON or getattr(target, "__module__", None) == "torch" and \
-                    str(getattr(target, "__name__", "")).startswith("sym_"):
+            if (
+                target in _EXPORT_PYTHON
+                or getattr(target, "__module__", None) == "torch"
+                and str(getattr(target, "__name__", "")).startswith("sym_")
+            ):
                 continue
             kind = _export_target(target)
             if not kind or not torch_op_allowed(kind):
@@ -163,10 +210,10 @@ def scan_export_program(program, path: Path, field: str) -> None:
 # --- ONNX --------------------------------------------------------------------------------------
 
 
-def _onnx_nodes(model) -> Iterator[tuple[object, str]]:
+def _onnx_nodes(model: ModelProto) -> Iterator[tuple[NodeProto, str]]:
     """(node, where) for every node of the main graph, its subgraphs and its local functions."""
 
-    def graph_nodes(graph, where: str) -> Iterable[tuple[object, str]]:
+    def graph_nodes(graph: GraphProto, where: str) -> Iterable[tuple[NodeProto, str]]:
         for node in graph.node:
             yield node, where
             for attribute in node.attribute:
@@ -180,13 +227,17 @@ def _onnx_nodes(model) -> Iterator[tuple[object, str]]:
         yield from graph_nodes(function, f"function {function.domain}.{function.name}")
 
 
-def scan_onnx_model(model, path: Path, field: str) -> None:
+def scan_onnx_model(model: ModelProto, path: Path, field: str) -> None:
     """Every node is an op of a domain ONNX Runtime implements, or a call of a function the
     model defines (whose body is checked too): a custom domain would load a shared library."""
     local = {(f.domain, f.name) for f in model.functions}
     for node, where in _onnx_nodes(model):
         if node.domain in ONNX_DOMAINS or (node.domain, node.op_type) in local:
             continue
-        raise ModelError(f"node {node.name or node.op_type!r} ({where}) is op {node.op_type!r} of the custom domain "
-                         f"{node.domain!r}, which ONNX Runtime does not implement itself (a custom op library "
-                         f"would run native code); {_HOW}", file=path, field=field)
+        raise ModelError(
+            f"node {node.name or node.op_type!r} ({where}) is op {node.op_type!r} of the custom domain "
+            f"{node.domain!r}, which ONNX Runtime does not implement itself (a custom op library "
+            f"would run native code); {_HOW}",
+            file=path,
+            field=field,
+        )

@@ -24,8 +24,8 @@ import os
 import platform
 import struct
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 # Landlock (include/uapi/linux/landlock.h); the syscall numbers are the same on every arch.
 _CREATE_RULESET, _ADD_RULE, _RESTRICT_SELF = 444, 445, 446
@@ -41,8 +41,18 @@ _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
 
 READABLE = EXECUTE | READ_FILE | READ_DIR
 # Character devices the model's libraries open for writing: /dev/null, and the GPU drivers' nodes.
-DEVICE_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-                "/dev/nvidia-modeset", "/dev/kfd")
+DEVICE_NODES = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia-modeset",
+    "/dev/kfd",
+)
 DEVICE_PATTERNS = ("/dev/nvidia", "/dev/dri")
 
 
@@ -57,8 +67,9 @@ def landlock_abi() -> int:
         return 0
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
-    version = libc.syscall(ctypes.c_long(_CREATE_RULESET), None, ctypes.c_size_t(0),
-                           ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    version = libc.syscall(
+        ctypes.c_long(_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(_CREATE_RULESET_VERSION)
+    )
     return max(int(version), 0)
 
 
@@ -73,7 +84,7 @@ def _fs_rights(abi: int) -> int:
     return rights
 
 
-def readable_except(hidden: Iterable[Path]) -> list[tuple[str, int]]:
+def readable_except(hidden: Iterable[str | Path]) -> list[tuple[str, int]]:
     """Landlock rules that make every file readable but the `hidden` ones. Landlock only grants,
     so: every directory on the way to a hidden file may be listed (READ_DIR beneath it), and
     each of its other entries is readable whole. Symbolic links are left out: access through a
@@ -114,8 +125,11 @@ def _device_rules(abi: int) -> list[tuple[str, int]]:
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
+    _fields_ = [
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
+    ]
 
 
 class _PathBeneathAttr(ctypes.Structure):
@@ -127,10 +141,15 @@ def _landlock(abi: int, rules: list[tuple[str, int]]) -> dict:
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
     handled = _fs_rights(abi)
-    attr = _RulesetAttr(handled, (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
-                        (_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0)
+    attr = _RulesetAttr(
+        handled,
+        (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 else 0,
+        (_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0,
+    )
     size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
-    ruleset = libc.syscall(ctypes.c_long(_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    ruleset = libc.syscall(
+        ctypes.c_long(_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0)
+    )
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset: " + os.strerror(ctypes.get_errno()))
     try:
@@ -143,8 +162,16 @@ def _landlock(abi: int, rules: list[tuple[str, int]]) -> dict:
                 if not os.path.isdir(path):
                     rights &= _FILE_ONLY
                 beneath = _PathBeneathAttr(rights & handled, fd)
-                if libc.syscall(ctypes.c_long(_ADD_RULE), ctypes.c_int(ruleset), ctypes.c_int(_RULE_PATH_BENEATH),
-                                ctypes.byref(beneath), ctypes.c_uint32(0)) < 0:
+                if (
+                    libc.syscall(
+                        ctypes.c_long(_ADD_RULE),
+                        ctypes.c_int(ruleset),
+                        ctypes.c_int(_RULE_PATH_BENEATH),
+                        ctypes.byref(beneath),
+                        ctypes.c_uint32(0),
+                    )
+                    < 0
+                ):
                     code = ctypes.get_errno()
                     if code not in (errno.EINVAL, errno.EBADFD):  # a file system Landlock cannot tag
                         raise OSError(code, f"landlock_add_rule {path}: {os.strerror(code)}")
@@ -163,32 +190,137 @@ def _landlock(abi: int, rules: list[tuple[str, int]]) -> dict:
 # programs, tracing and other processes' memory, io_uring (its requests bypass seccomp), kernel
 # modules and kexec, BPF and perf, mounts and namespaces (EPERM); clone3, whose flags a filter
 # cannot read (ENOSYS: the C library falls back to clone, whose namespace flags are refused).
-_REFUSED = ("execve", "execveat", "ptrace", "process_vm_readv", "process_vm_writev", "io_uring_setup",
-            "io_uring_enter", "io_uring_register", "init_module", "finit_module", "delete_module", "kexec_load",
-            "kexec_file_load", "bpf", "perf_event_open", "mount", "umount2", "pivot_root", "chroot", "setns",
-            "unshare", "keyctl", "add_key", "request_key", "reboot", "swapon", "swapoff", "userfaultfd",
-            "open_by_handle_at", "name_to_handle_at", "fsopen", "fsmount", "move_mount", "open_tree", "fsconfig",
-            "fspick", "mount_setattr")
+_REFUSED = (
+    "execve",
+    "execveat",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    "bpf",
+    "perf_event_open",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "setns",
+    "unshare",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "userfaultfd",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "fsopen",
+    "fsmount",
+    "move_mount",
+    "open_tree",
+    "fsconfig",
+    "fspick",
+    "mount_setattr",
+)
 # (audit arch, syscall numbers) per machine (asm/unistd_64.h; asm-generic/unistd.h for aarch64).
 _SYSCALLS = {
-    "x86_64": (0xC000003E, {
-        "socket": 41, "clone": 56, "clone3": 435, "execve": 59, "execveat": 322, "ptrace": 101,
-        "process_vm_readv": 310, "process_vm_writev": 311, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "init_module": 175, "finit_module": 313, "delete_module": 176, "kexec_load": 246,
-        "kexec_file_load": 320, "bpf": 321, "perf_event_open": 298, "mount": 165, "umount2": 166, "pivot_root": 155,
-        "chroot": 161, "setns": 308, "unshare": 272, "keyctl": 250, "add_key": 248, "request_key": 249,
-        "reboot": 169, "swapon": 167, "swapoff": 168, "userfaultfd": 323, "open_by_handle_at": 304,
-        "name_to_handle_at": 303, "fsopen": 430, "fsmount": 432, "move_mount": 429, "open_tree": 428,
-        "fsconfig": 431, "fspick": 433, "mount_setattr": 442}),
-    "aarch64": (0xC00000B7, {
-        "socket": 198, "clone": 220, "clone3": 435, "execve": 221, "execveat": 281, "ptrace": 117,
-        "process_vm_readv": 270, "process_vm_writev": 271, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "init_module": 105, "finit_module": 273, "delete_module": 106, "kexec_load": 104,
-        "kexec_file_load": 294, "bpf": 280, "perf_event_open": 241, "mount": 40, "umount2": 39, "pivot_root": 41,
-        "chroot": 51, "setns": 268, "unshare": 97, "keyctl": 219, "add_key": 217, "request_key": 218, "reboot": 142,
-        "swapon": 224, "swapoff": 225, "userfaultfd": 282, "open_by_handle_at": 265, "name_to_handle_at": 264,
-        "fsopen": 430, "fsmount": 432, "move_mount": 429, "open_tree": 428, "fsconfig": 431, "fspick": 433,
-        "mount_setattr": 442}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41,
+            "clone": 56,
+            "clone3": 435,
+            "execve": 59,
+            "execveat": 322,
+            "ptrace": 101,
+            "process_vm_readv": 310,
+            "process_vm_writev": 311,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "init_module": 175,
+            "finit_module": 313,
+            "delete_module": 176,
+            "kexec_load": 246,
+            "kexec_file_load": 320,
+            "bpf": 321,
+            "perf_event_open": 298,
+            "mount": 165,
+            "umount2": 166,
+            "pivot_root": 155,
+            "chroot": 161,
+            "setns": 308,
+            "unshare": 272,
+            "keyctl": 250,
+            "add_key": 248,
+            "request_key": 249,
+            "reboot": 169,
+            "swapon": 167,
+            "swapoff": 168,
+            "userfaultfd": 323,
+            "open_by_handle_at": 304,
+            "name_to_handle_at": 303,
+            "fsopen": 430,
+            "fsmount": 432,
+            "move_mount": 429,
+            "open_tree": 428,
+            "fsconfig": 431,
+            "fspick": 433,
+            "mount_setattr": 442,
+        },
+    ),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "socket": 198,
+            "clone": 220,
+            "clone3": 435,
+            "execve": 221,
+            "execveat": 281,
+            "ptrace": 117,
+            "process_vm_readv": 270,
+            "process_vm_writev": 271,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "init_module": 105,
+            "finit_module": 273,
+            "delete_module": 106,
+            "kexec_load": 104,
+            "kexec_file_load": 294,
+            "bpf": 280,
+            "perf_event_open": 241,
+            "mount": 40,
+            "umount2": 39,
+            "pivot_root": 41,
+            "chroot": 51,
+            "setns": 268,
+            "unshare": 97,
+            "keyctl": 219,
+            "add_key": 217,
+            "request_key": 218,
+            "reboot": 142,
+            "swapon": 224,
+            "swapoff": 225,
+            "userfaultfd": 282,
+            "open_by_handle_at": 265,
+            "name_to_handle_at": 264,
+            "fsopen": 430,
+            "fsmount": 432,
+            "move_mount": 429,
+            "open_tree": 428,
+            "fsconfig": 431,
+            "fspick": 433,
+            "mount_setattr": 442,
+        },
+    ),
 }
 _LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
@@ -283,19 +415,25 @@ def _other_processes() -> list[str]:
 SCRATCH = READABLE | WRITE_FILE | _MAKE_AND_REMOVE | TRUNCATE
 
 
-def restrict(hidden: Iterable[Path] = (), scratch: Optional[Path] = None) -> dict:
+def restrict(hidden: Iterable[Path] = (), scratch: Path | None = None) -> dict:
     """Sandbox this process for good (see the module's text). Returns what was applied, for the
     report: {"landlock_abi", "files", "tcp", "signals", "seccomp", "capabilities"} — False where
     the kernel or the platform could not; "error" when a call failed. `scratch`: the one folder
     the process may write in (its own temporary folder, which prunegate removes afterwards)."""
-    applied: dict = {"landlock_abi": 0, "files": False, "tcp": False, "signals": False, "seccomp": False,
-                     "capabilities": False}
+    applied: dict = {
+        "landlock_abi": 0,
+        "files": False,
+        "tcp": False,
+        "signals": False,
+        "seccomp": False,
+        "capabilities": False,
+    }
     abi = landlock_abi()
     applied["landlock_abi"] = abi
     if abi > 0:
         # Devices are not files to read (a raw disk holds every file, key included): only the
         # nodes libraries need are allowed, read-write.
-        unseen = [*hidden, "/dev", *_other_processes()]
+        unseen: list[str | Path] = [*hidden, "/dev", *_other_processes()]
         try:
             writable = [(os.path.realpath(scratch), SCRATCH)] if scratch is not None else []
             applied.update(_landlock(abi, readable_except(unseen) + _device_rules(abi) + writable))
@@ -318,9 +456,15 @@ def describe(applied: dict) -> str:
     """One line for the console: what the sandbox holds back, or what it could not."""
     if complete(applied):
         return "sandboxed: no file writes, no network, no key file, no programs"
-    missing = [what for name, what in (("files", "file writes and key reads (Landlock)"),
-                                        ("tcp", "TCP (Landlock ABI 4)"),
-                                        ("seccomp", "sockets and programs (seccomp)")) if not applied.get(name)]
+    missing = [
+        what
+        for name, what in (
+            ("files", "file writes and key reads (Landlock)"),
+            ("tcp", "TCP (Landlock ABI 4)"),
+            ("seccomp", "sockets and programs (seccomp)"),
+        )
+        if not applied.get(name)
+    ]
     return "not sandboxed against " + ", ".join(missing)
 
 

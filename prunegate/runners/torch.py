@@ -16,16 +16,17 @@ import re
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, NoReturn
 
 import torch
 
 from prunegate.errors import ModelError
+from prunegate.report.schema import ModelRecord
 
-from .base import PRECISIONS, Counts, ModelInfo, first_line, run_in_chunks
+from .base import PRECISIONS, Counts, ModelFile, first_line, model_record, run_in_chunks
 from .opscan import scan_export_program, scan_torchscript_archive, scan_torchscript_module
-
 
 ZIP_MAGIC = b"PK\x03\x04"
 DAMAGED = "the file is truncated or corrupt: re-save or re-download it"
@@ -60,13 +61,16 @@ def sniff_format(path: Path, field: str = "model") -> str:
 def _import_arch(arch: str, base_dir: Path, field: str, file: Path) -> Callable[[], torch.nn.Module]:
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
-        raise ModelError(f"arch {arch!r} must look like 'package.module:function' or 'file.py:function'", file=file, field=field)
+        raise ModelError(
+            f"arch {arch!r} must look like 'package.module:function' or 'file.py:function'", file=file, field=field
+        )
     try:
         if module_name.endswith(".py"):
             source = Path(module_name) if Path(module_name).is_absolute() else base_dir / module_name
             if not source.is_file():
                 raise ModelError(f"arch file {source} not found", file=file, field=field)
             spec = importlib.util.spec_from_file_location(f"prunegate_arch_{abs(hash(source))}", source)
+            assert spec is not None and spec.loader is not None  # a .py file always has a spec and a loader
             module = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = module
             spec.loader.exec_module(module)
@@ -80,15 +84,16 @@ def _import_arch(arch: str, base_dir: Path, field: str, file: Path) -> Callable[
     return builder
 
 
-def _unwrap_state_dict(obj: object) -> Optional[dict]:
+def _unwrap_state_dict(obj: object) -> dict | None:
     """The tensors of a state dict, also inside the common {'state_dict': ...} wrappers, with a
     DataParallel 'module.' prefix removed."""
     if isinstance(obj, dict):
+        state: dict = obj
         for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
+            if isinstance(state.get(key), dict):
+                state = state[key]
                 break
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
         if tensors and all(isinstance(k, str) for k in tensors):
             if all(k.startswith("module.") for k in tensors):
                 tensors = {k[len("module.") :]: v for k, v in tensors.items()}
@@ -96,7 +101,7 @@ def _unwrap_state_dict(obj: object) -> Optional[dict]:
     return None
 
 
-def _module_from_state_dict(state: dict, arch: Optional[str], base_dir: Path, path: Path, field: str) -> torch.nn.Module:
+def _module_from_state_dict(state: dict, arch: str | None, base_dir: Path, path: Path, field: str) -> torch.nn.Module:
     if not arch:
         raise ModelError(
             "is a state dict: set 'arch' ('module:function' that builds the network) for this model",
@@ -109,7 +114,9 @@ def _module_from_state_dict(state: dict, arch: Optional[str], base_dir: Path, pa
     except Exception as exc:
         raise ModelError(f"arch {arch!r} failed to build ({first_line(exc)})", file=path, field=field) from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelError(f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module", file=path, field=field)
+        raise ModelError(
+            f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module", file=path, field=field
+        )
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit raise even with strict=False
@@ -123,8 +130,8 @@ def _module_from_state_dict(state: dict, arch: Optional[str], base_dir: Path, pa
 
 
 def load_torch_module(
-    path: Path, field: str, arch: Optional[str], base_dir: Path, allow_pickle: bool
-) -> tuple[torch.nn.Module, str, Optional[list]]:
+    path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
+) -> tuple[torch.nn.Module, str, list | None]:
     """(module, format, declared input shape or None)."""
     kind = sniff_format(path, field)
     try:
@@ -140,7 +147,8 @@ def load_torch_module(
                 program = torch.export.load(str(path))
             scan_export_program(program, path, field)
             shape = None
-            placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+            inputs = program.graph_signature.user_inputs
+            placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in inputs]
             if placeholders and "val" in placeholders[0].meta:
                 shape = [d if isinstance(d, int) else str(d) for d in placeholders[0].meta["val"].shape]
             return program.module(), "torch-export", shape
@@ -149,11 +157,17 @@ def load_torch_module(
     except Exception as exc:
         needs = needs_unpickling(exc)
         if kind == "torch-export" and needs is not None:
-            raise ModelError(f"needs unpickling arbitrary Python objects ({needs.group(1)}) in the .pt2 archive, "
-                             "which can run code; re-run with --allow-pickle only if you trust this file",
-                             file=path, field=field) from None
-        raise ModelError(f"cannot load the {kind} model: {DAMAGED}, or it needs another torch version "
-                         f"({first_line(exc)})", file=path, field=field) from None
+            raise ModelError(
+                f"needs unpickling arbitrary Python objects ({needs.group(1)}) in the .pt2 archive, "
+                "which can run code; re-run with --allow-pickle only if you trust this file",
+                file=path,
+                field=field,
+            ) from None
+        raise ModelError(
+            f"cannot load the {kind} model: {DAMAGED}, or it needs another torch version ({first_line(exc)})",
+            file=path,
+            field=field,
+        ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         fmt = "state-dict"
@@ -162,8 +176,11 @@ def load_torch_module(
         # after "Unsupported global"), and bytes that are no pickle at all.
         needs = needs_unpickling(exc)
         if needs is None:
-            raise ModelError(f"not a torch model file: {DAMAGED}, or in another format "
-                             f"({_weights_only_reason(exc)})", file=path, field=field) from None
+            raise ModelError(
+                f"not a torch model file: {DAMAGED}, or in another format ({_weights_only_reason(exc)})",
+                file=path,
+                field=field,
+            ) from None
         if not allow_pickle:
             raise ModelError(
                 f"needs unpickling arbitrary Python objects ({needs.group(1)}), which can run code; "
@@ -209,7 +226,7 @@ def _quiet_torch_export() -> Iterator[None]:
 _UNPICKLE = re.compile(r"unsupported (?:global: )?GLOBAL ([\w.]+|<[^>]*>)", re.IGNORECASE)
 
 
-def needs_unpickling(exc: BaseException) -> Optional[re.Match]:
+def needs_unpickling(exc: BaseException) -> re.Match | None:
     """The match naming the global a weights-only load refused (torch words it two ways), or None
     when the load failed for another reason (a damaged file)."""
     return _UNPICKLE.search(str(exc))
@@ -223,11 +240,11 @@ def refuse_unpickling() -> Iterator[None]:
     real_load, real_loads = torch.load, pickle.loads
     real_load_obj = getattr(torch._C, "_pickle_load_obj", None)
 
-    def weights_only_load(*args, **kwargs):
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:
         kwargs["weights_only"] = True
         return real_load(*args, **kwargs)
 
-    def refuse(*args, **kwargs):
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
         raise pickle.UnpicklingError("Unsupported global: GLOBAL <a pickled object>")
 
     torch.load, pickle.loads = weights_only_load, refuse
@@ -257,12 +274,19 @@ class TorchRunner:
     come back float32); `channels_last` (auto: on CUDA for models with 2-D convolutions) converts
     the module's 4-D weights and every input to the channels-last memory format."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, info: ModelInfo, shape: Optional[list], *,
-                 precision: str = "fp32", channels_last: str = "auto"):
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        device: torch.device,
+        file: ModelFile,
+        shape: list | None,
+        *,
+        precision: str = "fp32",
+        channels_last: str = "auto",
+    ):
         counts = Counts()
         for tensor in module.parameters():
             counts.add(tensor.detach())
-        info.parameters, info.nonzero_parameters = counts.parameters, counts.nonzero
         try:
             module.eval()
         except (NotImplementedError, RuntimeError):
@@ -271,14 +295,21 @@ class TorchRunner:
         self.device = device
         self._shape = shape
         self._autocast = PRECISIONS[precision]
-        self.channels_last = self._use_channels_last(channels_last, info)
+        self.channels_last = self._use_channels_last(channels_last, file.path)
         batch = shape[0] if shape else None
-        info.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
-        info.backend, info.device = "torch", str(device)
-        info.precision, info.channels_last = precision, self.channels_last
-        self.info = info
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+        self.record: ModelRecord = model_record(
+            file,
+            parameters=counts.parameters,
+            nonzero_parameters=counts.nonzero,
+            backend="torch",
+            device=str(device),
+            fixed_batch=self.fixed_batch,
+            precision=precision,
+            channels_last=self.channels_last,
+        )
 
-    def _use_channels_last(self, setting: str, info: ModelInfo) -> bool:
+    def _use_channels_last(self, setting: str, path: str) -> bool:
         """auto: on CUDA, for a model with 2-D convolutions (cuDNN's NHWC kernels, tensor cores);
         off on CPU, where it is rarely faster. on/off: as asked."""
         wanted = setting == "on" or (setting == "auto" and self.device.type == "cuda" and has_conv_weights(self.module))
@@ -288,19 +319,25 @@ class TorchRunner:
             self.module = self.module.to(memory_format=torch.channels_last)
         except Exception as exc:  # some module kinds cannot be converted
             if setting == "on":
-                raise ModelError(f"cannot convert the model to channels-last ({first_line(exc)}); set "
-                                 "runtime.channels_last: off", file=info.path, field="runtime.channels_last") from None
+                raise ModelError(
+                    f"cannot convert the model to channels-last ({first_line(exc)}); set runtime.channels_last: off",
+                    file=path,
+                    field="runtime.channels_last",
+                ) from None
             return False
         return True
 
-    def input_shape(self) -> Optional[list]:
+    def input_shape(self) -> list | None:
         return self._shape
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(device_type=self.device.type, dtype=self._autocast) if self._autocast is not None
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=self._autocast)
+            if self._autocast is not None
+            else contextlib.nullcontext()
+        )
         with torch.inference_mode(), autocast:
             out = self.module(x)
         if isinstance(out, (tuple, list)):
@@ -312,4 +349,4 @@ class TorchRunner:
         return out
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return run_in_chunks(self._run, x, self.info.fixed_batch)
+        return run_in_chunks(self._run, x, self.fixed_batch)

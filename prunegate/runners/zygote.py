@@ -18,7 +18,6 @@ import signal
 import socket
 import sys
 import time
-from typing import Optional
 
 from . import _wire, sandbox
 
@@ -64,7 +63,7 @@ def _child(sock: socket.socket, channel: int, stderr: int, environment: dict, cw
         os._exit(code)
 
 
-def _status(pid: int, timeout: float) -> Optional[int]:
+def _status(pid: int, timeout: float) -> int | None:
     deadline = time.monotonic() + timeout
     while pid not in _ended and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -72,7 +71,8 @@ def _status(pid: int, timeout: float) -> Optional[int]:
     return _ended.get(pid)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The zygote: import torch and the loaders once, then fork a model process on each request."""
     args = sys.argv[1:] if argv is None else argv
     sandbox.set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is prunegate's to handle
@@ -80,7 +80,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # What every model process needs, imported once here (no model code runs in this process).
     import torch  # noqa: F401
 
-    from . import host, onnx, torch as torch_runner  # noqa: F401
+    from . import host, onnx  # noqa: F401
+
     signal.signal(signal.SIGCHLD, _reap)
     while True:
         try:

@@ -1,8 +1,9 @@
 """Distribution shifts: the ImageNet-C / CIFAR-10-C corruptions and input noise.
 
 Importing this package registers every corruption. Use `corrupt(x, name, severity, rng)` to
-apply one at a benchmark severity, or `get_shift(name).fn(x, param, rng)` with a parameter of
-your own. Images are float NCHW RGB in [0, 1] on any device; every random draw comes from the
+apply one at a benchmark severity, or `get_shift(name).apply(x, param, rng)` with a parameter of
+your own. Assets a corruption overlays (frost's photographs) are passed in as a `ShiftAssets`.
+Images are float NCHW RGB in [0, 1] on any device; every random draw comes from the
 `SampleRNG`, so a sample's result depends only on its key and id, never on its batch.
 """
 
@@ -25,6 +26,7 @@ from ._registry import (
     register_noise,
     register_shift,
 )
+from .assets import NO_ASSETS, ShiftAssets
 from .presets import Preset, get_preset, list_presets
 from .rng import SampleRNG, task_key
 
@@ -72,9 +74,15 @@ def chunk_size(x: torch.Tensor) -> int:
 
 
 def corrupt(
-    x: torch.Tensor, name: str, severity: int, rng: SampleRNG, preset: str = "imagenet-c"
+    x: torch.Tensor,
+    name: str,
+    severity: int,
+    rng: SampleRNG,
+    preset: str = "imagenet-c",
+    assets: ShiftAssets = NO_ASSETS,
 ) -> torch.Tensor:
-    """Apply corruption `name` at `severity` (1..5) of `preset` to a batch x [N, 3, H, W]."""
+    """Apply corruption `name` at `severity` (1..5) of `preset` to a batch x [N, 3, H, W],
+    overlaying `assets` where the corruption takes some."""
     table = get_preset(preset)
     shift = get_shift(name)
     param = table.param(name, severity)
@@ -87,21 +95,27 @@ def corrupt(
     x = x.to(torch.float32)
     chunk = chunk_size(x)
     if x.shape[0] <= chunk:
-        return shift.fn(x, param, rng)
+        return shift.apply(x, param, rng, assets)
     # Samples are independent, so chunks give identical results; bounded chunks keep the working
     # set of the shifts in cache.
-    return torch.cat([shift.fn(x[i : i + chunk], param, rng.subset(slice(i, i + chunk)))
-                      for i in range(0, x.shape[0], chunk)])
+    return torch.cat(
+        [
+            shift.apply(x[i : i + chunk], param, rng.subset(slice(i, i + chunk)), assets)
+            for i in range(0, x.shape[0], chunk)
+        ]
+    )
 
 
 __all__ = [
     "CORRUPTIONS",
     "CORRUPTION_NAMES",
     "NOISES",
+    "NO_ASSETS",
     "Preset",
     "Registry",
     "SampleRNG",
     "Shift",
+    "ShiftAssets",
     "corrupt",
     "get_noise",
     "get_preset",

@@ -41,7 +41,7 @@ class AliasTable:
         u = bits.to(torch.int64).bitwise_and_(0xFFFFFFFF).mul_(self.width)
         col = u >> FRACTION_BITS
         entry = self.packed[row.mul(self.width).add_(col)]
-        own = (u.bitwise_and_(0xFFFFFFFF) < (entry >> 2 * VALUE_BITS))
+        own = u.bitwise_and_(0xFFFFFFFF) < (entry >> 2 * VALUE_BITS)
         shift = torch.where(own, 0, VALUE_BITS)
         return (entry >> shift).bitwise_and_((1 << VALUE_BITS) - 1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+
 def as_levels64(x: torch.Tensor) -> torch.Tensor:
     """The reference's np.array(img): uint8 levels in float64, exact integers for values within
     float32 error of a level (float32 k/255 times 255 is not exactly k)."""
@@ -86,8 +87,6 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     sector = torch.remainder(hi, 6).to(torch.int64)
     # rows: sector 0..5; columns: which of (v, t, p, q) goes to R, G, B
     choices = torch.stack([v, t, p, q], dim=1)  # [N, 4, H, W]
-    order = torch.tensor(
-        [[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]], device=hsv.device
-    )
+    order = torch.tensor([[0, 1, 2], [3, 0, 2], [2, 0, 1], [2, 3, 0], [1, 2, 0], [0, 2, 3]], device=hsv.device)
     idx = order[sector].permute(0, 3, 1, 2)  # [N, 3, H, W]
     return choices.gather(1, idx)

@@ -49,9 +49,7 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     # diagonal: m > mag[y-1, x-s] and m > mag[y+1, x+s]
     up_left, up_right = _neighbour(mag, -1, -1), _neighbour(mag, -1, 1)
     down_left, down_right = _neighbour(mag, 1, -1), _neighbour(mag, 1, 1)
-    keep_d = torch.where(
-        s > 0, (mag > up_left) & (mag > down_right), (mag > up_right) & (mag > down_left)
-    )
+    keep_d = torch.where(s > 0, (mag > up_left) & (mag > down_right), (mag > up_right) & (mag > down_left))
     nms = (mag > low_i) & ((horizontal & keep_h) | (vertical & keep_v) | (diagonal & keep_d))
     edges = nms & (mag > high_i)
     # hysteresis: grow the strong set inside the candidate set until it stops changing (the
@@ -107,7 +105,7 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     total = levels.shape[1]
     first = (hist > 0).to(torch.int64).argmax(dim=1, keepdim=True)
     h0 = hist.gather(1, first)
-    scale = (255.0 / (total - h0).clamp(min=1).to(torch.float32))
+    scale = 255.0 / (total - h0).clamp(min=1).to(torch.float32)
     lut = torch.round((hist.cumsum(1) - h0).to(torch.float32) * scale)
     lut = torch.where(torch.arange(256, device=img.device)[None] <= first, 0.0, lut).clamp(0, 255)
     out = lut.gather(1, levels).reshape(img.shape)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,8 +98,9 @@ def crop_zero_border(kernel: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _kernel_spectrum(taps: tuple[float, ...], kh: int, kw: int, nh: int, nw: int, device: torch.device,
-                     dtype: torch.dtype) -> torch.Tensor:
+def _kernel_spectrum(
+    taps: tuple[float, ...], kh: int, kw: int, nh: int, nw: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """rfft2 of the [kh, kw] kernel laid out for a circular *correlation* on an nh x nw grid:
     tap (a, b) (offsets from the centre) at ((-a) mod nh, (-b) mod nw). Made in float64."""
     k = torch.tensor(taps, dtype=torch.float64).view(kh, kw)
@@ -294,8 +295,8 @@ def magick_motion_blur(levels: torch.Tensor, radius: float, sigma: float, angle_
     width = int(2 * math.ceil(radius) + 1)
     sigma = max(float(sigma), 1e-12)
     taps = torch.arange(width, dtype=torch.float64)
-    weights = torch.exp(-(taps**2) / (2.0 * sigma * sigma))
-    weights = (weights / weights.sum()).tolist()
+    gaussian = torch.exp(-(taps**2) / (2.0 * sigma * sigma))
+    weights = (gaussian / gaussian.sum()).tolist()
     a = torch.deg2rad(angle_deg.to(torch.float64).reshape(-1))
     cos, sin = torch.cos(a), torch.sin(a)
     x = as_float64(levels)

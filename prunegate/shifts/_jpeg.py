@@ -11,6 +11,7 @@ arithmetic, so the output matches PIL's bit for bit in the common case (tests me
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,9 @@ def _descale(v: torch.Tensor, n: int) -> torch.Tensor:
     return (v + (1 << (n - 1))) >> n
 
 
-def _odd_part(t4, t5, t6, t7):
+def _odd_part(
+    t4: torch.Tensor, t5: torch.Tensor, t6: torch.Tensor, t7: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shared odd-part rotation of LL&M (jfdctint/jidctint); returns 4 products."""
     z1, z2, z3, z4 = t4 + t7, t5 + t6, t4 + t6, t5 + t7
     z5 = (z3 + z4) * _F1175
@@ -82,7 +85,9 @@ def _odd_part(t4, t5, t6, t7):
     return t4 + z1 + z3, t5 + z2 + z4, t6 + z2 + z3, t7 + z1 + z4
 
 
-def _fdct_1d(d: torch.Tensor, first_pass: bool, dim: int, descale=_descale) -> torch.Tensor:
+def _fdct_1d(
+    d: torch.Tensor, first_pass: bool, dim: int, descale: Callable[[torch.Tensor, int], torch.Tensor] = _descale
+) -> torch.Tensor:
     """jpeg_fdct_islow along `dim` (0: down the columns, 1: along the rows) of [8, 8, M] blocks."""
     c = [d.select(dim, i) for i in range(8)]
     t0, t7 = c[0] + c[7], c[0] - c[7]
@@ -103,7 +108,9 @@ def _fdct_1d(d: torch.Tensor, first_pass: bool, dim: int, descale=_descale) -> t
     return torch.stack([o0, o1, o2, o3, o4, o5, o6, o7], dim=dim)
 
 
-def _idct_1d(d: torch.Tensor, first_pass: bool, dim: int, descale=_descale) -> torch.Tensor:
+def _idct_1d(
+    d: torch.Tensor, first_pass: bool, dim: int, descale: Callable[[torch.Tensor, int], torch.Tensor] = _descale
+) -> torch.Tensor:
     """jpeg_idct_islow along `dim` of [8, 8, M] blocks, without the final range limiting."""
     c = [d.select(dim, i) for i in range(8)]
     z1 = (c[2] + c[6]) * _F0541
@@ -139,7 +146,7 @@ def _pass_shifts(forward: bool, first_pass: bool) -> list[int]:
     return [_CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS + 3] * 8
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pass_matrix(forward: bool, first_pass: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A 1-D pass before its descales is an integer-linear map of its 8 inputs: its 8 x 8
     integer matrix (the pass itself run on unit vectors, in float64), and the per-output

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 # Measured on 2 CPU cores (bench/RESULTS.md, session 3): at 224 px Pillow is 2.3x (pixelate) and
 # 5.7x (JPEG) faster than the tensor version; at 32 px 2-2.7x slower.
 MIN_PIXELS = 64 * 64
@@ -35,6 +34,7 @@ def map_images(levels: torch.Tensor, op: Callable[[Image.Image], Image.Image]) -
 
 def jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
     """img.save(buf, "JPEG", quality=quality), decoded again: the reference's JPEG round trip."""
+
     def roundtrip(img: Image.Image) -> Image.Image:
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=quality)
@@ -42,11 +42,14 @@ def jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
         decoded = Image.open(buf)
         decoded.load()
         return decoded
+
     return roundtrip
 
 
 def box_resize_and_back(height: int, width: int) -> Callable[[Image.Image], Image.Image]:
     """img.resize((width, height), BOX).resize(original size, BOX): the reference's pixelate."""
+
     def pixelate(img: Image.Image) -> Image.Image:
-        return img.resize((width, height), Image.BOX).resize(img.size, Image.BOX)
+        return img.resize((width, height), Image.Resampling.BOX).resize(img.size, Image.Resampling.BOX)
+
     return pixelate

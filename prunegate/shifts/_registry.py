@@ -2,7 +2,9 @@
 
 Two families share the mechanism:
 - corruptions (`register_shift`): ImageNet-C / CIFAR-10-C style, `fn(x, param, rng) -> x`,
-  where `param` is one entry of a preset's severity table (see presets.py);
+  where `param` is one entry of a preset's severity table (see presets.py); a corruption that
+  overlays assets (frost's photographs) registers with `assets=True` and is called
+  `fn(x, param, rng, assets)` with the run's `ShiftAssets`;
 - input noise (`register_noise`): the paper's noise tasks, `fn(x, level, rng) -> x`, applied in
   the space the noise declares: "pixel" (float [0, 1] images) or "normalized" (model input).
 
@@ -12,13 +14,15 @@ Images are float NCHW in [0, 1] on any device; `rng` is a `SampleRNG` for the ba
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
 from prunegate.errors import PrunegateError
 
+from .assets import NO_ASSETS, ShiftAssets
 from .rng import SampleRNG
 
 ShiftFn = Callable[[torch.Tensor, Any, SampleRNG], torch.Tensor]
@@ -27,21 +31,36 @@ Space = Literal["pixel", "normalized"]
 
 @dataclass(frozen=True)
 class Shift:
+    """A registered shift: its function, the space it works in, whether it takes assets."""
+
     name: str
-    fn: ShiftFn
+    fn: Callable[..., torch.Tensor]
     space: Space = "pixel"
+    takes_assets: bool = False
+
+    def apply(self, x: torch.Tensor, param: Any, rng: SampleRNG, assets: ShiftAssets = NO_ASSETS) -> torch.Tensor:
+        """The shifted batch; `assets` reach only a shift that declared it takes them."""
+        if self.takes_assets:
+            return self.fn(x, param, rng, assets)
+        return self.fn(x, param, rng)
 
 
 class Registry:
-    def __init__(self, kind: str):
+    """Shifts of one family by name."""
+
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._shifts: dict[str, Shift] = {}
 
-    def register(self, name: str, *, space: Space = "pixel") -> Callable[[ShiftFn], ShiftFn]:
-        def decorator(fn: ShiftFn) -> ShiftFn:
+    def register(
+        self, name: str, *, space: Space = "pixel", assets: bool = False
+    ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
+        """A decorator that registers `fn` under `name` (a duplicate name is an error)."""
+
+        def decorator(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
             if name in self._shifts:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._shifts[name] = Shift(name, fn, space)
+            self._shifts[name] = Shift(name, fn, space, assets)
             return fn
 
         return decorator

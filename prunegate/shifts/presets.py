@@ -15,9 +15,10 @@ the exact float64 values of the reference's `np.arange(...)` calls.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from prunegate.errors import PrunegateError
 
@@ -218,10 +219,12 @@ _PRESETS = {
 
 
 def list_presets() -> list[str]:
+    """The names of the known corruption presets, sorted."""
     return sorted(_PRESETS)
 
 
 def get_preset(name: str) -> Preset:
+    """The corruption preset of that name, or a PrunegateError naming the known ones."""
     try:
         return _PRESETS[name]
     except KeyError:

@@ -152,8 +152,9 @@ class SampleRNG:
             self._stream = first + 26
         return out.view_as(rate)
 
-    def _poisson_inversion(self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int,
-                           stream: int) -> torch.Tensor:
+    def _poisson_inversion(
+        self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int, stream: int
+    ) -> torch.Tensor:
         # P(X > 40 | rate < 10) < 1e-11: 40 steps are exact in practice. k = the number of
         # steps with u > cdf; cdf only grows, so an element is final at its first u <= cdf.
         u = self._uniform_at(stream, pos, per_sample)
@@ -178,8 +179,9 @@ class SampleRNG:
             cdf = cdf + p
         return k if live is None else out.index_put_((live,), k)
 
-    def _poisson_ptrs(self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int, stream: int,
-                      rounds: int = 12) -> torch.Tensor:
+    def _poisson_ptrs(
+        self, rate: torch.Tensor, pos: torch.Tensor | None, per_sample: int, stream: int, rounds: int = 12
+    ) -> torch.Tensor:
         result = torch.zeros_like(rate)
         live = None  # positions in `result` of the elements not yet accepted (None: all)
         for r in range(rounds):

@@ -18,16 +18,15 @@ and crops them per sample as the reference does. Each photograph is:
 Per sample, `frost` then draws the photograph (frost2's look twice as often, as the reference's
 randint(5) does) and the crop's corner: two draws, so a batch costs a gather, not a synthesis.
 A user may supply real photographs instead (policy `suite.corruptions.frost_textures`,
-`prunegate corrupt --frost-textures`, or `use_frost_textures(folder)`): each is used at its own
-size, picked uniformly, resized and cropped as the reference does.
+`prunegate corrupt --frost-textures`, or `ShiftAssets(frost_textures=load_texture_folder(folder))`
+passed to `corrupt`): each is used at its own size, picked uniformly, resized and cropped as the
+reference does. Nothing here is process-wide: the photographs travel with each call.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,19 +55,39 @@ class FrostStyle(NamedTuple):
 _STYLES = (
     FrostStyle(  # frost1.png: blue-green glass-like ice, no needles
         (80.8, 95.5, 99.6, 104.7, 110.7, 116.1, 120.9, 125.5, 130.3, 135.3, 141.3, 149.2, 159.2, 168.1, 177.4, 219.7),
-        (-98.4, 35.55, 75.03), (1.358, 0.876, 0.6996), 2.2, 0.15, 16.0, 0.004,
+        (-98.4, 35.55, 75.03),
+        (1.358, 0.876, 0.6996),
+        2.2,
+        0.15,
+        16.0,
+        0.004,
     ),
     FrostStyle(  # frost2.png (= frost3.png): bright white ice crystals
         (56.2, 139.8, 156.6, 169.9, 183.1, 193.0, 200.1, 205.8, 210.8, 215.4, 220.4, 226.1, 232.3, 238.0, 244.1, 254.0),
-        (1.17, -1.38, 4.02), (0.9736, 1.0083, 1.0264), 2.2, 0.6, 24.0, 0.006,
+        (1.17, -1.38, 4.02),
+        (0.9736, 1.0083, 1.0264),
+        2.2,
+        0.6,
+        24.0,
+        0.006,
     ),
     FrostStyle(  # frost4.jpg: grey fine crystals and droplets
         (22.1, 80.7, 95.7, 107.8, 122.0, 132.0, 139.7, 146.7, 153.0, 159.7, 166.7, 176.0, 189.7, 206.0, 230.7, 253.8),
-        (-11.17, 3.77, 9.85), (0.9942, 0.9956, 1.0379), 1.8, 0.7, 16.0, 0.010,
+        (-11.17, 3.77, 9.85),
+        (0.9942, 0.9956, 1.0379),
+        1.8,
+        0.7,
+        16.0,
+        0.010,
     ),
     FrostStyle(  # frost5.jpg: grey feathery dendrites on a dark pane
         (23.4, 43.0, 51.8, 62.8, 76.0, 89.0, 100.8, 111.2, 122.8, 134.8, 148.8, 167.3, 192.2, 214.8, 236.8, 255.0),
-        (-11.77, 2.43, 18.38), (1.0228, 0.9964, 0.9587), 2.2, 0.7, 32.0, 0.004,
+        (-11.77, 2.43, 18.38),
+        (1.0228, 0.9964, 0.9587),
+        2.2,
+        0.7,
+        32.0,
+        0.004,
     ),
 )
 _STYLE_DRAW = (0, 1, 1, 2, 3)  # the reference's randint(5) over frost1..frost5
@@ -172,7 +191,9 @@ def _procedural_photo(style_index: int, height: int, width: int) -> torch.Tensor
 
 
 @functools.lru_cache(maxsize=8)
-def _photo_bank(scale: float, min_height: int, min_width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _photo_bank(
+    scale: float, min_height: int, min_width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The procedural photographs at `scale`, each at least min_height x min_width there, as
     rounded uint8 levels in one zero-padded [styles, 3, H, W] tensor, and their sizes [styles, 2]."""
     photos = []
@@ -196,8 +217,9 @@ def _stack_padded(photos: list[torch.Tensor], device: torch.device) -> tuple[tor
     return bank.to(device), sizes.to(device)
 
 
-def _crops(rng: SampleRNG, bank: torch.Tensor, sizes: torch.Tensor, picks: torch.Tensor, height: int,
-           width: int) -> torch.Tensor:
+def _crops(
+    rng: SampleRNG, bank: torch.Tensor, sizes: torch.Tensor, picks: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
     """A height x width crop of photograph picks[n] per sample, its corner uniform as the
     reference's randint(0, H - height), randint(0, W - width)."""
     corner = rng.uniform(2, dtype=torch.float64).to(bank.device)
@@ -216,8 +238,9 @@ def frost_texture(rng: SampleRNG, height: int, width: int, scale: float, device:
     return _crops(rng, bank, sizes, styles, height, width)
 
 
-def _gather_crops(bank: torch.Tensor, pick: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
-                  height: int, width: int) -> torch.Tensor:
+def _gather_crops(
+    bank: torch.Tensor, pick: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
     """bank[pick[n], :, top[n] : top[n] + height, left[n] : left[n] + width] for every n, as one
     index_select of `width`-long runs out of an overlapping strided view of the (contiguous)
     bank: one row copy per (sample, channel, row). [N, 3, height, width]."""
@@ -260,7 +283,7 @@ def load_texture_folder(folder: str | Path, field: str = "frost textures") -> Te
     outside the hot path; Pillow decodes (a damaged file is a one-line error)."""
     import hashlib
 
-    from prunegate.data.imagefolder import decoder_message, pil_decode
+    from prunegate.imageio import decoder_message, pil_decode
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -279,37 +302,20 @@ def load_texture_folder(folder: str | Path, field: str = "frost textures") -> Te
         except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, DecompressionBombError...
             raise DataError(f"cannot decode the image ({decoder_message(exc)})", file=path, field=field) from None
         lines.append(f"{path.name} {hashlib.sha256(data).hexdigest()}\n")
-    record = {"format": "frost-textures", "path": str(folder), "size": len(paths), "used": len(paths),
-              "sha256": hashlib.sha256("".join(lines).encode()).hexdigest()}
+    record = {
+        "format": "frost-textures",
+        "path": str(folder),
+        "size": len(paths),
+        "used": len(paths),
+        "sha256": hashlib.sha256("".join(lines).encode()).hexdigest(),
+    }
     return TextureFolder(tuple(images), record)
 
 
-_user_textures: tuple[torch.Tensor, ...] | None = None
-
-
-def use_frost_textures(folder: str | Path | None) -> None:
-    """Make `frost` overlay crops of the images in `folder` (like the reference does with its
-    photographs) instead of procedural textures; None goes back to procedural. Process-wide."""
-    global _user_textures
-    _user_textures = None if folder is None else load_texture_folder(folder).photos
-
-
-@contextlib.contextmanager
-def frost_textures_in_use(photos: tuple[torch.Tensor, ...] | None) -> Iterator[None]:
-    """Within the block, `frost` overlays crops of `photos` (None: the procedural textures, even
-    if use_frost_textures set others); afterwards whatever was in use before is restored."""
-    global _user_textures
-    before = _user_textures
-    _user_textures = photos
-    try:
-        yield
-    finally:
-        _user_textures = before
-
-
 @functools.lru_cache(maxsize=2)
-def _user_bank(photos: tuple[torch.Tensor, ...], scale: float, height: int, width: int,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _user_bank(
+    photos: tuple[torch.Tensor, ...], scale: float, height: int, width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The user's photographs resized by `scale` (cv2.resize INTER_LINEAR, each at its own size),
     stretched where smaller than the crop, padded into one bank. Made once per setting."""
     resized = []
@@ -324,8 +330,9 @@ def _user_bank(photos: tuple[torch.Tensor, ...], scale: float, height: int, widt
     return _stack_padded(resized, device)
 
 
-def texture_crops(rng: SampleRNG, photos: tuple[torch.Tensor, ...], height: int, width: int,
-                  scale: float, device: torch.device) -> torch.Tensor:
+def texture_crops(
+    rng: SampleRNG, photos: tuple[torch.Tensor, ...], height: int, width: int, scale: float, device: torch.device
+) -> torch.Tensor:
     """The reference's overlay from real photographs: pick one uniformly, resize it by `scale`,
     take a uniformly placed height x width crop. [N, 3, height, width] uint8 levels."""
     bank, sizes = _user_bank(photos, float(scale), height, width, torch.device(device))
@@ -333,9 +340,16 @@ def texture_crops(rng: SampleRNG, photos: tuple[torch.Tensor, ...], height: int,
     return _crops(rng, bank, sizes, picks, height, width)
 
 
-def frost_overlay(rng: SampleRNG, height: int, width: int, scale: float, device: torch.device) -> torch.Tensor:
-    """The overlay `frost` uses: the user's textures if `use_frost_textures` set some, else
+def frost_overlay(
+    rng: SampleRNG,
+    height: int,
+    width: int,
+    scale: float,
+    device: torch.device,
+    photos: tuple[torch.Tensor, ...] | None = None,
+) -> torch.Tensor:
+    """The overlay `frost` uses: crops of `photos` (the user's photographs) when given, else of
     procedural ones. uint8 levels, [N, 3, height, width]."""
-    if _user_textures is not None:
-        return texture_crops(rng, _user_textures, height, width, scale, device)
+    if photos is not None:
+        return texture_crops(rng, photos, height, width, scale, device)
     return frost_texture(rng, height, width, scale, device)

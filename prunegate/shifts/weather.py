@@ -8,6 +8,7 @@ from ._color import as_float64, as_levels64, rgb_to_gray, truncate_levels, trunc
 from ._cv import canny, chamfer_distance, equalize_hist
 from ._filters import box_blur, clipped_zoom, correlate2d, gaussian_filter, magick_motion_blur
 from ._registry import register_shift
+from .assets import NO_ASSETS, ShiftAssets
 from .rng import SampleRNG
 from .textures import frost_overlay
 
@@ -67,15 +68,17 @@ def fog(x: torch.Tensor, param: tuple[float, float], rng: SampleRNG) -> torch.Te
     return truncate_uint8((x + strength * plasma) * max_val / (max_val + strength))
 
 
-@register_shift("frost")
-def frost(x: torch.Tensor, param: tuple[float, float, float], rng: SampleRNG) -> torch.Tensor:
+@register_shift("frost", assets=True)
+def frost(
+    x: torch.Tensor, param: tuple[float, float, float], rng: SampleRNG, assets: ShiftAssets = NO_ASSETS
+) -> torch.Tensor:
     """clip(image_weight * x + frost_weight * frost) in uint8 units. The reference overlays a
     random crop of one of its frost photographs; we overlay a random crop of one of our
     procedural frost photographs (made once per process, at the scale the reference used), or
-    of the user's textures (see textures.py)."""
+    of the user's photographs in `assets` (see textures.py)."""
     image_weight, frost_weight, texture_scale = param
     h, w = x.shape[-2:]
-    texture = frost_overlay(rng, h, w, texture_scale, x.device)
+    texture = frost_overlay(rng, h, w, texture_scale, x.device, assets.frost_photos)
     levels = image_weight * as_levels64(x) + frost_weight * as_float64(texture)  # uint8 units
     return truncate_levels(levels)
 

@@ -24,8 +24,20 @@ from .conftest import resnet20_dense, shared_path
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "resnet20-predicate.json"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 # What depends on when, where and on which machine the run happened, not on what it measured.
-VOLATILE = {"timing", "timings", "environment", "created", "started", "finished", "duration_s", "seconds",
-            "images_per_second", "path", "hostname", "frost_textures"}
+VOLATILE = {
+    "timing",
+    "timings",
+    "environment",
+    "created",
+    "started",
+    "finished",
+    "duration_s",
+    "seconds",
+    "images_per_second",
+    "path",
+    "hostname",
+    "frost_textures",
+}
 
 
 def _policy(folder: Path) -> Path:
@@ -93,8 +105,15 @@ def test_predicate_is_byte_identical_to_the_golden_one(tmp_path):
     pruned = global_magnitude_prune(dense, 0.5)
     example = torch.zeros(2, 3, 32, 32)
     for name, model in (("dense", dense), ("pruned", pruned)):
-        torch.onnx.export(model, (example,), tmp_path / f"{name}.onnx", dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            tmp_path / f"{name}.onnx",
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     report = tmp_path / "report.json"
     code = main(["check", "--policy", str(_policy(tmp_path)), "--report", str(report), "--quiet"])
     assert code in (0, 1)

@@ -15,17 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lxml import etree, html as lxml_html
+from lxml import etree
+from lxml import html as lxml_html
 from markdown_it import MarkdownIt
 from PIL import Image
 
 from prunegate.cli import main
+from prunegate.context import RunContext, task_pixels
 from prunegate.data import fit_to_size, open_source, select
-from prunegate.plan import build_plan
 from prunegate.policy import load_policy
 from prunegate.prune import global_magnitude_prune
 from prunegate.report.attest import read_envelope
-from prunegate.report.gallery import build_gallery, shifted
+from prunegate.report.gallery import build_gallery
 from prunegate.report.render import html, junit, markdown
 from prunegate.report.schema import Example, Report
 
@@ -69,8 +70,22 @@ gate:
 runtime: {{batch_size: 300, workers: 0, device: cpu}}
 """)
     out = {k: folder / f"report.{k}" for k in ("json", "html", "md", "xml")}
-    code = main(["check", "-p", str(policy), "-o", str(out["json"]), "--html", str(out["html"]),
-                 "--markdown", str(out["md"]), "--junit", str(out["xml"]), "--quiet"])
+    code = main(
+        [
+            "check",
+            "-p",
+            str(policy),
+            "-o",
+            str(out["json"]),
+            "--html",
+            str(out["html"]),
+            "--markdown",
+            str(out["md"]),
+            "--junit",
+            str(out["xml"]),
+            "--quiet",
+        ]
+    )
     assert code in (0, 1)
     _, _, statement = read_envelope(out["json"].read_text(), "report")
     report = Report.model_validate(statement["predicate"])
@@ -99,7 +114,8 @@ def test_check_wrote_consistent_renderings(run) -> None:
     assert page.xpath("//header/@data-verdict") == [report.verdict]
     assert [a.get("data-rule") for a in page.xpath("//section[@id='failed-rules']//article")] == failed
     assert [f.get("id") for f in page.xpath("//figure")] == ["accuracy-vs-severity", "agreement-vs-noise"] + (
-        ["class-recall-drop"] if any(t.class_recall for t in report.tasks) else [])
+        ["class-recall-drop"] if any(t.class_recall for t in report.tasks) else []
+    )
     rows = page.xpath("//table[contains(@class, 'tasks')]//tbody/tr")
     assert [r.xpath("string(td[1])") for r in rows] == [t.name for t in report.tasks]
 
@@ -108,14 +124,14 @@ def _real_examples(run, task_name: str, limit: int = 4) -> list[Example]:
     """Samples of `task_name` the dense model gets right and the pruned one wrong, found by running
     both models on the gallery's own rebuild of the task's inputs (first 100 selected images)."""
     policy = load_policy(run["policy"])
-    task = {t.name: t for t in build_plan(policy)}[task_name]
+    ctx = RunContext.build(policy, sources=())
+    task = ctx.task(task_name)
     images = open_source(policy.data.test, policy.resolve, "data.test")
     indices = select(images.labels, policy.data.limit)[:100].tolist()
     pictures, _ = images.read(indices, policy.data.max_pixels)
     x = torch.stack([fit_to_size(p.permute(2, 0, 1), 32) for p in pictures]).float() / 255
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     with torch.inference_mode():
-        inputs = (shifted(task, x, torch.tensor(indices), 0, policy.suite.seed, mean, std) - mean) / std
+        inputs = task_pixels(ctx, task, x, torch.tensor(indices), 0).model_input(ctx.pre)
         dense, pruned = run["dense"](inputs).argmax(1), run["pruned"](inputs).argmax(1)
     labels = torch.from_numpy(images.labels[indices])
     chosen = ((dense == labels) & (pruned != labels)).nonzero().flatten()[:limit].tolist()
@@ -125,8 +141,10 @@ def _real_examples(run, task_name: str, limit: int = 4) -> list[Example]:
 def test_gallery_from_the_real_images(run) -> None:
     report = run["report"]
     if not any(t.examples for t in report.tasks):  # until the engine records examples itself
-        tasks = [t.model_copy(update={"examples": _real_examples(run, t.name)}) if t.name in GALLERY_TASKS else t
-                 for t in report.tasks]
+        tasks = [
+            t.model_copy(update={"examples": _real_examples(run, t.name)}) if t.name in GALLERY_TASKS else t
+            for t in report.tasks
+        ]
         report = report.model_copy(update={"tasks": tasks})
     gallery = build_gallery(report)
     assert gallery.notes == []
@@ -173,8 +191,10 @@ def _load_in_browser(page: str) -> None:
         tools = DevTools(binary, folder / "profile")
         try:
             session = tools.open_offline(folder / "page.html")
-            broken = tools.call("Runtime.evaluate", {"expression": "[...document.images].filter(i => !i.naturalWidth).length",
-                                                     "returnByValue": True}, session=session)["result"]["value"]
+            count_broken = "[...document.images].filter(i => !i.naturalWidth).length"
+            broken = tools.call(
+                "Runtime.evaluate", {"expression": count_broken, "returnByValue": True}, session=session
+            )["result"]["value"]
         finally:
             tools.close()
     finally:

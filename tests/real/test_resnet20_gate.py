@@ -33,8 +33,15 @@ def models(tmp_path_factory):
     out = tmp_path_factory.mktemp("resnet20")
     example = torch.zeros(2, 3, 32, 32)
     for name, model in (("dense", dense), ("pruned", pruned)):
-        torch.onnx.export(model, (example,), out / f"{name}.onnx", dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            out / f"{name}.onnx",
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
         torch.jit.save(torch.jit.trace(model, example), out / f"{name}.pt")
     return out, dense
 
@@ -125,8 +132,8 @@ def test_torchrun_on_the_real_pair_matches_one_process(models, tmp_path):
 version: 1
 name: resnet20-torchrun
 models:
-  dense: {folder / 'dense.onnx'}
-  pruned: {folder / 'pruned.onnx'}
+  dense: {folder / "dense.onnx"}
+  pruned: {folder / "pruned.onnx"}
   input: {{size: 32, mean: {MEAN}, std: {STD}}}
 data:
   test: {{format: imagefolder, path: {data}}}

@@ -8,20 +8,36 @@ from __future__ import annotations
 
 from collections import defaultdict
 from statistics import fmean
-from typing import Optional
 
 from prunegate.report.schema import Interval, Report, RuleRecord, TaskRecord, TaskValue
 
 __all__ = [
-    "PERCENT_METRICS", "POINT_METRICS", "pct", "signed_pct", "class_names", "format_interval", "format_metric", "group_rows", "interval_text", "over_text", "rule_bound_text",
-    "rule_status", "rules_failed_first", "task_status", "threshold_text", "worst_task",
+    "PERCENT_METRICS",
+    "POINT_METRICS",
+    "pct",
+    "signed_pct",
+    "class_names",
+    "format_interval",
+    "format_metric",
+    "group_rows",
+    "interval_text",
+    "over_text",
+    "rule_bound_text",
+    "rule_status",
+    "rules_failed_first",
+    "task_status",
+    "threshold_text",
+    "worst_task",
 ]
 
+
 def pct(x: float) -> str:
+    """A fraction as a percentage with two decimals: 0.1234 -> '12.34%'."""
     return f"{100 * x:.2f}%"
 
 
 def signed_pct(x: float) -> str:
+    """A fraction as signed percentage points: -0.01 -> '-1.00pp'."""
     return f"{100 * x:+.2f}pp"
 
 
@@ -29,7 +45,8 @@ PERCENT_METRICS = ("agreement", "dense_accuracy", "pruned_accuracy", "newly_wron
 POINT_METRICS = ("accuracy_drop", "class_recall_drop")
 
 
-def format_metric(metric: str, value: Optional[float]) -> str:
+def format_metric(metric: str, value: float | None) -> str:
+    """A metric's value as text in its unit ('n/a' when missing or NaN)."""
     if value is None or value != value:
         return "n/a"
     if metric in POINT_METRICS:
@@ -40,6 +57,7 @@ def format_metric(metric: str, value: Optional[float]) -> str:
 
 
 def threshold_text(rule: RuleRecord) -> str:
+    """A rule's threshold with its comparison: '≤ +1.00pp', '≥ 90.00%'."""
     sign = "≤" if rule.comparison == "max" else "≥"
     return f"{sign} {format_metric(rule.metric, rule.threshold)}"
 
@@ -55,6 +73,7 @@ def rule_status(rule: RuleRecord) -> str:
 
 
 def task_status(value: TaskValue) -> str:
+    """pass, fail or undecided, for one task of a rule (as `rule_status`)."""
     if value.passed:
         return "pass"
     return "undecided" if value.status == "undecided" else "fail"
@@ -65,7 +84,7 @@ def rules_failed_first(report: Report) -> list[RuleRecord]:
     return sorted(report.rules, key=lambda r: r.passed)
 
 
-def worst_task(rule: RuleRecord) -> Optional[TaskValue]:
+def worst_task(rule: RuleRecord) -> TaskValue | None:
     """The task that decided the rule: the worst failing one, else the worst one."""
     if not rule.per_task:
         return None
@@ -83,13 +102,15 @@ def over_text(rule: RuleRecord) -> str:
     return f"{rule.aggregate} of {len(rule.per_task)} tasks"
 
 
-def format_interval(metric: str, interval: Optional[Interval]) -> Optional[str]:
+def format_interval(metric: str, interval: Interval | None) -> str | None:
+    """An interval as '[low, high]' in the metric's unit; None when there is none."""
     if interval is None:
         return None
     return f"[{format_metric(metric, interval.low)}, {format_metric(metric, interval.high)}]"
 
 
-def interval_text(rule: RuleRecord) -> Optional[str]:
+def interval_text(rule: RuleRecord) -> str | None:
+    """A rule's interval with its confidence level: '95% [low, high]'; None when there is none."""
     text = format_interval(rule.metric, rule.interval)
     if text is None:
         return None
@@ -97,17 +118,18 @@ def interval_text(rule: RuleRecord) -> Optional[str]:
     return f"{level}{text}"
 
 
-def rule_bound_text(rule: RuleRecord) -> Optional[str]:
+def rule_bound_text(rule: RuleRecord) -> str | None:
+    """The bound the rule compared with its threshold, as text; None when there is none."""
     return None if rule.bound is None else format_metric(rule.metric, rule.bound)
 
 
-def class_names(report: Report, source: Optional[str]) -> Optional[list[str]]:
+def class_names(report: Report, source: str | None) -> list[str] | None:
     """The class names of a task's data set, else of the test set, else None."""
     by_name = {d.name: d.classes for d in report.data}
     return by_name.get(source or "") or by_name.get("test") or next((c for c in by_name.values() if c), None)
 
 
-def class_name(names: Optional[list[str]], label: int) -> str:
+def class_name(names: list[str] | None, label: int) -> str:
     if label < 0:
         return "no prediction"
     if names and label < len(names):
@@ -119,9 +141,15 @@ _ROW_KEYS = ("dense_accuracy", "pruned_accuracy", "accuracy_drop", "agreement", 
 
 
 def task_row(task: TaskRecord) -> dict:
-    return {"name": task.name, "n": task.n, "dense_accuracy": task.dense.accuracy,
-            "pruned_accuracy": task.pruned.accuracy, "accuracy_drop": task.accuracy_drop,
-            "agreement": task.agreement, "softmax_l2": task.softmax_l2}
+    return {
+        "name": task.name,
+        "n": task.n,
+        "dense_accuracy": task.dense.accuracy,
+        "pruned_accuracy": task.pruned.accuracy,
+        "accuracy_drop": task.accuracy_drop,
+        "agreement": task.agreement,
+        "softmax_l2": task.softmax_l2,
+    }
 
 
 def group_rows(tasks: list[TaskRecord]) -> list[dict]:
@@ -133,8 +161,9 @@ def group_rows(tasks: list[TaskRecord]) -> list[dict]:
     for group, members in groups.items():
         rows_ = [task_row(t) for t in members]
         label = members[0].name if len(members) == 1 else f"{group} (mean of {len(members)})"
-        rows.append({"name": label, "n": sum(t.n for t in members),
-                     **{k: fmean(r[k] for r in rows_) for k in _ROW_KEYS}})
+        rows.append(
+            {"name": label, "n": sum(t.n for t in members), **{k: fmean(r[k] for r in rows_) for k in _ROW_KEYS}}
+        )
     return rows
 
 

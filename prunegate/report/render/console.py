@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import fmean
-from typing import Optional
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,9 +21,19 @@ from rich.table import Table
 from rich.text import Text
 
 from prunegate.errors import printable
-from prunegate.report.render.common import (POINT_METRICS, PERCENT_METRICS, pct, signed_pct, format_metric,
-                                             over_text, rule_status, threshold_text, worst_task)
-from prunegate.report.schema import Report, RuleRecord
+from prunegate.report.render.common import (
+    PERCENT_METRICS,
+    POINT_METRICS,
+    format_metric,
+    over_text,
+    pct,
+    rule_status,
+    signed_pct,
+    threshold_text,
+    worst_task,
+)
+from prunegate.report.render.interface import Format, Renderer, RenderOptions
+from prunegate.report.schema import Report, RuleRecord, TaskRecord
 
 MAX_TASK_ROWS = 40  # beyond this, tasks are summarised per group
 
@@ -42,6 +53,8 @@ class Rendered(str):
 
 
 def format_interval(metric: str, low: float, high: float) -> str:
+    """A compact interval, its unit once at the end: '[-1.20, +0.40]pp'."""
+
     def short(x: float) -> str:
         return format_metric(metric, x).removesuffix("pp").removesuffix("%")
 
@@ -52,22 +65,30 @@ def format_interval(metric: str, low: float, high: float) -> str:
 def _tasks_text(rule: RuleRecord) -> str:
     """The task, or how many tasks and which was worst."""
     over = over_text(rule)
-    return _text(f"{over}, worst {worst_task(rule).task}" if len(rule.per_task) > 1 else over)
+    worst = worst_task(rule)
+    return _text(f"{over}, worst {worst.task}" if len(rule.per_task) > 1 and worst is not None else over)
 
 
 STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
 
 
 def rules_table(report: Report) -> Table:
+    """The rules, failed first: status, value, interval (when decided at a confidence), threshold."""
     confident = any(r.confidence for r in report.rules)
-    title = "Rules" + (f" (decided at {100 * report.confidence:g}% confidence)" if confident and report.confidence else "")
+    decided = f" (decided at {100 * report.confidence:g}% confidence)" if confident and report.confidence else ""
+    title = "Rules" + decided
     table = Table(title=title, title_justify="left", expand=False)
     columns = ["", "rule", "metric", "value", *(["interval"] if confident else []), "threshold", "tasks"]
     for column in columns:  # numbers never wrap; task names fold
         table.add_column(column, no_wrap=column != "tasks", overflow="fold")
     order = {"fail": 0, "undecided": 1, "pass": 2}
     for rule in sorted(report.rules, key=lambda r: order[rule_status(r)]):
-        cells = [STATUS[rule_status(rule)], _text(rule.name), _text(rule.metric), format_metric(rule.metric, rule.value)]
+        cells = [
+            STATUS[rule_status(rule)],
+            _text(rule.name),
+            _text(rule.metric),
+            format_metric(rule.metric, rule.value),
+        ]
         if confident:
             cells.append(format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else "")
         table.add_row(*cells, threshold_text(rule), _tasks_text(rule))
@@ -75,37 +96,56 @@ def rules_table(report: Report) -> Table:
 
 
 def undecided_lines(report: Report) -> list[str]:
+    """One line per undecided rule: why, and how many samples would likely decide it."""
     lines = []
     for rule in report.rules:
         if rule.status != "undecided":
             continue
-        more = (f"about {rule.samples_needed:,} samples per task would likely decide it" if rule.samples_needed
-                else "the estimate sits on the threshold: more samples alone may not decide it")
-        lines.append(f"[yellow]undecided[/] {_text(rule.name)}: the {100 * (rule.confidence or 0):g}% interval straddles "
-                     f"{threshold_text(rule)}; {more}")
+        more = (
+            f"about {rule.samples_needed:,} samples per task would likely decide it"
+            if rule.samples_needed
+            else "the estimate sits on the threshold: more samples alone may not decide it"
+        )
+        lines.append(
+            f"[yellow]undecided[/] {_text(rule.name)}: the {100 * (rule.confidence or 0):g}% interval "
+            f"straddles {threshold_text(rule)}; {more}"
+        )
     return lines
 
 
 def tasks_table(report: Report) -> Table:
+    """The task metrics, one row per task (per group beyond MAX_TASK_ROWS tasks)."""
     grouped = len(report.tasks) > MAX_TASK_ROWS
     table = Table(title="Tasks" + (" (mean per group)" if grouped else ""), title_justify="left")
     ci = f"{100 * (report.confidence or 0.95):g}% CI"
     for column in ("task", "n", "dense", "pruned", "drop", *([] if grouped else [ci]), "agree", "broke", "err κ"):
         table.add_column(column, justify="left" if column == "task" else "right")
-    rows = []
+    rows: list[tuple[Any, ...]] = []  # name, n, interval, then the _KEYS
     if grouped:
-        groups = defaultdict(list)
+        groups: dict[str, list[TaskRecord]] = defaultdict(list)
         for task in report.tasks:
             groups[task.group].append(task)
         for group, tasks in groups.items():
             label = group if len(tasks) == 1 else f"{group} ({len(tasks)} tasks)"
-            rows.append((label, sum(t.n for t in tasks), None, *(_mean(getattr_path(t, k) for t in tasks) for k in _KEYS)))
+            means = (_mean(getattr_path(t, k) for t in tasks) for k in _KEYS)
+            rows.append((label, sum(t.n for t in tasks), None, *means))
     else:
-        rows = [(t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks]
+        rows = [
+            (t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks
+        ]
     for name, n, interval, dense, pruned, drop, agreement, newly_wrong, kappa in rows:
-        ci = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
-        table.add_row(_text(name), str(n), pct(dense), pct(pruned), signed_pct(drop), *ci, pct(agreement),
-                      format_metric("newly_wrong", newly_wrong), f"{kappa:.2f}" if kappa is not None else "n/a")
+        cells = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
+        table.add_row(
+            _text(name),
+            str(n),
+            pct(dense),
+            pct(pruned),
+            signed_pct(drop),
+            *cells,
+            pct(agreement),
+            format_metric("newly_wrong", newly_wrong),
+            f"{kappa:.2f}" if kappa is not None else "n/a",
+        )
     return table
 
 
@@ -113,25 +153,29 @@ def tasks_table(report: Report) -> Table:
 _KEYS = ("dense.accuracy", "pruned.accuracy", "accuracy_drop", "agreement", "newly_wrong", "error_consistency")
 
 
-def _mean(values) -> Optional[float]:
+def _mean(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return fmean(present) if present else None
 
 
-def corruption_line(report: Report) -> Optional[str]:
+def corruption_line(report: Report) -> str | None:
+    """The corruption summary (mCE, relative mCE, the worst corruption); None without one."""
     summary = report.corruption_summary
     if summary is None or summary.mce is None:
         return None
     defined = [c for c in summary.per_corruption if c.ce is not None]
     if not defined:
         return None
-    worst = max(defined, key=lambda c: c.ce)
+    worst = max(defined, key=lambda c: c.ce or 0.0)  # (all defined)
     relative = f", relative mCE {summary.relative_mce:.3f}" if summary.relative_mce is not None else ""
-    return (f"corruptions: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
-            f"worst {_text(worst.name)} CE {worst.ce:.3f}")
+    return (
+        f"corruptions: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
+        f"worst {_text(worst.name)} CE {worst.ce:.3f}"
+    )
 
 
-def getattr_path(obj, dotted: str):
+def getattr_path(obj: object, dotted: str) -> Any:
+    """The attribute at a dotted path: getattr_path(task, 'dense.accuracy')."""
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
@@ -147,16 +191,19 @@ def verdict_line(report: Report) -> str:
 
 
 def models_line(report: Report) -> str:
+    """Both models on one line: file, format, nonzero parameters, sparsity, runtime."""
     parts = []
     for role in ("dense", "pruned"):
         m = getattr(report.models, role)
         provider = f", {_text(m.provider)}" if m.provider else ""
-        parts.append(f"{role} {_text(Path(m.path).name)} ({_text(m.format)}, {m.nonzero_parameters:,}/{m.parameters:,} "
-                     f"nonzero, sparsity {pct(m.sparsity)}; {_text(m.backend)} on {_text(m.device)}{provider})")
+        parts.append(
+            f"{role} {_text(Path(m.path).name)} ({_text(m.format)}, {m.nonzero_parameters:,}/{m.parameters:,} "
+            f"nonzero, sparsity {pct(m.sparsity)}; {_text(m.backend)} on {_text(m.device)}{provider})"
+        )
     return "; ".join(parts)
 
 
-def isolation_line(report: Report) -> Optional[str]:
+def isolation_line(report: Report) -> str | None:
     """How the models were kept from prunegate's process, when that was less than complete."""
     notes = []
     for role in ("dense", "pruned"):
@@ -166,19 +213,43 @@ def isolation_line(report: Report) -> Optional[str]:
         if not isolation.process:
             notes.append(f"{role} ran in prunegate's own process (runtime.isolation: off)")
         elif not (isolation.files and isolation.tcp and isolation.seccomp):
-            missing = [what for what, ok in (("file writes and key reads", isolation.files), ("TCP", isolation.tcp),
-                                             ("programs and other sockets", isolation.seccomp)) if not ok]
-            notes.append(f"{role} ran in its own process, not sandboxed against {', '.join(missing)} "
-                         "(this kernel lacks Landlock or seccomp)")
+            missing = [
+                what
+                for what, ok in (
+                    ("file writes and key reads", isolation.files),
+                    ("TCP", isolation.tcp),
+                    ("programs and other sockets", isolation.seccomp),
+                )
+                if not ok
+            ]
+            notes.append(
+                f"{role} ran in its own process, not sandboxed against {', '.join(missing)} "
+                "(this kernel lacks Landlock or seccomp)"
+            )
     return "[yellow]isolation[/]: " + "; ".join(notes) if notes else None
 
 
+def _console(buffer: io.StringIO, color: bool, width: int) -> Console:
+    """A console that renders into `buffer`: ANSI styles when `color`, else plain text."""
+    return Console(
+        file=buffer,
+        force_terminal=color,
+        no_color=not color,
+        width=width,
+        color_system="standard" if color else None,
+        highlight=False,
+    )
+
+
 def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered:
+    """The whole console summary: header, models, tasks, rules, notes, warnings, verdict."""
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
-                      color_system="standard" if color else None, highlight=False)
-    console.print(f"[bold]prunegate[/] {_text(report.tool.get('version', ''))} · policy [bold]{_text(report.policy.name)}[/] · "
-                  f"seed {report.seed} · {report.timing.duration_s:.1f} s")
+    console = _console(buffer, color, width)
+    console.print(
+        f"[bold]prunegate[/] {_text(report.tool.get('version', ''))} · "
+        f"policy [bold]{_text(report.policy.name)}[/] · "
+        f"seed {report.seed} · {report.timing.duration_s:.1f} s"
+    )
     console.print(models_line(report))
     line = isolation_line(report)
     if line:
@@ -202,17 +273,39 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered
 def render_potential(result: dict, *, color: bool = False, width: int = 110) -> Rendered:
     """The prune-potential table: per group, the dense error, each member's error and the potential."""
     buffer = io.StringIO()
-    console = Console(file=buffer, force_terminal=color, no_color=not color, width=width,
-                      color_system="standard" if color else None, highlight=False)
+    console = _console(buffer, color, width)
     members = result["members"]
-    table = Table(title=f"Prune potential (error within {100 * result['delta']:g} pp of dense; top-1 error per "
-                        "prune ratio)", title_justify="left")
+    table = Table(
+        title=f"Prune potential (error within {100 * result['delta']:g} pp of dense; top-1 error per prune ratio)",
+        title_justify="left",
+    )
     table.add_column("group")
     table.add_column("dense", justify="right")
     for m in members:
         table.add_column(f"{100 * m['prune_ratio']:.1f}%", justify="right")
     table.add_column("potential", justify="right")
     for g in result["groups"]:
-        table.add_row(_text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]")
+        table.add_row(
+            _text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]"
+        )
     console.print(table)
     return Rendered(buffer.getvalue())
+
+
+def render_verdict(report: Report, *, color: bool = False, width: int = 110) -> Rendered:
+    """Only the verdict line (`check --quiet`), on one line however long."""
+    buffer = io.StringIO()
+    _console(buffer, color, width).print(verdict_line(report), soft_wrap=True)
+    return Rendered(buffer.getvalue())
+
+
+class ConsoleRenderer(Renderer):
+    """The console summary (`options.color`, `options.width`; `options.verdict_only`: the verdict line)."""
+
+    name = Format.console
+
+    def format(self, report: Report, options: RenderOptions = RenderOptions()) -> Rendered:
+        """The report as console text, a `Rendered` string a rich console prints as it is."""
+        if options.verdict_only:
+            return render_verdict(report, color=options.color, width=options.width)
+        return render(report, color=options.color, width=options.width)

@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 
 from prunegate.errors import printable
 from prunegate.report.render import common
+from prunegate.report.render.interface import Format, Renderer, RenderOptions
 from prunegate.report.schema import Report, RuleRecord
 
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -48,15 +49,19 @@ def _task_lines(rule: RuleRecord) -> list[str]:
     lines = []
     for task in rule.per_task:
         bound = f" (bound {common.format_metric(rule.metric, task.bound)})" if task.bound is not None else ""
-        lines.append(f"{common.STATUS_LABEL[common.task_status(task)]:<9} {task.task}: "
-                     f"{rule.metric} {common.format_metric(rule.metric, task.value)}{bound}")
+        lines.append(
+            f"{common.STATUS_LABEL[common.task_status(task)]:<9} {task.task}: "
+            f"{rule.metric} {common.format_metric(rule.metric, task.value)}{bound}"
+        )
     return lines
 
 
 def failure_message(rule: RuleRecord) -> str:
     """'agreement 85.00% (min of 3 tasks) vs threshold ≥ 90.00%', plus bound and interval when known."""
-    text = (f"{rule.metric} {common.format_metric(rule.metric, rule.value)} ({common.over_text(rule)}) "
-            f"vs threshold {common.threshold_text(rule)}")
+    text = (
+        f"{rule.metric} {common.format_metric(rule.metric, rule.value)} ({common.over_text(rule)}) "
+        f"vs threshold {common.threshold_text(rule)}"
+    )
     if rule.bound is not None:
         text += f"; bound {common.rule_bound_text(rule)}"
     if rule.interval is not None:
@@ -106,15 +111,35 @@ def _properties(suite: ET.Element, report: Report) -> None:
 
 
 def render(report: Report) -> str:
+    """The report as JUnit XML: one test case per rule."""
     failures = str(len(report.failed_rules()))
     tests = str(len(report.rules))
     duration = f"{report.timing.duration_s:.3f}"
     root = ET.Element("testsuites", name="prunegate", tests=tests, failures=failures, errors="0", time=duration)
-    suite = ET.SubElement(root, "testsuite", name=_clean(f"prunegate: {report.policy.name}"), tests=tests,
-                          failures=failures, errors="0", skipped="0", time=duration, timestamp=_timestamp(report))
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name=_clean(f"prunegate: {report.policy.name}"),
+        tests=tests,
+        failures=failures,
+        errors="0",
+        skipped="0",
+        time=duration,
+        timestamp=_timestamp(report),
+    )
     _properties(suite, report)
     classname = f"prunegate.{report.policy.name}"
     for rule in report.rules:
         _testcase(suite, rule, classname)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+class JunitRenderer(Renderer):
+    """JUnit XML for CI test reporters (no options)."""
+
+    name = Format.junit
+
+    def format(self, report: Report, options: RenderOptions = RenderOptions()) -> str:
+        """The report as JUnit XML."""
+        return render(report)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from prunegate.errors import printable
 from prunegate.report.render import common
+from prunegate.report.render.interface import Format, Renderer, RenderOptions
 from prunegate.report.schema import Report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -36,13 +37,14 @@ def code(text: object) -> str:
 
 def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
     """A GFM table. `align` has one letter per column: l or r (default l)."""
-    marks = [("---:" if (align[i:i + 1] == "r") else ":---") for i in range(len(header))]
+    marks = [("---:" if (align[i : i + 1] == "r") else ":---") for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(marks) + " |"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def verdict_lines(report: Report) -> list[str]:
+    """The heading with the verdict and the policy, and which rules did not pass."""
     failed = report.failed_rules()
     status = "pass" if report.verdict == "pass" else "fail"
     lines = [f"## {ICON[status]} prunegate: {report.verdict.upper()} — policy {code(report.policy.name)}", ""]
@@ -55,6 +57,7 @@ def verdict_lines(report: Report) -> list[str]:
 
 
 def rules_table(report: Report) -> str:
+    """The rules as a GFM table, failed first."""
     rules = common.rules_failed_first(report)
     with_interval = any(r.interval is not None for r in rules)
     with_bound = any(r.bound is not None for r in rules)
@@ -64,9 +67,14 @@ def rules_table(report: Report) -> str:
     for rule in rules:
         status = common.rule_status(rule)
         worst = common.worst_task(rule)
-        row = [f"{ICON[status]} {common.STATUS_LABEL[status]}", escape(rule.name), code(rule.metric),
-               escape(common.over_text(rule)), common.format_metric(rule.metric, rule.value),
-               escape(common.threshold_text(rule))]
+        row = [
+            f"{ICON[status]} {common.STATUS_LABEL[status]}",
+            escape(rule.name),
+            code(rule.metric),
+            escape(common.over_text(rule)),
+            common.format_metric(rule.metric, rule.value),
+            escape(common.threshold_text(rule)),
+        ]
         if with_bound:
             row.append(common.rule_bound_text(rule) or "")
         if with_interval:
@@ -77,36 +85,52 @@ def rules_table(report: Report) -> str:
 
 
 def undecided_notes(report: Report) -> list[str]:
+    """A list item per undecided rule."""
     notes = []
     for rule in report.rules:
         if common.rule_status(rule) == "undecided":
             more = f"; about {rule.samples_needed:,} samples per task would decide it" if rule.samples_needed else ""
-            notes.append(f"- ⚠️ **{escape(rule.name)}** is undecided: its interval straddles the threshold "
-                         f"(counted as a failure{more}).")
+            notes.append(
+                f"- ⚠️ **{escape(rule.name)}** is undecided: its interval straddles the threshold "
+                f"(counted as a failure{more})."
+            )
     return notes
 
 
 def tasks_table(report: Report) -> str:
+    """The task metrics as a GFM table (per group beyond MAX_TASK_ROWS tasks)."""
     grouped = len(report.tasks) > MAX_TASK_ROWS
     rows = common.group_rows(report.tasks) if grouped else [common.task_row(t) for t in report.tasks]
-    body = [[code(r["name"]) if not grouped else escape(r["name"]), f"{r['n']:,}", common.format_metric("dense_accuracy", r["dense_accuracy"]),
-             common.format_metric("pruned_accuracy", r["pruned_accuracy"]),
-             common.format_metric("accuracy_drop", r["accuracy_drop"]),
-             common.format_metric("agreement", r["agreement"])] for r in rows]
-    return table(["task" + (" group" if grouped else ""), "n", "dense acc", "pruned acc", "drop", "agreement"],
-                 body, "lrrrrr")
+    body = [
+        [
+            code(r["name"]) if not grouped else escape(r["name"]),
+            f"{r['n']:,}",
+            common.format_metric("dense_accuracy", r["dense_accuracy"]),
+            common.format_metric("pruned_accuracy", r["pruned_accuracy"]),
+            common.format_metric("accuracy_drop", r["accuracy_drop"]),
+            common.format_metric("agreement", r["agreement"]),
+        ]
+        for r in rows
+    ]
+    return table(
+        ["task" + (" group" if grouped else ""), "n", "dense acc", "pruned acc", "drop", "agreement"], body, "lrrrrr"
+    )
 
 
 def models_line(report: Report) -> str:
+    """Both models, the seed, the task count, the duration and prunegate's version, in one line."""
     parts = []
     for role in ("dense", "pruned"):
         m = getattr(report.models, role)
         parts.append(f"{role} {code(Path(m.path).name)} ({escape(m.format)}, sparsity {100 * m.sparsity:.1f}%)")
-    return (f"Models: {'; '.join(parts)}. Seed {report.seed}, {len(report.tasks)} tasks, "
-            f"{report.timing.duration_s:.1f} s, prunegate {escape(report.tool.get('version', ''))}.")
+    return (
+        f"Models: {'; '.join(parts)}. Seed {report.seed}, {len(report.tasks)} tasks, "
+        f"{report.timing.duration_s:.1f} s, prunegate {escape(report.tool.get('version', ''))}."
+    )
 
 
 def render(report: Report) -> str:
+    """The report as a GitHub-flavoured Markdown summary."""
     lines = verdict_lines(report)
     lines += ["", rules_table(report)]
     notes = undecided_notes(report)
@@ -120,30 +144,68 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
+class MarkdownRenderer(Renderer):
+    """The GitHub-flavoured Markdown summary (no options)."""
+
+    name = Format.markdown
+
+    def format(self, report: Report, options: RenderOptions = RenderOptions()) -> str:
+        """The report as GFM."""
+        return render(report)
+
+
 # --- diff ---------------------------------------------------------------------------------------
 
 
 def render_diff(diff: Diff) -> str:
     """The comparison of two reports (see prunegate.diff) as GFM."""
     status = "fail" if diff.regressed else "pass"
-    headline = (f"{len(diff.regressions)} regression(s) beyond the margin of {diff.margin:g}" if diff.regressed
-                else f"no regression beyond the margin of {diff.margin:g}")
-    lines = [f"## {ICON[status]} prunegate diff: {headline}", "",
-             f"Old: policy {code(diff.old_policy)}, verdict {diff.old_verdict.upper()}. "
-             f"New: policy {code(diff.new_policy)}, verdict {diff.new_verdict.upper()}."]
+    headline = (
+        f"{len(diff.regressions)} regression(s) beyond the margin of {diff.margin:g}"
+        if diff.regressed
+        else f"no regression beyond the margin of {diff.margin:g}"
+    )
+    lines = [
+        f"## {ICON[status]} prunegate diff: {headline}",
+        "",
+        f"Old: policy {code(diff.old_policy)}, verdict {diff.old_verdict.upper()}. "
+        f"New: policy {code(diff.new_policy)}, verdict {diff.new_verdict.upper()}.",
+    ]
     if diff.notes:
         lines += ["", *(f"- {escape(note)}" for note in diff.notes)]
     if diff.rules:
-        rows = [[ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
-                 escape(c.name), escape(c.metric), c.old_text, c.new_text, escape(c.change)] for c in diff.rules]
+        rows = [
+            [
+                ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
+                escape(c.name),
+                escape(c.metric),
+                c.old_text,
+                c.new_text,
+                escape(c.change),
+            ]
+            for c in diff.rules
+        ]
         lines += ["", "### Rules", "", table(["", "rule", "metric", "old", "new", "change"], rows, "llllrl")]
     changed = [c for c in diff.tasks if c.change != "same"]
     if changed:
-        rows = [[ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
-                 escape(c.task), escape(c.metric), c.old_text, c.new_text, c.delta_text, escape(c.change)]
-                for c in changed]
-        lines += ["", f"### Task metrics that changed ({len(changed)})", "",
-                  table(["", "task", "metric", "old", "new", "change", ""], rows, "lllrrrl")]
+        rows = [
+            [
+                ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
+                escape(c.task),
+                escape(c.metric),
+                c.old_text,
+                c.new_text,
+                c.delta_text,
+                escape(c.change),
+            ]
+            for c in changed
+        ]
+        lines += [
+            "",
+            f"### Task metrics that changed ({len(changed)})",
+            "",
+            table(["", "task", "metric", "old", "new", "change", ""], rows, "lllrrrl"),
+        ]
     else:
         lines += ["", "No task metric changed."]
     return "\n".join(lines) + "\n"

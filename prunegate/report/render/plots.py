@@ -11,18 +11,25 @@ import io
 import math
 import re
 from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
+from prunegate.plan import TaskKind
 from prunegate.report.render import common
-from prunegate.report.schema import Report, TaskRecord
+from prunegate.report.schema import Interval, Report, TaskRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    import matplotlib.figure
+    from matplotlib.axes import Axes
 
 DENSE, PRUNED, AGREE = "#0969da", "#d1242f", "#1a7f37"  # blue, red, green
 FAILED = "#cf222e"
 MAX_CLASSES = 20  # the per-class figure shows the classes that lose most
 
 
-def _context():
+def _context() -> AbstractContextManager[None]:
     """matplotlib's object-oriented API with our style: no pyplot, so no global backend or
     figure registry is touched (safe inside a notebook or a server)."""
     import matplotlib
@@ -30,16 +37,26 @@ def _context():
     return matplotlib.rc_context(_style())
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> matplotlib.figure.Figure:
+    """A matplotlib figure of this size in inches, outside pyplot."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
 
 
 def _style() -> dict:
-    return {"svg.hashsalt": "prunegate", "svg.fonttype": "path", "font.size": 8, "axes.titlesize": 8.5,
-            "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-            "legend.frameon": False, "figure.dpi": 100}
+    return {
+        "svg.hashsalt": "prunegate",
+        "svg.fonttype": "path",
+        "font.size": 8,
+        "axes.titlesize": 8.5,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "legend.frameon": False,
+        "figure.dpi": 100,
+    }
 
 
 SCALE = 1.35  # shown this much larger than the figure's nominal size: 8 pt labels read as ~14 px
@@ -47,11 +64,13 @@ SCALE = 1.35  # shown this much larger than the figure's nominal size: 8 pt labe
 
 @dataclass(frozen=True)
 class Figure:
+    """One figure of the page: an SVG data: URI and the width to show it at."""
+
     uri: str  # data:image/svg+xml;base64,...
     width: int  # CSS pixels to show it at (the page caps it at its own width)
 
 
-def _uri(fig) -> Figure:
+def _uri(fig: matplotlib.figure.Figure) -> Figure:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": "prunegate"})
     svg = buffer.getvalue()
@@ -60,28 +79,29 @@ def _uri(fig) -> Figure:
     return Figure("data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii"), width)
 
 
-def _grid(count: int, columns: int):
+def _grid(count: int, columns: int) -> tuple[int, int]:
     columns = max(1, min(columns, count))
     return math.ceil(count / columns), columns
 
 
-def _band(ax, task_list: list[TaskRecord], xs: list[float], key: str, colour: str) -> None:
+def _band(ax: Axes, task_list: Sequence[TaskRecord | None], xs: Sequence[float], key: str, colour: str) -> None:
     """Shade a metric's interval where the report has one for every point."""
-    intervals = [t.intervals.get(key) if t is not None else None for t in task_list]
-    if intervals and all(i is not None for i in intervals):
+    found = [t.intervals.get(key) if t is not None else None for t in task_list]
+    intervals: list[Interval] = [i for i in found if i is not None]
+    if intervals and len(intervals) == len(found):
         ax.fill_between(xs, [i.low for i in intervals], [i.high for i in intervals], color=colour, alpha=0.15, lw=0)
 
 
-def accuracy_vs_severity(report: Report) -> Optional[Figure]:
+def accuracy_vs_severity(report: Report) -> Figure | None:
     """Small multiples, one per corruption: dense and pruned top-1 accuracy over severities
     (severity 0 is the clean task, when there is one)."""
     by_name: dict[str, dict[int, TaskRecord]] = defaultdict(dict)
     for task in report.tasks:
-        if task.kind == "corruption":
+        if task.kind is TaskKind.CORRUPTION:
             by_name[task.group][int(task.name.rsplit("/", 1)[1])] = task
     if not by_name:
         return None
-    clean = next((t for t in report.tasks if t.kind == "clean"), None)
+    clean = next((t for t in report.tasks if t.kind is TaskKind.CLEAN), None)
     failing = common.failing_tasks(report)
     with _context():
         rows, cols = _grid(len(by_name), 5)
@@ -96,12 +116,13 @@ def accuracy_vs_severity(report: Report) -> Optional[Figure]:
                 ax.plot(xs, ys, style, color=colour, marker="o", ms=2.5, lw=1.3, label=side)
                 _band(ax, [t for _, t in points], xs, f"{side}_accuracy", colour)
             failed = any(t.name in failing for t in tasks.values())
-            ax.set_title(name.replace("_", " ") + (" (a rule failed)" if failed else ""),
-                         color=FAILED if failed else "#24292f")
+            ax.set_title(
+                name.replace("_", " ") + (" (a rule failed)" if failed else ""), color=FAILED if failed else "#24292f"
+            )
             ax.set_xticks(xs)
             ax.set_xticklabels(["clean" if x == 0 else str(x) for x in xs])
             ax.set_ylim(0, 1.02)
-        for ax in list(axes.flat)[len(by_name):]:
+        for ax in list(axes.flat)[len(by_name) :]:
             ax.axis("off")
         for ax in axes[:, 0]:
             ax.set_ylabel("top-1 accuracy")
@@ -115,47 +136,62 @@ def accuracy_vs_severity(report: Report) -> Optional[Figure]:
 
 
 def _agreement_thresholds(report: Report, names: set[str]) -> list[tuple[str, float]]:
-    return [(r.name, r.threshold) for r in report.rules
-            if r.metric == "agreement" and any(t.task in names for t in r.per_task)]
+    return [
+        (r.name, r.threshold)
+        for r in report.rules
+        if r.metric == "agreement" and any(t.task in names for t in r.per_task)
+    ]
 
 
-def agreement_vs_noise(report: Report) -> Optional[Figure]:
+def agreement_vs_noise(report: Report) -> Figure | None:
     """One panel per noise kind: agreement (and both accuracies) over the noise level; level 0 is
     the clean task. Agreement rules over these tasks are drawn as dashed lines."""
     by_kind: dict[str, list[TaskRecord]] = defaultdict(list)
     for task in report.tasks:
-        if task.kind == "noise":
+        if task.kind is TaskKind.NOISE:
             by_kind[task.name.split("/")[1]].append(task)
     if not by_kind:
         return None
-    clean = next((t for t in report.tasks if t.kind == "clean"), None)
+    clean = next((t for t in report.tasks if t.kind is TaskKind.CLEAN), None)
     with _context():
         rows, cols = _grid(len(by_kind), 3)
         fig = _figure(3.3 * cols, 2.3 * rows)
         axes = fig.subplots(rows, cols, squeeze=False)
         for ax, (kind, tasks) in zip(axes.flat, by_kind.items()):
             tasks = sorted(tasks, key=lambda t: float(t.name.rsplit("/", 1)[1]))
-            points = ([(0.0, clean)] if clean is not None else []) + [(float(t.name.rsplit("/", 1)[1]), t) for t in tasks]
+            levels = [(float(t.name.rsplit("/", 1)[1]), t) for t in tasks]
+            points = ([(0.0, clean)] if clean is not None else []) + levels
             xs = [x for x, _ in points]
             ax.plot(xs, [t.agreement for _, t in points], "-", color=AGREE, marker="o", ms=3, lw=1.8, label="agreement")
             _band(ax, [t for _, t in points], xs, "agreement", AGREE)
-            ax.plot(xs, [t.dense.accuracy for _, t in points], "-", color=DENSE, lw=1, alpha=0.8, label="dense accuracy")
-            ax.plot(xs, [t.pruned.accuracy for _, t in points], "--", color=PRUNED, lw=1, alpha=0.8, label="pruned accuracy")
+            ax.plot(
+                xs, [t.dense.accuracy for _, t in points], "-", color=DENSE, lw=1, alpha=0.8, label="dense accuracy"
+            )
+            ax.plot(
+                xs, [t.pruned.accuracy for _, t in points], "--", color=PRUNED, lw=1, alpha=0.8, label="pruned accuracy"
+            )
             for name, threshold in _agreement_thresholds(report, {t.name for t in tasks}):
                 ax.axhline(threshold, color="#6e7781", ls=":", lw=1)
-                ax.annotate(f"{name} ≥ {100 * threshold:g}%", (xs[-1], threshold), xytext=(-2, 3), ha="right",
-                            textcoords="offset points", fontsize=6.5, color="#57606a")
+                ax.annotate(
+                    f"{name} ≥ {100 * threshold:g}%",
+                    (xs[-1], threshold),
+                    xytext=(-2, 3),
+                    ha="right",
+                    textcoords="offset points",
+                    fontsize=6.5,
+                    color="#57606a",
+                )
             ax.set_title(f"{kind} noise")
             ax.set_xlabel("noise level")
             ax.set_ylim(0, 1.02)
             ax.legend(loc="lower left", fontsize=6.5)
-        for ax in list(axes.flat)[len(by_kind):]:
+        for ax in list(axes.flat)[len(by_kind) :]:
             ax.axis("off")
         fig.tight_layout()
         return _uri(fig)
 
 
-def _pooled(tasks: list[TaskRecord]) -> Optional[tuple[list[int], list[int], list[int]]]:
+def _pooled(tasks: list[TaskRecord]) -> tuple[list[int], list[int], list[int]] | None:
     counts = [t.class_recall for t in tasks if t.class_recall is not None]
     if not counts:
         return None
@@ -169,13 +205,18 @@ def _pooled(tasks: list[TaskRecord]) -> Optional[tuple[list[int], list[int], lis
     return n, dense, pruned
 
 
-def class_recall_drop(report: Report) -> Optional[Figure]:
+def class_recall_drop(report: Report) -> Figure | None:
     """Per-class recall drop (dense recall minus pruned recall) on the clean task and pooled over
     the shifted tasks (noise and corruptions); the classes that lose most when there are many."""
     series = []
-    for label, members in (("clean", [t for t in report.tasks if t.kind == "clean"]),
-                           ("noise and corruptions (pooled)", [t for t in report.tasks if t.kind in ("noise", "corruption")]),
-                           ("out of distribution (pooled)", [t for t in report.tasks if t.kind == "ood"])):
+    for label, members in (
+        ("clean", [t for t in report.tasks if t.kind is TaskKind.CLEAN]),
+        (
+            "noise and corruptions (pooled)",
+            [t for t in report.tasks if t.kind in (TaskKind.NOISE, TaskKind.CORRUPTION)],
+        ),
+        ("out of distribution (pooled)", [t for t in report.tasks if t.kind is TaskKind.OOD]),
+    ):
         pooled = _pooled(members)
         if pooled is not None:
             n, dense, pruned = pooled
@@ -194,8 +235,13 @@ def class_recall_drop(report: Report) -> Optional[Figure]:
         bar = 0.8 / len(series)
         for k, (label, drops) in enumerate(series):
             ys = [i + (k - (len(series) - 1) / 2) * bar for i in range(len(shown))]
-            ax.barh(ys, [100 * drops[c] if c < len(drops) else 0.0 for c in shown], height=bar, color=colours[k % 3],
-                    label=label)
+            ax.barh(
+                ys,
+                [100 * drops[c] if c < len(drops) else 0.0 for c in shown],
+                height=bar,
+                color=colours[k % 3],
+                label=label,
+            )
         ax.set_yticks(range(len(shown)))
         ax.set_yticklabels([labels[c] for c in shown])
         ax.invert_yaxis()
@@ -211,13 +257,25 @@ def class_recall_drop(report: Report) -> Optional[Figure]:
 def figures(report: Report) -> list[dict]:
     """Every figure the report has data for: {id, title, caption, uri}."""
     made = [
-        ("accuracy-vs-severity", "Accuracy vs corruption severity", "Top-1 accuracy of the dense (solid) and pruned "
-         "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
-         accuracy_vs_severity(report)),
-        ("agreement-vs-noise", "Agreement vs noise level", "Fraction of samples on which both models predict the same "
-         "class, per noise kind and level; dotted lines are the policy's agreement thresholds.",
-         agreement_vs_noise(report)),
-        ("class-recall-drop", "Per-class recall drop", "How much recall each class loses after pruning.",
-         class_recall_drop(report)),
+        (
+            "accuracy-vs-severity",
+            "Accuracy vs corruption severity",
+            "Top-1 accuracy of the dense (solid) and pruned "
+            "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
+            accuracy_vs_severity(report),
+        ),
+        (
+            "agreement-vs-noise",
+            "Agreement vs noise level",
+            "Fraction of samples on which both models predict the same "
+            "class, per noise kind and level; dotted lines are the policy's agreement thresholds.",
+            agreement_vs_noise(report),
+        ),
+        (
+            "class-recall-drop",
+            "Per-class recall drop",
+            "How much recall each class loses after pruning.",
+            class_recall_drop(report),
+        ),
     ]
     return [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f is not None]

@@ -1,0 +1,19 @@
+"""Prediction kinds by name: how a model's outputs are checked, tallied and measured (base.py)."""
+
+from __future__ import annotations
+
+from .base import PredictionKind, Tally
+from .classification import CLASSIFICATION, Classification
+
+KINDS: dict[str, PredictionKind] = {CLASSIFICATION.name: CLASSIFICATION}
+
+
+def get_kind(name: str) -> PredictionKind:
+    """The prediction kind called `name`."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown prediction kind {name!r}; known: {', '.join(sorted(KINDS))}") from None
+
+
+__all__ = ["CLASSIFICATION", "KINDS", "Classification", "PredictionKind", "Tally", "get_kind"]

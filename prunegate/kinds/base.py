@@ -1,0 +1,95 @@
+"""The prediction-kind seam: what a model's outputs are, and how a task tallies and measures them.
+
+The engine loop, the gate and the renderers know nothing of logits or classes: they ask the
+run's kind to check an output, to make a task's tally (which declares how it merges across
+processes), and to turn tallies into the report's task records. Classification (logits
+[N, K] -> per-sample correctness and softmax distances) is the one kind today; segmentation
+(logits [N, K, H, W] -> per-image confusion matrices) plugs in here as another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from prunegate.plan import Task
+from prunegate.report.schema import CorruptionSummary, TaskRecord
+
+Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place across processes
+
+
+class Tally(Protocol):
+    """One task's state for the dense model and one pruned model: per-sample slots that batches
+    and processes fill disjointly, merged exactly."""
+
+    filled: torch.Tensor
+
+    @property
+    def n(self) -> int: ...
+
+    def update(
+        self, positions: torch.Tensor, labels: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor
+    ) -> None: ...
+
+    def all_reduce(self, reduce: Reduce) -> None: ...
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    def cpu(self) -> Tally: ...
+
+
+class SourceLike(Protocol):
+    """What a kind reads of a data source (context.Source)."""
+
+    name: str
+    indices: np.ndarray
+    policy_field: str
+
+
+class PredictionKind(Protocol):
+    """How one kind of model output is checked, tallied and measured."""
+
+    name: str
+
+    def output_size(self, out: object, batch: int) -> int | None:
+        """The per-sample output size (classes) of a well-formed output for `batch` inputs; None
+        when the output is not of this kind."""
+        ...
+
+    def describe(self, batch: object, classes: int | None) -> str:
+        """The expected output, for errors (e.g. `[N, K] logits`)."""
+        ...
+
+    def check_labels(self, source: SourceLike, labels: np.ndarray, classes: int, path: str | Path | None) -> None:
+        """Refuse a source whose labels the models cannot predict."""
+        ...
+
+    def new_tally(self, n: int, device: torch.device) -> Tally:
+        """An empty tally of `n` slots."""
+        ...
+
+    def restore_tally(self, state: dict, n: int, device: torch.device) -> Tally:
+        """A tally from a checkpoint's state; ValueError when it does not fit."""
+        ...
+
+    def task_record(
+        self,
+        task: Task,
+        tally: Tally,
+        *,
+        classes: int,
+        confidence: float,
+        resampler: object,
+        indices: np.ndarray,
+        class_names: list[str] | None,
+    ) -> tuple[TaskRecord, dict]:
+        """The task's record in the report and its bootstrap replicates per metric."""
+        ...
+
+    def corruption_summary(self, tasks: Sequence[Task], records: dict[str, TaskRecord]) -> CorruptionSummary | None:
+        """The suite's summary over corruptions, if the kind has one."""
+        ...
