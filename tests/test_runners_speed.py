@@ -354,3 +354,26 @@ def test_backend_auto_exports_every_torch_format(
     assert runner.record.arch == arch and runner.record.pickle_allowed is (fmt == "pickle")
     with torch.no_grad():
         torch.testing.assert_close(runner(inputs), net(inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_backend_auto_probes_the_output_before_exporting_or_timing(
+    tmp_path: Path, save_torchscript, monkeypatch
+) -> None:
+    """Checks before cost (issue 15): a model whose output is not of the run's kind is neither
+    exported nor timed; the gate's own probe then refuses it in seconds."""
+
+    class PerPixel(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.conv2d(x, torch.ones(4, 3, 1, 1))  # [N, 4, H, W]: not classification logits
+
+    def never(*args: object) -> None:
+        raise AssertionError("exported or timed a model whose output is of another kind")
+
+    path = save_torchscript(PerPixel(), tmp_path / "per_pixel.pt")
+    monkeypatch.setattr(auto, "export_onnx", never)
+    monkeypatch.setattr(auto, "_seconds_per_batch", never)
+    runner = load(path, input_size=SIZE)
+    assert runner.record.backend == "torch"
+    assert runner.record.backend_choice.reason == (
+        f"not timed: its output [2, 4, {SIZE}, {SIZE}] on a probe is not [batch, classes] logits"
+    )

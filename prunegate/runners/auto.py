@@ -90,6 +90,25 @@ def export_onnx(module: torch.nn.Module, size: int, fixed_batch: int | None) -> 
     return onnx.load_from_string(buffer.getvalue())
 
 
+def probe_problem(module: torch.nn.Module, size: int, fixed_batch: int | None, kind_name: str) -> str | None:
+    """Why the model's output on a probe of 2 images (or its fixed batch) is not of the kind the
+    run needs, or why the probe failed; None when it fits. Runs before any export or timing, so a
+    model of the wrong kind costs two images, not full timed batches of them."""
+    from prunegate.kinds import get_kind
+
+    kind = get_kind(kind_name)
+    batch = fixed_batch or 2
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros(batch, 3, size, size))
+    except Exception as exc:
+        return f"not timed: the model fails on a probe of {batch} images ({first_line(exc)})"
+    if kind.output_size(out, batch) is None:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        return f"not timed: its output {shape} on a probe is not {kind.describe('batch', None)}"
+    return None
+
+
 def _seconds_per_batch(runners: dict[str, Callable], x: torch.Tensor, device: torch.device) -> tuple[dict, dict]:
     """The median time of one batch on each runner (rounds interleaved, so a change in the
     machine's load hits both alike), and each runner's logits."""
@@ -142,6 +161,8 @@ def choose(
         reason = f"precision {precision} runs on torch only (ONNX Runtime runs fp32)"
     elif not input_size:
         reason = "no input size to export and time the model with"
+    elif (problem := probe_problem(module, input_size, fixed, options.kind)) is not None:
+        reason = problem  # checks before cost: the gate's own probe then refuses the model, in seconds
     else:
         try:
             exported = export_onnx(module, input_size, fixed)  # before the runner moves the module

@@ -33,6 +33,7 @@ class LoadOptions:
     settings: Path | None = None  # the policy file, named in errors about its runtime fields
     allow_external_arch: bool = False  # the opt-in for arch code outside the policy's folder and installed packages
     gather: Callable[[dict], list] | None = None  # torchrun: every process's backend auto measurement
+    kind: str = "classification"  # the prediction kind the outputs must be (kinds/): checked before any timing
 
 
 @dataclass(frozen=True)
