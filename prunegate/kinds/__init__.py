@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .base import PredictionKind, Tally
 from .classification import CLASSIFICATION, Classification
+from .segmentation import SegmentationTally
 
 KINDS: dict[str, PredictionKind] = {CLASSIFICATION.name: CLASSIFICATION}
 
@@ -16,4 +17,12 @@ def get_kind(name: str) -> PredictionKind:
         raise ValueError(f"unknown prediction kind {name!r}; known: {', '.join(sorted(KINDS))}") from None
 
 
-__all__ = ["CLASSIFICATION", "KINDS", "Classification", "PredictionKind", "Tally", "get_kind"]
+__all__ = [
+    "CLASSIFICATION",
+    "KINDS",
+    "Classification",
+    "PredictionKind",
+    "SegmentationTally",
+    "Tally",
+    "get_kind",
+]

@@ -1,0 +1,327 @@
+"""Segmentation: logits [B, K, H, W] and masks [B, H, W] -> per-image confusion matrices.
+
+Each image keeps, per model, its confusion matrix over valid pixels, rows the true class and
+columns the prediction, [K, K + 1]: the extra last column counts pixels whose logits hold a NaN or
+an Inf, a prediction that is never the true class (a miss for its true class and no class's false
+positive). It also keeps the valid pixels on which both models predict the same class (a
+non-finite pixel of either model is a disagreement) and the valid pixels. Nothing per pixel
+outlives the batch: a tally is O(images x K^2).
+
+Metrics are pure functions of summed confusion matrices (dataset-level mIoU, pixel accuracy and
+per-class IoU); a bootstrap replicate is the same function of image-weighted sums. Every metric
+needs only per-class true positives, true counts and predicted counts, which are linear in the
+matrix, so the bootstrap resamples those columns rather than whole matrices.
+
+Slots merge as metrics/tally.py's do: exactly one process fills each image, the merge sums what
+each process filled and `filled` counts the writers (more than one is a bug).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunegate.metrics.intervals import Resampler, percentile_interval
+
+from .base import Reduce
+
+IGNORE_INDEX = 255
+INTERVAL_METRICS = ("miou_drop", "pixel_accuracy_drop", "pixel_agreement", "dense_miou", "pruned_miou")
+
+
+@dataclass
+class SegmentationTally:
+    """One task's per-image confusion matrices for the dense and one pruned model."""
+
+    dense_confusion: torch.Tensor  # [n, K, K + 1] int64; the last column: non-finite predictions
+    pruned_confusion: torch.Tensor  # [n, K, K + 1] int64
+    agree: torch.Tensor  # [n] int64: valid pixels where both models predict the same class
+    valid: torch.Tensor  # [n] int64: pixels whose mask is not ignore_index
+    filled: torch.Tensor  # [n] bool: every slot must be written exactly once
+    ignore_index: int = IGNORE_INDEX
+
+    STATES = ("dense_confusion", "pruned_confusion", "agree", "valid")
+    FIELDS = (*STATES, "filled")
+
+    @classmethod
+    def empty(cls, n: int, device: torch.device, classes: int, ignore_index: int = IGNORE_INDEX) -> SegmentationTally:
+        """A tally of `n` unwritten images of `classes` classes on `device`."""
+        confusion = (n, classes, classes + 1)
+        return cls(
+            dense_confusion=torch.zeros(confusion, dtype=torch.int64, device=device),
+            pruned_confusion=torch.zeros(confusion, dtype=torch.int64, device=device),
+            agree=torch.zeros(n, dtype=torch.int64, device=device),
+            valid=torch.zeros(n, dtype=torch.int64, device=device),
+            filled=torch.zeros(n, dtype=torch.bool, device=device),
+            ignore_index=ignore_index,
+        )
+
+    @property
+    def n(self) -> int:
+        """The number of slots (images)."""
+        return int(self.valid.shape[0])
+
+    @property
+    def classes(self) -> int:
+        """K, the number of classes."""
+        return int(self.dense_confusion.shape[1])
+
+    def update(
+        self, positions: torch.Tensor, masks: torch.Tensor, dense_logits: torch.Tensor, pruned_logits: torch.Tensor
+    ) -> None:
+        """Write one batch's confusion matrices and pixel counts into the slots at `positions`."""
+        k = self.classes
+        batch = masks.shape[0]
+        expected = (batch, k, *masks.shape[1:])
+        if masks.ndim != 3 or tuple(dense_logits.shape) != expected or tuple(pruned_logits.shape) != expected:
+            raise ValueError(
+                f"expected masks [B, H, W] and logits {list(expected)}, found masks {list(masks.shape)}, "
+                f"dense {list(dense_logits.shape)}, pruned {list(pruned_logits.shape)}"
+            )
+        masks = masks.long()
+        valid = masks != self.ignore_index
+        if bool((valid & ((masks < 0) | (masks >= k))).any()):
+            raise ValueError(f"a mask holds a class outside 0-{k - 1} that is not the ignore index {self.ignore_index}")
+        dense_pred = pixel_predictions(dense_logits)
+        pruned_pred = pixel_predictions(pruned_logits)
+        agree = valid & (dense_pred == pruned_pred) & (dense_pred < k)
+        self.dense_confusion[positions] = batch_confusion(masks, dense_pred, valid, k)
+        self.pruned_confusion[positions] = batch_confusion(masks, pruned_pred, valid, k)
+        self.agree[positions] = agree.sum(dim=(1, 2))
+        self.valid[positions] = valid.sum(dim=(1, 2))
+        self.filled[positions] = True
+
+    def all_reduce(self, reduce: Reduce) -> None:
+        """Merge every process's part in place by summing what each filled; each slot must have been
+        filled by exactly one process."""
+        filled = self.filled
+        for name in self.STATES:
+            tensor = getattr(self, name)
+            where = filled.view(-1, *([1] * (tensor.ndim - 1)))
+            mine = torch.where(where, tensor, torch.zeros_like(tensor))
+            reduce(mine)
+            setattr(self, name, mine)
+        count = filled.to(torch.int32)
+        reduce(count)
+        if self.n and int(count.max()) > 1:
+            raise AssertionError("an image was evaluated by more than one process")
+        self.filled = count == 1
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The tensors, on the CPU, for a checkpoint."""
+        return {name: getattr(self, name).cpu() for name in self.FIELDS}
+
+    @classmethod
+    def from_state(
+        cls, state: dict, n: int, device: torch.device, classes: int, ignore_index: int = IGNORE_INDEX
+    ) -> SegmentationTally:
+        """A tally from `state`; ValueError unless it is one of `n` images of `classes` classes."""
+        empty = cls.empty(n, device, classes, ignore_index)
+        tensors: dict[str, Any] = {}
+        for name in cls.FIELDS:
+            found = state.get(name)
+            like = getattr(empty, name)
+            if not isinstance(found, torch.Tensor) or found.shape != like.shape:
+                raise ValueError(f"a checkpoint's tally is not one of {n} images of {classes} classes")
+            tensors[name] = found.to(device, like.dtype)
+        return replace(empty, **tensors)
+
+    def cpu(self) -> SegmentationTally:
+        """The same tally on the CPU."""
+        return replace(self, **{name: getattr(self, name).cpu() for name in self.FIELDS})
+
+
+def pixel_predictions(logits: torch.Tensor) -> torch.Tensor:
+    """[B, K, H, W] logits -> [B, H, W] int64 classes; K where a pixel's logits hold a NaN or an Inf."""
+    k = logits.shape[1]
+    pred = logits.argmax(dim=1)
+    finite = torch.isfinite(logits).all(dim=1)
+    return torch.where(finite, pred, torch.full_like(pred, k))
+
+
+def batch_confusion(masks: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor, classes: int) -> torch.Tensor:
+    """[B, K, K + 1] int64 confusion per image over valid pixels (one bincount, offset by image)."""
+    batch = masks.shape[0]
+    cells = classes * (classes + 1)
+    image = torch.arange(batch, device=masks.device).view(-1, 1, 1).expand_as(masks)
+    index = image * cells + masks * (classes + 1) + pred
+    counts = torch.bincount(index[valid], minlength=batch * cells)
+    return counts.view(batch, classes, classes + 1)
+
+
+# --- pure metrics: per-class counts (rows: replicates) -> metrics -----------------------------------
+
+
+def _counts(confusion: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[..., K, K or K + 1] confusion -> per-class (true positives, true pixels, predicted pixels),
+    each [..., K] float64; columns past K are predictions that are no class."""
+    c = confusion.cpu().numpy() if isinstance(confusion, torch.Tensor) else np.asarray(confusion)
+    c = c.astype(np.float64)
+    k = c.shape[-2]
+    tp = np.diagonal(c[..., :k], axis1=-2, axis2=-1)
+    return tp, c.sum(axis=-1), c[..., :k].sum(axis=-2)
+
+
+def _class_iou(tp: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    union = true + pred - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def _miou(tp: np.ndarray, true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    iou = _class_iou(tp, true, pred)
+    present = np.isfinite(iou)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present.any(axis=-1), np.where(present, iou, 0.0).sum(axis=-1) / present.sum(axis=-1), np.nan)
+
+
+def _pixel_accuracy(tp: np.ndarray, true: np.ndarray) -> np.ndarray:
+    total = true.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, tp.sum(axis=-1) / total, np.nan)
+
+
+def _worst_class(dense_iou: np.ndarray, pruned_iou: np.ndarray) -> tuple[float, int | None]:
+    both = np.isfinite(dense_iou) & np.isfinite(pruned_iou)
+    if not both.any():
+        return float("nan"), None
+    drops = np.where(both, dense_iou - pruned_iou, -np.inf)
+    worst = int(np.argmax(drops))
+    return float(drops[worst]), worst
+
+
+def class_iou(confusion: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[K] IoU per class, TP / (TP + FP + FN); NaN where the class is in neither truth nor predictions."""
+    return _class_iou(*_counts(confusion))
+
+
+def miou(confusion: np.ndarray | torch.Tensor) -> float:
+    """Mean IoU over the classes with a non-empty union (NaN when there is none)."""
+    return float(_miou(*_counts(confusion)))
+
+
+def pixel_accuracy(confusion: np.ndarray | torch.Tensor) -> float:
+    """Correct valid pixels over valid pixels (NaN when there is none)."""
+    tp, true, _ = _counts(confusion)
+    return float(_pixel_accuracy(tp, true))
+
+
+def miou_drop(dense: np.ndarray | torch.Tensor, pruned: np.ndarray | torch.Tensor) -> float:
+    """The dense model's mIoU minus the pruned model's."""
+    return miou(dense) - miou(pruned)
+
+
+def pixel_accuracy_drop(dense: np.ndarray | torch.Tensor, pruned: np.ndarray | torch.Tensor) -> float:
+    """The dense model's pixel accuracy minus the pruned model's."""
+    return pixel_accuracy(dense) - pixel_accuracy(pruned)
+
+
+def pixel_agreement(agree: int | float, valid: int | float) -> float:
+    """Valid pixels where both models predict the same class over valid pixels (NaN when there is none)."""
+    return float(agree) / float(valid) if valid > 0 else float("nan")
+
+
+def class_iou_drop(dense: np.ndarray | torch.Tensor, pruned: np.ndarray | torch.Tensor) -> tuple[float, int | None]:
+    """The largest per-class IoU drop among classes with a non-empty union for both models, and that
+    class (NaN, None when there is none)."""
+    return _worst_class(class_iou(dense), class_iou(pruned))
+
+
+def per_image_columns(tally: SegmentationTally) -> np.ndarray:
+    """[images, 5K + 2] float64: true pixels, dense TP, dense predicted, pruned TP, pruned predicted
+    (each K per image), then agreeing and valid pixels."""
+    dense_tp, true, dense_pred = _counts(tally.dense_confusion)
+    pruned_tp, _, pruned_pred = _counts(tally.pruned_confusion)
+    extra = np.stack([tally.agree.cpu().numpy(), tally.valid.cpu().numpy()], axis=1).astype(np.float64)
+    return np.concatenate([true, dense_tp, dense_pred, pruned_tp, pruned_pred, extra], axis=1)
+
+
+def metrics_from_sums(sums: np.ndarray, classes: int) -> dict[str, np.ndarray]:
+    """sums: [r, 5K + 2] column sums (r = 1 for the estimate, replicates for the bootstrap)."""
+    k = classes
+    true, dense_tp, dense_pred, pruned_tp, pruned_pred = (sums[:, i * k : (i + 1) * k] for i in range(5))
+    agree, valid = sums[:, 5 * k], sums[:, 5 * k + 1]
+    dense_miou, pruned_miou = _miou(dense_tp, true, dense_pred), _miou(pruned_tp, true, pruned_pred)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        agreement = np.where(valid > 0, agree / valid, np.nan)
+    return {
+        "miou_drop": dense_miou - pruned_miou,
+        "pixel_accuracy_drop": _pixel_accuracy(dense_tp, true) - _pixel_accuracy(pruned_tp, true),
+        "pixel_agreement": agreement,
+        "dense_miou": dense_miou,
+        "pruned_miou": pruned_miou,
+    }
+
+
+def weighted_sums(resampler: Resampler, columns: np.ndarray) -> np.ndarray:
+    """columns: [images, k] per-image counts -> [replicates, k] resampled sums, in float64 (pixel
+    counts pass float32's exact range, so Resampler.weighted_sums' float32 product would round)."""
+    columns = np.asarray(columns, dtype=np.float64).reshape(resampler.images, -1)
+    return np.concatenate([w.astype(np.float64) @ columns for w in resampler.weights()], axis=0)
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def segmentation_statistics(
+    tally: SegmentationTally,
+    *,
+    confidence: float,
+    resampler: Resampler | None,
+    indices: np.ndarray | None = None,
+    class_names: list[str] | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The task's metrics (dataset-level, over the images' summed confusion matrices) and the
+    bootstrap replicates of each metric in INTERVAL_METRICS (empty without a resampler).
+
+    `indices` (image positions -> data-set indices) is accepted for the kind's common signature;
+    segmentation reports no examples yet."""
+    tally = tally.cpu()
+    k = tally.classes
+    dense, pruned = tally.dense_confusion.sum(dim=0), tally.pruned_confusion.sum(dim=0)
+    agree, valid = int(tally.agree.sum()), int(tally.valid.sum())
+    dense_iou, pruned_iou = class_iou(dense), class_iou(pruned)
+    drop, worst = _worst_class(dense_iou, pruned_iou)
+
+    replicates: dict[str, np.ndarray] = {}
+    if resampler is not None:
+        if resampler.images != tally.n:
+            raise ValueError(f"the resampler is for {resampler.images} images, the tally holds {tally.n}")
+        replicates = metrics_from_sums(weighted_sums(resampler, per_image_columns(tally)), k)
+    intervals = {}
+    for metric, values in replicates.items():
+        low, high = percentile_interval(values, confidence)
+        if np.isfinite(low):
+            intervals[metric] = {"low": low, "high": high, "method": "bootstrap"}
+
+    def model(confusion: torch.Tensor) -> dict:
+        return {
+            "miou": _finite(miou(confusion)),
+            "pixel_accuracy": _finite(pixel_accuracy(confusion)),
+            "nonfinite": int(confusion[:, k].sum()),
+        }
+
+    summary = {
+        "n": tally.n,
+        "dense": model(dense),
+        "pruned": model(pruned),
+        "miou_drop": _finite(miou_drop(dense, pruned)),
+        "pixel_accuracy_drop": _finite(pixel_accuracy_drop(dense, pruned)),
+        "pixel_agreement": _finite(pixel_agreement(agree, valid)),
+        "class_iou_drop": _finite(drop),
+        "worst_class": None
+        if worst is None
+        else {
+            "label": worst,
+            "name": class_names[worst] if class_names and worst < len(class_names) else None,
+            "dense_iou": float(dense_iou[worst]),
+            "pruned_iou": float(pruned_iou[worst]),
+            "drop": drop,
+        },
+        "intervals": intervals,
+    }
+    return summary, replicates
