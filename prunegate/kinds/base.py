@@ -9,17 +9,16 @@ processes), and to turn tallies into the report's task records. Classification (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from prunegate.metrics.tally import Reduce
 from prunegate.plan import Task
 from prunegate.report.schema import CorruptionSummary, TaskRecord
-
-Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place across processes
 
 
 class Tally(Protocol):

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from prunegate.metrics.intervals import Resampler, percentile_interval
-
-from .base import Reduce
+from prunegate.metrics.tally import Reduce, all_reduce_slots
 
 IGNORE_INDEX = 255
 INTERVAL_METRICS = ("miou_drop", "pixel_accuracy_drop", "pixel_agreement", "dense_miou", "pruned_miou")
@@ -95,20 +94,9 @@ class SegmentationTally:
         self.filled[positions] = True
 
     def all_reduce(self, reduce: Reduce) -> None:
-        """Merge every process's part in place by summing what each filled; each slot must have been
-        filled by exactly one process."""
-        filled = self.filled
-        for name in self.STATES:
-            tensor = getattr(self, name)
-            where = filled.view(-1, *([1] * (tensor.ndim - 1)))
-            mine = torch.where(where, tensor, torch.zeros_like(tensor))
-            reduce(mine)
-            setattr(self, name, mine)
-        count = filled.to(torch.int32)
-        reduce(count)
-        if self.n and int(count.max()) > 1:
-            raise AssertionError("an image was evaluated by more than one process")
-        self.filled = count == 1
+        """Merge every process's part in place by summing what each filled (metrics.tally's
+        mechanism; counts need no offset); each slot must have been filled by exactly one process."""
+        all_reduce_slots(self, dict.fromkeys(self.STATES, 0), reduce)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors, on the CPU, for a checkpoint."""

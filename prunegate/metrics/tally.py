@@ -47,6 +47,26 @@ STATES: dict[str, Slots] = {
 Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place across processes (dist.all_reduce)
 
 
+def all_reduce_slots(tally: Any, offsets: dict[str, float], reduce: Reduce) -> None:
+    """Merge a slot tally in place across processes: each state named in `offsets` (per-sample
+    slots along its first dimension) sums what every process filled, stored relative to its
+    offset so that an unfilled slot contributes zero; `tally.filled` counts the writers of each
+    slot, and more than one is a bug."""
+    filled = tally.filled
+    for name, offset in offsets.items():
+        tensor = getattr(tally, name)
+        base = torch.tensor(offset, dtype=tensor.dtype, device=tensor.device)
+        where = filled.view(-1, *([1] * (tensor.ndim - 1)))
+        mine = torch.where(where, tensor - base, torch.zeros_like(tensor))
+        reduce(mine)
+        setattr(tally, name, mine + base)
+    count = filled.to(torch.int32)
+    reduce(count)
+    if count.numel() and int(count.max()) > 1:
+        raise AssertionError("a sample was evaluated by more than one process")
+    tally.filled = count == 1
+
+
 @dataclass
 class TaskTally:
     """One task's per-sample outcomes for the dense and one pruned model."""
@@ -81,18 +101,7 @@ class TaskTally:
     def all_reduce(self, reduce: Reduce) -> None:
         """Merge every process's part in place, as STATES declare; each slot must have been filled
         by exactly one process."""
-        filled = self.filled
-        for name, slots in STATES.items():
-            tensor = getattr(self, name)
-            offset = torch.tensor(slots.offset, dtype=tensor.dtype, device=tensor.device)
-            mine = torch.where(filled, tensor - offset, torch.zeros_like(tensor))
-            reduce(mine)
-            setattr(self, name, mine + offset)
-        count = filled.to(torch.int32)
-        reduce(count)
-        if int(count.max()) > 1:
-            raise AssertionError("a sample was evaluated by more than one process")
-        self.filled = count == 1
+        all_reduce_slots(self, {name: slots.offset for name, slots in STATES.items()}, reduce)
 
     def state(self) -> dict[str, torch.Tensor]:
         """The tensors, on the CPU, for a checkpoint."""
