@@ -22,11 +22,10 @@ from prunegate import shifts
 from prunegate.data import ImageSet, Manifest, open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
 from prunegate.plan import TEST_SOURCE, Task, TaskKind, build_plan
-from prunegate.policy import Policy
+from prunegate.policy import DEFAULT_MAX_PIXELS, Policy
 from prunegate.shifts import NO_ASSETS, SampleRNG, ShiftAssets, task_key
 
 CORRUPTIONS_FIELD = "suite.corruptions"
-DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit, as data.max_pixels defaults
 PRECOMPUTED_FIELD = f"{CORRUPTIONS_FIELD}.precomputed"
 
 

@@ -21,6 +21,7 @@ from prunegate.data import ImageSet, batches
 from prunegate.data.cifar_c import SEVERITY_FILE
 from prunegate.errors import PrunegateError
 from prunegate.plan import corruption_tasks
+from prunegate.policy import DEFAULT_MAX_PIXELS
 from prunegate.shifts import NO_ASSETS, ShiftAssets
 
 
@@ -34,7 +35,7 @@ def corruption_context(
     seed: int,
     batch_size: int = 256,
     workers: int = 2,
-    max_pixels: int = 89_478_485,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     device: torch.device = torch.device("cpu"),
     assets: ShiftAssets = NO_ASSETS,
 ) -> RunContext:

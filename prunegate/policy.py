@@ -140,6 +140,10 @@ def _unknown(what: str, name: str, known: list[str]) -> str:
     return f"unknown {what} {name!r}{f' ({hint})' if hint else ''}; known: {', '.join(known)}"
 
 
+# Pillow's decompression-bomb limit: images with more pixels are refused unless data.max_pixels says otherwise.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -210,7 +214,9 @@ class Data(Strict):
     test: DataSource
     limit: int | None = Field(None, gt=0, description="class-balanced subset of the test set")
     ood: list[OodSource] = []
-    max_pixels: int = Field(89_478_485, gt=0, description="images with more pixels are refused (decompression bombs)")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, gt=0, description="images with more pixels are refused (decompression bombs)"
+    )
 
     @field_validator("ood")
     @classmethod

@@ -115,7 +115,7 @@ def _render_corruptions(ctx: RunContext, out: Path | None, preview: Path | None)
     source = ctx.sources[0]
     if preview is not None:
         first = int(source.indices[0])
-        picture = fit_to_size(source.images.read([first], 89_478_485)[0][0].permute(2, 0, 1), ctx.size)
+        picture = fit_to_size(source.images.read([first], ctx.max_pixels)[0][0].permute(2, 0, 1), ctx.size)
         write_atomic(preview, corrupt_lib.preview_png(ctx, picture.permute(1, 2, 0), first))
         stdout_console().print(f"wrote {preview}")
     if out is not None:
