@@ -166,7 +166,7 @@ def test_mask_labels_outside_the_classes_are_refused(folder: Path) -> None:
 def test_fit_pair_fits_the_image_as_fit_to_size_and_keeps_mask_values(height: int, width: int, size: int) -> None:
     image = torch.from_numpy(rgb(3, height, width)).permute(2, 0, 1)
     mask = torch.from_numpy(index_mask(3, height, width, classes=5)).long()
-    fitted, fitted_mask = fit_pair(image, mask, size, 255)
+    fitted, fitted_mask = fit_pair(image, mask, size)
     assert fitted.shape == (3, size, size) and fitted_mask.shape == (size, size)
     assert torch.equal(fitted, fit_to_size(image, size))
     assert fitted_mask.dtype == torch.int64
@@ -176,7 +176,7 @@ def test_fit_pair_fits_the_image_as_fit_to_size_and_keeps_mask_values(height: in
 def test_fit_pair_leaves_a_fitting_pair_alone() -> None:
     image = torch.from_numpy(rgb(4, 8, 8)).permute(2, 0, 1)
     mask = torch.from_numpy(index_mask(4, 8, 8)).long()
-    fitted, fitted_mask = fit_pair(image, mask, 8, 255)
+    fitted, fitted_mask = fit_pair(image, mask, 8)
     assert fitted is image and fitted_mask is mask
 
 
@@ -185,7 +185,7 @@ def test_fit_pair_resizes_the_mask_as_pillow_nearest_does(height: int, width: in
     """Pixel-centre nearest neighbour (NEAREST_EXACT), the same as Pillow's NEAREST: an independent reference."""
     mask = np.random.default_rng(5).integers(0, 21, (height, width)).astype(np.uint8)
     image = torch.zeros(3, height, width, dtype=torch.uint8)
-    _, fitted = fit_pair(image, torch.from_numpy(mask).long(), size, 255)
+    _, fitted = fit_pair(image, torch.from_numpy(mask).long(), size)
     short = round(size / CROP_FRACTION)
     new_w, new_h = (int(short * width / height), short) if height <= width else (short, int(short * height / width))
     resized = np.array(PIL.Image.fromarray(mask).resize((new_w, new_h), PIL.Image.Resampling.NEAREST))

@@ -63,7 +63,8 @@ def _refuse_dead_link(entry: Path, error: ErrorFactory) -> None:
         raise error(f"{problem}: fix or remove the link (skipping it would leave its images out)", entry)
 
 
-def _image_files(folder: Path, error: ErrorFactory) -> list[Path]:
+def image_files(folder: Path, error: ErrorFactory) -> list[Path]:
+    """The image files in `folder` (by suffix), sorted; a broken link among them is an error."""
     files = []
     for entry in _entries(folder, error):
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
@@ -75,13 +76,19 @@ def _image_files(folder: Path, error: ErrorFactory) -> list[Path]:
     return files
 
 
-class _Files(ImageSet):
+class ImageFiles(ImageSet):
+    """An image set of one file per image (`files`): decoding, digests and the contents key."""
+
     files: list[Path]
 
+    def tracked_files(self) -> list[Path]:
+        """The files whose change changes the set: its images."""
+        return self.files
+
     def contents_key(self) -> str:
-        """Every file's name, size and modification time."""
+        """Every tracked file's name, size and modification time."""
         lines = []
-        for file in self.files:
+        for file in self.tracked_files():
             try:
                 stat = file.stat()
                 lines.append(f"{file} {stat.st_size} {stat.st_mtime_ns}")
@@ -187,7 +194,7 @@ def _label_of(name: str, class_names: list[str], index: dict[str, int], error: E
     return index[name]
 
 
-class ImageFolder(_Files):
+class ImageFolder(ImageFiles):
     format = "imagefolder"
 
     def __init__(self, path: Path, field: str, class_names: list[str] | None = None):
@@ -209,7 +216,7 @@ class ImageFolder(_Files):
                 label = _label_of(folder.name, self.classes, index, self.error, folder)
             else:
                 label = index[folder.name]
-            files = _image_files(folder, self.error)
+            files = image_files(folder, self.error)
             self.files += files
             labels += [label] * len(files)
         if not self.files:
@@ -217,7 +224,7 @@ class ImageFolder(_Files):
         self.labels = np.asarray(labels, dtype=np.int64)
 
 
-class FlatImageFolder(_Files):
+class FlatImageFolder(ImageFiles):
     """Labels from file names: `<anything>_<label index>.<ext>`, or, with class names, the
     name's prefix before the first '_' (`n01440764_tench.JPEG` -> the index of n01440764)."""
 
@@ -226,7 +233,7 @@ class FlatImageFolder(_Files):
     def __init__(self, path: Path, field: str, class_names: list[str] | None = None):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=True)
-        self.files = _image_files(path, self.error)
+        self.files = image_files(path, self.error)
         if not self.files:
             raise self.error("no image files found")
         labels = []

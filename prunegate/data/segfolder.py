@@ -3,7 +3,7 @@
 A mask is a single-channel index PNG of its image's size: each pixel holds a class index, or the
 ignore index (255 by default, as PASCAL VOC marks object borders). Palette PNGs, as VOC ships
 them, give their palette indices: a mask is never converted to RGB, whose colours are not classes.
-Images decode with Pillow (`imageio.pil_decode`), masks with Pillow's PNG reader alone; each
+Images decode as the image folders' do (`imagefolder.ImageFiles`), masks with Pillow's PNG reader alone; each
 image's digest covers both its bytes and its mask's, so a changed mask changes the manifest.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from prunegate.errors import link_problem
-from prunegate.imageio import PIL_FORMATS, decoder_message, pil_decode
+from prunegate.imageio import decoder_message
+from prunegate.policy import DEFAULT_MAX_PIXELS
 
-from .base import CROP_FRACTION, ImageSet, fit_to_size, require_path
-from .imagefolder import IMAGE_SUFFIXES
+from .base import CROP_FRACTION, fit_to_size, require_path
+from .imagefolder import ImageFiles, image_files
 
 # Modes whose pixels are indices: palette, 8-bit grey, 16-bit grey (any byte order), 32-bit integers.
 MASK_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -34,13 +33,10 @@ MASK_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I;16N", "I")
 MASK_INTERPOLATION = InterpolationMode.NEAREST_EXACT
 
 
-def fit_pair(
-    image_chw: torch.Tensor, mask_hw: torch.Tensor, size: int, ignore_index: int = 255
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_pair(image_chw: torch.Tensor, mask_hw: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """An image (CHW uint8) and its mask (HW) fitted to size x size as `fit_to_size` fits the image,
-    the mask resized by nearest neighbour (no invented classes) and cropped alike; `ignore_index`
-    is kept as any other value (nearest neighbour only copies values)."""
-    del ignore_index  # nearest neighbour needs no padding value: every output value is an input one
+    the mask resized by nearest neighbour and cropped alike: nearest neighbour only copies values,
+    so no class is invented and the ignore index needs no padding."""
     if image_chw.shape[-2:] != mask_hw.shape[-2:]:
         raise ValueError(f"mask size {list(mask_hw.shape[-2:])} differs from image size {list(image_chw.shape[-2:])}")
     if image_chw.shape[-2:] == (size, size):
@@ -51,9 +47,10 @@ def fit_pair(
     return image, mask
 
 
-class SegmentationFolder(ImageSet):
+class SegmentationFolder(ImageFiles):
     """Images with index masks. `labels` are all zero (one per image), so `select` takes the first
-    images in file order (sorted by stem); `classes` are the given class names."""
+    images in file order (sorted by stem); `classes` are the given class names. Images decode as
+    the image folders' do (ImageFiles: the same decoders, pixel limit and errors)."""
 
     format = "segmentation-folder"
 
@@ -70,14 +67,7 @@ class SegmentationFolder(ImageSet):
                     folder,
                 )
         by_stem: dict[str, Path] = {}
-        for entry in self._entries(images_dir):
-            if entry.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            if not entry.is_file():
-                problem = link_problem(entry)
-                if problem:
-                    raise self.error(f"{problem}: fix or remove the link (skipping it would leave it out)", entry)
-                continue
+        for entry in image_files(images_dir, self.error):
             if entry.stem in by_stem:
                 raise self.error(
                     f"two images share the stem {entry.stem!r} (and so one mask): {by_stem[entry.stem].name}", entry
@@ -95,46 +85,32 @@ class SegmentationFolder(ImageSet):
     def describe(self) -> dict:
         return {**super().describe(), "ignore_index": self.ignore_index}
 
-    def contents_key(self) -> str:
-        """Every image's and mask's name, size and modification time."""
-        lines = []
-        for file in [*self.files, *self.masks]:
-            try:
-                stat = file.stat()
-                lines.append(f"{file} {stat.st_size} {stat.st_mtime_ns}")
-            except OSError:
-                lines.append(f"{file} missing")
-        return "\n".join(lines)
+    def tracked_files(self) -> list[Path]:
+        """The images and their masks."""
+        return [*self.files, *self.masks]
+
+    def read_pairs(
+        self, indices: list[int], max_pixels: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+        """Images (uint8 HWC), their masks (HW int64, each checked against its image's size) and,
+        per image, sha256 of its bytes' and its mask's sha256 joined: every file read once."""
+        images, masks, digests = [], [], []
+        for i in indices:
+            image, image_digest = self._decode(self.files[i], max_pixels)
+            mask_raw = self._mask_bytes(self.masks[i])
+            masks.append(self._decode_mask(i, mask_raw, (image.shape[1], image.shape[0])))
+            images.append(image)
+            digests.append(hashlib.sha256((image_digest + hashlib.sha256(mask_raw).hexdigest()).encode()).hexdigest())
+        return images, masks, digests
 
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
-        """Images (uint8 HWC) and, per image, sha256 of its bytes' and its mask's sha256 joined."""
-        images, digests = [], []
-        for i in indices:
-            raw = self._bytes(self.files[i], "image")
-            size = self._header_size(self.files[i], raw, "image")
-            if size[0] * size[1] > max_pixels:
-                raise self.error(
-                    f"image has {size[0] * size[1]} pixels, over the limit of {max_pixels} (data.max_pixels)",
-                    self.files[i],
-                )
-            try:
-                image = pil_decode(raw)
-            except Exception as exc:  # Pillow raises many kinds
-                raise self.error(self._undecodable("image", self.files[i], exc), self.files[i]) from None
-            mask_raw = self._bytes(self.masks[i], "mask")
-            self._decode_mask(i, mask_raw, (image.shape[2], image.shape[1]))  # checks mode and size
-            joined = hashlib.sha256(raw).hexdigest() + hashlib.sha256(mask_raw).hexdigest()
-            images.append(image.permute(1, 2, 0))
-            digests.append(hashlib.sha256(joined.encode()).hexdigest())
+        """Images (uint8 HWC) and their digests, which cover the masks (the masks are checked too)."""
+        images, _, digests = self.read_pairs(indices, max_pixels)
         return images, digests
 
-    def read_masks(self, indices: list[int]) -> list[torch.Tensor]:
-        """The masks (HW int64 class indices) for these indices, each checked against its image's size."""
-        masks = []
-        for i in indices:
-            size = self._header_size(self.files[i], self._bytes(self.files[i], "image"), "image")
-            masks.append(self._decode_mask(i, self._bytes(self.masks[i], "mask"), size))
-        return masks
+    def read_masks(self, indices: list[int], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
+        """The masks (HW int64 class indices) for these indices, each checked against its image."""
+        return self.read_pairs(indices, max_pixels)[1]
 
     def check_mask_labels(self, mask: torch.Tensor, classes: int, file: Path) -> None:
         """Raise a DataError if a mask value is neither a class index (0..classes-1) nor the ignore index."""
@@ -147,30 +123,14 @@ class SegmentationFolder(ImageSet):
                 file,
             )
 
-    def _entries(self, folder: Path) -> list[Path]:
-        try:
-            return sorted(folder.iterdir())
-        except OSError as exc:
-            raise self.error(f"cannot list the folder ({exc.strerror or exc})", folder) from None
-
-    def _bytes(self, file: Path, what: str) -> bytes:
+    def _mask_bytes(self, file: Path) -> bytes:
         try:
             raw = file.read_bytes()
         except OSError as exc:
-            raise self.error(f"cannot read {what}: {exc.strerror}", file) from None
+            raise self.error(f"cannot read mask: {exc.strerror}", file) from None
         if not raw:
-            raise self.error(f"cannot decode {what}: the file is empty", file)
+            raise self.error("cannot decode mask: the file is empty", file)
         return raw
-
-    def _header_size(self, file: Path, raw: bytes, what: str) -> tuple[int, int]:
-        """(width, height) from the header alone."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-                with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as header:
-                    return header.size
-        except Exception as exc:  # Pillow raises many kinds, the bomb error among them
-            raise self.error(self._undecodable(what, file, exc), file) from None
 
     def _decode_mask(self, i: int, raw: bytes, image_size: tuple[int, int]) -> torch.Tensor:
         file = self.masks[i]
@@ -180,7 +140,9 @@ class SegmentationFolder(ImageSet):
                 if mode in MASK_MODES:
                     values = np.asarray(picture)
         except Exception as exc:  # Pillow raises many kinds
-            raise self.error(self._undecodable("mask", file, exc), file) from None
+            raise self.error(
+                f"cannot decode mask: corrupt, truncated or not a PNG file ({decoder_message(exc)})", file
+            ) from None
         if mode not in MASK_MODES:
             raise self.error(
                 f"mask has mode {mode}: an index PNG is expected (one channel: palette, 8- or 16-bit grey), "
@@ -194,8 +156,3 @@ class SegmentationFolder(ImageSet):
                 file,
             )
         return torch.from_numpy(values.astype(np.int64))
-
-    @staticmethod
-    def _undecodable(what: str, file: Path, exc: BaseException) -> str:
-        kind = "PNG" if what == "mask" else file.suffix.lstrip(".").upper()
-        return f"cannot decode {what}: corrupt, truncated or not a {kind} file ({decoder_message(exc)})"
