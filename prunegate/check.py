@@ -14,19 +14,20 @@ from typing import Protocol
 
 from prunegate import __version__
 from prunegate.checkpoint import Checkpoint
-from prunegate.context import RunContext, Source
+from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
 from prunegate.engine import check_labels, evaluate_family, probe_classes, total_evaluations
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import Corruptions, ModelSpec, Policy
+from prunegate.policy import ModelSpec, Policy
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
 from prunegate.runners.base import check_precision
 from prunegate.runners.isolated import InputArena, Zygote, hidden_files
+from prunegate.shifts.assets import ASSET_NAMES
 from prunegate.shifts.rng import task_key
 
 
@@ -112,7 +113,7 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
             if value:
                 found[f"{field}.{key}"] = policy.resolve(value)
     corruptions = policy.suite.corruptions
-    for key in ("precomputed", *Corruptions.ASSET_FIELDS):
+    for key in ("precomputed", *ASSET_NAMES):
         value = getattr(corruptions, key, None) if corruptions is not None else None
         if value:
             found[f"suite.corruptions.{key}"] = policy.resolve(value)
@@ -134,7 +135,7 @@ def task_records(
     # A precomputed corruption block holds the test images, corrupted: it is resampled as the
     # test set is, so its tasks stay paired with the others (and match generated ones exactly).
     def stream(source: Source) -> str:
-        return f"bootstrap/{TEST_SOURCE if source.policy_field.endswith('precomputed') else source.name}"
+        return f"bootstrap/{TEST_SOURCE if source.policy_field == PRECOMPUTED_FIELD else source.name}"
 
     resamplers = {s.name: Resampler(task_key(ctx.seed, stream(s)), len(s.indices), bootstrap) for s in ctx.sources}
     records, replicates = {}, {}

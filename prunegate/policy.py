@@ -14,7 +14,7 @@ import re
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import numpy as np
 import yaml
@@ -277,16 +277,15 @@ class Corruptions(Strict):
 
         return list(CORRUPTION_NAMES) if self.names == "all" else list(self.names)
 
-    # asset folder field -> the corruption that overlays it
-    ASSET_FIELDS: ClassVar[dict[str, str]] = {"frost_textures": "frost"}
-
     def asset_folders(self) -> dict[str, str]:
         """The asset folders the generated corruptions use, by field (e.g. frost_textures), as
         written in the policy: only where the corruption that overlays them is generated."""
+        from prunegate.shifts.assets import ASSET_SHIFTS
+
         if self.precomputed:
             return {}
         names = self.corruption_names()
-        found = {key: getattr(self, key) for key, shift in self.ASSET_FIELDS.items() if shift in names}
+        found = {key: getattr(self, key) for key, shift in ASSET_SHIFTS.items() if shift in names}
         return {key: value for key, value in found.items() if value}
 
 

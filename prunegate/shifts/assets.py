@@ -15,8 +15,10 @@ import torch
 
 from .textures import TextureFolder, load_texture_folder
 
-# The assets shifts can take, by the name a policy field and the report's data record give them.
-ASSET_NAMES = ("frost_textures",)
+# The assets shifts can take, by the name a policy field and the report's data record give them,
+# and the corruption that overlays each.
+ASSET_SHIFTS = {"frost_textures": "frost"}
+ASSET_NAMES = tuple(ASSET_SHIFTS)
 
 
 @dataclass(frozen=True)
