@@ -163,23 +163,13 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
             TaskValue(task=n, value=v, passed=_within(v, comparison, threshold), bound=None, status=None)
             for n, v in zip(names, values)
         ]
-        passed = _within(value, comparison, threshold)
-        return RuleRecord(
-            name=rule.name,
-            metric=rule.metric,
-            tasks=rule.globs,
-            aggregate=rule.aggregate,
-            comparison=comparison,
-            threshold=threshold,
-            value=value,
-            passed=passed,
-            per_task=per_task,
-            confidence=None,
-            bound=None,
-            interval=None,
-            status="pass" if passed else "fail",
-            samples_needed=None,
-            note=None,
+        return _rule_record(
+            rule,
+            comparison,
+            threshold,
+            value,
+            per_task,
+            status="pass" if _within(value, comparison, threshold) else "fail",
         )
 
     bounds = [_interval(records[n], rule.metric) for n in names]
@@ -219,6 +209,34 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
         else:
             n = max(records[t].n for t in names)
             needed = _samples_needed(n, value, low, high, comparison, threshold)
+    return _rule_record(
+        rule,
+        comparison,
+        threshold,
+        value,
+        per_task,
+        status=status,
+        confidence=confidence,
+        bound=high if comparison == "max" else low,
+        interval=Interval(low=low, high=high, method=_method(names, rule, records)),
+        samples_needed=needed,
+    )
+
+
+def _rule_record(
+    rule: Rule,
+    comparison: Comparison,
+    threshold: float,
+    value: float,
+    per_task: list[TaskValue],
+    *,
+    status: Status,
+    confidence: float | None = None,
+    bound: float | None = None,
+    interval: Interval | None = None,
+    samples_needed: int | None = None,
+) -> RuleRecord:
+    """The rule's record: passed exactly when its status is pass."""
     return RuleRecord(
         name=rule.name,
         metric=rule.metric,
@@ -230,10 +248,10 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
         passed=status == "pass",
         per_task=per_task,
         confidence=confidence,
-        bound=high if comparison == "max" else low,
-        interval=Interval(low=low, high=high, method=_method(names, rule, records)),
+        bound=bound,
+        interval=interval,
         status=status,
-        samples_needed=needed,
+        samples_needed=samples_needed,
         note=None,
     )
 
