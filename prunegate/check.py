@@ -196,15 +196,15 @@ class Setup:
         if checkpoint is not None:
             saver = Checkpoint(checkpoint.folder, self.binding(), rank=self.world.rank)
             restored = saver.restore() if checkpoint.resume else None
-        main = progress is not None and self.world.is_main
-        if progress is not None and main:
-            progress.start(total_evaluations(self.ctx))
+        shown = progress if self.world.is_main else None  # only rank 0 draws the bar
+        if shown is not None:
+            shown.start(total_evaluations(self.ctx))
         family, timings = evaluate_family(
             self.ctx,
             self.dense,
             self.pruned,
             kind=self.kind,
-            progress=progress.advance if progress and main else None,
+            progress=shown.advance if shown is not None else None,
             world=self.world,
             classes=self.classes,
             checkpoint=saver,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,10 +128,11 @@ def total_evaluations(ctx: RunContext) -> int:
 
 
 def evaluate(
-    ctx: RunContext, dense: Runner, pruned: Runner, **options: object
+    ctx: RunContext, dense: Runner, pruned: Runner, **options: Any
 ) -> tuple[dict[str, Tally], dict[str, float]]:
-    """Run every task on both models; returns the tallies (on CPU) and timings in seconds."""
-    family, timings = evaluate_family(ctx, dense, [pruned], **options)  # type: ignore[arg-type]
+    """Run every task on both models (options as evaluate_family's); returns the tallies (on CPU)
+    and timings in seconds."""
+    family, timings = evaluate_family(ctx, dense, [pruned], **options)
     return family[0], timings
 
 
