@@ -12,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from prunegate import __version__
 from prunegate.checkpoint import Checkpoint
-from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source
+from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source, task_pixels
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
-from prunegate.engine import check_labels, evaluate_family, probe_classes, total_evaluations
+from prunegate.engine import check_labels, evaluate_family, model_outputs, probe_classes, total_evaluations
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
-from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
+from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally, get_kind
+from prunegate.kinds.segmentation import prediction_png
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
 from prunegate.policy import ModelSpec, Policy
@@ -258,6 +261,7 @@ def prepare(
     each of `pruned`) and check that they fit: input size, class count, labels. Each model loads
     in a sandboxed process of its own (runtime.isolation), which may not read `key_files`."""
     runtime = policy.runtime
+    kind = get_kind(policy.task)
     isolated = runtime.isolation != "off"
     if isolated:
         Zygote.shared()  # the models' processes' parent imports torch meanwhile
@@ -276,7 +280,8 @@ def prepare(
         allow_fallback=runtime.allow_fallback,
         precision=runtime.precision,
         channels_last=runtime.channels_last,
-        input_size=policy.models.input.size,
+        input_size=policy.models.input.shape,
+        kind=policy.task,
         batch_size=runtime.batch_size,
         settings=policy.file,
         allow_external_arch=allow_external_arch,
@@ -310,13 +315,13 @@ def prepare(
         dense, members = runners[0], runners[1:]
         classes = 0
         for member in members:
-            classes = probe_classes(dense, member, ctx.size, CLASSIFICATION)
+            classes = probe_classes(dense, member, ctx.size, kind)
         for source in ctx.sources:
-            check_labels(source, classes, CLASSIFICATION)
+            check_labels(source, classes, kind)
     except BaseException:
         close_runners(runners, arena)
         raise
-    return Setup(ctx, dense, members, classes, world, arena=arena)
+    return Setup(ctx, dense, members, classes, world, arena=arena, kind=kind)
 
 
 def close_runners(runners: list, arena: InputArena | None) -> None:
@@ -347,8 +352,12 @@ def run_check(
         policy, allow_pickle=allow_pickle, world=world, key_files=key_files, allow_external_arch=allow_external_arch
     ) as setup:
         family, timings = setup.evaluate(progress, checkpoint)
-    ctx, kind = setup.ctx, setup.kind
-    records, replicates = task_records(ctx, family[0], setup.classes, builder.confidence, policy.gate.bootstrap, kind)
+        ctx, kind = setup.ctx, setup.kind
+        records, replicates = task_records(
+            ctx, family[0], setup.classes, builder.confidence, policy.gate.bootstrap, kind
+        )
+        if kind.name == SEGMENTATION.name:
+            records = with_worst_image_masks(setup, records)
     ordered = [records[t.name] for t in ctx.tasks]
     rules = evaluate_rules(policy.gate.rules, Evidence(ordered, replicates, policy.gate.confidence))
     options = run_options(
@@ -368,6 +377,33 @@ def run_check(
     )
 
 
+def with_worst_image_masks(setup: Setup, records: dict[str, TaskRecord]) -> dict[str, TaskRecord]:
+    """The records, the worst image's predictions added: on the task that loses most mIoU, the
+    image that loses most, run again through both models (one image: nothing per pixel was kept
+    from the pass) and stored as PNGs of class indices, so the HTML report can draw them offline."""
+    ranked = [r for r in records.values() if r.segmentation_examples and r.miou_drop is not None]
+    if not ranked:
+        return records
+    worst = max(ranked, key=lambda r: r.miou_drop or 0.0)
+    task = setup.ctx.task(worst.name)
+    source = next(s for s in setup.ctx.sources if s.name == worst.source)
+    example = worst.segmentation_examples[0]
+    assert task is not None
+    ctx = setup.ctx
+    images, _, _ = source.images.read_batch([example.index], ctx.size, ctx.max_pixels)
+    x = images.to(ctx.device).permute(0, 3, 1, 2).float().div_(255.0)
+    ids = torch.tensor([example.index], device=ctx.device)
+    inputs = task_pixels(ctx, task, x, ids, example.draw).model_input(ctx.pre)
+    where = (source.name, task.name, ids.cpu())
+    masks = [
+        prediction_png(model_outputs(runner, inputs, setup.classes, where, field, setup.kind))
+        for runner, field in ((setup.dense, "models.dense"), (setup.pruned[0], "models.pruned"))
+    ]
+    shown = example.model_copy(update={"dense_mask": masks[0], "pruned_mask": masks[1]})
+    updated = worst.model_copy(update={"segmentation_examples": [shown, *worst.segmentation_examples[1:]]})
+    return {**records, worst.name: updated}
+
+
 def run_potential(
     policy: Policy,
     pruned: list[Path],
@@ -378,7 +414,7 @@ def run_potential(
     allow_external_arch: bool = False,
 ) -> dict:
     """Prune potential of a family: the dense model is evaluated once, every member on the same
-    shifted batches. Errors are top-1 errors (1 - accuracy)."""
+    shifted batches. Errors are the kind's (top-1 errors, 1 - accuracy; segmentation: 1 - mIoU)."""
     from prunegate.potential import Member, analyse
 
     specs = [
@@ -393,11 +429,26 @@ def run_potential(
         allow_external_arch=allow_external_arch,
     ) as setup:
         family, timings = setup.evaluate(progress)
-    tasks, classes = list(setup.ctx.tasks), setup.classes
+    tasks, classes, kind = list(setup.ctx.tasks), setup.classes, setup.kind
+    sources = {s.name: s for s in setup.ctx.sources}
 
     def errors(tallies: dict[str, Tally]) -> dict[str, tuple[float, float]]:
-        summaries = {t.name: tallies[t.name].summary(classes=classes) for t in tasks}  # type: ignore[attr-defined]
-        return {name: (1.0 - s["dense"]["accuracy"], 1.0 - s["pruned"]["accuracy"]) for name, s in summaries.items()}
+        """Each task's (dense, pruned) error as the kind counts it (1 - accuracy, 1 - mIoU)."""
+        found = {}
+        for t in tasks:
+            source = sources[t.source]
+            record, _ = kind.task_record(
+                t,
+                tallies[t.name],
+                classes=classes,
+                confidence=0.95,
+                resampler=None,
+                indices=source.indices,
+                class_names=None,
+            )
+            dense, pruned = kind.error(record.dense), kind.error(record.pruned)
+            found[t.name] = (float("nan") if dense is None else dense, float("nan") if pruned is None else pruned)
+        return found
 
     per_member = [errors(tallies) for tallies in family]
     dense_errors = {name: pair[0] for name, pair in per_member[0].items()}

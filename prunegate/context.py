@@ -113,7 +113,7 @@ class RunContext:
     tasks: tuple[Task, ...]
     sources: tuple[Source, ...]
     pre: Preprocess
-    size: int  # models.input.size
+    size: tuple[int, int]  # models.input.size as (height, width)
     seed: int = 0  # suite.seed: every random draw is keyed by it
     batch_size: int = 256
     workers: int = 0  # background decoding processes
@@ -142,7 +142,7 @@ class RunContext:
             tuple(tasks),
             tuple(opened),
             pre,
-            policy.models.input.size,
+            policy.models.input.shape,
             policy.suite.seed,
             runtime.batch_size,
             runtime.workers,

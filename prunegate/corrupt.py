@@ -48,7 +48,7 @@ def corruption_context(
         tuple(corruption_tasks(names, severities, preset)),
         (source,),
         identity,
-        size,
+        (size, size),
         seed,
         batch_size,
         workers,
@@ -86,7 +86,7 @@ def render(ctx: RunContext, out: Path, progress: Callable[[int], None] | None = 
         np.save(partial / "labels.npy", np.tile(source.images.labels[indices], len(severities)))
         arrays = {
             name: np.lib.format.open_memmap(
-                partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(len(severities) * n, ctx.size, ctx.size, 3)
+                partial / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(len(severities) * n, *ctx.size, 3)
             )
             for name in names
         }
@@ -111,7 +111,7 @@ def render(ctx: RunContext, out: Path, progress: Callable[[int], None] | None = 
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return {"images": n, "names": len(names), "severities": severities, "size": ctx.size}
+    return {"images": n, "names": len(names), "severities": severities, "size": ctx.size[0]}
 
 
 def preview_png(ctx: RunContext, image: torch.Tensor, sample_id: int) -> bytes:

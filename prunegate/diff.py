@@ -1,29 +1,45 @@
 """Compare two reports: what got better or worse, per task metric and per rule. Pure: no I/O.
 
 NEW regresses against OLD when, beyond `margin`, a task's accuracy_drop rose or its agreement
-fell, or when a rule that passed in OLD does not pass in NEW (a flip needs no margin). Other
-metrics and rules that merely moved are shown but do not decide.
+fell (segmentation: its miou_drop rose or its pixel_agreement fell), or when a rule that passed in
+OLD does not pass in NEW (a flip needs no margin). Other metrics and rules that merely moved are
+shown but do not decide. Reports of different tasks compare only their rules.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from prunegate.errors import printable
+from prunegate.gate import metric_value
 from prunegate.report.render.common import format_metric, rule_status
-from prunegate.report.schema import Report, RuleRecord, TaskRecord
+from prunegate.report.schema import Report, RuleRecord
 
 Direction = Literal["higher", "lower"]  # which way is better
-# Task metrics compared, and which way is better. Only REGRESSION_METRICS decide the exit code.
-TASK_METRICS: dict[str, Direction] = {
-    "accuracy_drop": "lower",
-    "agreement": "higher",
-    "pruned_accuracy": "higher",
-    "dense_accuracy": "higher",
-    "softmax_l2": "lower",
+# Task metrics compared per report task, and which way is better. Only REGRESSION_METRICS
+# decide the exit code.
+TASK_METRICS: dict[str, dict[str, Direction]] = {
+    "classification": {
+        "accuracy_drop": "lower",
+        "agreement": "higher",
+        "pruned_accuracy": "higher",
+        "dense_accuracy": "higher",
+        "softmax_l2": "lower",
+    },
+    "segmentation": {
+        "miou_drop": "lower",
+        "pixel_agreement": "higher",
+        "pruned_miou": "higher",
+        "dense_miou": "higher",
+        "pixel_accuracy_drop": "lower",
+    },
 }
-REGRESSION_METRICS = ("accuracy_drop", "agreement")
+REGRESSION_METRICS = {
+    "classification": ("accuracy_drop", "agreement"),
+    "segmentation": ("miou_drop", "pixel_agreement"),
+}
 EXACT = 1e-12  # differences below this are rounding, not change
 DEFAULT_MARGIN = 0.005
 
@@ -107,14 +123,6 @@ class Diff:
         return bool(self.regressions)
 
 
-def _task_metric(task: TaskRecord, metric: str) -> float:
-    if metric == "dense_accuracy":
-        return task.dense.accuracy
-    if metric == "pruned_accuracy":
-        return task.pruned.accuracy
-    return getattr(task, metric)
-
-
 def compare_rule(old: RuleRecord | None, new: RuleRecord | None) -> RuleChange:
     """How one rule changed between two reports (added, removed, now fails/passes, or by how much)."""
     if new is None:
@@ -153,15 +161,18 @@ def compare(old: Report, new: Report, margin: float = DEFAULT_MARGIN) -> Diff:
                 f"rule {name!r} is defined differently in the two reports (metric, tasks, aggregate or threshold)"
             )
 
+    if old.task != new.task:  # their tasks measure different things: only the rules compare
+        return diff
     old_tasks = {t.name: t for t in old.tasks}
     for task in new.tasks:
         old_task = old_tasks.get(task.name)
         if old_task is None:
             continue
-        for metric, better in TASK_METRICS.items():
-            a, b = _task_metric(old_task, metric), _task_metric(task, metric)
-            change = _judge(b - a, better)
-            regression = metric in REGRESSION_METRICS and change == "worse" and abs(b - a) > margin + EXACT
+        for metric, better in TASK_METRICS[new.task].items():
+            a, b = metric_value(old_task, metric), metric_value(task, metric)
+            # undefined in both (NaN: e.g. no valid pixel), it did not change; NaN - NaN would judge
+            change = "same" if math.isnan(a) and math.isnan(b) else _judge(b - a, better)
+            regression = metric in REGRESSION_METRICS[new.task] and change == "worse" and abs(b - a) > margin + EXACT
             diff.tasks.append(MetricChange(task.name, metric, a, b, change, regression))
     return diff
 
@@ -170,6 +181,8 @@ def _comparability_notes(old: Report, new: Report) -> list[str]:
     notes = []
     if old.policy.sha256 != new.policy.sha256:
         notes.append("the policy files differ: tasks and thresholds may not be the same")
+    if old.task != new.task:
+        notes.append(f"one report gates {old.task}, the other {new.task}: only their rules are compared")
     if old.seed != new.seed:
         notes.append(f"the seeds differ ({old.seed} vs {new.seed}): noise and corruption draws are not the same")
     old_data = {d.name: d for d in old.data}

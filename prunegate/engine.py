@@ -17,7 +17,7 @@ import torch
 
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import RunContext, Source, task_pixels
-from prunegate.data import batches
+from prunegate.data import Size, as_shape, batches
 from prunegate.distributed import SINGLE, World, gather_digests, merge_tallies
 from prunegate.errors import ModelError, PrunegateError
 from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
@@ -31,10 +31,14 @@ def _shape(out: object) -> object:
     return list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
 
 
-def probe_classes(dense: Runner, pruned: Runner, size: int, kind: PredictionKind = CLASSIFICATION) -> int:
-    """Run both models on a tiny batch: they must accept the input size and agree on the number
-    of classes. Returns that number."""
-    probe = torch.zeros(2, 3, size, size)
+def probe_classes(dense: Runner, pruned: Runner, size: Size, kind: PredictionKind = CLASSIFICATION) -> int:
+    """Run both models on a tiny batch: they must accept the input size (a side, or height and
+    width), give the kind's output and agree on the number of classes. Returns that number."""
+    size = as_shape(size)
+    height, width = size
+    fed = f"[N, 3, {height}, {width}]"
+    policy_size = str(height) if height == width else f"[{height}, {width}]"
+    probe = torch.zeros(2, 3, height, width)
     counts = {}
     for which, runner in (("dense", dense), ("pruned", pruned)):
         field_name = f"models.{which}"
@@ -47,12 +51,11 @@ def probe_classes(dense: Runner, pruned: Runner, size: int, kind: PredictionKind
                     field=field_name,
                 )
             fixed = [d for d in declared[1:] if isinstance(d, int)]
-            wanted = [3, size, size]
+            wanted = [3, height, width]
             mismatch = [(d, w) for d, w in zip(declared[1:], wanted) if isinstance(d, int) and d != w]
             if fixed and mismatch:
                 raise ModelError(
-                    f"expects input {declared} but the policy's models.input.size is {size} "
-                    f"(fed as [N, 3, {size}, {size}])",
+                    f"expects input {declared} but the policy's models.input.size is {policy_size} (fed as {fed})",
                     file=runner.record.path,
                     field=field_name,
                 )
@@ -62,14 +65,16 @@ def probe_classes(dense: Runner, pruned: Runner, size: int, kind: PredictionKind
             raise
         except Exception as exc:
             raise ModelError(
-                f"fails on a [2, 3, {size}, {size}] input ({first_line(exc)})",
+                f"fails on a [2, 3, {height}, {width}] input ({first_line(exc)})",
                 file=runner.record.path,
                 field=field_name,
             ) from None
-        classes = kind.output_size(out, 2)
+        classes = kind.output_size(out, 2, size)
         if classes is None:
             raise ModelError(
-                f"output {_shape(out)} is not {kind.describe('batch', None)}", file=runner.record.path, field=field_name
+                f"output {_shape(out)} is not {kind.describe('batch', None, size)}{_other_kind(out, size, kind)}",
+                file=runner.record.path,
+                field=field_name,
             )
         counts[which] = classes
     if counts["dense"] != counts["pruned"]:
@@ -79,6 +84,18 @@ def probe_classes(dense: Runner, pruned: Runner, size: int, kind: PredictionKind
             field="models.pruned",
         )
     return counts["dense"]
+
+
+def _other_kind(out: object, size: tuple[int, int], kind: PredictionKind) -> str:
+    """A hint when the output is another kind's: the policy's `task` is probably wrong."""
+    from prunegate.kinds import KINDS
+
+    for other in KINDS.values():
+        if other.name != kind.name and other.output_size(out, 2, size) is not None:
+            return (
+                f" (the policy's task is {kind.name}; this looks like a {other.name} model: set `task: {other.name}`)"
+            )
+    return ""
 
 
 def model_outputs(
@@ -106,10 +123,11 @@ def model_outputs(
         ) from None
     except Exception as exc:
         raise ModelError(f"fails at {batch()} ({first_line(exc)})", file=runner.record.path, field=field_name) from None
-    found = kind.output_size(out, int(inputs.shape[0]))
+    spatial = (int(inputs.shape[2]), int(inputs.shape[3]))
+    found = kind.output_size(out, int(inputs.shape[0]), spatial)
     if found is None or (classes and found != classes):
         raise ModelError(
-            f"output {_shape(out)} at {batch()} is not {kind.describe(inputs.shape[0], classes)}",
+            f"output {_shape(out)} at {batch()} is not {kind.describe(inputs.shape[0], classes, spatial)}",
             file=runner.record.path,
             field=field_name,
         )
@@ -161,6 +179,7 @@ def evaluate_family(
     ]
     restored = restored or {}
     device = ctx.device
+    count = classes or probe_classes(dense, members[0], ctx.size, kind)
     tallies: list[dict[str, Tally]] = [{} for _ in members]
     timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0}
     done: dict[str, list[np.ndarray]] = {source.name: [] for source in ctx.sources}
@@ -184,7 +203,9 @@ def evaluate_family(
                     n = len(source.indices) * task.draws
                     kept = restored.get("tallies", [{}] * len(tallies))[index].get(task.name)
                     try:
-                        member[task.name] = kind.restore_tally(kept, n, device) if kept else kind.new_tally(n, device)
+                        member[task.name] = (
+                            kind.restore_tally(kept, n, device, count) if kept else kind.new_tally(n, device, count)
+                        )
                     except ValueError:
                         raise PrunegateError(
                             "the checkpoint does not fit this run (damaged?): remove it to start over", field="--resume"

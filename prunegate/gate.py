@@ -46,8 +46,9 @@ class Evidence:
 
 
 def nonfinite_share(record: TaskRecord) -> tuple[float, str]:
-    """(the larger share of non-finite outputs of the two models on a task, which model)."""
-    n = max(record.n, 1)
+    """(the larger share of non-finite outputs of the two models on a task, which model): of its
+    samples, or for segmentation of its valid pixels."""
+    n = max(record.n if record.pixels is None else record.pixels, 1)
     shares = {"dense": record.dense.nonfinite / n, "pruned": record.pruned.nonfinite / n}
     which = max(shares, key=lambda w: shares[w])
     return shares[which], which
@@ -58,7 +59,8 @@ def nonfinite_warnings(records: list[TaskRecord]) -> list[str]:
     lines = []
     for record in records:
         counts = {"dense": record.dense.nonfinite, "pruned": record.pruned.nonfinite}
-        parts = ", ".join(f"{w} {c} of {record.n}" for w, c in counts.items() if c)
+        total = f"{record.n}" if record.pixels is None else f"{record.pixels} pixels"
+        parts = ", ".join(f"{w} {c} of {total}" for w, c in counts.items() if c)
         if parts:
             lines.append(f"{record.name}: non-finite logits ({parts}): counted as wrong and disagreeing")
     return lines
@@ -67,13 +69,13 @@ def nonfinite_warnings(records: list[TaskRecord]) -> list[str]:
 def metric_value(record: TaskRecord, metric: str) -> float:
     """The metric's value; NaN where it is undefined (e.g. the error consistency of two models
     that make no errors), and NaN never passes."""
-    if metric == "dense_accuracy":
-        return record.dense.accuracy
-    if metric == "pruned_accuracy":
-        return record.pruned.accuracy
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
-    value = getattr(record, metric)
+    which, _, side_metric = metric.partition("_")
+    if which in ("dense", "pruned"):  # dense_accuracy, pruned_miou, ...: one model's own number
+        value = getattr(getattr(record, which), side_metric)
+    else:
+        value = getattr(record, metric)
     return float("nan") if value is None else float(value)
 
 

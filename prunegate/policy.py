@@ -32,8 +32,8 @@ from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from prunegate.errors import PolicyError, missing_reason
 
-METRICS = {
-    # name: (value range, short meaning) — ranges bound the thresholds a rule may set
+# name: (value range, short meaning) — ranges bound the thresholds a rule may set
+CLASSIFICATION_METRICS = {
     "accuracy_drop": ((-1.0, 1.0), "dense top-1 accuracy minus pruned top-1 accuracy"),
     "agreement": ((0.0, 1.0), "fraction of samples where both models predict the same class"),
     "dense_accuracy": ((0.0, 1.0), "top-1 accuracy of the dense model"),
@@ -45,6 +45,19 @@ METRICS = {
     "error_consistency": ((-1.0, 1.0), "Cohen's kappa between the two models' errors (1: the same mistakes)"),
     "class_recall_drop": ((-1.0, 1.0), "the largest drop in recall of any one class"),
 }
+SEGMENTATION_METRICS = {
+    "miou_drop": ((-1.0, 1.0), "dense mIoU minus pruned mIoU (dataset-level: one confusion matrix per task)"),
+    "dense_miou": ((0.0, 1.0), "mean IoU of the dense model over the classes present in truth or prediction"),
+    "pruned_miou": ((0.0, 1.0), "mean IoU of the pruned model"),
+    "pixel_accuracy_drop": ((-1.0, 1.0), "dense pixel accuracy minus pruned pixel accuracy (valid pixels)"),
+    "dense_pixel_accuracy": ((0.0, 1.0), "fraction of valid pixels the dense model labels correctly"),
+    "pruned_pixel_accuracy": ((0.0, 1.0), "fraction of valid pixels the pruned model labels correctly"),
+    "pixel_agreement": ((0.0, 1.0), "fraction of valid pixels where both models predict the same class"),
+    "class_iou_drop": ((-1.0, 1.0), "the largest drop in IoU of any one class"),
+}
+# The metrics a policy's `task` may gate on.
+METRICS_BY_TASK = {"classification": CLASSIFICATION_METRICS, "segmentation": SEGMENTATION_METRICS}
+METRICS = {**CLASSIFICATION_METRICS, **SEGMENTATION_METRICS}
 MetricName = Literal[
     "accuracy_drop",
     "agreement",
@@ -56,8 +69,18 @@ MetricName = Literal[
     "newly_right",
     "error_consistency",
     "class_recall_drop",
+    "miou_drop",
+    "dense_miou",
+    "pruned_miou",
+    "pixel_accuracy_drop",
+    "dense_pixel_accuracy",
+    "pruned_pixel_accuracy",
+    "pixel_agreement",
+    "class_iou_drop",
 ]
-DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary"]
+TaskName = Literal["classification", "segmentation"]
+DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder"]
+NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder")  # formats that take class_names
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -140,6 +163,8 @@ def _unknown(what: str, name: str, known: list[str]) -> str:
     return f"unknown {what} {name!r}{f' ({hint})' if hint else ''}; known: {', '.join(known)}"
 
 
+DEFAULT_IGNORE_INDEX = 255  # segmentation masks: PASCAL VOC's "void"
+
 # Pillow's decompression-bomb limit: images with more pixels are refused unless data.max_pixels says otherwise.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -148,8 +173,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+Side = Annotated[int, Field(gt=0, le=4096)]
+
+
 class InputSpec(Strict):
-    size: int = Field(gt=0, le=4096, description="square input side in pixels")
+    size: Side | Annotated[list[Side], Field(min_length=2, max_length=2)] = Field(
+        description="input side in pixels (square), or [height, width]"
+    )
     mean: list[Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32_mean)]] = Field(
         [0.485, 0.456, 0.406], min_length=3, max_length=3, description="per RGB channel"
     )
@@ -159,6 +189,11 @@ class InputSpec(Strict):
         max_length=3,
         description=f"per RGB channel; within [{FLOAT32_STD_MIN:g}, {FLOAT32_LIMIT:g}] in float32",
     )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the models' input."""
+        return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
 
 
 class ModelSpec(Strict):
@@ -188,10 +223,18 @@ class DataSource(Strict):
         None,
         description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
         "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
-        "are looked up in it, so a folder holding some of the classes gets the model's label indices",
+        "are looked up in it, so a folder holding some of the classes gets the model's label indices; "
+        "segmentation-folder: the names of the mask's class indices, for the report",
     )
     images_key: str = "images"
     labels_key: str = "labels"
+    ignore_index: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description=f"segmentation-folder: the mask value of pixels no metric counts (default {DEFAULT_IGNORE_INDEX}, "
+        "as PASCAL VOC marks object borders)",
+    )
 
     @model_validator(mode="after")
     def _fields_for_the_format(self) -> DataSource:
@@ -199,11 +242,20 @@ class DataSource(Strict):
             raise field_error(
                 ("labels",), "format npy needs 'labels': the path of an integer labels .npy file", self.labels
             )
-        if self.class_names and self.format not in ("imagefolder", "imagefolder-flat"):
+        if self.class_names and self.format not in NAMED_CLASS_FORMATS:
             raise field_error(
-                ("class_names",), "class_names is for the imagefolder and imagefolder-flat formats", self.class_names
+                ("class_names",), f"class_names is for the formats {', '.join(NAMED_CLASS_FORMATS)}", self.class_names
+            )
+        if self.ignore_index is not None and self.format != "segmentation-folder":
+            raise field_error(
+                ("ignore_index",), "ignore_index is for the segmentation-folder format", self.ignore_index
             )
         return self
+
+    @property
+    def mask_ignore(self) -> int:
+        """The mask value that marks pixels no metric counts (segmentation-folder)."""
+        return DEFAULT_IGNORE_INDEX if self.ignore_index is None else self.ignore_index
 
 
 class OodSource(DataSource):
@@ -372,12 +424,51 @@ class Runtime(Strict):
 class Policy(Strict):
     version: Literal[1]
     name: Name
+    task: TaskName = Field(
+        "classification",
+        description="classification: logits [N, classes], one label per image; segmentation: logits "
+        "[N, classes, height, width] at the input's size, one index mask per image (segmentation-folder data)",
+    )
     models: Models
     data: Data
     suite: Suite = Suite()
     gate: Gate
     runtime: Runtime = Runtime()
     require_signature: bool = Field(False, description="refuse to run without a signing key")
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> Policy:
+        """Data formats and rule metrics must be the task's: a classification metric in a
+        segmentation policy (or the reverse) would gate on nothing."""
+        segmentation = self.task == "segmentation"
+        sources = [(("data", "test"), self.data.test)] + [(("data", "ood", i), o) for i, o in enumerate(self.data.ood)]
+        for location, source in sources:
+            if (source.format == "segmentation-folder") != segmentation:
+                wanted = "segmentation-folder" if segmentation else "a classification format, not segmentation-folder"
+                raise field_error(
+                    (*location, "format"),
+                    f"the policy's task is {self.task}: its data must be {wanted}"
+                    + ("" if segmentation else " (for segmentation models set `task: segmentation`)"),
+                    source.format,
+                )
+        corruptions = self.suite.corruptions
+        if segmentation and corruptions is not None and corruptions.precomputed:
+            raise field_error(
+                ("suite", "corruptions", "precomputed"),
+                "precomputed corruptions hold no masks: a segmentation policy generates its corruptions",
+                corruptions.precomputed,
+            )
+        allowed = METRICS_BY_TASK[self.task]
+        for i, rule in enumerate(self.gate.rules):
+            if rule.metric not in allowed:
+                other = next(task for task, metrics in METRICS_BY_TASK.items() if rule.metric in metrics)
+                raise field_error(
+                    ("gate", "rules", i, "metric"),
+                    f"rule {rule.name!r}: {rule.metric} is a {other} metric but the policy's task is {self.task}; "
+                    f"{self.task} metrics: {', '.join(allowed)}",
+                    rule.metric,
+                )
+        return self
 
     _file: Path | None = PrivateAttr(None)
     _sha256: str | None = PrivateAttr(None)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 import yaml
@@ -530,3 +531,105 @@ def _write_report(path: Path, report) -> Path:
 def write_report() -> Callable[..., Path]:
     """write_report(path, report) -> path: an unsigned report file."""
     return _write_report
+
+
+# --- segmentation (issue 15): a per-pixel colour classifier on tiny segmentation-folder data ---------
+
+SEG_SIZE, SEG_CLASSES, VOID = 16, 3, 255
+
+
+class PixelNet(torch.nn.Module):
+    """Logits [N, 3, H, W]: each pixel's colour channels, scaled (class = the brightest channel)."""
+
+    def __init__(self, dropped: int | None = None):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, SEG_CLASSES, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(4.0 * torch.eye(SEG_CLASSES).view(SEG_CLASSES, SEG_CLASSES, 1, 1))
+            self.conv.bias.zero_()
+            if dropped is not None:  # "pruned": that class's weight zeroed, so it is never the brightest
+                self.conv.weight[dropped] = 0.0
+                self.conv.bias[dropped] = -10.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def write_segmentation_folder(folder: Path, images: int = 6, seed: int = 0, size: int = SEG_SIZE) -> list[np.ndarray]:
+    """images/<i>.png coloured by masks/<i>.png (quadrants of random classes, a void border row);
+    returns the masks."""
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    masks = []
+    for i in range(images):
+        mask = np.zeros((size, size), dtype=np.uint8)
+        half = size // 2
+        for r in range(2):
+            for c in range(2):
+                mask[r * half : (r + 1) * half, c * half : (c + 1) * half] = rng.integers(0, SEG_CLASSES)
+        mask[0, :] = VOID
+        picture = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
+        for k in range(SEG_CLASSES):
+            picture[..., k][mask == k] += 180
+        PIL.Image.fromarray(picture).save(folder / "images" / f"img{i:02d}.png")
+        PIL.Image.fromarray(mask, mode="L").save(folder / "masks" / f"img{i:02d}.png")
+        masks.append(mask)
+    return masks
+
+
+def segmentation_policy(folder: Path, rules: list[dict] | None = None, **sections) -> Path:
+    policy = {
+        "version": 1,
+        "name": "tiny-segmentation",
+        "task": "segmentation",
+        "models": {
+            "dense": "dense.pt",
+            "pruned": "pruned.pt",
+            "input": {"size": SEG_SIZE, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        },
+        "data": {"test": {"format": "segmentation-folder", "path": "voc"}},
+        "suite": {"seed": 1, "corruptions": {"names": ["contrast"], "severities": [1]}},
+        "gate": {
+            "rules": rules
+            or [
+                {"name": "miou", "tasks": "*", "metric": "miou_drop", "max": 0.05},
+                {"name": "agreement", "tasks": "clean", "metric": "pixel_agreement", "min": 0.5},
+            ]
+        },
+        "runtime": {"device": "cpu", "workers": 0, "batch_size": 4},
+        **sections,
+    }
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def _segmentation_case(folder: Path) -> list[np.ndarray]:
+    masks = write_segmentation_folder(folder / "voc")
+    for name, net in (("dense", PixelNet()), ("pruned", PixelNet(dropped=2))):
+        torch.jit.trace(net.eval(), torch.rand(2, 3, SEG_SIZE, SEG_SIZE)).save(str(folder / f"{name}.pt"))
+    return masks
+
+
+@pytest.fixture
+def segmentation_case(tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
+    """(folder, masks): segmentation-folder data in voc/, a dense and a pruned (class 2 lost)
+    TorchScript PixelNet; write a policy with segmentation_policy(folder)."""
+    return tmp_path, _segmentation_case(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def segmentation_report(tmp_path_factory: pytest.TempPathFactory):
+    """(Report, folder): a real `prunegate check` report of the tiny segmentation pair (clean and
+    contrast 1; the mIoU rule fails), made once per session; the folder holds its policy and data."""
+    from prunegate.cli import main
+    from prunegate.report.attest import read_envelope
+    from prunegate.report.schema import Report
+
+    folder = tmp_path_factory.mktemp("segmentation-report")
+    _segmentation_case(folder)
+    report = folder / "report.json"
+    code = main(["check", "-p", str(segmentation_policy(folder)), "-o", str(report), "-q"])
+    assert code == 1, "the tiny segmentation pair must fail its mIoU rule"
+    return Report.model_validate(read_envelope(report.read_text(), str(report))[2]["predicate"]), folder

@@ -56,7 +56,7 @@ def test_build_resolves_the_policy_once(gate_case) -> None:
     ctx = RunContext.build(policy)
     assert [t.name for t in ctx.tasks] == ["clean", "corruption/frost/5"]
     assert [s.name for s in ctx.sources] == ["test"] and ctx.sources[0].policy_field == "data.test"
-    assert (ctx.seed, ctx.size, ctx.batch_size) == (4, policy.models.input.size, policy.runtime.batch_size)
+    assert (ctx.seed, ctx.size, ctx.batch_size) == (4, policy.models.input.shape, policy.runtime.batch_size)
     assert ctx.assets.frost_textures is not None
     assert [r["name"] for r in ctx.data_records()] == ["test", "frost_textures"]
     assert ctx.task("corruption/frost/5").kind is TaskKind.CORRUPTION and ctx.task("nope") is None

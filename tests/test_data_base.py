@@ -8,8 +8,8 @@ import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2 as T2
 
-from prunegate.data import Manifest, batches, fit_to_size, select
-from prunegate.data.base import ImageSet
+from prunegate.data import CROP_FRACTION, Manifest, batches, fit_to_size, select
+from prunegate.data.base import ImageSet, covering_size
 from prunegate.errors import DataError
 
 
@@ -212,3 +212,16 @@ def test_require_path_follows_good_links_and_still_says_not_found(tmp_path: Path
     with pytest.raises(DataError) as caught:
         require_path(tmp_path / "absent.npz", "data.test.path", directory=False)
     assert caught.value.detail == "not found"
+
+
+@pytest.mark.parametrize(("image_hw", "size"), [((20, 10), (8, 6)), ((10, 20), (6, 8)), ((7, 9), (12, 5))])
+def test_fit_to_size_covers_a_height_and_width_keeping_the_aspect_ratio(image_hw, size) -> None:
+    image = torch.arange(3 * image_hw[0] * image_hw[1], dtype=torch.float32).view(3, *image_hw)
+    fitted = fit_to_size(image, size)
+    assert tuple(fitted.shape) == (3, *size)
+    resized = covering_size(image_hw, size, CROP_FRACTION)
+    assert resized[0] >= size[0] / CROP_FRACTION - 0.5 and resized[1] >= size[1] / CROP_FRACTION - 0.5
+    # one scale for both sides (up to rounding), the smallest that covers the size / 0.875
+    scale = max(size[0] / image_hw[0], size[1] / image_hw[1]) / CROP_FRACTION
+    assert resized == [max(size[0], round(image_hw[0] * scale)), max(size[1], round(image_hw[1] * scale))]
+    assert fit_to_size(image, (size[0], size[0]))[0].shape == fit_to_size(image, size[0])[0].shape

@@ -254,7 +254,7 @@ def test_a_folder_missing_from_the_class_names_is_named(folder: Path, tmp_path: 
 
 
 def test_class_names_only_for_image_folders() -> None:
-    with pytest.raises(ValueError, match="class_names is for the imagefolder"):
+    with pytest.raises(ValueError, match="class_names is for the formats imagefolder, imagefolder-flat"):
         DataSource(format="npz", path="x.npz", class_names="classes.txt")
 
 

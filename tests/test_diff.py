@@ -138,3 +138,104 @@ def test_names_with_control_characters_stay_on_their_line(base) -> None:
         assert "\x1b" not in text and "\r" not in text and "\u202e" not in text and "\u2028" not in text
         assert not any(line.startswith("error: forged") for line in text.splitlines())
     assert "clean\\x1b[2J\\r\\nerror: forged\\u202e" in render_text(result)
+
+
+# --- segmentation reports (issue 15): miou_drop and pixel_agreement decide ---------------------------
+
+
+@pytest.mark.parametrize(
+    "metric, delta, change, regression",
+    [
+        ("miou_drop", +0.02, "worse", True),
+        ("miou_drop", +0.004, "worse", False),  # within the margin of 0.005
+        ("miou_drop", -0.02, "better", False),
+        ("pixel_agreement", -0.01, "worse", True),
+        ("pixel_agreement", +0.01, "better", False),
+        ("pixel_accuracy_drop", +0.2, "worse", False),  # shown, but not one of the deciding metrics
+    ],
+)
+def test_segmentation_task_metric_changes(segmentation_report, metric, delta, change, regression) -> None:
+    report, _ = segmentation_report
+    clean = report.tasks[0]
+    new = with_task(report, "clean", **{metric: getattr(clean, metric) + delta})
+    diff = compare(report, new, margin=0.005)
+    [moved] = [c for c in diff.tasks if c.change != "same"]
+    assert (moved.task, moved.metric, moved.change, moved.regression) == ("clean", metric, change, regression)
+    assert moved.delta == pytest.approx(delta) and diff.regressed == regression
+
+
+def test_pruned_miou_is_compared_through_the_model_side(segmentation_report) -> None:
+    report, _ = segmentation_report
+    clean = report.tasks[0]
+    pruned = clean.pruned.model_copy(update={"miou": clean.pruned.miou - 0.1})
+    diff = compare(report, with_task(report, "clean", pruned=pruned))
+    [moved] = [c for c in diff.tasks if c.change != "same"]
+    assert (moved.metric, moved.change, moved.regression) == ("pruned_miou", "worse", False)
+    assert moved.delta == pytest.approx(-0.1) and not diff.regressed
+
+
+def test_identical_segmentation_reports_do_not_regress(segmentation_report) -> None:
+    report, _ = segmentation_report
+    diff = compare(report, report)
+    assert not diff.regressed and {c.change for c in diff.tasks} == {"same"}
+    assert {c.metric for c in diff.tasks} == {
+        "miou_drop",
+        "pixel_agreement",
+        "pruned_miou",
+        "dense_miou",
+        "pixel_accuracy_drop",
+    }
+    assert len(diff.tasks) == 5 * len(report.tasks) and "no task metric changed" in render_text(diff)
+    # a metric neither report defines (NaN) did not change either
+    undefined = with_task(report, "clean", class_iou_drop=None, pixel_agreement=None)
+    again = compare(undefined, undefined)
+    assert not again.regressed and {c.change for c in again.tasks} == {"same"}
+
+
+def test_segmentation_diff_command_exit_codes(tmp_path, capsys, segmentation_report, write_report) -> None:
+    report, _ = segmentation_report
+    clean = report.tasks[0]
+    old = write_report(tmp_path / "old.json", report)
+    same = write_report(tmp_path / "same.json", report)
+    worse = write_report(tmp_path / "worse.json", with_task(report, "clean", miou_drop=clean.miou_drop + 0.03))
+    assert main(["diff", str(old), str(same)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    assert main(["diff", str(old), str(worse)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("prunegate diff: REGRESSED: 1 change(s)")
+    [line] = [line for line in out.splitlines() if line.lstrip().startswith("✗")]
+    assert "clean" in line and "miou_drop" in line and "+3.00pp" in line
+    assert main(["diff", str(old), str(worse), "--margin", "0.05"]) == 0
+    assert "no regression beyond the margin of 0.05" in capsys.readouterr().out
+    assert main(["diff", str(old), str(worse), "--markdown"]) == 1
+    text = capsys.readouterr().out
+    assert text.startswith("## ❌ prunegate diff") and "| ❌ | clean | miou\\_drop |" in text
+
+
+def test_a_classification_and_a_segmentation_report_compare_only_rules(
+    tmp_path, capsys, base, segmentation_report, write_report
+) -> None:
+    segmentation, _ = segmentation_report
+    diff = compare(base, segmentation)
+    assert "one report gates classification, the other segmentation: only their rules are compared" in diff.notes
+    assert diff.tasks == [] and not diff.regressed
+    changes = {c.name: c.change for c in diff.rules}
+    assert changes == {
+        **{r.name: "added" for r in segmentation.rules},
+        **{r.name: "removed" for r in base.rules},
+    }
+    old = write_report(tmp_path / "classification.json", base)
+    new = write_report(tmp_path / "segmentation.json", segmentation)
+    assert main(["diff", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "only their rules are compared" in out and "no task metric changed" in out
+    # a rule of the same name still compares: one that passed and now fails regresses
+    passing = next(r for r in base.rules if r.passed)
+    failing = next(r for r in segmentation.rules if not r.passed)
+    rules = [r.model_copy(update={"name": passing.name}) if r is failing else r for r in segmentation.rules]
+    renamed = segmentation.model_copy(update={"rules": rules})
+    flipped = compare(base, renamed)
+    assert flipped.regressed and flipped.tasks == []
+    assert [c.change for c in flipped.regressions] == ["now fails"]
+    assert any(f"rule {passing.name!r} is defined differently" in note for note in flipped.notes)
+    assert main(["diff", str(old), str(write_report(tmp_path / "renamed.json", renamed))]) == 1

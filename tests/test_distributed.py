@@ -83,3 +83,39 @@ def test_torchrun_gives_the_same_report_as_one_process(tmp_path: Path, gate_case
     )  # auto's timed choice may differ between the two runs
     one, _ = compare_with_torchrun(policy, tmp_path)
     assert [t["n"] for t in one["tasks"]] == [37, 74, 74, 37, 37, 37, 37]
+
+
+def test_torchrun_gives_the_same_segmentation_report_as_one_process(tmp_path: Path) -> None:
+    # 7 images in batches of 3 over 2 processes: parts of 4 and 3 images, partial last batches;
+    # clean, a corruption and a noise task with 2 draws (14 slots), bootstrap intervals and rules
+    # on the mean mIoU drop and on the clean pixel agreement.
+    import torch
+
+    from conftest import SEG_SIZE, PixelNet, segmentation_policy, write_segmentation_folder
+
+    write_segmentation_folder(tmp_path / "voc", images=7, seed=3)
+    for name, net in (("dense", PixelNet()), ("pruned", PixelNet(dropped=2))):
+        torch.jit.trace(net.eval(), torch.rand(2, 3, SEG_SIZE, SEG_SIZE)).save(str(tmp_path / f"{name}.pt"))
+    policy = segmentation_policy(
+        tmp_path,
+        rules=[
+            {"name": "mean miou", "tasks": "*", "metric": "miou_drop", "aggregate": "mean", "max": 0.05},
+            {"name": "agreement", "tasks": "clean", "metric": "pixel_agreement", "min": 0.5},
+        ],
+        suite={
+            "seed": 1,
+            "noise": [{"kind": "gaussian", "levels": [0.2], "draws": 2}],
+            "corruptions": {"names": ["contrast"], "severities": [1]},
+        },
+        runtime={"device": "cpu", "workers": 0, "batch_size": 3, "backend": "torch"},
+    )
+    one, _ = compare_with_torchrun(policy, tmp_path)
+    assert one["task"] == "segmentation"
+    assert [(t["name"], t["n"]) for t in one["tasks"]] == [
+        ("clean", 7),
+        ("noise/gaussian/0.2", 14),
+        ("corruption/contrast/1", 7),
+    ]
+    for task in one["tasks"]:  # the compared records carry the segmentation metrics and intervals
+        assert task["miou_drop"] > 0 and task["pixels"] == 7 * (SEG_SIZE - 1) * SEG_SIZE * (task["n"] // 7)
+        assert {"miou_drop", "pixel_agreement", "pruned_miou", "class_iou_drop"} <= set(task["intervals"])

@@ -63,7 +63,7 @@ def context(tasks=TASKS, sources=(), seed: int = 0, batch_size: int = 64, pre=No
         tuple(tasks),
         tuple(sources),
         pre or Preprocess.create(MEAN, STD, CPU),
-        SIZE,
+        (SIZE, SIZE),
         seed,
         batch_size,
         workers=0,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -152,3 +153,103 @@ def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> N
     Image.new("RGB", (300, 240), (255, 255, 255)).save(folder / "black.png")
     changed = build_gallery(report, limit=100, per_task=3)
     assert {key[0] for key in changed.images} == {"clean"} and any("differ" in n for n in changed.notes)
+
+
+# --- segmentation (issue 15): the worst image's panel ---------------------------------------------
+
+
+def b64png(mask: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_voc_palette_and_overlay() -> None:
+    from prunegate.data import IGNORED
+    from prunegate.report.gallery import overlay, voc_palette
+
+    palette = voc_palette()
+    assert palette.shape == (256, 3)
+    assert palette[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert palette[15].tolist() == [192, 128, 128] and palette[255].tolist() == [224, 224, 192]
+    image = np.full((2, 3, 3), 100, np.uint8)
+    mask = np.array([[0, 1, IGNORED], [2, 7, 255]])
+    out = overlay(image, mask, classes=3, alpha=0.5)
+    assert out[0, 2].tolist() == [100, 100, 100]  # ignored: uncoloured
+    assert out[1, 1].tolist() == out[1, 2].tolist() == [100, 100, 100]  # not a class of the models
+    assert out[0, 0].tolist() == [50, 50, 50] and out[0, 1].tolist() == [114, 50, 50]
+    assert out[1, 0].tolist() == [50, 114, 50]
+    assert overlay(image[..., :1], mask, classes=3).shape == (2, 3, 3)  # grey input
+
+
+def test_decode_mask_checks_what_it_reads() -> None:
+    from prunegate.report.gallery import decode_mask
+
+    mask = np.arange(12).reshape(3, 4) % 3
+    assert (decode_mask(b64png(mask), (3, 4)) == mask).all()
+    with pytest.raises(ValueError, match="4x3 pixels, the input is 3x4"):
+        decode_mask(b64png(mask), (4, 3))
+    with pytest.raises(ValueError, match="not a base64 PNG"):
+        decode_mask("not base64!", (3, 4))
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 3)).save(buffer, format="PNG")
+    with pytest.raises(ValueError, match="single-channel"):
+        decode_mask(base64.b64encode(buffer.getvalue()).decode(), (3, 4))
+
+
+def masked(report, dense: str | None, pruned: str | None):
+    """The report with these masks on the first example of its task with the largest mIoU drop
+    (and none elsewhere)."""
+    worst = max(report.tasks, key=lambda t: t.miou_drop)
+    tasks = []
+    for task in report.tasks:
+        examples = [e.model_copy(update={"dense_mask": None, "pruned_mask": None}) for e in task.segmentation_examples]
+        if task is worst:
+            examples[0] = examples[0].model_copy(update={"dense_mask": dense, "pruned_mask": pruned})
+        tasks.append(task.model_copy(update={"segmentation_examples": examples}))
+    return report.model_copy(update={"tasks": tasks}), worst, worst.segmentation_examples[0]
+
+
+def test_panel_rebuilds_the_input_and_overlays_the_masks(segmentation_report) -> None:
+    from prunegate.data import IGNORED
+    from prunegate.report.gallery import build_gallery, overlay
+
+    report, folder = segmentation_report
+    policy = load_policy(folder / "policy.yaml")
+    ctx = RunContext.build(policy, sources=())
+    images = open_source(policy.data.test, policy.resolve, "data.test")
+    worst = max(report.tasks, key=lambda t: t.miou_drop)
+    index = worst.segmentation_examples[0].index
+    batch, truth, _ = images.read_batch([index], ctx.size, policy.data.max_pixels)
+    x = batch.permute(0, 3, 1, 2).float() / 255
+    shown = task_pixels(ctx, ctx.task(worst.name), x, torch.tensor([index]), 0).pixels(ctx.pre)
+    expected = shown.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1)[0].numpy()
+    truth = truth[0].numpy()
+    assert (truth[0] == IGNORED).all()  # the void border row
+    dense = np.where(truth == IGNORED, 0, truth)
+    pruned = np.where(dense == 2, 1, dense)
+    report, task, example = masked(report, b64png(dense), b64png(pruned))
+
+    gallery = build_gallery(report)
+    assert gallery.notes == []
+    panel = gallery.panels[(task.name, example.index, 0)]
+    assert (decode(panel.input) == expected).all()
+    assert (decode(panel.truth) == overlay(expected, truth, 3)).all()
+    assert (decode(panel.truth)[0] == expected[0]).all()  # ignored pixels stay uncoloured
+    assert (decode(panel.dense) == overlay(expected, dense, 3)).all()
+    assert (decode(panel.pruned) == overlay(expected, pruned, 3)).all()
+    assert panel.classes == sorted(set(np.unique(dense).tolist()) | set(np.unique(pruned).tolist()))
+
+
+def test_panel_without_masks_or_with_bad_ones(segmentation_report) -> None:
+    from prunegate.report.gallery import build_gallery
+
+    report, _ = segmentation_report
+    bare, _, _ = masked(report, None, None)
+    assert build_gallery(bare).panels == {} and build_gallery(bare).notes == []
+    good = b64png(np.zeros((16, 16)))
+    odd, task, example = masked(report, good, b64png(np.zeros((8, 8))))
+    gallery = build_gallery(odd)
+    panel = gallery.panels[(task.name, example.index, 0)]
+    assert panel.input and panel.truth and panel.dense and panel.pruned is None
+    assert "pruned model's recorded mask" in gallery.note and "8x8 pixels, the input is 16x16" in gallery.note

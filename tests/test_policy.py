@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from prunegate.errors import PolicyError
 from prunegate.plan import build_plan
-from prunegate.policy import load_policy, policy_json_schema
+from prunegate.policy import load_policy, policy_from_dict, policy_json_schema
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -439,3 +439,80 @@ def test_json_schema_is_json_with_the_top_level_fields() -> None:
     assert {"version", "name", "models", "data", "suite", "gate", "runtime"} <= set(schema["properties"])
     assert {"version", "name", "models", "data", "gate"} <= set(schema["required"])
     assert schema.get("additionalProperties") is False
+
+
+# --- task: segmentation (issue 15) ----------------------------------------------------------------
+
+
+def segmentation_document(**changes) -> dict:
+    document = {
+        "version": 1,
+        "name": "seg",
+        "task": "segmentation",
+        "models": {"dense": "d.onnx", "pruned": "p.onnx", "input": {"size": 513}},
+        "data": {"test": {"format": "segmentation-folder", "path": "voc"}},
+        "gate": {"rules": [{"name": "miou", "tasks": "*", "metric": "miou_drop", "max": 0.01}]},
+    }
+    for key, value in changes.items():
+        document[key] = value
+    return document
+
+
+def test_task_defaults_to_classification_and_size_takes_height_and_width() -> None:
+    document = segmentation_document()
+    del document["task"]
+    document["data"]["test"] = {"format": "npz", "path": "x.npz"}
+    document["gate"]["rules"][0]["metric"] = "accuracy_drop"
+    policy = policy_from_dict(document)
+    assert policy.task == "classification" and policy.models.input.shape == (513, 513)
+    seg = policy_from_dict(segmentation_document(models={"dense": "d", "pruned": "p", "input": {"size": [480, 640]}}))
+    assert seg.task == "segmentation" and seg.models.input.shape == (480, 640)
+    assert seg.data.test.mask_ignore == 255
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "words"),
+    [
+        ({"task": "detection"}, "task", "'classification' or 'segmentation'"),
+        (
+            {"gate": {"rules": [{"name": "top1", "tasks": "*", "metric": "accuracy_drop", "max": 0.01}]}},
+            "gate.rules.0.metric",
+            "rule 'top1': accuracy_drop is a classification metric",
+        ),
+        ({"data": {"test": {"format": "npz", "path": "x.npz"}}}, "data.test.format", "segmentation-folder"),
+        (
+            {"data": {"test": {"format": "segmentation-folder", "path": "v", "ignore_index": -1}}},
+            "data.test.ignore_index",
+            "greater than or equal to 0",
+        ),
+        (
+            {"suite": {"corruptions": {"precomputed": "cifar10-c"}}},
+            "suite.corruptions.precomputed",
+            "hold no masks",
+        ),
+        ({"models": {"dense": "d", "pruned": "p", "input": {"size": [1, 2, 3]}}}, "models.input.size", "at most 2"),
+        ({"models": {"dense": "d", "pruned": "p", "input": {"size": [0, 2]}}}, "models.input.size", "greater than 0"),
+    ],
+)
+def test_segmentation_policy_errors_name_the_field(change: dict, field: str, words: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(segmentation_document(**change))
+    assert info.value.field is not None and info.value.field.startswith(field), str(info.value)
+    assert words in str(info.value)
+
+
+def test_a_segmentation_metric_in_a_classification_policy_names_the_rule() -> None:
+    document = segmentation_document(task="classification", data={"test": {"format": "npz", "path": "x.npz"}})
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(document)
+    assert info.value.field == "gate.rules.0.metric"
+    assert "rule 'miou': miou_drop is a segmentation metric but the policy's task is classification" in str(info.value)
+
+
+def test_ignore_index_is_for_segmentation_folders_only() -> None:
+    document = segmentation_document(task="classification")
+    document["data"] = {"test": {"format": "npz", "path": "x.npz", "ignore_index": 0}}
+    document["gate"]["rules"][0]["metric"] = "accuracy_drop"
+    with pytest.raises(PolicyError) as info:
+        policy_from_dict(document)
+    assert info.value.field == "data.test.ignore_index"

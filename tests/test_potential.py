@@ -138,3 +138,52 @@ def test_prune_cli_writes_a_family(tmp_path: Path, capsys) -> None:
     assert code == 2 and "already exists" in capsys.readouterr().err
     code = main(["prune", "--model", str(state), "--ratios", "1.5", "--input-size", "8", "--out", str(out)])
     assert code == 2 and "--ratios" in capsys.readouterr().err
+
+
+def test_potential_of_a_segmentation_family_counts_errors_as_one_minus_miou(
+    segmentation_report, tmp_path: Path, capsys
+) -> None:
+    """Two members of the tiny segmentation pair's family, a copy of the dense model and the
+    class-dropped one: their errors are 1 - mIoU, exactly as a check report of each measures it
+    (the copy's checked here; the class-dropped one's is the session's report of that pair)."""
+    import yaml
+
+    from prunegate.report.attest import read_envelope
+
+    dropped, folder = segmentation_report
+    dropped = dropped.model_dump(mode="json")
+    copy_model = tmp_path / "copy.pt"
+    copy_model.write_bytes((folder / "dense.pt").read_bytes())
+    members = [copy_model, folder / "pruned.pt"]
+    out = tmp_path / "potential.json"
+    policy = folder / "policy.yaml"  # the session report's; nothing is written next to it
+    code = main(["potential", "-p", str(policy), "--pruned", *map(str, members), "--out", str(out), "--delta", "0.01"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+
+    document = yaml.safe_load(policy.read_text())  # the same policy, gating the copy
+    document["models"].update({"dense": str(folder / "dense.pt"), "pruned": str(copy_model)})
+    document["data"]["test"]["path"] = str(folder / "voc")
+    (tmp_path / "copy.yaml").write_text(yaml.safe_dump(document))
+    report = tmp_path / "copy.json"
+    assert main(["check", "-p", str(tmp_path / "copy.yaml"), "-o", str(report), "-q"]) == 0
+    copy = read_envelope(report.read_text(), str(report))[2]["predicate"]
+    assert [d["sha256"] for d in dropped["data"]] == [d["sha256"] for d in copy["data"]]
+    assert result["dense"]["sha256"] == copy["models"]["dense"]["sha256"] == dropped["models"]["dense"]["sha256"]
+    shas = [copy["models"]["pruned"]["sha256"], dropped["models"]["pruned"]["sha256"]]
+    assert [m["sha256"] for m in result["members"]] == shas
+
+    rows = {row["name"]: row for row in result["tasks"]}
+    assert list(rows) == [t["name"] for t in copy["tasks"]] == ["clean", "corruption/contrast/1"]
+    for i, checked in enumerate((copy, dropped)):
+        for task in checked["tasks"]:
+            row = rows[task["name"]]
+            assert row["dense_error"] == pytest.approx(1 - task["dense"]["miou"], abs=1e-12)
+            assert row["errors"][i] == pytest.approx(1 - task["pruned"]["miou"], abs=1e-12)
+            assert result["n"][task["name"]] == task["n"]
+    clean = rows["clean"]
+    assert clean["errors"][0] == clean["dense_error"] == 0.0 < 0.2 < clean["errors"][1]  # the lost class
+    ratios = [m["prune_ratio"] for m in result["members"]]
+    assert clean["potential"] == ratios[0]  # only the copy is within delta
+    groups = {g["name"]: g for g in result["groups"]}
+    assert set(groups) == {"clean", "contrast"} and groups["clean"]["excess_error"] == [0.0, 0.0]

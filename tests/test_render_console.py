@@ -1,6 +1,7 @@
 """The console renderer shows the report's own text literally: a report may come from anyone, and
 its names must neither drive the terminal (escape sequences, line breaks, bidi overrides) nor be
-read as rich markup — in the rendering, and again when the CLI prints the rendering."""
+read as rich markup — in the rendering, and again when the CLI prints the rendering. The tasks
+table shows the metrics of the report's kind (accuracies, or mIoU for segmentation)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from prunegate.report.render import console
+from prunegate.report.render.common import format_metric
 
 ESCAPE = "a\x1b[2Jb"
 MARKUP = "[bold red]x[/]"
@@ -123,3 +125,98 @@ def test_prune_potential_group_names_are_shown_literally() -> None:
     for color in (False, True):
         text = console.render_potential(result, color=color, width=200)
         _assert_literal(text, 1)
+
+
+# --- segmentation (issue 15) --------------------------------------------------------------------
+
+
+def header_cells(text: str) -> list[str]:
+    """The cells of the first table header row (the tasks table) of a plain rendering."""
+    line = next(line for line in text.splitlines() if line.startswith("┃"))
+    return [cell.strip() for cell in line.strip("┃").split("┃")]
+
+
+def table_line(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(f"│ {name} "))
+
+
+def test_segmentation_tasks_show_miou_columns(segmentation_report) -> None:
+    report, _ = segmentation_report
+    text = console.render(report, width=250)
+    assert header_cells(text) == [
+        "task",
+        "n",
+        "dense mIoU",
+        "pruned mIoU",
+        "mIoU drop",
+        "95% CI",
+        "pixel agreement",
+        "worst class",
+    ]
+    assert not any("acc" in cell for cell in header_cells(text))  # no accuracy column
+    for task in report.tasks:
+        cells = [c.strip() for c in table_line(text, task.name).strip("│").split("│")]
+        interval = task.intervals["miou_drop"]
+        worst = task.worst_class_iou
+        assert cells[1:] == [
+            str(task.n),
+            format_metric("dense_miou", task.dense.miou),
+            format_metric("pruned_miou", task.pruned.miou),
+            format_metric("miou_drop", task.miou_drop),
+            console.format_interval("miou_drop", interval.low, interval.high),
+            format_metric("pixel_agreement", task.pixel_agreement),
+            f"class {worst.label} {format_metric('class_iou_drop', worst.drop)}",  # no class names
+        ]
+    assert "non-finite" not in text  # none in this report
+
+
+def test_segmentation_non_finite_pixels_and_class_names(segmentation_report) -> None:
+    report, _ = segmentation_report
+    first = report.tasks[0]
+    broken = first.model_copy(
+        update={
+            "dense": first.dense.model_copy(update={"nonfinite": 1234}),
+            "worst_class_iou": first.worst_class_iou.model_copy(update={"name": "[red]road[/]"}),
+        }
+    )
+    text = console.render(report.model_copy(update={"tasks": [broken, *report.tasks[1:]]}), width=250)
+    assert header_cells(text)[-1] == "non-finite px"
+    line = table_line(text, first.name)
+    assert line.rstrip("│ ").endswith("1,234 / 0")
+    assert f"[red]road[/] {format_metric('class_iou_drop', first.worst_class_iou.drop)}" in line  # literally
+    assert table_line(text, report.tasks[1].name).rstrip("│ ").endswith("0 / 0")
+
+
+def test_many_segmentation_tasks_are_summarised_per_group(segmentation_report) -> None:
+    report, _ = segmentation_report
+    corruption = report.tasks[1]
+    many = [corruption.model_copy(update={"name": f"corruption/contrast/{i}"}) for i in range(console.MAX_TASK_ROWS)]
+    text = console.render(report.model_copy(update={"tasks": [report.tasks[0], *many]}), width=250)
+    assert "mean per group" in text and "95% CI" not in header_cells(text)
+    cells = [c.strip() for c in table_line(text, f"contrast ({len(many)} tasks)").strip("│").split("│")]
+    assert cells[1:5] == [
+        str(corruption.n * len(many)),
+        format_metric("dense_miou", corruption.dense.miou),
+        format_metric("pruned_miou", corruption.pruned.miou),
+        format_metric("miou_drop", corruption.miou_drop),
+    ]
+
+
+def test_segmentation_corruption_line_says_its_error(segmentation_report, sample_report) -> None:
+    report, _ = segmentation_report
+    summary = report.corruption_summary
+    per = [c.model_copy(update={"dense_error": 0.2, "ce": 1.5}) for c in summary.per_corruption]
+    report = report.model_copy(
+        update={"corruption_summary": summary.model_copy(update={"per_corruption": per, "mce": 1.5})}
+    )
+    assert console.corruption_line(report) == (
+        f"corruptions (error: 1 - mIoU): mCE (pruned errors / dense errors) 1.500; worst {per[0].name} CE 1.500"
+    )
+    # classification's line is as it was
+    assert console.corruption_line(sample_report(corruptions=("fog",))).startswith("corruptions: mCE (pruned")
+
+
+def test_classification_tasks_keep_their_columns(sample_report) -> None:
+    text = console.render(sample_report(failing=True), width=250)
+    assert header_cells(text) == ["task", "n", "dense", "pruned", "drop", "95% CI", "agree", "broke", "err κ"]
+    assert "mIoU" not in text and "worst class" not in text

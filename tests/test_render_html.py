@@ -127,3 +127,185 @@ def test_report_html_command(tmp_path, capsys, sample_report, write_report) -> N
     assert main(["report", "html", str(path), "--out", str(tmp_path / "no" / "such.html")]) == 2
     assert main(["report", "html", str(path), "--out", str(path)]) == 2
     capsys.readouterr()
+
+
+# --- segmentation (issue 15) -------------------------------------------------------------------
+
+
+def b64png(mask: np.ndarray) -> str:
+    """A mask of class indices as the check records it: a base64 8-bit 'L' PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def without_masks(report):
+    """The report with no predicted masks recorded (as before check recorded them)."""
+    update = {"dense_mask": None, "pruned_mask": None}
+    tasks = [
+        t.model_copy(update={"segmentation_examples": [e.model_copy(update=update) for e in t.segmentation_examples]})
+        for t in report.tasks
+    ]
+    return report.model_copy(update={"tasks": tasks})
+
+
+def with_masks(report, dense: np.ndarray, pruned: np.ndarray):
+    """(the report with masks on its worst image only, as check records them, that task, that
+    example): the first example of the task with the largest mIoU drop."""
+    report = without_masks(report)
+    task = max(report.tasks, key=lambda t: t.miou_drop)
+    first = task.segmentation_examples[0].model_copy(
+        update={"dense_mask": b64png(dense), "pruned_mask": b64png(pruned)}
+    )
+    tasks = [
+        t.model_copy(update={"segmentation_examples": [first, *t.segmentation_examples[1:]]}) if t is task else t
+        for t in report.tasks
+    ]
+    return report.model_copy(update={"tasks": tasks}), task, first
+
+
+def truth_mask(folder, index: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(sorted((folder / "voc" / "masks").iterdir())[index]))
+
+
+def test_segmentation_tasks_show_miou_columns(segmentation_report) -> None:
+    report, _ = segmentation_report
+    doc = parse(html.render(report))
+    header = [th.text_content() for th in doc.xpath("//section[@id='tasks']//table[contains(@class, 'tasks')]//th")]
+    assert header == ["task", "n", "dense mIoU", "pruned mIoU", "mIoU drop", "pixel agreement", "worst class (IoU)"]
+    rows = doc.xpath("//section[@id='tasks']//table[contains(@class, 'tasks')]//tbody/tr")
+    assert [r.xpath("string(td[1])") for r in rows] == [t.name for t in report.tasks]
+    clean = report.tasks[0]
+    cells = [td.text_content() for td in rows[0].xpath("td")]
+    assert cells[2] == "100.00%[100.00%, 100.00%]"
+    assert cells[3].startswith(f"{100 * clean.pruned.miou:.2f}%[")
+    low, high = clean.intervals["miou_drop"].low, clean.intervals["miou_drop"].high
+    assert cells[4] == f"{100 * clean.miou_drop:+.2f}pp[{100 * low:+.2f}pp, {100 * high:+.2f}pp]"
+    assert cells[5].startswith(f"{100 * clean.pixel_agreement:.2f}%")
+    assert cells[6] == "2 +100.0pp"  # class 2 is the one the pruned pair lost
+    table = doc.xpath("string(//section[@id='tasks'])")
+    assert "n/a" not in table and "softmax" not in table and "dense acc" not in table
+
+
+def test_segmentation_figures_include_per_class_iou(segmentation_report) -> None:
+    from prunegate.report.render import plots
+
+    report, _ = segmentation_report
+    doc = parse(html.render(report))
+    figures = doc.xpath("//section[@id='figures']//figure")
+    assert [f.get("id") for f in figures] == ["miou-vs-severity", "class-iou-drop"]
+    assert all(f.xpath("string(.//img/@src)").startswith("data:image/svg+xml;base64,") for f in figures)
+    worst = plots.worst_task(report)
+    assert worst is not None and worst.miou_drop == max(t.miou_drop for t in report.tasks)
+    assert [c for c, _ in plots._iou_drops(worst)] == [0, 1, 2]
+    assert plots._iou_drops(worst)[2][1] == 1.0
+    # classes in neither truth nor prediction (None for both models) are left out; a class one model
+    # alone never meets counts as IoU 0 there
+    from prunegate.report.schema import ClassIoU
+
+    odd = worst.model_copy(update={"class_iou": ClassIoU(dense=[0.9, None, None, 0.5], pruned=[0.6, None, 0.0, 0.5])})
+    assert plots._iou_drops(odd) == [(0, pytest.approx(0.3)), (2, 0.0), (3, 0.0)]
+    # class names come from the data record when it has them
+    data = [d.model_copy(update={"classes": ["sky", "road", "car"]}) for d in report.data]
+    named = report.model_copy(update={"data": data})
+    assert plots.class_iou_drop(named).uri != plots.class_iou_drop(report).uri
+    from conftest import _sample_report
+
+    assert plots.class_iou_drop(_sample_report(failing=True)) is None
+
+
+def test_segmentation_example_without_masks_shows_numbers(segmentation_report) -> None:
+    report = without_masks(segmentation_report[0])
+    doc = parse(html.render(report))
+    [section] = doc.xpath("//section[@id='gallery-section']")
+    text = section.text_content()
+    assert not section.xpath(".//img") and "records no predicted masks" in text
+    task = max(report.tasks, key=lambda t: t.miou_drop)
+    worst = task.segmentation_examples[0]
+    assert f"{task.name}, test #{worst.index}" in text
+    assert f"{100 * worst.drop:+.2f}pp" in text and f"{100 * worst.pruned_miou:.2f}%" in text
+    others = section.xpath(".//table[@class='segmentation-examples']//tbody/tr")
+    assert len(others) == sum(len(t.segmentation_examples) for t in report.tasks) - 1
+
+
+def test_segmentation_panel_shows_four_overlays(segmentation_report) -> None:
+    from prunegate.report.gallery import build_gallery
+
+    report, folder = segmentation_report
+    report, task, worst = with_masks(report, *_predictions(truth_mask(folder, 4)))
+    assert worst.index == 4
+    gallery = build_gallery(report)
+    assert gallery.notes == [] and list(gallery.panels) == [(task.name, 4, 0)]
+    page = html.render(report, gallery=gallery)
+    doc = parse(page)
+    [panel] = doc.xpath("//div[contains(@class, 'segmentation-panel')]")
+    sources = panel.xpath(".//img/@src")
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)
+    captions = [c.text_content() for c in panel.xpath(".//figcaption")]
+    dense, pruned = f"{100 * worst.dense_miou:.2f}%", f"{100 * worst.pruned_miou:.2f}%"
+    assert captions == ["input as shifted", "ground truth", f"dense: mIoU {dense}", f"pruned: mIoU {pruned}"]
+    assert [s.text_content() for s in doc.xpath("//p[@class='legend']/span")] == ["0", "1", "2"]
+    for element in doc.iter():  # still self-contained
+        for name in ("src", "href"):
+            assert element.get(name) is None or element.get(name).startswith(("data:", "#"))
+    assert html.render(report, gallery=gallery) == page
+
+
+def test_the_masks_check_records_draw_the_panel(segmentation_report) -> None:
+    from prunegate.report.gallery import build_gallery
+
+    report, _ = segmentation_report
+    if not any(e.dense_mask for t in report.tasks for e in t.segmentation_examples):
+        pytest.skip("this check records no predicted masks yet")
+    gallery = build_gallery(report)
+    assert gallery.notes == [] and len(gallery.panels) == 1
+    doc = parse(html.render(report, gallery=gallery))
+    assert len(doc.xpath("//div[contains(@class, 'segmentation-panel')]//img")) == 4
+
+
+def test_segmentation_panel_degrades_to_numbers(segmentation_report, tmp_path) -> None:
+    from prunegate.report.gallery import build_gallery
+
+    report, folder = segmentation_report
+    report, _, _ = with_masks(report, *_predictions(truth_mask(folder, 4)))
+    # no gallery made for the page
+    text = parse(html.render(report)).xpath("string(//section[@id='gallery-section'])")
+    assert "images not rebuilt" in text and "+75.00pp" in text
+    # the data is not where the report's policy says
+    moved = report.model_copy(
+        update={"policy": report.policy.model_copy(update={"path": str(tmp_path / "policy.yaml")})}
+    )
+    gallery = build_gallery(moved)
+    assert gallery.panels == {} and "not readable here" in gallery.note
+    [section] = parse(html.render(moved, gallery=gallery)).xpath("//section[@id='gallery-section']")
+    assert not section.xpath(".//img") and "not readable here" in section.text_content()
+
+
+def test_segmentation_groups_many_tasks(segmentation_report) -> None:
+    report, _ = segmentation_report
+    tasks = [t.model_copy(update={"name": f"copy{i}-{t.name}"}) for i in range(7) for t in report.tasks]
+    doc = parse(html.render(report.model_copy(update={"tasks": tasks})))
+    [groups] = doc.xpath("//table[@class='groups']")
+    assert [th.text_content() for th in groups.xpath(".//th")][2:] == [
+        "dense mIoU",
+        "pruned mIoU",
+        "mIoU drop",
+        "pixel agreement",
+    ]
+    rows = groups.xpath(".//tbody/tr")
+    assert [r.xpath("string(td[1])") for r in rows] == ["clean (mean of 7)", "contrast (mean of 7)"]
+    assert rows[0].xpath("string(td[3])") == "100.00%"
+
+
+def _predictions(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dense, pruned) predicted masks for a ground truth: dense right (void as class 0), pruned
+    without class 2 (as the pruned pair)."""
+    dense = np.where(truth == 255, 0, truth)
+    return dense, np.where(dense == 2, 1, dense)

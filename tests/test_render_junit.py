@@ -107,3 +107,24 @@ def test_the_schema_rejects_what_ci_tools_reject(sample_report, schema) -> None:
     case = root.find(".//testcase")
     del case.attrib["name"]  # a test case needs a name
     assert not schema.validate(root)
+
+
+def test_a_segmentation_report_has_one_test_case_per_rule(segmentation_report, schema) -> None:
+    report, _ = segmentation_report
+    text = junit.render(report)
+    root = parse_valid(text, schema)
+    cases = root.findall(".//testcase")
+    assert [c.get("name") for c in cases] == [r.name for r in report.rules] == ["miou", "agreement"]
+    assert int(root.get("failures")) == len(report.failed_rules()) == 1
+    miou, agreement = report.rules
+    failure = cases[0].find("failure")
+    assert failure.get("message") == (
+        f"miou_drop {junit.common.format_metric('miou_drop', miou.value)} ({junit.common.over_text(miou)}) "
+        f"vs threshold {junit.common.threshold_text(miou)}"
+    )
+    for task in miou.per_task:
+        assert f"{task.task}: miou_drop {junit.common.format_metric('miou_drop', task.value)}" in failure.text
+    assert cases[1].find("failure") is None
+    out = cases[1].findtext("system-out")
+    assert out == f"PASS      clean: pixel_agreement {junit.common.format_metric('pixel_agreement', agreement.value)}"
+    assert "accuracy" not in text

@@ -4,7 +4,7 @@ import re
 
 from markdown_it import MarkdownIt
 
-from prunegate.report.render import markdown
+from prunegate.report.render import common, markdown
 
 
 def gfm(text: str) -> str:
@@ -90,3 +90,52 @@ def test_control_characters_in_names_are_escaped_not_printed(sample_report) -> N
     assert not any(c in text for c in "\x1b\u202e\x9b\x07")
     assert "noise agreement\\\\x1b\\[2J\\\\u202e\\\\x9b" in text  # markdown-escaped, so GFM shows \x1b[2J...
     assert "noise agreement\\x1b[2J\\u202e\\x9b" in gfm(text)
+
+
+# --- segmentation (issue 15) --------------------------------------------------------------------
+
+
+def test_segmentation_tasks_show_miou_columns(segmentation_report) -> None:
+    report, _ = segmentation_report
+    text = markdown.render(report)
+    html = gfm(text)
+    rules = table_rows(html)
+    assert [r[2] for r in rules[1:]] == ["miou_drop", "pixel_agreement"]
+    header, *body = table_rows(html, 1)
+    assert header == ["task", "n", "dense mIoU", "pruned mIoU", "mIoU drop", "95% CI", "pixel agreement", "worst class"]
+    assert not any("acc" in cell for cell in header)  # no accuracy column
+    assert "n/a" not in text
+    for row, task in zip(body, report.tasks, strict=True):
+        worst = task.worst_class_iou
+        assert row == [
+            task.name,
+            str(task.n),
+            common.format_metric("dense_miou", task.dense.miou),
+            common.format_metric("pruned_miou", task.pruned.miou),
+            common.format_metric("miou_drop", task.miou_drop),
+            common.format_interval("miou_drop", task.intervals["miou_drop"]),
+            common.format_metric("pixel_agreement", task.pixel_agreement),
+            f"class {worst.label} {common.format_metric('class_iou_drop', worst.drop)}",
+        ]
+
+
+def test_segmentation_non_finite_pixels_and_groups(segmentation_report) -> None:
+    report, _ = segmentation_report
+    corruption = report.tasks[1]
+    broken = corruption.model_copy(update={"pruned": corruption.pruned.model_copy(update={"nonfinite": 7})})
+    many = [broken.model_copy(update={"name": f"corruption/contrast/{i}"}) for i in range(markdown.MAX_TASK_ROWS)]
+    html = gfm(markdown.render(report.model_copy(update={"tasks": [report.tasks[0], *many]})))
+    header, clean, group = table_rows(html, 1)
+    assert header == ["task group", "n", "dense mIoU", "pruned mIoU", "mIoU drop", "pixel agreement"] + [
+        "worst class",
+        "non-finite px",
+    ]  # no interval for a group's mean
+    assert clean[0] == "clean" and clean[-1] == "0 / 0"
+    assert group[0] == f"contrast (mean of {len(many)})" and group[-1] == f"0 / {7 * len(many)}"
+    assert group[4] == common.format_metric("miou_drop", corruption.miou_drop)
+
+
+def test_classification_tasks_keep_their_columns(sample_report) -> None:
+    html = gfm(markdown.render(sample_report(failing=True)))
+    assert table_rows(html, 1)[0] == ["task", "n", "dense acc", "pruned acc", "drop", "agreement"]
+    assert "mIoU" not in html

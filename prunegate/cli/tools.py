@@ -298,7 +298,7 @@ def run_demo_command(out: Path, console: Console, **build_options: Any) -> int:
         clean = next(t for t in report.tasks if t.name == "clean")
         failed = ", ".join(r.name for r in report.failed_rules()) or "-"
         console.print(
-            f"{name}: clean accuracy drop {100 * clean.accuracy_drop:+.2f}pp → "
+            f"{name}: clean accuracy drop {100 * (clean.accuracy_drop or 0.0):+.2f}pp → "
             f"{report.verdict.upper()} (failed: {failed})"
         )
     console.print(

@@ -8,11 +8,24 @@ from pathlib import Path
 from prunegate.policy import DataSource
 
 from .arrays import NpyImages, NpzImages
-from .base import CROP_FRACTION, ImageSet, Manifest, batches, fit_to_size, select
+from .base import CROP_FRACTION, IGNORED, ImageSet, Manifest, Size, as_shape, batches, fit_to_size, select
 from .cifar import Cifar10Binary
 from .imagefolder import FlatImageFolder, ImageFolder, read_class_names
+from .segfolder import SegmentationFolder
 
-__all__ = ["ImageSet", "Manifest", "batches", "fit_to_size", "open_source", "select", "CROP_FRACTION"]
+__all__ = [
+    "CROP_FRACTION",
+    "IGNORED",
+    "ImageSet",
+    "Manifest",
+    "SegmentationFolder",
+    "Size",
+    "as_shape",
+    "batches",
+    "fit_to_size",
+    "open_source",
+    "select",
+]
 
 
 def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) -> ImageSet:
@@ -30,4 +43,6 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
         return NpyImages(path, field, resolve(spec.labels or ""))
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
+    if spec.format == "segmentation-folder":
+        return SegmentationFolder(path, field, names, spec.mask_ignore)
     raise AssertionError(f"unhandled data format {spec.format}")

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
 
 from prunegate.errors import DataError, missing_reason
 
 CROP_FRACTION = 0.875  # the usual 256 -> 224 evaluation resize
+IGNORED = -1  # a mask pixel no metric counts, whatever the data set's ignore index was
 
 
 class ImageSet(ABC):
@@ -42,6 +44,16 @@ class ImageSet(ABC):
     @abstractmethod
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
         """Images (uint8 HWC, any size) and one content digest per image for these indices."""
+
+    def read_batch(
+        self, indices: list[int], size: Size, max_pixels: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """One batch as the models take it: uint8 NHWC images fitted to `size`, their labels (a
+        set with per-pixel labels returns its masks, fitted alike) and their digests."""
+        pictures, digests = self.read(indices, max_pixels)
+        fitted = [fit_to_size(p.permute(2, 0, 1), size) for p in pictures]
+        batch = torch.stack(fitted).permute(0, 2, 3, 1).contiguous()
+        return batch, torch.from_numpy(self.labels[indices]), digests
 
     def error(self, message: str, file: Path | None = None) -> DataError:
         return DataError(message, file=file or self.path, field=self.field)
@@ -89,13 +101,45 @@ def select(labels: np.ndarray, limit: int | None) -> np.ndarray:
     return np.sort(chosen)
 
 
-def fit_to_size(image: torch.Tensor, size: int) -> torch.Tensor:
-    """CHW uint8 -> size x size: images of another size are resized (short side to
-    size/0.875, antialiased) and centre-cropped; images already that size are left alone."""
-    if image.shape[-2:] == (size, size):
+Size = int | tuple[int, int]  # a square side, or (height, width)
+
+
+def as_shape(size: Size) -> tuple[int, int]:
+    """(height, width) of a size."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def covering_size(image_hw: tuple[int, int], size: Size, crop_fraction: float) -> list[int]:
+    """What `torchvision.transforms.v2.functional.resize` is given so that an image of `image_hw`
+    covers `size` / crop_fraction: for a square size, the short side (torchvision scales the long
+    one alike); otherwise both sides, scaled by one factor and never below the size."""
+    height, width = as_shape(size)
+    if height == width:
+        return [round(height / crop_fraction)]
+    scale = max(height / image_hw[0], width / image_hw[1]) / crop_fraction
+    return [max(height, round(image_hw[0] * scale)), max(width, round(image_hw[1] * scale))]
+
+
+def fit_to_size(
+    image: torch.Tensor,
+    size: Size,
+    crop_fraction: float = CROP_FRACTION,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+) -> torch.Tensor:
+    """CHW -> the size (side, or (height, width)): an image of another size is resized (antialiased,
+    so that it covers the size / crop_fraction: the short side to size/0.875 by default) and
+    centre-cropped; an image already that size is left alone."""
+    shape = as_shape(size)
+    if tuple(image.shape[-2:]) == shape:
         return image
-    image = TF.resize(image, [round(size / CROP_FRACTION)], antialias=True)
-    return TF.center_crop(image, [size, size])
+    antialias = interpolation == InterpolationMode.BILINEAR
+    resized = TF.resize(
+        image,
+        covering_size((int(image.shape[-2]), int(image.shape[-1])), shape, crop_fraction),
+        interpolation,
+        antialias=antialias,
+    )
+    return TF.center_crop(resized, list(shape))
 
 
 # One decoded batch: (sample indices, uint8 NHWC images, labels, one digest per image).
@@ -108,7 +152,7 @@ class _Fetch(torch.utils.data.Dataset):
     A user-facing error is returned, not raised: DataLoader re-raises worker exceptions as a
     new exception whose message carries the worker's traceback."""
 
-    def __init__(self, images: ImageSet, size: int, max_pixels: int):
+    def __init__(self, images: ImageSet, size: Size, max_pixels: int):
         self.images, self.size, self.max_pixels = images, size, max_pixels
 
     def __len__(self) -> int:
@@ -116,12 +160,9 @@ class _Fetch(torch.utils.data.Dataset):
 
     def __getitem__(self, indices: list[int]) -> Batch | DataError:
         try:
-            pictures, digests = self.images.read(indices, self.max_pixels)
+            batch, labels, digests = self.images.read_batch(indices, self.size, self.max_pixels)
         except DataError as error:
             return error
-        fitted = [fit_to_size(p.permute(2, 0, 1), self.size) for p in pictures]
-        batch = torch.stack(fitted).permute(0, 2, 3, 1).contiguous()
-        labels = torch.from_numpy(self.images.labels[indices])
         return torch.tensor(indices, dtype=torch.int64), batch, labels, digests
 
 
@@ -158,9 +199,9 @@ class Manifest:
 
 
 def batches(
-    images: ImageSet, indices: np.ndarray, size: int, batch_size: int, workers: int, max_pixels: int
+    images: ImageSet, indices: np.ndarray, size: Size, batch_size: int, workers: int, max_pixels: int
 ) -> Iterator[Batch]:
-    """(sample indices, uint8 NHWC images, labels, digests) in order, decoded in workers."""
+    """(sample indices, uint8 NHWC images, labels or masks, digests) in order, decoded in workers."""
     chunks = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
     loader = torch.utils.data.DataLoader(
         _Fetch(images, size, max_pixels),

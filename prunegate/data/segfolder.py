@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from prunegate.errors import DataError
 from prunegate.imageio import decoder_message
 from prunegate.policy import DEFAULT_MAX_PIXELS
 
-from .base import CROP_FRACTION, fit_to_size, require_path
+from .base import IGNORED, Size, as_shape, fit_to_size, require_path
 from .imagefolder import ImageFiles, image_files
 
 # Modes whose pixels are indices: palette, 8-bit grey, 16-bit grey (any byte order), 32-bit integers.
@@ -33,17 +33,17 @@ MASK_MODES = ("P", "L", "I;16", "I;16B", "I;16L", "I;16N", "I")
 MASK_INTERPOLATION = InterpolationMode.NEAREST_EXACT
 
 
-def fit_pair(image_chw: torch.Tensor, mask_hw: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image (CHW uint8) and its mask (HW) fitted to size x size as `fit_to_size` fits the image,
-    the mask resized by nearest neighbour and cropped alike: nearest neighbour only copies values,
-    so no class is invented and the ignore index needs no padding."""
+def fit_pair(image_chw: torch.Tensor, mask_hw: torch.Tensor, size: Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """An image (CHW uint8) and its mask (HW) fitted to the size together: resized so that they
+    cover it (the image antialiased, the mask by nearest neighbour, which only copies values, so
+    no class is invented) and centre-cropped alike. No border is cropped beyond what the aspect
+    ratio needs (a segmentation is scored on the whole image), and nothing is padded."""
     if image_chw.shape[-2:] != mask_hw.shape[-2:]:
         raise ValueError(f"mask size {list(mask_hw.shape[-2:])} differs from image size {list(image_chw.shape[-2:])}")
-    if image_chw.shape[-2:] == (size, size):
+    if tuple(image_chw.shape[-2:]) == as_shape(size):
         return image_chw, mask_hw
-    image = fit_to_size(image_chw, size)
-    resized = TF.resize(mask_hw[None], [round(size / CROP_FRACTION)], interpolation=MASK_INTERPOLATION)
-    mask = TF.center_crop(resized, [size, size])[0]
+    image = fit_to_size(image_chw, size, crop_fraction=1.0)
+    mask = fit_to_size(mask_hw[None], size, crop_fraction=1.0, interpolation=MASK_INTERPOLATION)[0]
     return image, mask
 
 
@@ -107,6 +107,33 @@ class SegmentationFolder(ImageFiles):
         """Images (uint8 HWC) and their digests, which cover the masks (the masks are checked too)."""
         images, _, digests = self.read_pairs(indices, max_pixels)
         return images, digests
+
+    def read_batch(
+        self, indices: list[int], size: Size, max_pixels: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """uint8 NHWC images and int32 NHW masks, fitted to `size` together (fit_pair); mask pixels
+        of the ignore index become IGNORED (-1), so a class index is never mistaken for it."""
+        images, masks, digests = self.read_pairs(indices, max_pixels)
+        pairs = [fit_pair(image.permute(2, 0, 1), mask, size) for image, mask in zip(images, masks)]
+        batch = torch.stack([image for image, _ in pairs]).permute(0, 2, 3, 1).contiguous()
+        fitted = torch.stack([mask for _, mask in pairs])
+        fitted = torch.where(fitted == self.ignore_index, torch.full_like(fitted, IGNORED), fitted)
+        return batch, fitted.to(torch.int32), digests
+
+    def mask_values(self, indices: list[int]) -> list[tuple[Path, torch.Tensor]]:
+        """Each mask's distinct values (decoded without its image), for the label check before the pass."""
+        found = []
+        for i in indices:
+            try:
+                with PIL.Image.open(io.BytesIO(self._mask_bytes(self.masks[i])), formats=("PNG",)) as picture:
+                    values = np.unique(np.asarray(picture)) if picture.mode in MASK_MODES else None
+            except DataError:
+                raise
+            except Exception:
+                values = None  # a mask that does not decode is reported, with its reason, when read
+            if values is not None:
+                found.append((self.masks[i], torch.from_numpy(values.astype(np.int64))))
+        return found
 
     def read_masks(self, indices: list[int], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[torch.Tensor]:
         """The masks (HW int64 class indices) for these indices, each checked against its image."""

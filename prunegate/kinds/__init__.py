@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .base import PredictionKind, Tally
 from .classification import CLASSIFICATION, Classification
-from .segmentation import SegmentationTally
+from .segmentation import SEGMENTATION, Segmentation, SegmentationTally
 
-KINDS: dict[str, PredictionKind] = {CLASSIFICATION.name: CLASSIFICATION}
+KINDS: dict[str, PredictionKind] = {CLASSIFICATION.name: CLASSIFICATION, SEGMENTATION.name: SEGMENTATION}
 
 
 def get_kind(name: str) -> PredictionKind:
@@ -22,6 +22,8 @@ __all__ = [
     "KINDS",
     "Classification",
     "PredictionKind",
+    "SEGMENTATION",
+    "Segmentation",
     "SegmentationTally",
     "Tally",
     "get_kind",

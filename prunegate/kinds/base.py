@@ -3,8 +3,8 @@
 The engine loop, the gate and the renderers know nothing of logits or classes: they ask the
 run's kind to check an output, to make a task's tally (which declares how it merges across
 processes), and to turn tallies into the report's task records. Classification (logits
-[N, K] -> per-sample correctness and softmax distances) is the one kind today; segmentation
-(logits [N, K, H, W] -> per-image confusion matrices) plugs in here as another.
+[N, K] -> per-sample correctness and softmax distances) and segmentation (logits [N, K, H, W]
+-> per-image confusion matrices) are the two kinds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from prunegate.metrics.tally import Reduce
 from prunegate.plan import Task
-from prunegate.report.schema import CorruptionSummary, TaskRecord
+from prunegate.report.schema import CorruptionSummary, ModelSide, TaskRecord
 
 
 class Tally(Protocol):
@@ -54,12 +54,12 @@ class PredictionKind(Protocol):
 
     name: str
 
-    def output_size(self, out: object, batch: int) -> int | None:
-        """The per-sample output size (classes) of a well-formed output for `batch` inputs; None
-        when the output is not of this kind."""
+    def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
+        """The per-sample output size (classes) of a well-formed output for `batch` inputs of
+        `spatial` (height, width); None when the output is not of this kind."""
         ...
 
-    def describe(self, batch: object, classes: int | None) -> str:
+    def describe(self, batch: object, classes: int | None, spatial: tuple[int, int]) -> str:
         """The expected output, for errors (e.g. `[N, K] logits`)."""
         ...
 
@@ -67,11 +67,11 @@ class PredictionKind(Protocol):
         """Refuse a source whose labels the models cannot predict."""
         ...
 
-    def new_tally(self, n: int, device: torch.device) -> Tally:
-        """An empty tally of `n` slots."""
+    def new_tally(self, n: int, device: torch.device, classes: int) -> Tally:
+        """An empty tally of `n` slots for models of `classes` classes."""
         ...
 
-    def restore_tally(self, state: dict, n: int, device: torch.device) -> Tally:
+    def restore_tally(self, state: dict, n: int, device: torch.device, classes: int) -> Tally:
         """A tally from a checkpoint's state; ValueError when it does not fit."""
         ...
 
@@ -87,6 +87,11 @@ class PredictionKind(Protocol):
         class_names: list[str] | None,
     ) -> tuple[TaskRecord, dict]:
         """The task's record in the report and its bootstrap replicates per metric."""
+        ...
+
+    def error(self, side: ModelSide) -> float | None:
+        """One model's error on a task, as corruption errors and prune potential count it
+        (1 - accuracy, 1 - mIoU); None where it is undefined."""
         ...
 
     def corruption_summary(self, tasks: Sequence[Task], records: dict[str, TaskRecord]) -> CorruptionSummary | None:

@@ -10,10 +10,11 @@ import torch
 
 from prunegate.errors import DataError
 from prunegate.metrics import TaskTally
-from prunegate.plan import Task, TaskKind
-from prunegate.report.schema import CorruptionError, CorruptionSummary, TaskRecord
+from prunegate.plan import Task
+from prunegate.report.schema import CorruptionSummary, ModelSide, TaskRecord
 
 from .base import SourceLike
+from .corruptions import summarise_corruptions
 
 
 class Classification:
@@ -21,13 +22,13 @@ class Classification:
 
     name = "classification"
 
-    def output_size(self, out: object, batch: int) -> int | None:
-        """K for logits [batch, K]; None for anything else."""
+    def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
+        """K for logits [batch, K]; None for anything else (`spatial`, the input's size, is unused)."""
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
             return None
         return int(out.shape[1])
 
-    def describe(self, batch: object, classes: int | None) -> str:
+    def describe(self, batch: object, classes: int | None, spatial: tuple[int, int]) -> str:
         """`[batch, classes] logits`."""
         return f"[{batch}, {classes if classes else 'classes'}] logits"
 
@@ -43,11 +44,11 @@ class Classification:
                 field=source.policy_field,
             )
 
-    def new_tally(self, n: int, device: torch.device) -> TaskTally:
+    def new_tally(self, n: int, device: torch.device, classes: int) -> TaskTally:
         """An empty per-sample tally."""
         return TaskTally.empty(n, device)
 
-    def restore_tally(self, state: dict, n: int, device: torch.device) -> TaskTally:
+    def restore_tally(self, state: dict, n: int, device: torch.device, classes: int) -> TaskTally:
         """A tally from a checkpoint."""
         return TaskTally.from_state(state, n, device)
 
@@ -75,42 +76,13 @@ class Classification:
         record = TaskRecord(name=task.name, kind=task.kind, group=task.group, source=task.source, **summary)
         return record, replicates
 
+    def error(self, side: ModelSide) -> float | None:
+        """The top-1 error."""
+        return None if side.accuracy is None else 1.0 - side.accuracy
+
     def corruption_summary(self, tasks: Sequence[Task], records: dict[str, TaskRecord]) -> CorruptionSummary | None:
-        """Per corruption: the top-1 errors summed over severities, the pruned model's over the
-        dense model's (CE), and the same for errors in excess of each model's clean error
-        (relative CE)."""
-        corruptions = [t for t in tasks if t.kind is TaskKind.CORRUPTION]
-        names = list(dict.fromkeys(t.shift for t in corruptions))
-        if not names:
-            return None
-        clean = records.get("clean")
-        rows = []
-        for name in names:
-            chosen = [t for t in corruptions if t.shift == name]
-            dense = sum(1.0 - records[t.name].dense.accuracy for t in chosen)
-            pruned = sum(1.0 - records[t.name].pruned.accuracy for t in chosen)
-            relative = None
-            if clean is not None:
-                dense_excess = dense - len(chosen) * (1.0 - clean.dense.accuracy)
-                pruned_excess = pruned - len(chosen) * (1.0 - clean.pruned.accuracy)
-                relative = pruned_excess / dense_excess if dense_excess > 0 else None
-            rows.append(
-                CorruptionError(
-                    name=str(name),
-                    severities=[int(t.severity or 0) for t in chosen],
-                    dense_error=dense,
-                    pruned_error=pruned,
-                    ce=pruned / dense if dense > 0 else None,
-                    relative_ce=relative,
-                )
-            )
-        ces = [r.ce for r in rows if r.ce is not None]
-        relatives = [r.relative_ce for r in rows if r.relative_ce is not None]
-        return CorruptionSummary(
-            per_corruption=rows,
-            mce=sum(ces) / len(ces) if ces else None,
-            relative_mce=sum(relatives) / len(relatives) if relatives else None,
-        )
+        """Per corruption: top-1 errors summed over severities, CE and relative CE (kinds.corruptions)."""
+        return summarise_corruptions(tasks, records, self.error)
 
 
 CLASSIFICATION = Classification()

@@ -18,17 +18,38 @@ each process filled and `filled` counts the writers (more than one is a bug).
 
 from __future__ import annotations
 
+import base64
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 
+from prunegate.data import IGNORED, SegmentationFolder
+from prunegate.errors import DataError
 from prunegate.metrics.intervals import Resampler, percentile_interval
 from prunegate.metrics.tally import Reduce, all_reduce_slots
+from prunegate.plan import Task
+from prunegate.report.schema import CorruptionSummary, ModelSide, TaskRecord
+
+from .base import SourceLike
+from .corruptions import summarise_corruptions
 
 IGNORE_INDEX = 255
-INTERVAL_METRICS = ("miou_drop", "pixel_accuracy_drop", "pixel_agreement", "dense_miou", "pruned_miou")
+INTERVAL_METRICS = (
+    "miou_drop",
+    "pixel_accuracy_drop",
+    "pixel_agreement",
+    "dense_miou",
+    "pruned_miou",
+    "dense_pixel_accuracy",
+    "pruned_pixel_accuracy",
+    "class_iou_drop",
+)
 
 
 @dataclass
@@ -140,6 +161,20 @@ def batch_confusion(masks: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor
     return counts.view(batch, classes, classes + 1)
 
 
+def prediction_png(logits: torch.Tensor) -> str:
+    """One image's logits [1, K, H, W] -> its predicted classes as a base64 PNG (8-bit grey, or
+    16-bit for more than 255 classes; non-finite pixels: the largest value)."""
+    pred = pixel_predictions(logits.detach().float().cpu())[0].numpy()
+    k = logits.shape[1]
+    if k < 255:
+        picture = PIL.Image.fromarray(np.where(pred >= k, 255, pred).astype(np.uint8), mode="L")
+    else:
+        picture = PIL.Image.fromarray(np.where(pred >= k, 65535, pred).astype(np.uint16))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 # --- pure metrics: per-class counts (rows: replicates) -> metrics -----------------------------------
 
 
@@ -233,14 +268,21 @@ def metrics_from_sums(sums: np.ndarray, classes: int) -> dict[str, np.ndarray]:
     true, dense_tp, dense_pred, pruned_tp, pruned_pred = (sums[:, i * k : (i + 1) * k] for i in range(5))
     agree, valid = sums[:, 5 * k], sums[:, 5 * k + 1]
     dense_miou, pruned_miou = _miou(dense_tp, true, dense_pred), _miou(pruned_tp, true, pruned_pred)
+    dense_accuracy, pruned_accuracy = _pixel_accuracy(dense_tp, true), _pixel_accuracy(pruned_tp, true)
+    dense_iou, pruned_iou = _class_iou(dense_tp, true, dense_pred), _class_iou(pruned_tp, true, pruned_pred)
+    both = np.isfinite(dense_iou) & np.isfinite(pruned_iou)
+    worst_drop = np.where(both, dense_iou - pruned_iou, -np.inf).max(axis=-1, initial=-np.inf)
     with np.errstate(invalid="ignore", divide="ignore"):
         agreement = np.where(valid > 0, agree / valid, np.nan)
     return {
         "miou_drop": dense_miou - pruned_miou,
-        "pixel_accuracy_drop": _pixel_accuracy(dense_tp, true) - _pixel_accuracy(pruned_tp, true),
+        "pixel_accuracy_drop": dense_accuracy - pruned_accuracy,
         "pixel_agreement": agreement,
         "dense_miou": dense_miou,
         "pruned_miou": pruned_miou,
+        "dense_pixel_accuracy": dense_accuracy,
+        "pruned_pixel_accuracy": pruned_accuracy,
+        "class_iou_drop": np.where(np.isfinite(worst_drop), worst_drop, np.nan),
     }
 
 
@@ -255,31 +297,43 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
+EXAMPLES = 3  # images with the largest mIoU drop kept per task
+
+
+def image_miou(confusion: np.ndarray | torch.Tensor) -> np.ndarray:
+    """[n, K, K + 1] per-image confusion -> [n] each image's own mIoU (NaN for an image with no valid pixel)."""
+    return _miou(*_counts(confusion))
+
+
 def segmentation_statistics(
     tally: SegmentationTally,
     *,
     confidence: float,
     resampler: Resampler | None,
+    draws: int = 1,
     indices: np.ndarray | None = None,
     class_names: list[str] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The task's metrics (dataset-level, over the images' summed confusion matrices) and the
-    bootstrap replicates of each metric in INTERVAL_METRICS (empty without a resampler).
-
-    `indices` (image positions -> data-set indices) is accepted for the kind's common signature;
-    segmentation reports no examples yet."""
+    """The task's metrics (dataset-level, over the images' summed confusion matrices), the images
+    with the largest mIoU drop, and the bootstrap replicates of each metric in INTERVAL_METRICS
+    (empty without a resampler). Slots are image x draws (noise draws); the bootstrap resamples
+    images, each with all its draws. `indices` maps image positions to data-set indices."""
     tally = tally.cpu()
     k = tally.classes
     dense, pruned = tally.dense_confusion.sum(dim=0), tally.pruned_confusion.sum(dim=0)
     agree, valid = int(tally.agree.sum()), int(tally.valid.sum())
     dense_iou, pruned_iou = class_iou(dense), class_iou(pruned)
     drop, worst = _worst_class(dense_iou, pruned_iou)
+    images = tally.n // draws
+    if indices is None:
+        indices = np.arange(images)
 
     replicates: dict[str, np.ndarray] = {}
     if resampler is not None:
-        if resampler.images != tally.n:
-            raise ValueError(f"the resampler is for {resampler.images} images, the tally holds {tally.n}")
-        replicates = metrics_from_sums(weighted_sums(resampler, per_image_columns(tally)), k)
+        if resampler.images != images:
+            raise ValueError(f"the resampler is for {resampler.images} images, the tally holds {images}")
+        columns = per_image_columns(tally).reshape(images, draws, -1).sum(axis=1)
+        replicates = metrics_from_sums(weighted_sums(resampler, columns), k)
     intervals = {}
     for metric, values in replicates.items():
         low, high = percentile_interval(values, confidence)
@@ -293,15 +347,33 @@ def segmentation_statistics(
             "nonfinite": int(confusion[:, k].sum()),
         }
 
+    def listed(iou: np.ndarray) -> list[float | None]:
+        return [_finite(float(v)) for v in iou]
+
+    dense_images, pruned_images = image_miou(tally.dense_confusion), image_miou(tally.pruned_confusion)
+    drops = dense_images - pruned_images
+    order = np.argsort(np.where(np.isfinite(drops), -drops, np.inf), kind="stable")[:EXAMPLES]
+    examples = [
+        {
+            "index": int(indices[slot // draws]),
+            "draw": int(slot % draws),
+            "dense_miou": _finite(float(dense_images[slot])),
+            "pruned_miou": _finite(float(pruned_images[slot])),
+            "drop": _finite(float(drops[slot])),
+        }
+        for slot in order
+        if np.isfinite(drops[slot])
+    ]
     summary = {
         "n": tally.n,
+        "pixels": valid,
         "dense": model(dense),
         "pruned": model(pruned),
         "miou_drop": _finite(miou_drop(dense, pruned)),
         "pixel_accuracy_drop": _finite(pixel_accuracy_drop(dense, pruned)),
         "pixel_agreement": _finite(pixel_agreement(agree, valid)),
         "class_iou_drop": _finite(drop),
-        "worst_class": None
+        "worst_class_iou": None
         if worst is None
         else {
             "label": worst,
@@ -310,6 +382,90 @@ def segmentation_statistics(
             "pruned_iou": float(pruned_iou[worst]),
             "drop": drop,
         },
+        "class_iou": {"dense": listed(dense_iou), "pruned": listed(pruned_iou)},
+        "segmentation_examples": examples,
         "intervals": intervals,
     }
     return summary, replicates
+
+
+class Segmentation:
+    """Semantic segmentation: logits [N, K, H, W] at the input's size, one index mask per image
+    (data/segfolder.py; ignored pixels arrive as data.IGNORED)."""
+
+    name = "segmentation"
+
+    def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
+        """K for logits [batch, K, height, width] at the input's height and width; None otherwise."""
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != batch:
+            return None
+        if tuple(out.shape[2:]) != tuple(spatial):
+            return None
+        return int(out.shape[1])
+
+    def describe(self, batch: object, classes: int | None, spatial: tuple[int, int]) -> str:
+        """`[batch, classes, height, width] logits at the input's size`."""
+        return f"[{batch}, {classes if classes else 'classes'}, {spatial[0]}, {spatial[1]}] logits (the input's size)"
+
+    def check_labels(self, source: SourceLike, labels: np.ndarray, classes: int, path: str | Path | None) -> None:
+        """Every mask value must be a class index or the ignore index; class names, if given, one per class."""
+        images = getattr(source, "images", None)
+        if not isinstance(images, SegmentationFolder):
+            raise DataError(
+                "a segmentation policy reads segmentation-folder data (images/ and masks/)",
+                file=path,
+                field=source.policy_field,
+            )
+        if images.classes is not None and len(images.classes) != classes:
+            raise DataError(
+                f"{len(images.classes)} class names for models with {classes} classes",
+                file=path,
+                field=f"{source.policy_field}.class_names",
+            )
+        for mask, values in images.mask_values([int(i) for i in source.indices]):
+            images.check_mask_labels(values, classes, mask)
+
+    def new_tally(self, n: int, device: torch.device, classes: int) -> SegmentationTally:
+        """An empty tally of `n` images."""
+        return SegmentationTally.empty(n, device, classes, IGNORED)
+
+    def restore_tally(self, state: dict, n: int, device: torch.device, classes: int) -> SegmentationTally:
+        """A tally from a checkpoint."""
+        return SegmentationTally.from_state(state, n, device, classes, IGNORED)
+
+    def task_record(
+        self,
+        task: Task,
+        tally: object,
+        *,
+        classes: int,
+        confidence: float,
+        resampler: object,
+        indices: np.ndarray,
+        class_names: list[str] | None,
+    ) -> tuple[TaskRecord, dict]:
+        """The task's dataset-level metrics, intervals and worst images, as its report record."""
+        assert isinstance(tally, SegmentationTally)
+        assert resampler is None or isinstance(resampler, Resampler)
+        summary, replicates = segmentation_statistics(
+            tally,
+            confidence=confidence,
+            resampler=resampler,
+            draws=task.draws,
+            indices=indices,
+            class_names=class_names,
+        )
+        record = TaskRecord(name=task.name, kind=task.kind, group=task.group, source=task.source, **summary)
+        return record, replicates
+
+    def error(self, side: ModelSide) -> float | None:
+        """1 - mIoU."""
+        return None if side.miou is None else 1.0 - side.miou
+
+    def corruption_summary(self, tasks: Sequence[Task], records: dict[str, TaskRecord]) -> CorruptionSummary | None:
+        """Per corruption, errors as 1 - mIoU summed over severities (CE, relative CE), as
+        classification's are 1 - accuracy."""
+        return summarise_corruptions(tasks, records, self.error)
+
+
+SEGMENTATION = Segmentation()

@@ -112,6 +112,7 @@ class ReportBuilder:
         }
         return Report(
             tool={"name": "prunegate", "version": __version__},
+            task=self.policy.task,
             verdict=verdict,
             policy=policy_record(self.policy),
             models=models,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from prunegate.plan import TaskKind
 
@@ -18,6 +18,25 @@ SCHEMA_VERSION = 1
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _without_unset(data: dict, names: tuple[str, ...]) -> dict:
+    """`data` less the fields in `names` that hold nothing (None or an empty list)."""
+    return {k: v for k, v in data.items() if not (k in names and (v is None or v == []))}
+
+
+# Fields only one prediction kind fills: a record leaves out the other kind's, so that a
+# classification report reads as it always did and a segmentation one carries no null accuracies.
+CLASSIFICATION_SIDE = ("accuracy", "correct")
+SEGMENTATION_SIDE = ("miou", "pixel_accuracy")
+CLASSIFICATION_TASK = (
+    *("accuracy_drop", "agreement", "softmax_l2", "softmax_linf", "newly_wrong", "newly_right", "flips"),
+    *("error_consistency", "class_recall_drop", "worst_class", "class_recall", "mcnemar_p", "examples"),
+)
+SEGMENTATION_TASK = (
+    *("pixels", "miou_drop", "pixel_accuracy_drop", "pixel_agreement", "class_iou_drop", "worst_class_iou"),
+    *("class_iou", "segmentation_examples"),
+)
 
 
 class BackendChoice(_Record):
@@ -110,12 +129,28 @@ class DataRecord(_Record):
     sha256: str = Field(description="digest over the index and content digest of every image used")
     classes: list[str] | None = None
     severity: int | None = Field(None, description="for a precomputed corruption block")
+    ignore_index: int | None = Field(None, description="segmentation-folder: the mask value no metric counts")
+
+    @model_serializer(mode="wrap")
+    def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _without_unset(handler(self), ("ignore_index",))
 
 
 class ModelSide(_Record):
-    accuracy: float
-    correct: int
-    nonfinite: int = Field(description="samples whose logits were NaN or infinite (counted wrong)")
+    accuracy: float | None = Field(None, description="classification: top-1 accuracy")
+    correct: int | None = Field(None, description="classification: samples predicted right")
+    nonfinite: int = Field(
+        description="samples (segmentation: valid pixels) whose logits were NaN or infinite (counted wrong)"
+    )
+    miou: float | None = Field(
+        None, description="segmentation: mean IoU over the classes present in truth or prediction"
+    )
+    pixel_accuracy: float | None = Field(None, description="segmentation: correct valid pixels over valid pixels")
+
+    @model_serializer(mode="wrap")
+    def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        return _without_unset(data, SEGMENTATION_SIDE if self.accuracy is not None else CLASSIFICATION_SIDE)
 
 
 class Interval(_Record):
@@ -155,18 +190,57 @@ class Example(_Record):
     pruned: int
 
 
+class WorstClassIoU(_Record):
+    label: int
+    name: str | None = None
+    dense_iou: float
+    pruned_iou: float
+    drop: float
+
+
+class ClassIoU(_Record):
+    dense: list[float | None] = Field(
+        description="IoU per class (index = label); None: in neither truth nor prediction"
+    )
+    pruned: list[float | None]
+
+
+class SegmentationExample(_Record):
+    index: int = Field(description="the image's index in its data set (see data[].name == source)")
+    draw: int = 0
+    dense_miou: float | None = Field(description="the dense model's mIoU on this image alone")
+    pruned_miou: float | None
+    drop: float | None
+    dense_mask: str | None = Field(
+        None, description="the dense model's predicted classes as a base64 PNG (only for the report's worst image)"
+    )
+    pruned_mask: str | None = None
+
+
 class TaskRecord(_Record):
     name: str
     kind: TaskKind
     group: str
     source: str | None = Field(None, description="the data set the task reads (data[].name)")
-    n: int
+    n: int = Field(description="samples (segmentation: images) evaluated, times draws")
     dense: ModelSide
     pruned: ModelSide
-    accuracy_drop: float
-    agreement: float
-    softmax_l2: float
-    softmax_linf: float
+    accuracy_drop: float | None = None
+    agreement: float | None = None
+    softmax_l2: float | None = None
+    softmax_linf: float | None = None
+    pixels: int | None = Field(None, description="segmentation: valid (not ignored) pixels evaluated")
+    miou_drop: float | None = Field(None, description="segmentation: dense mIoU minus pruned mIoU")
+    pixel_accuracy_drop: float | None = None
+    pixel_agreement: float | None = Field(
+        None, description="segmentation: valid pixels where both models predict the same class, over valid pixels"
+    )
+    class_iou_drop: float | None = Field(None, description="segmentation: the largest per-class IoU drop")
+    worst_class_iou: WorstClassIoU | None = None
+    class_iou: ClassIoU | None = None
+    segmentation_examples: list[SegmentationExample] = Field(
+        [], description="segmentation: the images with the largest mIoU drop"
+    )
     newly_wrong: float | None = Field(None, description="fraction of samples newly wrong after pruning")
     newly_right: float | None = Field(None, description="fraction of samples newly right after pruning")
     flips: Flips | None = None
@@ -179,6 +253,11 @@ class TaskRecord(_Record):
     intervals: dict[str, Interval] = Field({}, description="per metric, at the report's confidence level")
     mcnemar_p: float | None = Field(None, description="exact McNemar test of equal accuracy (two-sided)")
     examples: list[Example] = Field([], description="a few samples the pruned model newly gets wrong")
+
+    @model_serializer(mode="wrap")
+    def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        return _without_unset(data, SEGMENTATION_TASK if self.pixels is None else CLASSIFICATION_TASK)
 
 
 class TaskValue(_Record):
@@ -241,6 +320,9 @@ class Timing(_Record):
 class Report(_Record):
     schema_version: int = SCHEMA_VERSION
     tool: dict = Field(description="name and version of prunegate")
+    task: Literal["classification", "segmentation"] = Field(
+        "classification", description="the prediction kind: which metrics the task records hold"
+    )
     verdict: Literal["pass", "fail"]
     policy: PolicyRecord
     models: Models

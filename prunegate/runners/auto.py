@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from prunegate.data import as_shape
 from prunegate.errors import PrunegateError
 from prunegate.report.schema import BackendChoice
 
@@ -53,7 +54,7 @@ class _NoModeSwitch(torch.nn.Module):
         return self.inner(x)
 
 
-def export_onnx(module: torch.nn.Module, size: int, fixed_batch: int | None) -> ModelProto:
+def export_onnx(module: torch.nn.Module, size: tuple[int, int], fixed_batch: int | None) -> ModelProto:
     """The module as an ONNX ModelProto, exported in memory (TorchScript exporter) with a dynamic
     batch, or the model's own fixed one."""
     import onnx
@@ -62,7 +63,7 @@ def export_onnx(module: torch.nn.Module, size: int, fixed_batch: int | None) -> 
         module.train(module.training)
     except (NotImplementedError, RuntimeError):
         module = _NoModeSwitch(module)
-    example = torch.zeros(fixed_batch or 2, 3, size, size)
+    example = torch.zeros(fixed_batch or 2, 3, *size)
     dynamic = None if fixed_batch else {"input": {0: "batch"}, "logits": {0: "batch"}}
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -90,7 +91,9 @@ def export_onnx(module: torch.nn.Module, size: int, fixed_batch: int | None) -> 
     return onnx.load_from_string(buffer.getvalue())
 
 
-def probe_problem(module: torch.nn.Module, size: int, fixed_batch: int | None, kind_name: str) -> str | None:
+def probe_problem(
+    module: torch.nn.Module, size: tuple[int, int], fixed_batch: int | None, kind_name: str
+) -> str | None:
     """Why the model's output on a probe of 2 images (or its fixed batch) is not of the kind the
     run needs, or why the probe failed; None when it fits. Runs before any export or timing, so a
     model of the wrong kind costs two images, not full timed batches of them."""
@@ -100,12 +103,12 @@ def probe_problem(module: torch.nn.Module, size: int, fixed_batch: int | None, k
     batch = fixed_batch or 2
     try:
         with torch.inference_mode():
-            out = module(torch.zeros(batch, 3, size, size))
+            out = module(torch.zeros(batch, 3, *size))
     except Exception as exc:
         return f"not timed: the model fails on a probe of {batch} images ({first_line(exc)})"
-    if kind.output_size(out, batch) is None:
+    if kind.output_size(out, batch, size) is None:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return f"not timed: its output {shape} on a probe is not {kind.describe('batch', None)}"
+        return f"not timed: its output {shape} on a probe is not {kind.describe('batch', None, size)}"
     return None
 
 
@@ -153,7 +156,8 @@ def choose(
     faster on average."""
     from .onnx import OnnxRunner
 
-    device, precision, input_size = options.device, options.precision, options.input_size
+    device, precision = options.device, options.precision
+    input_size = as_shape(options.input_size) if options.input_size else None
     fixed = shape[0] if shape and isinstance(shape[0], int) and shape[0] > 0 else None
     reason: str | None = None
     exported: ModelProto | None = None
@@ -180,7 +184,7 @@ def choose(
             reason = f"ONNX Runtime cannot run the export ({exc.detail})"
     if onnx_runner is not None and input_size:
         batch = fixed or max(1, min(options.batch_size, TIMING_BATCH))
-        x = torch.randn(batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
+        x = torch.randn(batch, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
         try:
             seconds, outputs = _seconds_per_batch({"torch": torch_runner, "onnx": onnx_runner}, x, device)
             difference = _differ(outputs["torch"], outputs["onnx"])

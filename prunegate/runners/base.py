@@ -28,7 +28,9 @@ class LoadOptions:
     allow_fallback: bool  # a CUDA request may run on the CPU (runtime.allow_fallback)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (torch autocast)
     channels_last: str = "auto"  # auto | on | off (torch)
-    input_size: int | None = None  # backend auto: the image side to export and time the model with
+    input_size: int | tuple[int, int] | None = (
+        None  # backend auto: the side, or (height, width), to export and time with
+    )
     batch_size: int = 64  # backend auto: at most this many images per timed batch
     settings: Path | None = None  # the policy file, named in errors about its runtime fields
     allow_external_arch: bool = False  # the opt-in for arch code outside the policy's folder and installed packages

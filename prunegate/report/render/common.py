@@ -6,9 +6,12 @@ absent; every helper here returns None or an empty value for them rather than fa
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from statistics import fmean
 
+from prunegate.gate import metric_value
 from prunegate.report.schema import Interval, Report, RuleRecord, TaskRecord, TaskValue
 
 __all__ = [
@@ -17,16 +20,26 @@ __all__ = [
     "pct",
     "signed_pct",
     "class_names",
+    "drop_metric",
+    "error_text",
     "format_interval",
     "format_metric",
     "group_rows",
     "interval_text",
+    "is_segmentation",
+    "mean_present",
+    "nonfinite_text",
     "over_text",
     "rule_bound_text",
     "rule_status",
     "rules_failed_first",
+    "segmentation_columns",
+    "task_columns",
+    "task_row",
     "task_status",
+    "task_value",
     "threshold_text",
+    "worst_class_iou_text",
     "worst_task",
 ]
 
@@ -41,8 +54,19 @@ def signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}pp"
 
 
-PERCENT_METRICS = ("agreement", "dense_accuracy", "pruned_accuracy", "newly_wrong", "newly_right")
-POINT_METRICS = ("accuracy_drop", "class_recall_drop")
+PERCENT_METRICS = (
+    "agreement",
+    "dense_accuracy",
+    "pruned_accuracy",
+    "newly_wrong",
+    "newly_right",
+    "dense_miou",
+    "pruned_miou",
+    "dense_pixel_accuracy",
+    "pruned_pixel_accuracy",
+    "pixel_agreement",
+)
+POINT_METRICS = ("accuracy_drop", "class_recall_drop", "miou_drop", "pixel_accuracy_drop", "class_iou_drop")
 
 
 def format_metric(metric: str, value: float | None) -> str:
@@ -137,33 +161,104 @@ def class_name(names: list[str] | None, label: int) -> str:
     return str(label)
 
 
+def is_segmentation(report: Report) -> bool:
+    """Whether the report's task records hold segmentation metrics (mIoU) rather than accuracies."""
+    return report.task == "segmentation"
+
+
+# The task table's metric columns per prediction kind, as (metric, header): the dense and the
+# pruned score, the drop (the column an interval goes with) and the agreement.
+TASK_COLUMNS = {
+    "classification": (
+        ("dense_accuracy", "dense acc"),
+        ("pruned_accuracy", "pruned acc"),
+        ("accuracy_drop", "drop"),
+        ("agreement", "agreement"),
+    ),
+    "segmentation": (
+        ("dense_miou", "dense mIoU"),
+        ("pruned_miou", "pruned mIoU"),
+        ("miou_drop", "mIoU drop"),
+        ("pixel_agreement", "pixel agreement"),
+    ),
+}
+
+
+def task_columns(report: Report) -> tuple[tuple[str, str], ...]:
+    """The task table's metric columns for the report's kind: (metric, header) each."""
+    return TASK_COLUMNS[report.task]
+
+
+def drop_metric(report: Report) -> str:
+    """The metric of the task table's drop column: accuracy_drop, or miou_drop for segmentation."""
+    return task_columns(report)[2][0]
+
+
+def error_text(report: Report) -> str:
+    """What the corruption summary counts as a model's error on a task."""
+    return "1 - mIoU" if is_segmentation(report) else "top-1 error"
+
+
+def task_value(task: TaskRecord, metric: str) -> float | None:
+    """A task's value of any metric (gate.metric_value); None where the task has none."""
+    value = metric_value(task, metric)
+    return None if math.isnan(value) else value
+
+
+def mean_present(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
+
+
+def worst_class_iou_text(tasks: list[TaskRecord]) -> str:
+    """The class whose IoU dropped most over the tasks (a task, or a group): 'road +12.00pp',
+    'class 2 +12.00pp' without class names; '' when no task records one."""
+    worst = [t.worst_class_iou for t in tasks if t.worst_class_iou is not None]
+    if not worst:
+        return ""
+    top = max(worst, key=lambda w: w.drop)
+    name = top.name if top.name is not None else f"class {top.label}"
+    return f"{name} {format_metric('class_iou_drop', top.drop)}"
+
+
+def nonfinite_text(tasks: list[TaskRecord]) -> str:
+    """The non-finite outputs (segmentation: pixels) of both models over the tasks: 'dense / pruned'."""
+    return f"{sum(t.dense.nonfinite for t in tasks):,} / {sum(t.pruned.nonfinite for t in tasks):,}"
+
+
+def segmentation_columns(report: Report) -> list[tuple[str, Callable[[list[TaskRecord]], str]]]:
+    """The segmentation task table's columns after the metrics, as (header, a row's text from its
+    tasks): the worst class by IoU drop, and the non-finite pixels when any task has some. Empty
+    for classification. The text is the report's own: a renderer escapes it."""
+    if not is_segmentation(report):
+        return []
+    columns: list[tuple[str, Callable[[list[TaskRecord]], str]]] = [("worst class", worst_class_iou_text)]
+    if any(t.dense.nonfinite or t.pruned.nonfinite for t in report.tasks):
+        columns.append(("non-finite px", nonfinite_text))
+    return columns
+
+
 _ROW_KEYS = ("dense_accuracy", "pruned_accuracy", "accuracy_drop", "agreement", "softmax_l2")
 
 
-def task_row(task: TaskRecord) -> dict:
-    return {
-        "name": task.name,
-        "n": task.n,
-        "dense_accuracy": task.dense.accuracy,
-        "pruned_accuracy": task.pruned.accuracy,
-        "accuracy_drop": task.accuracy_drop,
-        "agreement": task.agreement,
-        "softmax_l2": task.softmax_l2,
-    }
+def task_row(task: TaskRecord, metrics: Iterable[str] = _ROW_KEYS) -> dict:
+    """A task's name, n, its `metrics` (None where it has none) and, as `tasks`, the task itself."""
+    return {"name": task.name, "n": task.n, **{m: task_value(task, m) for m in metrics}, "tasks": [task]}
 
 
-def group_rows(tasks: list[TaskRecord]) -> list[dict]:
-    """One row per task group (clean, ood, noise, each corruption): means over its tasks."""
+def group_rows(tasks: list[TaskRecord], metrics: Iterable[str] = _ROW_KEYS) -> list[dict]:
+    """One row per task group (clean, ood, noise, each corruption): means of `metrics` over its
+    tasks, and its tasks as `tasks`."""
+    metrics = tuple(metrics)
     groups: dict[str, list[TaskRecord]] = defaultdict(list)
     for task in tasks:
         groups[task.group].append(task)
     rows = []
     for group, members in groups.items():
-        rows_ = [task_row(t) for t in members]
         label = members[0].name if len(members) == 1 else f"{group} (mean of {len(members)})"
-        rows.append(
-            {"name": label, "n": sum(t.n for t in members), **{k: fmean(r[k] for r in rows_) for k in _ROW_KEYS}}
-        )
+        means = {m: mean_present(task_value(t, m) for t in members) for m in metrics}
+        rows.append({"name": label, "n": sum(t.n for t in members), **means, "tasks": members})
     return rows
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
-from statistics import fmean
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,11 +22,17 @@ from prunegate.errors import printable
 from prunegate.report.render.common import (
     PERCENT_METRICS,
     POINT_METRICS,
+    drop_metric,
+    error_text,
     format_metric,
+    is_segmentation,
+    mean_present,
     over_text,
     pct,
     rule_status,
-    signed_pct,
+    segmentation_columns,
+    task_columns,
+    task_value,
     threshold_text,
     worst_task,
 )
@@ -117,45 +121,53 @@ def tasks_table(report: Report) -> Table:
     """The task metrics, one row per task (per group beyond MAX_TASK_ROWS tasks)."""
     grouped = len(report.tasks) > MAX_TASK_ROWS
     table = Table(title="Tasks" + (" (mean per group)" if grouped else ""), title_justify="left")
+    metrics = [m for m, _ in task_columns(report)]
+    headers = [_HEADERS.get(m, h) for m, h in task_columns(report)]
+    extras = segmentation_columns(report) if is_segmentation(report) else _CLASSIFICATION_COLUMNS
     ci = f"{100 * (report.confidence or 0.95):g}% CI"
-    for column in ("task", "n", "dense", "pruned", "drop", *([] if grouped else [ci]), "agree", "broke", "err κ"):
+    # the interval goes right after the drop (the third metric)
+    columns = ("task", "n", *headers[:3], *([] if grouped else [ci]), *headers[3:], *(h for h, _ in extras))
+    for column in columns:
         table.add_column(column, justify="left" if column == "task" else "right")
-    rows: list[tuple[Any, ...]] = []  # name, n, interval, then the _KEYS
+    rows: list[tuple[str, list[TaskRecord]]]  # a row's label and its tasks (one, or a group's)
     if grouped:
         groups: dict[str, list[TaskRecord]] = defaultdict(list)
         for task in report.tasks:
             groups[task.group].append(task)
-        for group, tasks in groups.items():
-            label = group if len(tasks) == 1 else f"{group} ({len(tasks)} tasks)"
-            means = (_mean(getattr_path(t, k) for t in tasks) for k in _KEYS)
-            rows.append((label, sum(t.n for t in tasks), None, *means))
+        rows = [(g if len(tasks) == 1 else f"{g} ({len(tasks)} tasks)", tasks) for g, tasks in groups.items()]
     else:
-        rows = [
-            (t.name, t.n, t.intervals.get("accuracy_drop"), *(getattr_path(t, k) for k in _KEYS)) for t in report.tasks
-        ]
-    for name, n, interval, dense, pruned, drop, agreement, newly_wrong, kappa in rows:
-        cells = [] if grouped else [format_interval("accuracy_drop", interval.low, interval.high) if interval else ""]
+        rows = [(t.name, [t]) for t in report.tasks]
+    drop = drop_metric(report)
+    for name, tasks in rows:
+        values = [format_metric(m, mean_present(task_value(t, m) for t in tasks)) for m in metrics]
+        interval = tasks[0].intervals.get(drop)
+        cells = [] if grouped else [format_interval(drop, interval.low, interval.high) if interval else ""]
         table.add_row(
             _text(name),
-            str(n),
-            pct(dense),
-            pct(pruned),
-            signed_pct(drop),
+            str(sum(t.n for t in tasks)),
+            *values[:3],
             *cells,
-            pct(agreement),
-            format_metric("newly_wrong", newly_wrong),
-            f"{kappa:.2f}" if kappa is not None else "n/a",
+            *values[3:],
+            *(_text(text(tasks)) for _, text in extras),
         )
     return table
 
 
-# "broke" = newly wrong (dense right, pruned wrong); "err κ" = error consistency (Cohen's kappa)
-_KEYS = ("dense.accuracy", "pruned.accuracy", "accuracy_drop", "agreement", "newly_wrong", "error_consistency")
+# Metric headers the console shortens (classification's, as they always were).
+_HEADERS = {"dense_accuracy": "dense", "pruned_accuracy": "pruned", "accuracy_drop": "drop", "agreement": "agree"}
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return fmean(present) if present else None
+def _kappa(tasks: list[TaskRecord]) -> str:
+    kappa = mean_present(t.error_consistency for t in tasks)
+    return f"{kappa:.2f}" if kappa is not None else "n/a"
+
+
+# Classification's columns after the metrics: "broke" = newly wrong (dense right, pruned wrong),
+# "err κ" = error consistency (Cohen's kappa), means over a row's tasks.
+_CLASSIFICATION_COLUMNS: list[tuple[str, Callable[[list[TaskRecord]], str]]] = [
+    ("broke", lambda tasks: format_metric("newly_wrong", mean_present(t.newly_wrong for t in tasks))),
+    ("err κ", _kappa),
+]
 
 
 def corruption_line(report: Report) -> str | None:
@@ -168,17 +180,12 @@ def corruption_line(report: Report) -> str | None:
         return None
     worst = max(defined, key=lambda c: c.ce or 0.0)  # (all defined)
     relative = f", relative mCE {summary.relative_mce:.3f}" if summary.relative_mce is not None else ""
+    # segmentation says what its error is; classification's line, top-1 error, reads as it always did
+    error = f" (error: {error_text(report)})" if is_segmentation(report) else ""
     return (
-        f"corruptions: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
+        f"corruptions{error}: mCE (pruned errors / dense errors) {summary.mce:.3f}{relative}; "
         f"worst {_text(worst.name)} CE {worst.ce:.3f}"
     )
-
-
-def getattr_path(obj: object, dotted: str) -> Any:
-    """The attribute at a dotted path: getattr_path(task, 'dense.accuracy')."""
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def verdict_line(report: Report) -> str:

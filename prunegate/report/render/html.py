@@ -4,6 +4,7 @@ Rendered with Jinja2 from `prunegate/templates/report.html.j2`. Figures are matp
 gallery thumbnails PNGs, both inlined as data: URIs; there are no scripts, web fonts or links
 to fetch, and a Content-Security-Policy forbids any request the page could make. The renderer
 returns a string; the gallery's images are made by the caller (`prunegate.report.gallery`).
+A segmentation report shows mIoU columns and, instead of the gallery, a panel of its worst image.
 """
 
 from __future__ import annotations
@@ -15,11 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from prunegate.gate import metric_value
 from prunegate.plan import TaskKind
-from prunegate.report.gallery import Gallery, select_examples
+from prunegate.report.gallery import (
+    MAX_EXAMPLES,
+    PER_TASK,
+    Gallery,
+    select_examples,
+    voc_palette,
+    worst_segmentation_example,
+)
 from prunegate.report.render import common
 from prunegate.report.render.interface import Format, Renderer, RenderOptions
-from prunegate.report.schema import Report, RuleRecord, TaskRecord
+from prunegate.report.schema import Report, RuleRecord, SegmentationExample, TaskRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
@@ -93,40 +102,61 @@ def _optional(value: float | None, text: Callable[[float], str]) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else text(value)
 
 
-def _task_view(task: TaskRecord, failing: set[str]) -> dict:
-    def with_interval(metric: str, value: float) -> dict:
+def _task_view(
+    task: TaskRecord, failing: set[str], kind: str = "classification", names: list[str] | None = None
+) -> dict:
+    def with_interval(metric: str) -> dict:
         return {
-            "value": common.format_metric(metric, value),
+            "value": common.format_metric(metric, metric_value(task, metric)),
             "interval": common.format_interval(metric, task.intervals.get(metric)) or "",
         }
 
-    worst = task.worst_class
     return {
         "name": task.name,
         "n": task.n,
         "failing": task.name in failing,
-        "dense": with_interval("dense_accuracy", task.dense.accuracy),
-        "pruned": with_interval("pruned_accuracy", task.pruned.accuracy),
-        "drop": with_interval("accuracy_drop", task.accuracy_drop),
-        "agreement": with_interval("agreement", task.agreement),
-        "softmax_l2": f"{task.softmax_l2:.4f}",
+        "cells": [with_interval(metric) for metric, _ in common.TASK_COLUMNS[kind]],
+        "softmax_l2": _optional(task.softmax_l2, lambda v: f"{v:.4f}"),
         "newly_wrong": _optional(task.newly_wrong, lambda v: f"{100 * v:.2f}%"),
         "mcnemar_p": _optional(task.mcnemar_p, lambda v: f"{v:.2g}"),
         "kappa": _optional(task.error_consistency, lambda v: f"{v:.3f}"),
-        "worst_class": (f"{worst.name or worst.label} {100 * worst.drop:+.1f}pp" if worst is not None else ""),
+        "worst_class": _worst_class_text(task, names),
         "nonfinite": task.dense.nonfinite + task.pruned.nonfinite,
     }
+
+
+def _worst_class_text(task: TaskRecord, names: list[str] | None) -> str:
+    """The class that loses most (recall, or segmentation IoU) and its drop: 'cat -12.0pp'."""
+    if task.worst_class is not None:
+        worst = task.worst_class
+        return f"{worst.name or worst.label} {100 * worst.drop:+.1f}pp"
+    if task.worst_class_iou is not None:
+        iou = task.worst_class_iou
+        return f"{iou.name or common.class_name(names, iou.label)} {100 * iou.drop:+.1f}pp"
+    return ""
 
 
 def _task_columns(report: Report) -> dict:
     tasks = report.tasks
     return {
+        "headings": [heading for _, heading in common.task_columns(report)],
+        "worst_heading": "worst class (IoU)" if report.task == "segmentation" else "worst class",
+        "softmax_l2": any(t.softmax_l2 is not None for t in tasks),
         "newly_wrong": any(t.newly_wrong is not None for t in tasks),
         "mcnemar_p": any(t.mcnemar_p is not None for t in tasks),
         "kappa": any(t.error_consistency is not None for t in tasks),
-        "worst_class": any(t.worst_class is not None for t in tasks),
+        "worst_class": any(t.worst_class is not None or t.worst_class_iou is not None for t in tasks),
         "nonfinite": any(t.dense.nonfinite or t.pruned.nonfinite for t in tasks),
     }
+
+
+def _segmentation_groups(tasks: list[TaskRecord]) -> list[dict]:
+    """One row per task group (common.group_rows): the segmentation columns' means, as text."""
+    metrics = [metric for metric, _ in common.TASK_COLUMNS["segmentation"]]
+    return [
+        {"name": row["name"], "n": row["n"], "cells": [common.format_metric(m, row[m]) for m in metrics]}
+        for row in common.group_rows(tasks, metrics)
+    ]
 
 
 def _png_uri(data: bytes | None) -> str | None:
@@ -169,6 +199,72 @@ def _gallery_view(report: Report, gallery: Gallery | None) -> dict:
     }
 
 
+def _segmentation_view(report: Report, gallery: Gallery | None) -> dict:
+    """The worst image's panel (four pictures when the gallery drew them, else its numbers) and
+    the other recorded images with the largest mIoU drop."""
+    chosen = worst_segmentation_example(report)
+    if chosen is None:
+        return {"panel": None, "others": [], "notes": []}
+    task, example = chosen
+    notes = list(gallery.notes) if gallery else []
+    if example.dense_mask is None or example.pruned_mask is None:
+        notes.append("the report records no predicted masks for this image (only its numbers are shown)")
+    elif gallery is None:
+        notes.append("images not rebuilt for this page (only the numbers are shown)")
+    names = common.class_names(report, task.source)
+    drawn = gallery.panels.get((task.name, example.index, example.draw)) if gallery else None
+    row = _segmentation_row(task, example)
+    pictures, legend = [], []
+    if drawn is not None:
+        pictures = [
+            {
+                "uri": _png_uri(drawn.input),
+                "caption": "input as shifted" if task.kind in (TaskKind.NOISE, TaskKind.CORRUPTION) else "input",
+            },
+            {"uri": _png_uri(drawn.truth), "caption": "ground truth"},
+            {"uri": _png_uri(drawn.dense), "caption": f"dense: mIoU {row['dense']}"},
+            {"uri": _png_uri(drawn.pruned), "caption": f"pruned: mIoU {row['pruned']}"},
+        ]
+        legend = [{"name": common.class_name(names, c), "colour": _colour(c)} for c in drawn.classes]
+    others = [
+        _segmentation_row(t, e)
+        for t, e in _ranked_examples(report)
+        if (t.name, e.index, e.draw) != (task.name, example.index, example.draw)
+    ]
+    return {"panel": {**row, "pictures": pictures, "legend": legend}, "others": others, "notes": notes}
+
+
+def _segmentation_row(task: TaskRecord, example: SegmentationExample) -> dict:
+    """One image's numbers as text."""
+    return {
+        "task": task.name,
+        "source": task.source or "test",
+        "index": example.index,
+        "draw": example.draw,
+        "dense": common.format_metric("dense_miou", example.dense_miou),
+        "pruned": common.format_metric("pruned_miou", example.pruned_miou),
+        "drop": common.format_metric("miou_drop", example.drop),
+    }
+
+
+def _ranked_examples(report: Report) -> list[tuple[TaskRecord, SegmentationExample]]:
+    """The recorded images of the tasks that failed a rule first, then of those that lose most
+    mIoU; at most PER_TASK from each and MAX_EXAMPLES in all (as the classification gallery)."""
+    failing = common.failing_tasks(report)
+    ordered = sorted(
+        (t for t in report.tasks if t.segmentation_examples),
+        key=lambda t: (t.name not in failing, -(t.miou_drop or 0.0)),
+    )
+    chosen = [(t, e) for t in ordered for e in t.segmentation_examples[:PER_TASK]]
+    return chosen[:MAX_EXAMPLES]
+
+
+def _colour(label: int) -> str:
+    """A class's overlay colour (the VOC palette) as CSS: '#800000'."""
+    r, g, b = (int(v) for v in voc_palette()[label])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def _provenance(report: Report) -> dict:
     models = []
     for role in ("dense", "pruned"):
@@ -198,7 +294,10 @@ def render(report: Report, *, gallery: Gallery | None = None, signature: str | N
 
     failing = common.failing_tasks(report)
     rules = [_rule_view(r) for r in common.rules_failed_first(report)]
-    grouped = common.group_rows(report.tasks) if len(report.tasks) > 12 else []
+    segmentation = report.task == "segmentation"
+    grouped: list[dict] = []
+    if len(report.tasks) > 12:
+        grouped = _segmentation_groups(report.tasks) if segmentation else common.group_rows(report.tasks)
     summary = report.corruption_summary
     context = {
         "report": report,
@@ -206,10 +305,11 @@ def render(report: Report, *, gallery: Gallery | None = None, signature: str | N
         "colours": COLOURS,
         "rules": rules,
         "failed": [r for r in rules if r["status"] != "pass"],
-        "tasks": [_task_view(t, failing) for t in report.tasks],
+        "tasks": [_task_view(t, failing, report.task, common.class_names(report, t.source)) for t in report.tasks],
         "columns": _task_columns(report),
         "groups": grouped,
         "figures": plots.figures(report),
+        "segmentation": _segmentation_view(report, gallery) if segmentation else None,
         "gallery": _gallery_view(report, gallery),
         "corruptions": summary,
         "provenance": _provenance(report),

@@ -100,21 +100,31 @@ def undecided_notes(report: Report) -> list[str]:
 def tasks_table(report: Report) -> str:
     """The task metrics as a GFM table (per group beyond MAX_TASK_ROWS tasks)."""
     grouped = len(report.tasks) > MAX_TASK_ROWS
-    rows = common.group_rows(report.tasks) if grouped else [common.task_row(t) for t in report.tasks]
-    body = [
-        [
-            code(r["name"]) if not grouped else escape(r["name"]),
-            f"{r['n']:,}",
-            common.format_metric("dense_accuracy", r["dense_accuracy"]),
-            common.format_metric("pruned_accuracy", r["pruned_accuracy"]),
-            common.format_metric("accuracy_drop", r["accuracy_drop"]),
-            common.format_metric("agreement", r["agreement"]),
-        ]
-        for r in rows
-    ]
-    return table(
-        ["task" + (" group" if grouped else ""), "n", "dense acc", "pruned acc", "drop", "agreement"], body, "lrrrrr"
-    )
+    columns = common.task_columns(report)
+    metrics = [m for m, _ in columns]
+    rows = common.group_rows(report.tasks, metrics) if grouped else [common.task_row(t, metrics) for t in report.tasks]
+    extras = common.segmentation_columns(report)
+    # segmentation's table shows the drop's interval after the drop; classification's never has
+    drop = common.drop_metric(report)
+    with_interval = common.is_segmentation(report) and not grouped and any(drop in t.intervals for t in report.tasks)
+    interval = [f"{100 * (report.confidence or 0.95):g}% CI"] if with_interval else []
+    header = ["task" + (" group" if grouped else ""), "n", *(h for _, h in columns[:3]), *interval]
+    header += [*(h for _, h in columns[3:]), *(h for h, _ in extras)]
+    body = []
+    for r in rows:
+        values = [common.format_metric(m, r[m]) for m in metrics]
+        intervals = [escape(common.format_interval(drop, r["tasks"][0].intervals.get(drop)) or "")] * with_interval
+        body.append(
+            [
+                code(r["name"]) if not grouped else escape(r["name"]),
+                f"{r['n']:,}",
+                *values[:3],
+                *intervals,
+                *values[3:],
+                *(escape(text(r["tasks"])) for _, text in extras),
+            ]
+        )
+    return table(header, body, "l" + "r" * (len(header) - 1))
 
 
 def models_line(report: Report) -> str:

@@ -1,7 +1,9 @@
 """The HTML report's figures, drawn with matplotlib and returned as SVG data: URIs.
 
 Each function returns None when the report has nothing to draw for it (no corruption tasks, no
-noise tasks, no per-class counts). Output is deterministic: fixed hash salt, no dates.
+noise tasks, no per-class counts). A segmentation report draws mIoU where a classification one
+draws top-1 accuracy, and pixel agreement for agreement. Output is deterministic: fixed hash
+salt, no dates.
 """
 
 from __future__ import annotations
@@ -84,6 +86,15 @@ def _grid(count: int, columns: int) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+def _side_metric(report: Report) -> tuple[str, str]:
+    """(the ModelSide field the figures draw, its axis label): accuracy or, segmentation, mIoU."""
+    return ("miou", "mIoU") if report.task == "segmentation" else ("accuracy", "top-1 accuracy")
+
+
+def _agreement_metric(report: Report) -> str:
+    return "pixel_agreement" if report.task == "segmentation" else "agreement"
+
+
 def _band(ax: Axes, task_list: Sequence[TaskRecord | None], xs: Sequence[float], key: str, colour: str) -> None:
     """Shade a metric's interval where the report has one for every point."""
     found = [t.intervals.get(key) if t is not None else None for t in task_list]
@@ -103,6 +114,7 @@ def accuracy_vs_severity(report: Report) -> Figure | None:
         return None
     clean = next((t for t in report.tasks if t.kind is TaskKind.CLEAN), None)
     failing = common.failing_tasks(report)
+    metric, label = _side_metric(report)
     with _context():
         rows, cols = _grid(len(by_name), 5)
         fig = _figure(2.05 * cols, 1.75 * rows + 0.25)
@@ -112,9 +124,9 @@ def accuracy_vs_severity(report: Report) -> Figure | None:
             points = ([(0, clean)] if clean is not None else []) + [(s, tasks[s]) for s in severities]
             xs = [x for x, _ in points]
             for side, colour, style in (("dense", DENSE, "-"), ("pruned", PRUNED, "--")):
-                ys = [getattr(t, side).accuracy for _, t in points]
+                ys = [getattr(getattr(t, side), metric) for _, t in points]
                 ax.plot(xs, ys, style, color=colour, marker="o", ms=2.5, lw=1.3, label=side)
-                _band(ax, [t for _, t in points], xs, f"{side}_accuracy", colour)
+                _band(ax, [t for _, t in points], xs, f"{side}_{metric}", colour)
             failed = any(t.name in failing for t in tasks.values())
             ax.set_title(
                 name.replace("_", " ") + (" (a rule failed)" if failed else ""), color=FAILED if failed else "#24292f"
@@ -125,7 +137,7 @@ def accuracy_vs_severity(report: Report) -> Figure | None:
         for ax in list(axes.flat)[len(by_name) :]:
             ax.axis("off")
         for ax in axes[:, 0]:
-            ax.set_ylabel("top-1 accuracy")
+            ax.set_ylabel(label)
         for ax in axes[-1]:
             ax.set_xlabel("severity")
         handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -139,7 +151,7 @@ def _agreement_thresholds(report: Report, names: set[str]) -> list[tuple[str, fl
     return [
         (r.name, r.threshold)
         for r in report.rules
-        if r.metric == "agreement" and any(t.task in names for t in r.per_task)
+        if r.metric == _agreement_metric(report) and any(t.task in names for t in r.per_task)
     ]
 
 
@@ -153,6 +165,8 @@ def agreement_vs_noise(report: Report) -> Figure | None:
     if not by_kind:
         return None
     clean = next((t for t in report.tasks if t.kind is TaskKind.CLEAN), None)
+    metric, label = _side_metric(report)
+    agreement = _agreement_metric(report)
     with _context():
         rows, cols = _grid(len(by_kind), 3)
         fig = _figure(3.3 * cols, 2.3 * rows)
@@ -162,14 +176,13 @@ def agreement_vs_noise(report: Report) -> Figure | None:
             levels = [(float(t.name.rsplit("/", 1)[1]), t) for t in tasks]
             points = ([(0.0, clean)] if clean is not None else []) + levels
             xs = [x for x, _ in points]
-            ax.plot(xs, [t.agreement for _, t in points], "-", color=AGREE, marker="o", ms=3, lw=1.8, label="agreement")
-            _band(ax, [t for _, t in points], xs, "agreement", AGREE)
-            ax.plot(
-                xs, [t.dense.accuracy for _, t in points], "-", color=DENSE, lw=1, alpha=0.8, label="dense accuracy"
-            )
-            ax.plot(
-                xs, [t.pruned.accuracy for _, t in points], "--", color=PRUNED, lw=1, alpha=0.8, label="pruned accuracy"
-            )
+            ys = [getattr(t, agreement) for _, t in points]
+            ax.plot(xs, ys, "-", color=AGREE, marker="o", ms=3, lw=1.8, label=agreement.replace("_", " "))
+            _band(ax, [t for _, t in points], xs, agreement, AGREE)
+            name = "accuracy" if metric == "accuracy" else label
+            for side, colour, style in (("dense", DENSE, "-"), ("pruned", PRUNED, "--")):
+                ys = [getattr(getattr(t, side), metric) for _, t in points]
+                ax.plot(xs, ys, style, color=colour, lw=1, alpha=0.8, label=f"{side} {name}")
             for name, threshold in _agreement_thresholds(report, {t.name for t in tasks}):
                 ax.axhline(threshold, color="#6e7781", ls=":", lw=1)
                 ax.annotate(
@@ -254,28 +267,100 @@ def class_recall_drop(report: Report) -> Figure | None:
         return _uri(fig)
 
 
+def worst_task(report: Report) -> TaskRecord | None:
+    """The segmentation task with the largest mIoU drop that records per-class IoU (first on ties)."""
+    tasks = [t for t in report.tasks if t.class_iou is not None and t.miou_drop is not None]
+    return max(tasks, key=lambda t: t.miou_drop or 0.0) if tasks else None
+
+
+def _iou_drops(task: TaskRecord) -> list[tuple[int, float]]:
+    """(class, dense IoU - pruned IoU) for the classes in either model's union; a class one model
+    never meets (None) counts as IoU 0 there (it is then 0 for the other too: nothing in truth)."""
+    assert task.class_iou is not None
+    pairs = zip(task.class_iou.dense, task.class_iou.pruned)
+    return [(c, (d or 0.0) - (p or 0.0)) for c, (d, p) in enumerate(pairs) if d is not None or p is not None]
+
+
+def class_iou_drop(report: Report) -> Figure | None:
+    """Per-class IoU drop (dense IoU minus pruned IoU) on the task with the largest mIoU drop; the
+    classes that lose most when there are many."""
+    task = worst_task(report)
+    if task is None:
+        return None
+    drops = _iou_drops(task)
+    if not drops:
+        return None
+    names = common.class_names(report, task.source) or []
+    shown = sorted(sorted(drops, key=lambda d: -d[1])[:MAX_CLASSES]) if len(drops) > MAX_CLASSES else drops
+    with _context():
+        fig = _figure(7.2, 0.6 + 0.24 * len(shown))
+        ax = fig.subplots()
+        ax.barh(range(len(shown)), [100 * d for _, d in shown], height=0.6, color=PRUNED, label=task.name)
+        ax.set_yticks(range(len(shown)))
+        ax.set_yticklabels([common.class_name(names, c) for c, _ in shown])
+        ax.invert_yaxis()
+        ax.axvline(0, color="#24292f", lw=0.8)
+        ax.set_xlabel("IoU drop (percentage points; > 0: the pruned model is worse)")
+        title = f"task {task.name}" + (
+            f": the {len(shown)} of {len(drops)} classes that lose most" if len(drops) > MAX_CLASSES else ""
+        )
+        ax.set_title(title, loc="left")
+        fig.tight_layout()
+        return _uri(fig)
+
+
 def figures(report: Report) -> list[dict]:
     """Every figure the report has data for: {id, title, caption, uri}."""
-    made = [
+    if report.task == "segmentation":
+        made = _segmentation_figures(report)
+    else:
+        made = [
+            (
+                "accuracy-vs-severity",
+                "Accuracy vs corruption severity",
+                "Top-1 accuracy of the dense (solid) and pruned "
+                "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
+                accuracy_vs_severity(report),
+            ),
+            (
+                "agreement-vs-noise",
+                "Agreement vs noise level",
+                "Fraction of samples on which both models predict the same "
+                "class, per noise kind and level; dotted lines are the policy's agreement thresholds.",
+                agreement_vs_noise(report),
+            ),
+            (
+                "class-recall-drop",
+                "Per-class recall drop",
+                "How much recall each class loses after pruning.",
+                class_recall_drop(report),
+            ),
+        ]
+    return [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f is not None]
+
+
+def _segmentation_figures(report: Report) -> list[tuple[str, str, str, Figure | None]]:
+    """The figures of a segmentation report: (id, title, caption, figure)."""
+    return [
         (
-            "accuracy-vs-severity",
-            "Accuracy vs corruption severity",
-            "Top-1 accuracy of the dense (solid) and pruned "
-            "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
+            "miou-vs-severity",
+            "mIoU vs corruption severity",
+            "Mean IoU of the dense (solid) and pruned (dashed) model for each corruption, severity 1-5; "
+            "'clean' is the uncorrupted test set.",
             accuracy_vs_severity(report),
         ),
         (
             "agreement-vs-noise",
-            "Agreement vs noise level",
-            "Fraction of samples on which both models predict the same "
-            "class, per noise kind and level; dotted lines are the policy's agreement thresholds.",
+            "Pixel agreement vs noise level",
+            "Fraction of valid pixels on which both models predict the same class, per noise kind and "
+            "level; dotted lines are the policy's pixel agreement thresholds.",
             agreement_vs_noise(report),
         ),
         (
-            "class-recall-drop",
-            "Per-class recall drop",
-            "How much recall each class loses after pruning.",
-            class_recall_drop(report),
+            "class-iou-drop",
+            "Per-class IoU drop",
+            "How much IoU each class loses after pruning, on the task with the largest mIoU drop "
+            "(classes in neither truth nor prediction are left out).",
+            class_iou_drop(report),
         ),
     ]
-    return [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f is not None]
