@@ -501,3 +501,16 @@ def test_update_keeps_no_per_pixel_state() -> None:
     assert int(tally.valid.sum()) == 2 * 503 * 513
     assert int(tally.dense_confusion.sum()) == int(tally.valid.sum())
     assert tally.filled.tolist() == [False, True, False, True]
+
+
+def test_pixel_predictions_are_numpy_argmax_and_mark_non_finite_pixels() -> None:
+    from prunegate.kinds.segmentation import pixel_predictions
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randint(0, 4, (3, 7, 9, 11), generator=g).float()  # many ties: the first maximum wins
+    logits[0, 2, 1, 1], logits[1, 6, 2, 3], logits[2, 0, 4, 4] = float("nan"), float("inf"), float("-inf")
+    found = pixel_predictions(logits).numpy()
+    expected = np.argmax(logits.numpy(), axis=1)
+    bad = ~np.isfinite(logits.numpy()).all(axis=1)
+    assert bad.sum() == 3 and (found[bad] == 7).all()
+    assert (found[~bad] == expected[~bad]).all()
