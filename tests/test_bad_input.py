@@ -29,6 +29,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import SEG_SIZE, PixelNet, segmentation_policy, write_segmentation_folder
 from conftest import corrupt_torchscript as garble_torchscript
 from prunegate.cli import main
 from prunegate.report import keys
@@ -941,7 +942,103 @@ def trust_rows() -> list:
     ]
 
 
+def segmentation_rows() -> list:
+    """Issue 15: segmentation data and models of the wrong kind, each refused before the pass."""
+
+    def seg_case(c: Case, **changes) -> Path:
+        """The tiny segmentation pair (conftest: PixelNet on voc/) and its policy, with `changes`."""
+        masks = write_segmentation_folder(c.folder / "voc")
+        for name, net in (("dense", PixelNet()), ("pruned", PixelNet(dropped=2))):
+            torch.jit.trace(net.eval(), torch.rand(2, 3, SEG_SIZE, SEG_SIZE)).save(str(c.folder / f"{name}.pt"))
+        c.masks = masks  # type: ignore[attr-defined]
+        policy = segmentation_policy(c.folder)
+        if changes:
+            document = yaml.safe_load(policy.read_text())
+            for key, value in changes.items():
+                document[key] = {**document[key], **value} if isinstance(value, dict) else value
+            policy.write_text(yaml.safe_dump(document, sort_keys=False))
+        return policy
+
+    def mask_missing(c: Case):
+        policy = seg_case(c)
+        (c.folder / "voc" / "masks" / "img03.png").unlink()
+        return c.check(policy), [c.path("voc/masks/img03.png"), "data.test", "has no mask"]
+
+    def mask_label_outside_the_classes(c: Case):
+        policy = seg_case(c)
+        broken = c.masks[3].copy()  # type: ignore[attr-defined]
+        broken[5, 5] = 7
+        PIL.Image.fromarray(broken, mode="L").save(c.folder / "voc" / "masks" / "img03.png")
+        return c.check(policy), [c.path("voc/masks/img03.png"), "data.test", "mask value 7", "(0-2)"]
+
+    def mask_of_another_size(c: Case):
+        policy = seg_case(c)
+        PIL.Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(c.folder / "voc" / "masks" / "img03.png")
+        return c.check(policy), [c.path("voc/masks/img03.png"), "data.test", "mask is 8x8 pixels", "16x16"]
+
+    def mask_in_colour(c: Case):
+        policy = seg_case(c)
+        PIL.Image.fromarray(np.zeros((SEG_SIZE, SEG_SIZE, 3), np.uint8)).save(c.folder / "voc" / "masks" / "img03.png")
+        return c.check(policy), [c.path("voc/masks/img03.png"), "data.test", "mode RGB", "index PNG"]
+
+    def masks_folder_missing(c: Case):
+        policy = seg_case(c)
+        shutil.rmtree(c.folder / "voc" / "masks")
+        return c.check(policy), [c.path("voc/masks"), "data.test", "no masks/ sub-folder"]
+
+    def class_names_for_another_class_count(c: Case):
+        policy = seg_case(c)
+        (c.folder / "names.txt").write_text("red\ngreen\n")
+        document = yaml.safe_load(policy.read_text())
+        document["data"]["test"]["class_names"] = "names.txt"
+        policy.write_text(yaml.safe_dump(document))
+        return c.check(policy), [c.path("voc"), "data.test.class_names", "2 class names for models with 3 classes"]
+
+    def classifier_in_a_segmentation_policy(c: Case):
+        policy = seg_case(c)
+        shutil.copy(c.assets / "dense.pt", c.folder / "dense.pt")  # the 8x8 colour classifier
+        document = yaml.safe_load(policy.read_text())
+        document["models"]["input"]["size"] = 8
+        policy.write_text(yaml.safe_dump(document))
+        return c.check(policy), [c.path("dense.pt"), "models.dense", "is not [batch, classes, 8, 8] logits"]
+
+    def segmentation_model_in_a_classification_policy(c: Case):
+        policy = c.policy(models={"input": {"size": 8}})
+        torch.jit.trace(PixelNet().eval(), torch.rand(2, 3, 8, 8)).save(str(c.folder / "pruned.pt"))
+        return c.check(policy), [c.path("pruned.pt"), "models.pruned", "[batch, classes] logits", "task: segmentation"]
+
+    def classification_metric_in_a_segmentation_policy(c: Case):
+        policy = seg_case(c, gate={"rules": [_rule(name="top1", metric="accuracy_drop", max=0.1)]})
+        return ["policy", "validate", str(policy)], [str(policy), "gate.rules.0.metric", "'top1'", "classification"]
+
+    def segmentation_folder_in_a_classification_policy(c: Case):
+        policy = seg_case(c, task="classification", gate={"rules": [_rule(metric="accuracy_drop", max=0.1)]})
+        return c.check(policy), [str(policy), "data.test.format", "task: segmentation"]
+
+    def ignore_index_out_of_range(c: Case):
+        policy = seg_case(c)
+        document = yaml.safe_load(policy.read_text())
+        document["data"]["test"]["ignore_index"] = 70000
+        policy.write_text(yaml.safe_dump(document))
+        return c.check(policy), [str(policy), "data.test.ignore_index", "65535"]
+
+    return [
+        mask_missing,
+        mask_label_outside_the_classes,
+        mask_of_another_size,
+        mask_in_colour,
+        masks_folder_missing,
+        class_names_for_another_class_count,
+        classifier_in_a_segmentation_policy,
+        segmentation_model_in_a_classification_policy,
+        classification_metric_in_a_segmentation_policy,
+        segmentation_folder_in_a_classification_policy,
+        ignore_index_out_of_range,
+    ]
+
+
 ROWS = policy_rows() + model_rows() + data_rows() + report_and_key_rows() + hardening_rows() + trust_rows()
+ROWS += segmentation_rows()
 
 
 @pytest.mark.parametrize("build", ROWS, ids=[row.__name__ for row in ROWS])

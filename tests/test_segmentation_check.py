@@ -1,4 +1,5 @@
 """`prunegate check` on a segmentation policy, end to end (issue 15), on tiny synthetic data.
+(Bad segmentation input: tests/test_bad_input.py's segmentation rows.)
 
 A per-pixel colour classifier (a 1x1 convolution: class = the brightest channel) segments images
 whose regions are coloured by their mask, so the dense model is exactly right; a "pruned" copy
@@ -18,8 +19,7 @@ import torch
 import yaml
 
 from conftest import SEG_CLASSES as CLASSES
-from conftest import SEG_SIZE as SIZE
-from conftest import VOID, PixelNet, segmentation_policy
+from conftest import VOID, PixelNet, segmentation_policy, write_segmentation_folder
 from prunegate.cli import main
 from prunegate.report.attest import read_envelope
 
@@ -84,69 +84,21 @@ def test_check_gates_a_segmentation_pair_on_miou(segmentation_case, capsys) -> N
 def test_the_same_pair_passes_and_the_console_shows_miou(segmentation_case, capsys) -> None:
     folder, _ = segmentation_case
     (folder / "pruned.pt").write_bytes((folder / "dense.pt").read_bytes())
+    write_segmentation_folder(folder / "other", images=3, seed=7)  # an ood set: another segmentation folder
     policy = segmentation_policy(folder)
+    document = yaml.safe_load(policy.read_text())
+    document["data"]["ood"] = [{"name": "other", "format": "segmentation-folder", "path": "other"}]
+    policy.write_text(yaml.safe_dump(document))
     report = folder / "report.json"
     code = main(["check", "-p", str(policy), "-o", str(report)])
     out, err = capsys.readouterr()
     assert code == 0, err + out
     predicate = read_envelope(report.read_text(), str(report))[2]["predicate"]
+    assert [t["name"] for t in predicate["tasks"]] == ["clean", "ood/other", "corruption/contrast/1"]
+    assert next(t for t in predicate["tasks"] if t["name"] == "ood/other")["n"] == 3
     assert all(t["miou_drop"] == 0.0 and t["pixel_agreement"] == 1.0 for t in predicate["tasks"])
     assert "mIoU" in out and "dense mIoU" in out and "pixel agreement" in out  # the console's task table
     assert "+0.00pp" in out and "100.00%" in out and "PASS" in out
-
-
-def test_a_classification_model_in_a_segmentation_policy_is_refused(segmentation_case, capsys) -> None:
-    folder, _ = segmentation_case
-    classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, CLASSES))
-    torch.jit.trace(classifier.eval(), torch.rand(2, 3, SIZE, SIZE)).save(str(folder / "dense.pt"))
-    policy = segmentation_policy(folder)
-    report = folder / "report.json"
-    code = main(["check", "-p", str(policy), "-o", str(report), "-q"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "models.dense" in err and str(folder / "dense.pt") in err
-    assert f"is not [batch, classes, {SIZE}, {SIZE}] logits" in err and "task: classification" in err
-    assert not report.exists()
-
-
-@pytest.mark.parametrize(
-    ("damage", "expected"),
-    [
-        ("missing mask", "has no mask"),
-        ("label outside the classes", "mask value 7 is not a class index (0-2)"),
-        ("mask of another size", "mask is 8x8 pixels"),
-        ("rgb mask", "mask has mode RGB"),
-    ],
-)
-def test_bad_segmentation_data_is_exit_2_naming_the_file(segmentation_case, capsys, damage: str, expected: str) -> None:
-    folder, masks = segmentation_case
-    mask = folder / "voc" / "masks" / "img03.png"
-    if damage == "missing mask":
-        mask.unlink()
-    elif damage == "label outside the classes":
-        broken = masks[3].copy()
-        broken[5, 5] = 7
-        PIL.Image.fromarray(broken, mode="L").save(mask)
-    elif damage == "mask of another size":
-        PIL.Image.fromarray(np.zeros((8, 8), dtype=np.uint8), mode="L").save(mask)
-    else:
-        PIL.Image.fromarray(np.zeros((SIZE, SIZE, 3), dtype=np.uint8)).save(mask)
-    report = folder / "report.json"
-    code = main(["check", "-p", str(segmentation_policy(folder)), "-o", str(report), "-q"])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert expected in err and str(mask) in err and "data.test" in err
-    assert len(err.strip().splitlines()) == 1 and not report.exists()
-
-
-def test_a_classification_metric_in_a_segmentation_policy_names_the_rule(tmp_path: Path, capsys) -> None:
-    policy = segmentation_policy(
-        tmp_path, rules=[{"name": "top1", "tasks": "*", "metric": "accuracy_drop", "max": 0.1}]
-    )
-    code = main(["policy", "validate", str(policy)])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "gate.rules.0.metric" in err and "'top1'" in err and "classification metric" in err
 
 
 def test_ignore_index_and_class_names_reach_the_report(segmentation_case, capsys) -> None:
@@ -187,3 +139,46 @@ def test_a_height_and_width_input_crops_the_masks_with_the_images(segmentation_c
         pruned = [p[2:14] for p in predictions(folder / "voc", PixelNet(2))]
     expected = numpy_miou(numpy_confusion(cropped, pruned, CLASSES))
     assert predicate["tasks"][0]["pruned"]["miou"] == pytest.approx(expected, abs=1e-12)
+
+
+class Interrupting:
+    """A checkpoint that is always due and keeps what it is given; the progress callback stops the
+    pass after `after` calls, as Ctrl-C would."""
+
+    def __init__(self, after: int):
+        self.saved: dict | None = None
+        self.calls, self.after = 0, after
+
+    def due(self) -> bool:
+        return True
+
+    def save(self, state: dict) -> None:
+        self.saved = state
+
+    def progress(self, count: int) -> None:
+        self.calls += 1
+        if self.calls == self.after:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_segmentation_pass_resumes_to_the_same_tallies(segmentation_case) -> None:
+    from prunegate.check import prepare
+    from prunegate.engine import evaluate_family
+    from prunegate.policy import load_policy
+
+    folder, _ = segmentation_case
+    policy = load_policy(segmentation_policy(folder, runtime={"device": "cpu", "workers": 0, "batch_size": 2}))
+    with prepare(policy) as setup:
+        options = {"kind": setup.kind, "classes": setup.classes}
+        whole, _ = evaluate_family(setup.ctx, setup.dense, setup.pruned, **options)
+        stopper = Interrupting(after=3)  # 2 tasks a batch: stopped in the second batch of 2 images
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_family(
+                setup.ctx, setup.dense, setup.pruned, progress=stopper.progress, checkpoint=stopper, **options
+            )
+        assert stopper.saved is not None and len(stopper.saved["sources"]["test"]["done"]) == 2
+        resumed, _ = evaluate_family(setup.ctx, setup.dense, setup.pruned, restored=stopper.saved, **options)
+    for name, tally in whole[0].items():
+        again = resumed[0][name]
+        for field in ("dense_confusion", "pruned_confusion", "agree", "valid", "filled"):
+            assert torch.equal(getattr(tally, field), getattr(again, field)), (name, field)
