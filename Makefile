@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-wheels
 
 install: $(STAMP)
 
@@ -28,3 +28,11 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
+
+# What bench/gpu.sh installs on a GPU machine without network (see its header): the wheels of the
+# runtime dependencies but torch/torchvision for GPU_PYTHON, and a slice of ../shared, in
+# bench/wheels; prints the folder's size. ORT_GPU=1 adds onnxruntime-gpu (over the 64 MiB carry).
+GPU_PYTHON ?= 3.12
+ORT_GPU ?= 0
+gpu-wheels:
+	PYTHON=$(PYTHON) GPU_PYTHON=$(GPU_PYTHON) ORT_GPU=$(ORT_GPU) bash bench/gpu.sh --prepare

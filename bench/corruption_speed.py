@@ -190,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-reference", action="store_true")
     p.add_argument("--shared", type=Path, default=SHARED)
     p.add_argument("--md", type=Path, help="also write the Markdown here")
+    p.add_argument("--devices", default="auto", help="comma-separated, e.g. cpu,cuda (auto: cpu, and cuda if any)")
     args = p.parse_args(argv)
 
     names = [c for c in args.corruptions.split(",") if c]
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [d for d in args.devices.split(",") if d]
     parts = [
         f"### Corruption throughput\n\n{dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
         f"{machine()}; prunegate/shifts sha256 {shifts_fingerprint()}\n"

@@ -49,7 +49,7 @@ suite:
 gate:
   rules:
     - {{name: clean, tasks: clean, metric: accuracy_drop, max: 1.0}}
-runtime: {{batch_size: {batch}, workers: 1, backend: {backend}, device: cpu}}
+runtime: {{batch_size: {batch}, workers: 1, backend: {backend}, device: {device}}}
 """
 
 
@@ -80,6 +80,7 @@ def write_policy(
     batch: int,
     names: str = "all",
     severities: str = "[1, 2, 3, 4, 5]",
+    device: str = "cpu",
 ) -> Path:
     path = folder / f"policy-{backend}-{fmt}-{images}.yaml"
     path.write_text(
@@ -95,6 +96,7 @@ def write_policy(
             severities=severities,
             batch=batch,
             backend=backend,
+            device=device,
         )
     )
     return path
@@ -119,7 +121,7 @@ def run_check(policy: Path, report: Path) -> tuple[float, dict, int]:
     return wall, predicate["timing"], rss_kb // 1024
 
 
-def inference_alone(models: dict[str, Path], backend: str, images: int, batch: int) -> float:
+def inference_alone(models: dict[str, Path], backend: str, images: int, batch: int, device: str = "cpu") -> float:
     """Seconds to run both models over TASKS x images pre-made inputs, in batches."""
     from prunegate.policy import ModelSpec
     from prunegate.runners import LoadOptions, load_runner
@@ -130,21 +132,28 @@ def inference_alone(models: dict[str, Path], backend: str, images: int, batch: i
             p,
             role,
             LoadOptions(
-                base_dir=p.parent, backend=backend, device=torch.device("cpu"), allow_pickle=False, allow_fallback=False
+                base_dir=p.parent,
+                backend=backend,
+                device=torch.device(device),
+                allow_pickle=False,
+                allow_fallback=False,
             ),
         )
         for role, p in models.items()
     ]
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for r in runners:
         r(x)  # warm-up
     full, last = divmod(images, batch)
+    sync()
     tick = time.perf_counter()
     for _ in range(TASKS):
         for size in [batch] * full + ([last] if last else []):
             chunk = x[:size]
             for r in runners:
                 r(chunk)
+    sync()
     return time.perf_counter() - tick
 
 
@@ -160,12 +169,14 @@ def synthetic(folder: Path, n: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[1000])
-    parser.add_argument("--memory", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--memory", type=int, nargs="*", default=[1000, 10000, 100000], help="none: skip; on cpu")
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--backends", default="onnx,torch")
     parser.add_argument("--md", type=Path)
+    parser.add_argument("--device", default="cpu", help="where the pipeline and inference runs go (cpu | cuda)")
     args = parser.parse_args()
-    lines = [f"Machine: {machine()}; {dt.date.today()}; batch {args.batch}.", ""]
+    device = f"; device {args.device}" if args.device != "cpu" else ""
+    lines = [f"Machine: {machine()}; {dt.date.today()}; batch {args.batch}{device}.", ""]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = make_models(folder)
@@ -177,9 +188,11 @@ def main() -> None:
         ]
         for backend in [b for b in args.backends.split(",") if b]:  # --backends "" : memory only
             for n in args.images:
-                policy = write_policy(folder, paths[backend], backend, n, data, "imagefolder", args.batch)
+                policy = write_policy(
+                    folder, paths[backend], backend, n, data, "imagefolder", args.batch, device=args.device
+                )
                 wall, timing, rss = run_check(policy, folder / "report.json")
-                alone = inference_alone(paths[backend], backend, n, args.batch)
+                alone = inference_alone(paths[backend], backend, n, args.batch, args.device)
                 lines.append(
                     f"| {backend} | {n:,} | {wall:.1f} | {timing['data_s']:.1f} | {timing['shift_s']:.1f} | "
                     f"{timing['models_s']:.1f} | {alone:.1f} | **{wall / alone:.2f}x** | {rss:,} |"

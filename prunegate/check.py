@@ -221,7 +221,8 @@ class Setup:
         """What a checkpoint of this run is bound to (prunegate.checkpoint)."""
         assert self.ctx.policy is not None
         document = self.ctx.policy.model_dump(mode="json")
-        for setting in ("batch_size", "workers"):  # results do not depend on them: a resumed run may change them
+        # Results do not depend on these: a resumed run may change them.
+        for setting in ("batch_size", "memory_budget", "workers"):
             document["runtime"].pop(setting, None)
         text = json.dumps(document, sort_keys=True)
         binding: dict = {
@@ -267,7 +268,7 @@ def prepare(
         Zygote.shared()  # the models' processes' parent imports torch meanwhile
     ctx = RunContext.build(policy)  # the data and assets are checked before the device
     device = device_for(world, resolve_device(runtime.device, runtime.allow_fallback, file=policy.file))
-    ctx = ctx.on(device)
+    ctx = ctx.on(device, models=1 + (1 if pruned is None else len(pruned)))  # batch_size: auto resolves here
     check_precision(runtime.precision, device, runtime.backend, file=policy.file)  # per model again, once chosen
     arena = InputArena() if isolated else None
     hidden = hidden_files(key_files) if isolated else ()
@@ -282,7 +283,7 @@ def prepare(
         channels_last=runtime.channels_last,
         input_size=policy.models.input.shape,
         kind=policy.task,
-        batch_size=runtime.batch_size,
+        batch_size=ctx.batch_size,
         settings=policy.file,
         allow_external_arch=allow_external_arch,
         gather=(lambda measured: gather_objects(measured, world)) if world.size > 1 else None,
@@ -361,7 +362,12 @@ def run_check(
     ordered = [records[t.name] for t in ctx.tasks]
     rules = evaluate_rules(policy.gate.rules, Evidence(ordered, replicates, policy.gate.confidence))
     options = run_options(
-        policy, ctx.device, allow_pickle=allow_pickle, allow_external_arch=allow_external_arch, processes=world.size
+        policy,
+        ctx.device,
+        allow_pickle=allow_pickle,
+        allow_external_arch=allow_external_arch,
+        processes=world.size,
+        batch=(ctx.batch_size, ctx.batch_source),
     )
     return builder.build(
         verdict=verdict(rules),

@@ -106,6 +106,57 @@ def load_assets(policy: Policy) -> ShiftAssets:
     )
 
 
+# runtime.batch_size: auto. A batch's working set grows with its pixels: the source batch and every
+# task's shift of it in prunegate's process, and each model's activations in the model's own
+# process. Measured on MobileNetV2 at 224 px under ONNX Runtime (bench/memory.py, bench/RESULTS.md):
+# about 80 bytes per input pixel in prunegate's process and 330 in each model's. Rounded up: the
+# shifts run in chunks of 64 images with float64 intermediates on CUDA, and other models are wider.
+SHIFT_BYTES_PER_PIXEL = 256
+MODEL_BYTES_PER_PIXEL = 384
+CPU_BUDGET_MIB = 1024  # the working set's budget on the CPU unless runtime.memory_budget says
+CUDA_FREE_FRACTION = 0.5  # ... and on CUDA: this share of the device's free memory
+MAX_AUTO_BATCH = 256  # more gains no speed, at any size (32 px CIFAR runs at this)
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    """The batch size a run uses, and how it was chosen (the report's options record both)."""
+
+    size: int
+    source: str
+
+
+def choose_batch_size(
+    requested: int | str,
+    shape: tuple[int, int],
+    device: torch.device,
+    *,
+    budget_mib: int | None = None,
+    models: int = 2,
+) -> BatchChoice:
+    """runtime.batch_size as a number. A number is used as it is ("given"); `auto` takes as many
+    images as fit the memory budget at the input's `shape` (height, width) with `models` models
+    holding their activations: the largest power of two in [1, MAX_AUTO_BATCH] within budget_mib
+    (runtime.memory_budget), else CPU_BUDGET_MIB on the CPU, CUDA_FREE_FRACTION of the free
+    memory on CUDA. Nothing runs a model: the batch is needed before they load (backend auto
+    times them with it)."""
+    if requested != "auto":  # (from the policy or --batch-size: the report's policy.overrides says which)
+        return BatchChoice(int(requested), "given")
+    height, width = shape
+    if budget_mib is not None:
+        budget, where = budget_mib << 20, f"runtime.memory_budget {budget_mib} MiB"
+    elif device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * CUDA_FREE_FRACTION)
+        where = f"{CUDA_FREE_FRACTION:.0%} of {free >> 20} MiB free on {device}"
+    else:
+        budget, where = CPU_BUDGET_MIB << 20, f"{CPU_BUDGET_MIB} MiB on the CPU"
+    per_image = height * width * (SHIFT_BYTES_PER_PIXEL + MODEL_BYTES_PER_PIXEL * max(models, 1))
+    fits = max(1, min(MAX_AUTO_BATCH, budget // per_image))
+    size = 1 << (fits.bit_length() - 1)
+    return BatchChoice(size, f"auto: budget {where}, {height}x{width} input, {models} models")
+
+
 @dataclass(frozen=True)
 class RunContext:
     """Everything a run derives from its policy, resolved once."""
@@ -115,12 +166,13 @@ class RunContext:
     pre: Preprocess
     size: tuple[int, int]  # models.input.size as (height, width)
     seed: int = 0  # suite.seed: every random draw is keyed by it
-    batch_size: int = 256
+    batch_size: int = 256  # runtime.batch_size, resolved (auto: choose_batch_size)
     workers: int = 0  # background decoding processes
     max_pixels: int = DEFAULT_MAX_PIXELS  # data.max_pixels
     assets: ShiftAssets = NO_ASSETS
     device: torch.device = torch.device("cpu")
     policy: Policy | None = None  # what it was built from
+    batch_source: str = "given"  # how batch_size was chosen (BatchChoice.source)
 
     @classmethod
     def build(
@@ -130,32 +182,41 @@ class RunContext:
         device: torch.device = torch.device("cpu"),
         sources: Sequence[Source] | None = None,
         assets: ShiftAssets | None = None,
+        models: int = 2,
     ) -> RunContext:
         """The context of `policy` on `device`: its plan, its sources opened (unless given), its
-        assets loaded (unless given). Bad data or assets raise a DataError naming the field."""
+        assets loaded (unless given), its batch size resolved for `models` models on `device`.
+        Bad data or assets raise a DataError naming the field."""
         tasks = build_plan(policy)
         opened = open_sources(policy, tasks) if sources is None else list(sources)
         found = load_assets(policy) if assets is None else assets
         pre = Preprocess.create(policy.models.input.mean, policy.models.input.std, device)
         runtime = policy.runtime
+        batch = _batch_choice(policy, device, models)
         return cls(
             tuple(tasks),
             tuple(opened),
             pre,
             policy.models.input.shape,
             policy.suite.seed,
-            runtime.batch_size,
+            batch.size,
             runtime.workers,
             policy.data.max_pixels,
             found,
             device,
             policy,
+            batch.source,
         )
 
-    def on(self, device: torch.device) -> RunContext:
-        """The same context with its preprocessing on `device`."""
+    def on(self, device: torch.device, models: int | None = None) -> RunContext:
+        """The same context with its preprocessing on `device`, and an `auto` batch size chosen
+        again for `device` (and `models` models, when given)."""
         pre = Preprocess(self.pre.mean.to(device), self.pre.std.to(device))
-        return dataclasses.replace(self, pre=pre, device=device)
+        moved = dataclasses.replace(self, pre=pre, device=device)
+        if self.policy is not None and (device != self.device or models is not None):
+            batch = _batch_choice(self.policy, device, 2 if models is None else models)
+            moved = dataclasses.replace(moved, batch_size=batch.size, batch_source=batch.source)
+        return moved
 
     def task(self, name: str) -> Task | None:
         """The task called `name`, if the plan has one."""
@@ -168,6 +229,17 @@ class RunContext:
     def data_records(self) -> list[dict]:
         """The report's `data`: every source, and the assets the pass used."""
         return [{"name": s.name, **s.manifest.to_dict()} for s in self.sources] + self.assets.records()
+
+
+def _batch_choice(policy: Policy, device: torch.device, models: int) -> BatchChoice:
+    runtime = policy.runtime
+    return choose_batch_size(
+        runtime.batch_size,
+        policy.models.input.shape,
+        device,
+        budget_mib=runtime.memory_budget,
+        models=models,
+    )
 
 
 @dataclass(frozen=True)

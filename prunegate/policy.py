@@ -83,6 +83,7 @@ DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-b
 NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder")  # formats that take class_names
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+MAX_BATCH_SIZE = 65536  # runtime.batch_size
 
 
 def repeated(names: list[str]) -> list[str]:
@@ -398,7 +399,18 @@ class Gate(Strict):
 class Runtime(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["auto", "torch", "onnx"] = "auto"
-    batch_size: int = Field(256, gt=0, le=65536)
+    batch_size: Literal["auto"] | Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)] = Field(
+        "auto",
+        description="images per batch; auto: as many as fit the memory budget at the input's size "
+        "(at most 256; see runtime.memory_budget)",
+    )
+    memory_budget: int | None = Field(
+        None,
+        ge=16,
+        le=1 << 24,
+        description="MiB the pass's working set may take when batch_size is auto (unset: 1024 on the CPU, "
+        "half the free memory on CUDA)",
+    )
     workers: int = Field(2, ge=0, le=64, description="background decoding processes")
     allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -413,6 +425,14 @@ class Runtime(Strict):
         "(recorded); strict: refuse to run unless the sandbox is complete; off: in prunegate's own process "
         "(debugging only: such a report is never signed)",
     )
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        """One message for every wrong value (a union would answer 0 with "should be 'auto'")."""
+        if value == "auto" or (type(value) is int and 0 < value <= MAX_BATCH_SIZE):
+            return value
+        raise ValueError(f"expected auto or a whole number of images from 1 to {MAX_BATCH_SIZE}, got {value!r}")
 
     @field_validator("channels_last", "isolation", mode="before")
     @classmethod

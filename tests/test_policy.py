@@ -86,8 +86,26 @@ def test_defaults_fill_optional_sections(tmp_path: Path) -> None:
     del data["gate"]["rules"][1:]
     policy = load_policy(write(tmp_path, data))
     assert policy.suite.seed == 0 and policy.suite.noise == [] and policy.suite.corruptions is None
-    assert policy.runtime.device == "auto" and policy.runtime.batch_size == 256
+    assert policy.runtime.device == "auto" and policy.runtime.batch_size == "auto"
+    assert policy.runtime.memory_budget is None
     assert policy.models.input.size == 32
+
+
+@pytest.mark.parametrize("value", ["auto", 1, 64, 65536])
+def test_batch_size_is_auto_or_a_number(tmp_path: Path, value: int | str) -> None:
+    data = example_dict()
+    data["runtime"]["batch_size"] = value
+    assert load_policy(write(tmp_path, data)).runtime.batch_size == value
+
+
+@pytest.mark.parametrize("value", [0, -3, 65537, "64", "Auto", 2.5, True, None, [8]])
+def test_batch_size_junk_is_refused_naming_the_field(tmp_path: Path, value: object) -> None:
+    data = example_dict()
+    data["runtime"]["batch_size"] = value
+    path = write(tmp_path, data)
+    error = load_error(path)
+    assert error.field == "runtime.batch_size", error
+    assert str(path) in str(error) and "expected auto or a whole number of images" in str(error)
 
 
 def test_sha256_is_that_of_the_file_bytes(tmp_path: Path) -> None:
@@ -148,6 +166,10 @@ def test_unknown_key_names_file_and_dotted_field(tmp_path: Path, field: str) -> 
         ("gate.rules.0.max", "0.01"),
         ("gate.rules.0.tasks", 3),
         ("runtime.workers", -1),
+        ("runtime.batch_size", 0),
+        ("runtime.batch_size", "big"),
+        ("runtime.memory_budget", "1G"),
+        ("runtime.memory_budget", 0),
         ("runtime.device", "tpu"),
         ("runtime.allow_fallback", "yes"),
     ],

@@ -198,19 +198,32 @@ class Manifest:
         }
 
 
+PREFETCH = 4  # decoded batches each worker keeps ready ...
+PREFETCH_BYTES = 128 << 20  # ... unless those of all workers would take more than this
+
+
+def prefetch_factor(size: Size, batch_size: int, workers: int) -> int:
+    """Batches each worker decodes ahead: PREFETCH, fewer (at least 1) where the decoded batches in
+    flight (uint8 images and masks) would pass PREFETCH_BYTES. Speed only: nothing read changes."""
+    height, width = as_shape(size)
+    batch_bytes = batch_size * height * width * 4  # 3 channels of uint8, and a mask or label
+    return max(1, min(PREFETCH, PREFETCH_BYTES // max(1, batch_bytes * workers)))
+
+
 def batches(
     images: ImageSet, indices: np.ndarray, size: Size, batch_size: int, workers: int, max_pixels: int
 ) -> Iterator[Batch]:
     """(sample indices, uint8 NHWC images, labels or masks, digests) in order, decoded in workers."""
     chunks = [indices[i : i + batch_size].tolist() for i in range(0, len(indices), batch_size)]
+    processes = min(workers, len(chunks))
     loader = torch.utils.data.DataLoader(
         _Fetch(images, size, max_pixels),
         batch_size=None,
         sampler=chunks,
-        num_workers=min(workers, len(chunks)),
+        num_workers=processes,
         # With batch_size=None torch calls collate_fn on each item, not on a list as its type says.
         collate_fn=_identity,  # type: ignore[arg-type]
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=prefetch_factor(size, batch_size, processes) if processes else None,
         persistent_workers=False,
     )
     for item in loader:

@@ -58,16 +58,25 @@ def policy_record(policy: Policy) -> dict:
 
 
 def run_options(
-    policy: Policy, device: torch.device, *, allow_pickle: bool, allow_external_arch: bool, processes: int
+    policy: Policy,
+    device: torch.device,
+    *,
+    allow_pickle: bool,
+    allow_external_arch: bool,
+    processes: int,
+    batch: tuple[int, str] | None = None,
 ) -> dict:
-    """The report's `options`: the settings the run used."""
+    """The report's `options`: the settings the run used. `batch`: the batch size the pass used
+    and how it was chosen (RunContext.batch_size, .batch_source)."""
     runtime = policy.runtime
+    size, source = batch if batch is not None else (runtime.batch_size, "given")
     return {
         "device": str(device),
         "backend": runtime.backend,
         "precision": runtime.precision,
         "channels_last": runtime.channels_last,
-        "batch_size": runtime.batch_size,
+        "batch_size": size,
+        "batch_size_source": source,
         "limit": policy.data.limit,
         "workers": runtime.workers,
         "allow_pickle": allow_pickle,
