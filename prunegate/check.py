@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from prunegate import __version__
+from prunegate.cache import DenseCache
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source, task_pixels
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
@@ -52,6 +53,7 @@ class Overrides:
     limit: int | None = None
     workers: int | None = None
     precision: str | None = None
+    cache: Path | None = None
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -76,6 +78,7 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
             ("batch_size", o.batch_size),
             ("workers", o.workers),
             ("precision", o.precision),
+            ("cache", str(Path(o.cache).resolve()) if o.cache is not None else None),
         )
         if v is not None
     }
@@ -176,6 +179,7 @@ class Setup:
     world: World = SINGLE
     arena: InputArena | None = None  # the models' shared input buffer, when they run isolated
     kind: PredictionKind = CLASSIFICATION
+    cache: DenseCache | None = None  # runtime.cache, once the pass has opened it
 
     def close(self) -> None:
         """End the models' processes and free their input buffer."""
@@ -199,6 +203,9 @@ class Setup:
         if checkpoint is not None:
             saver = Checkpoint(checkpoint.folder, self.binding(), rank=self.world.rank)
             restored = saver.restore() if checkpoint.resume else None
+        policy = self.ctx.policy
+        if policy is not None and policy.runtime.cache and self.world.size == 1:
+            self.cache = DenseCache.open(policy.resolve(policy.runtime.cache), self.cache_key())
         shown = progress if self.world.is_main else None  # only rank 0 draws the bar
         if shown is not None:
             shown.start(total_evaluations(self.ctx))
@@ -212,10 +219,32 @@ class Setup:
             classes=self.classes,
             checkpoint=saver,
             restored=restored,
+            cache=self.cache,
         )
         if saver is not None:
             saver.discard()
         return family, slowest(timings, self.world)
+
+    def cache_key(self) -> dict:
+        """What the dense model's outputs depend on, for every task (prunegate.cache; each task
+        adds its definition and data): the dense model as loaded and run, the preprocessing, the
+        seed, the shift assets and the class count."""
+        model = self.dense.record
+        return {
+            "kind": self.kind.name,
+            "dense": self.binding()["models.dense"],
+            "backend": model.backend,
+            "provider": model.provider,
+            "precision": model.precision,
+            "channels_last": model.channels_last,
+            "device": self.ctx.device.type,
+            "input": list(self.ctx.size),
+            "mean": self.ctx.pre.mean.flatten().tolist(),
+            "std": self.ctx.pre.std.flatten().tolist(),
+            "seed": self.ctx.seed,
+            "assets": self.ctx.assets.records(),
+            "classes": self.classes,
+        }
 
     def binding(self) -> dict:
         """What a checkpoint of this run is bound to (prunegate.checkpoint)."""
@@ -369,6 +398,12 @@ def run_check(
         processes=world.size,
         batch=(ctx.batch_size, ctx.batch_source),
     )
+    warnings = nonfinite_warnings(ordered)
+    if setup.cache is not None:
+        options["cache"] = setup.cache.record()
+        warnings += setup.cache.problems()
+    elif policy.runtime.cache:
+        warnings.append("runtime.cache was not used: under torchrun each process reads only its part of the data")
     return builder.build(
         verdict=verdict(rules),
         models={"dense": setup.dense.record, "pruned": setup.pruned[0].record},
@@ -377,7 +412,7 @@ def run_check(
         rules=rules,
         options=options,
         corruption_summary=kind.corruption_summary(ctx.tasks, records),
-        warnings=nonfinite_warnings(ordered),
+        warnings=warnings,
         device=ctx.device,
         timings=timings,
     )

@@ -8,6 +8,7 @@ order. What a model's output is and how it is tallied belongs to the prediction 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunegate.cache import DenseCache, TaskEntry
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import RunContext, Source, task_pixels
 from prunegate.data import Size, as_shape, batches
 from prunegate.distributed import SINGLE, World, gather_digests, merge_tallies
 from prunegate.errors import ModelError, PrunegateError
 from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
+from prunegate.plan import Task
 from prunegate.runners import Runner
 from prunegate.runners.base import first_line
 
@@ -139,6 +142,24 @@ def check_labels(source: Source, classes: int, kind: PredictionKind = CLASSIFICA
     kind.check_labels(source, source.images.labels[source.indices], classes, source.images.path)
 
 
+def task_key(task: Task, source: Source) -> dict:
+    """What a task's dense outputs depend on besides the run's models and preprocessing: the
+    task's definition and the data it reads (prunegate.cache)."""
+    definition = {
+        "name": task.name,
+        "kind": str(task.kind),
+        "shift": task.shift,
+        "severity": task.severity,
+        "level": task.level,
+        "preset": task.preset,
+        "draws": task.draws,
+        "precomputed": task.precomputed,
+    }
+    selection = hashlib.sha256(np.asarray(source.indices, dtype=np.int64).tobytes()).hexdigest()
+    data = {"name": source.name, "fingerprint": source.images.fingerprint(), "selection": selection}
+    return {"task": definition, "source": data}
+
+
 def total_evaluations(ctx: RunContext) -> int:
     """(task, sample) evaluations of one pass: its progress bar's total."""
     sizes = {s.name: len(s.indices) for s in ctx.sources}
@@ -166,13 +187,15 @@ def evaluate_family(
     fields: list[str] | None = None,
     checkpoint: Checkpoint | None = None,
     restored: dict | None = None,
+    cache: DenseCache | None = None,
 ) -> tuple[list[dict[str, Tally]], dict[str, float]]:
     """Run every task on the dense model once and on each pruned member; one tally dict per
     member (on CPU), and timings in seconds. Under torchrun each process reads its part of every
     source and the tallies are merged across processes. `classes`: the class count every output
     must have (the probe's); `fields`: the models' names in errors (dense first). `checkpoint`:
     saved every few minutes and when the pass stops early; `restored`: a checkpoint's state to
-    continue from (prunegate.checkpoint)."""
+    continue from (prunegate.checkpoint); `cache`: where the dense model's outputs are kept between
+    runs (prunegate.cache): a batch it holds is not run through the dense model again."""
     fields = fields or [
         "models.dense",
         *(["models.pruned"] if len(members) == 1 else [f"--pruned.{i}" for i in range(len(members))]),
@@ -183,6 +206,7 @@ def evaluate_family(
     tallies: list[dict[str, Tally]] = [{} for _ in members]
     timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0}
     done: dict[str, list[np.ndarray]] = {source.name: [] for source in ctx.sources}
+    entries: dict[str, TaskEntry] = {}
 
     def state() -> dict:
         """What a checkpoint keeps: the samples evaluated (whole batches) and every tally."""
@@ -210,6 +234,11 @@ def evaluate_family(
                         raise PrunegateError(
                             "the checkpoint does not fit this run (damaged?): remove it to start over", field="--resume"
                         ) from None
+            # the dense outputs a cache holds (single process only: a part would never fill an entry)
+            if cache is not None and world.size == 1:
+                entries.update(
+                    {t.name: cache.entry(task_key(t, source), source.indices, t.draws) for t in source_tasks}
+                )
             reads = source.indices if source.part is None else source.part
             earlier = restored.get("sources", {}).get(source.name)
             if earlier is not None and len(earlier["done"]):
@@ -229,21 +258,29 @@ def evaluate_family(
                 positions = torch.from_numpy(np.searchsorted(source.indices, ids.numpy())).to(device)
                 sample_ids = ids.to(device)
                 timings["data_s"] += time.perf_counter() - tick
+                rows = positions.cpu().numpy()
                 for task in source_tasks:
+                    entry = entries.get(task.name)
                     for draw in range(task.draws):
                         tick = time.perf_counter()
                         inputs = task_pixels(ctx, task, x, sample_ids, draw).model_input(ctx.pre)
                         timings["shift_s"] += time.perf_counter() - tick
                         tick = time.perf_counter()
                         where = (source.name, task.name, ids)
-                        dense_out = model_outputs(dense, inputs, classes, where, fields[0], kind)
+                        dense_kept = entry.take(rows, ids.numpy(), digests, draw) if entry else None
+                        if dense_kept is None:
+                            dense_kept = kind.keep(model_outputs(dense, inputs, classes, where, fields[0], kind))
+                            if entry is not None:
+                                entry.put(rows, ids.numpy(), digests, draw, dense_kept)
+                        else:
+                            dense_kept = dense_kept.to(device)
                         outputs = [
-                            model_outputs(member, inputs, classes, where, field, kind)
+                            kind.keep(model_outputs(member, inputs, classes, where, field, kind))
                             for member, field in zip(members, fields[1:])
                         ]
                         timings["models_s"] += time.perf_counter() - tick
-                        for member, pruned_out in zip(tallies, outputs):
-                            member[task.name].update(positions * task.draws + draw, labels, dense_out, pruned_out)
+                        for member, pruned_kept in zip(tallies, outputs):
+                            member[task.name].record(positions * task.draws + draw, labels, dense_kept, pruned_kept)
                     if progress:
                         progress(len(ids) * task.draws)
                 done[source.name].append(ids.numpy())
@@ -262,6 +299,8 @@ def evaluate_family(
                 pass  # the run's own error is the one to report
         raise
     merge_tallies(tallies, world)
+    if cache is not None:
+        cache.save()
     result = []
     for member in tallies:
         finished = {}

@@ -419,6 +419,12 @@ class Runtime(Strict):
     channels_last: Literal["auto", "on", "off"] = Field(
         "auto", description="channels-last memory format for torch models (auto: on CUDA for models with convolutions)"
     )
+    cache: str | None = Field(
+        None,
+        description="a folder where the dense model's outputs are kept between runs: a second check of another "
+        "pruned model against the same dense model, data and suite does not run the dense model again "
+        "(the report says which tasks came from it)",
+    )
     isolation: Literal["auto", "strict", "off"] = Field(
         "auto",
         description="auto: each model runs in a process of its own, sandboxed as far as the kernel allows "

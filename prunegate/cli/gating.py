@@ -28,7 +28,7 @@ from .common import (
     stdout_console,
     warn,
 )
-from .outputs import check_outputs, render_files, write_together
+from .outputs import check_cache_folder, check_outputs, render_files, write_together
 from .signing import SignedReport, check_signing, sign_report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,6 +75,12 @@ def check(
     html: Path | None = typer.Option(None, "--html", help="Also write the HTML report (one self-contained file)."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write a GitHub-flavoured Markdown summary."),
     junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one test case per rule."),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help="Keep the dense model's outputs in this folder (overrides runtime.cache): checking another pruned "
+        "model against the same dense model and policy then skips the dense model.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -97,6 +103,7 @@ def check(
         limit,
         workers,
         precision.value if precision else None,
+        cache,
     )
     loaded = apply_overrides(load_policy(policy), overrides)
     make_undumpable()  # no model process may read this one's memory or environment
@@ -105,6 +112,8 @@ def check(
     if key is not None:
         inputs["the signing key (--key)"] = key
     check_outputs({"--report": report, "--html": html, "--markdown": markdown, "--junit": junit}, inputs)
+    if loaded.runtime.cache:
+        check_cache_folder(loaded.resolve(loaded.runtime.cache), "--cache" if cache else "runtime.cache", inputs)
     plan = _checkpoint_plan(report, resume)
     world = distributed.from_environment()  # torchrun: every process runs its part; rank 0 writes
     result = _evaluate(

@@ -62,6 +62,19 @@ def check_outputs(outputs: Mapping[str, Path | None], inputs: Mapping[str, Path]
     return chosen
 
 
+def check_cache_folder(folder: Path, option: str, inputs: Mapping[str, Path]) -> None:
+    """A cache folder (written by the run) must not be, or lie inside, one of the run's inputs."""
+    real = _real(folder)
+    for what, source in inputs.items():
+        source = _real(source)
+        if real == source or (source.is_dir() and _inside(real, source)):
+            raise PrunegateError(
+                f"is or lies inside {what} ({source}), an input of this run: keep the cache elsewhere",
+                file=folder,
+                field=option,
+            )
+
+
 def probe_folder(path: Path, option: str) -> None:
     """The path must name a file in an existing folder this process can write into."""
     if path.is_dir():

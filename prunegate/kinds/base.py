@@ -30,9 +30,10 @@ class Tally(Protocol):
     @property
     def n(self) -> int: ...
 
-    def update(
-        self, positions: torch.Tensor, labels: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor
-    ) -> None: ...
+    def record(self, positions: torch.Tensor, labels: torch.Tensor, dense: torch.Tensor, pruned: torch.Tensor) -> None:
+        """Write one batch into the slots at `positions`, from what the kind keeps of each model's
+        outputs (PredictionKind.keep)."""
+        ...
 
     def all_reduce(self, reduce: Reduce) -> None: ...
 
@@ -65,6 +66,11 @@ class PredictionKind(Protocol):
 
     def check_labels(self, source: SourceLike, labels: np.ndarray, classes: int, path: str | Path | None) -> None:
         """Refuse a source whose labels the models cannot predict."""
+        ...
+
+    def keep(self, out: torch.Tensor) -> torch.Tensor:
+        """What a tally reads of one batch's checked outputs (the logits, or the per-pixel classes):
+        what a cache keeps of the dense model (prunegate.cache)."""
         ...
 
     def new_tally(self, n: int, device: torch.device, classes: int) -> Tally:

@@ -44,6 +44,10 @@ class Classification:
                 field=source.policy_field,
             )
 
+    def keep(self, out: torch.Tensor) -> torch.Tensor:
+        """The logits themselves: the tally needs them all (softmax distances)."""
+        return out
+
     def new_tally(self, n: int, device: torch.device, classes: int) -> TaskTally:
         """An empty per-sample tally."""
         return TaskTally.empty(n, device)

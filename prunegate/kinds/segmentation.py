@@ -94,19 +94,29 @@ class SegmentationTally:
     ) -> None:
         """Write one batch's confusion matrices and pixel counts into the slots at `positions`."""
         k = self.classes
-        batch = masks.shape[0]
-        expected = (batch, k, *masks.shape[1:])
-        if masks.ndim != 3 or tuple(dense_logits.shape) != expected or tuple(pruned_logits.shape) != expected:
+        expected = (masks.shape[0], k, *masks.shape[1:])
+        if tuple(dense_logits.shape) != expected or tuple(pruned_logits.shape) != expected:
             raise ValueError(
-                f"expected masks [B, H, W] and logits {list(expected)}, found masks {list(masks.shape)}, "
-                f"dense {list(dense_logits.shape)}, pruned {list(pruned_logits.shape)}"
+                f"expected logits {list(expected)} for masks {list(masks.shape)}, "
+                f"found dense {list(dense_logits.shape)}, pruned {list(pruned_logits.shape)}"
+            )
+        self.record(positions, masks, pixel_predictions(dense_logits), pixel_predictions(pruned_logits))
+
+    def record(
+        self, positions: torch.Tensor, masks: torch.Tensor, dense_pred: torch.Tensor, pruned_pred: torch.Tensor
+    ) -> None:
+        """The same from each model's per-pixel classes ([B, H, W]; K: non-finite logits)."""
+        k = self.classes
+        if masks.ndim != 3 or dense_pred.shape != masks.shape or pruned_pred.shape != masks.shape:
+            raise ValueError(
+                f"expected masks [B, H, W] and predictions of their shape, found masks {list(masks.shape)}, "
+                f"dense {list(dense_pred.shape)}, pruned {list(pruned_pred.shape)}"
             )
         masks = masks.long()
         valid = masks != self.ignore_index
         if bool((valid & ((masks < 0) | (masks >= k))).any()):
             raise ValueError(f"a mask holds a class outside 0-{k - 1} that is not the ignore index {self.ignore_index}")
-        dense_pred = pixel_predictions(dense_logits)
-        pruned_pred = pixel_predictions(pruned_logits)
+        dense_pred, pruned_pred = dense_pred.long(), pruned_pred.long()
         agree = valid & (dense_pred == pruned_pred) & (dense_pred < k)
         self.dense_confusion[positions] = batch_confusion(masks, dense_pred, valid, k)
         self.pruned_confusion[positions] = batch_confusion(masks, pruned_pred, valid, k)
@@ -436,6 +446,12 @@ class Segmentation:
             )
         for mask, values in images.mask_values([int(i) for i in source.indices]):
             images.check_mask_labels(values, classes, mask)
+
+    def keep(self, out: torch.Tensor) -> torch.Tensor:
+        """Each pixel's class (K where its logits are not finite): all the tally needs, and
+        K x 4 times smaller than the logits (int16 below 32,767 classes)."""
+        pred = pixel_predictions(out)
+        return pred.to(torch.int16) if out.shape[1] < 32767 else pred
 
     def new_tally(self, n: int, device: torch.device, classes: int) -> SegmentationTally:
         """An empty tally of `n` images."""

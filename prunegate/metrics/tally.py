@@ -98,6 +98,12 @@ class TaskTally:
         self.linf[positions] = linf
         self.filled[positions] = True
 
+    def record(
+        self, positions: torch.Tensor, labels: torch.Tensor, dense_logits: torch.Tensor, pruned_logits: torch.Tensor
+    ) -> None:
+        """`update`: a classifier's tally keeps the logits themselves (kinds.Classification.keep)."""
+        self.update(positions, labels, dense_logits, pruned_logits)
+
     def all_reduce(self, reduce: Reduce) -> None:
         """Merge every process's part in place, as STATES declare; each slot must have been filled
         by exactly one process."""
