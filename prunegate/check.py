@@ -251,7 +251,7 @@ class Setup:
         assert self.ctx.policy is not None
         document = self.ctx.policy.model_dump(mode="json")
         # Results do not depend on these: a resumed run may change them.
-        for setting in ("batch_size", "memory_budget", "workers"):
+        for setting in ("batch_size", "memory_budget", "workers", "cache"):
             document["runtime"].pop(setting, None)
         text = json.dumps(document, sort_keys=True)
         binding: dict = {

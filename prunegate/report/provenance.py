@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 # Overrides that cannot change a verdict: how many images go through a batch (results do not
-# depend on it: tests/test_determinism.py) and how many processes decode them.
-NO_EFFECT = frozenset({"runtime.batch_size", "runtime.workers"})
+# depend on it: tests/test_determinism.py) and the memory budget that chooses it, how many
+# processes decode them, and the dense cache (its outputs are the dense model's own, byte for
+# byte; the report's options.cache says which tasks it supplied).
+NO_EFFECT = frozenset({"runtime.batch_size", "runtime.memory_budget", "runtime.workers", "runtime.cache"})
 MODEL_PATHS = {"models.dense": "dense", "models.pruned": "pruned"}
 
 
