@@ -142,9 +142,16 @@ def check_labels(source: Source, classes: int, kind: PredictionKind = CLASSIFICA
     kind.check_labels(source, source.images.labels[source.indices], classes, source.images.path)
 
 
-def task_key(task: Task, source: Source) -> dict:
+def source_key(source: Source) -> dict:
+    """What a source's tasks' dense outputs depend on of its data: its fingerprint and selection
+    (prunegate.cache); computed once per source (a folder's fingerprint lists its files)."""
+    selection = hashlib.sha256(np.asarray(source.indices, dtype=np.int64).tobytes()).hexdigest()
+    return {"name": source.name, "fingerprint": source.images.fingerprint(), "selection": selection}
+
+
+def task_key(task: Task, data: dict) -> dict:
     """What a task's dense outputs depend on besides the run's models and preprocessing: the
-    task's definition and the data it reads (prunegate.cache)."""
+    task's definition and the data it reads (source_key)."""
     definition = {
         "name": task.name,
         "kind": str(task.kind),
@@ -155,8 +162,6 @@ def task_key(task: Task, source: Source) -> dict:
         "draws": task.draws,
         "precomputed": task.precomputed,
     }
-    selection = hashlib.sha256(np.asarray(source.indices, dtype=np.int64).tobytes()).hexdigest()
-    data = {"name": source.name, "fingerprint": source.images.fingerprint(), "selection": selection}
     return {"task": definition, "source": data}
 
 
@@ -236,9 +241,8 @@ def evaluate_family(
                         ) from None
             # the dense outputs a cache holds (single process only: a part would never fill an entry)
             if cache is not None and world.size == 1:
-                entries.update(
-                    {t.name: cache.entry(task_key(t, source), source.indices, t.draws) for t in source_tasks}
-                )
+                data = source_key(source)
+                entries.update({t.name: cache.entry(task_key(t, data), source.indices, t.draws) for t in source_tasks})
             reads = source.indices if source.part is None else source.part
             earlier = restored.get("sources", {}).get(source.name)
             if earlier is not None and len(earlier["done"]):
