@@ -97,8 +97,8 @@ class SegmentationTally:
         expected = (masks.shape[0], k, *masks.shape[1:])
         if tuple(dense_logits.shape) != expected or tuple(pruned_logits.shape) != expected:
             raise ValueError(
-                f"expected logits {list(expected)} for masks {list(masks.shape)}, "
-                f"found dense {list(dense_logits.shape)}, pruned {list(pruned_logits.shape)}"
+                f"expected masks [B, H, W] and logits {list(expected)}, found masks {list(masks.shape)}, "
+                f"dense {list(dense_logits.shape)}, pruned {list(pruned_logits.shape)}"
             )
         self.record(positions, masks, pixel_predictions(dense_logits), pixel_predictions(pruned_logits))
 
