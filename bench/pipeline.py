@@ -1,4 +1,25 @@
-"""The streaming pass vs inference alone, ONNX Runtime vs torch, and peak memory (issue #7).
+"""The streaming pass vs the two models alone (issues 7 and 16).
+
+Issue 16, item 3 -- the user's own command against the two models alone, whole processes:
+
+    .venv/bin/python bench/pipeline.py prepare /tmp/pipe          # both cases, models + policies
+    farm-bench -n 3 --timeout 1800 \\
+        --vs '.venv/bin/python bench/pipeline.py models /tmp/pipe/mobilenetv2' \\
+        -- .venv/bin/prunegate check -p /tmp/pipe/mobilenetv2/policy.yaml -o /tmp/pipe/mnv2.json -q
+    .venv/bin/python bench/pipeline.py split /tmp/pipe/mnv2.json   # the report's data/shift/models/wait
+
+and the same for /tmp/pipe/resnet20. `prepare` writes two cases, each a folder with dense.onnx,
+pruned.onnx and policy.yaml (defaults otherwise: batch size auto, isolation auto, ONNX Runtime,
+CPU): `mobilenetv2` -- the real MobileNetV2 of ../shared (float weights exported to ONNX) and a
+copy with 50 % of each conv's smallest weights zeroed, the 200 photos of imagenet-samples-200,
+clean + the 19 imagenet-c corruptions at severity 3 (20 tasks); `resnet20` -- akamaster's
+ResNet-20 and its 50 % global-magnitude-pruned copy, 1,000 class-balanced CIFAR-10 test images,
+clean + the whole cifar10-c suite (19 x 5: 96 tasks). `models CASE` is the yardstick: a fresh
+process that loads both ONNX models in ONNX Runtime (default session options, as the check's)
+and runs them over inputs made ahead of time, as many batches of the check's batch size as the
+check makes (tasks x images): no decoding, no shifts, no tallies, no sandbox, no report.
+
+Issue 7 -- the streaming pass vs inference alone, ONNX Runtime vs torch, and peak memory:
 
 In one run on one machine:
 1. pipeline: `prunegate check` on akamaster ResNet-20 (dense) and its 50 % WT-pruned copy, clean +
@@ -166,7 +187,90 @@ def synthetic(folder: Path, n: int) -> Path:
     return path
 
 
+CASES = {
+    "mobilenetv2": {"images": 200, "size": 224, "tasks": 1 + 19, "severities": "[3]", "preset": "imagenet-c"},
+    "resnet20": {
+        "images": 1000,
+        "size": 32,
+        "tasks": 1 + 19 * 5,
+        "severities": "[1, 2, 3, 4, 5]",
+        "preset": "cifar10-c",
+    },
+}
+
+CASE_POLICY = """version: 1
+name: bench-pipeline-{case}
+models:
+  dense: dense.onnx
+  pruned: pruned.onnx
+  input: {{size: {size}, mean: {mean}, std: {std}}}
+data:
+  test: {data}
+  limit: {images}
+suite:
+  seed: 0
+  corruptions: {{preset: {preset}, names: all, severities: {severities}}}
+gate:
+  rules:
+    - {{name: clean top-1, tasks: clean, metric: accuracy_drop, max: 1.0}}
+runtime: {{backend: onnx, device: cpu}}
+"""
+
+
+def prepare(folder: Path) -> None:
+    """The two cases' models and policies (module docstring)."""
+    import shutil
+
+    import memory  # bench/memory.py: the MobileNetV2 pair and the photos' layout
+
+    for case, spec in CASES.items():
+        where = folder / case
+        where.mkdir(parents=True, exist_ok=True)
+        if case == "mobilenetv2":
+            memory.make_models(where)
+            data = f"{{format: imagefolder-flat, path: {memory.PHOTOS}, class_names: {memory.WNIDS}}}"
+        else:
+            paths = make_models(where)["onnx"]
+            for role, path in paths.items():
+                shutil.move(str(path), where / f"{role}.onnx")
+            data = f"{{format: imagefolder, path: {SHARED / 'data' / 'cifar10-test-jpeg'}}}"
+        (where / "policy.yaml").write_text(CASE_POLICY.format(case=case, mean=MEAN, std=STD, data=data, **spec))
+
+
+def models_alone(where: Path) -> None:
+    """The yardstick: both models over tasks x images inputs made ahead, in the check's batches."""
+    import onnxruntime as ort
+
+    from prunegate.context import choose_batch_size
+
+    spec = CASES[where.name]
+    size, images, tasks = spec["size"], spec["images"], spec["tasks"]
+    batch = choose_batch_size("auto", (size, size), torch.device("cpu")).size
+    sessions = [
+        ort.InferenceSession(str(where / f"{role}.onnx"), providers=["CPUExecutionProvider"])
+        for role in ("dense", "pruned")
+    ]
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    full, last = divmod(images, batch)
+    for _ in range(tasks):
+        for count in [batch] * full + ([last] if last else []):
+            for session in sessions:
+                session.run(None, {session.get_inputs()[0].name: x[:count]})[0].argmax(axis=1)
+
+
+def split(report: Path) -> None:
+    """Print a report's timing: the pass's split between data, shifts, models and waiting."""
+    import base64
+
+    predicate = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))["predicate"]
+    timing, options = predicate["timing"], predicate["options"]
+    print(json.dumps({**timing, "batch_size": options.get("batch_size")}, indent=2))
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] in ("prepare", "models", "split"):
+        {"prepare": prepare, "models": models_alone, "split": split}[sys.argv[1]](Path(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[1000])
     parser.add_argument("--memory", type=int, nargs="*", default=[1000, 10000, 100000], help="none: skip; on cpu")

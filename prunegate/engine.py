@@ -1,7 +1,9 @@
 """The streaming pass: source batches -> task_pixels on the device -> both models -> the kind's tallies.
 
 Each source batch is read and decoded once (in background workers), moved to the device once,
-and every task's shift of it is made there (context.task_pixels) and fed to both models. Random
+and every task's shift of it is made there (context.task_pixels) and fed to both models. The
+decoding and shifting run in a producer thread a few inputs ahead of the models (prunegate.ahead),
+so they overlap with inference instead of adding to it. Random
 draws are keyed by (seed, task, draw, sample index), so results do not depend on batch size or
 order. What a model's output is and how it is tallied belongs to the prediction kind (kinds/).
 """
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from prunegate.ahead import Ahead
 from prunegate.cache import DenseCache, TaskEntry
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import RunContext, Source, task_pixels
@@ -165,6 +169,60 @@ def task_key(task: Task, data: dict) -> dict:
     return {"task": definition, "source": data}
 
 
+AHEAD = 3  # model inputs made ahead of the models (one task's shift of one batch each)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One decoded source batch on the device."""
+
+    ids: torch.Tensor  # sample indices (CPU)
+    digests: list[str]
+    labels: torch.Tensor
+    positions: torch.Tensor  # rows of the samples in the source's selection
+    rows: np.ndarray  # the same, as numpy
+
+
+@dataclass(frozen=True)
+class _TaskInput:
+    """What the models get next: `task`'s shift (draw `draw`) of `batch`. `first`: the batch's
+    first item; `last`: its last (every task done). A source without tasks gives one item per
+    batch with `task` None."""
+
+    batch: _Batch
+    task: Task | None
+    draw: int
+    inputs: torch.Tensor | None
+    first: bool
+    last: bool
+
+
+def _task_inputs(
+    ctx: RunContext, source: Source, reads: np.ndarray, tasks: list[Task], timings: dict[str, float]
+) -> Iterator[_TaskInput]:
+    """The producer side of the pass (run ahead of the models, prunegate.ahead): decode each
+    batch of `reads`, move it to the device, and make every task's inputs of it in plan order.
+    Adds its own time to `timings` data_s and shift_s."""
+    device = ctx.device
+    steps: list[tuple[Task | None, int]] = [(task, draw) for task in tasks for draw in range(task.draws)]
+    steps = steps or [(None, 0)]
+    tick = time.perf_counter()
+    for ids, images, labels, digests in batches(
+        source.images, reads, ctx.size, ctx.batch_size, ctx.workers, ctx.max_pixels
+    ):
+        x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        positions = torch.from_numpy(np.searchsorted(source.indices, ids.numpy()))
+        batch = _Batch(ids, digests, labels.to(device), positions.to(device), positions.numpy())
+        sample_ids = ids.to(device)
+        timings["data_s"] += time.perf_counter() - tick
+        for step, (task, draw) in enumerate(steps):
+            tick = time.perf_counter()
+            inputs = None if task is None else task_pixels(ctx, task, x, sample_ids, draw).model_input(ctx.pre)
+            timings["shift_s"] += time.perf_counter() - tick
+            yield _TaskInput(batch, task, draw, inputs, step == 0, step == len(steps) - 1)
+        tick = time.perf_counter()
+
+
 def total_evaluations(ctx: RunContext) -> int:
     """(task, sample) evaluations of one pass: its progress bar's total."""
     sizes = {s.name: len(s.indices) for s in ctx.sources}
@@ -209,7 +267,7 @@ def evaluate_family(
     device = ctx.device
     count = classes or probe_classes(dense, members[0], ctx.size, kind)
     tallies: list[dict[str, Tally]] = [{} for _ in members]
-    timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0}
+    timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0, "wait_s": 0.0}
     done: dict[str, list[np.ndarray]] = {source.name: [] for source in ctx.sources}
     entries: dict[str, TaskEntry] = {}
 
@@ -252,45 +310,38 @@ def evaluate_family(
                 reads = reads[~np.isin(reads, ids)]
                 if progress:
                     progress(len(ids) * sum(t.draws for t in source_tasks))
-            tick = time.perf_counter()
-            for ids, images, labels, digests in batches(
-                source.images, reads, ctx.size, ctx.batch_size, ctx.workers, ctx.max_pixels
-            ):
-                source.manifest.add(ids, digests)
-                x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-                labels = labels.to(device)
-                positions = torch.from_numpy(np.searchsorted(source.indices, ids.numpy())).to(device)
-                sample_ids = ids.to(device)
-                timings["data_s"] += time.perf_counter() - tick
-                rows = positions.cpu().numpy()
-                for task in source_tasks:
-                    entry = entries.get(task.name)
-                    for draw in range(task.draws):
+            with Ahead(_task_inputs(ctx, source, reads, source_tasks, timings), depth=AHEAD) as ahead:
+                for item in ahead:
+                    batch, shifted = item.batch, item.task
+                    if item.first:
+                        source.manifest.add(batch.ids, batch.digests)
+                    if shifted is not None and item.inputs is not None:
                         tick = time.perf_counter()
-                        inputs = task_pixels(ctx, task, x, sample_ids, draw).model_input(ctx.pre)
-                        timings["shift_s"] += time.perf_counter() - tick
-                        tick = time.perf_counter()
-                        where = (source.name, task.name, ids)
-                        dense_kept = entry.take(rows, ids.numpy(), digests, draw) if entry else None
+                        where = (source.name, shifted.name, batch.ids)
+                        entry = entries.get(shifted.name)
+                        ids = batch.ids.numpy()
+                        dense_kept = entry.take(batch.rows, ids, batch.digests, item.draw) if entry else None
                         if dense_kept is None:
-                            dense_kept = kind.keep(model_outputs(dense, inputs, classes, where, fields[0], kind))
+                            dense_kept = kind.keep(model_outputs(dense, item.inputs, classes, where, fields[0], kind))
                             if entry is not None:
-                                entry.put(rows, ids.numpy(), digests, draw, dense_kept)
+                                entry.put(batch.rows, ids, batch.digests, item.draw, dense_kept)
                         else:
                             dense_kept = dense_kept.to(device)
                         outputs = [
-                            kind.keep(model_outputs(member, inputs, classes, where, field, kind))
+                            kind.keep(model_outputs(member, item.inputs, classes, where, field, kind))
                             for member, field in zip(members, fields[1:])
                         ]
                         timings["models_s"] += time.perf_counter() - tick
+                        slots = batch.positions * shifted.draws + item.draw
                         for member, pruned_kept in zip(tallies, outputs):
-                            member[task.name].record(positions * task.draws + draw, labels, dense_kept, pruned_kept)
-                    if progress:
-                        progress(len(ids) * task.draws)
-                done[source.name].append(ids.numpy())
-                if checkpoint is not None and checkpoint.due():
-                    checkpoint.save(state())
-                tick = time.perf_counter()
+                            member[shifted.name].record(slots, batch.labels, dense_kept, pruned_kept)
+                        if progress and item.draw == shifted.draws - 1:
+                            progress(len(ids) * shifted.draws)
+                    if item.last:
+                        done[source.name].append(batch.ids.numpy())
+                        if checkpoint is not None and checkpoint.due():
+                            checkpoint.save(state())
+            timings["wait_s"] += ahead.waited_s
             source.manifest.merge(gather_digests(source.manifest.digests, world))
     except BaseException as exc:
         # Interrupted (Ctrl-C, SIGTERM) or failed for a reason outside the inputs (out of memory,

@@ -26,7 +26,14 @@ CORRUPTIONS = {"preset": "cifar10-c", "names": ["gaussian_noise", "contrast"], "
 DRAWS = {"noise/gaussian/0.1": 3}
 
 # Fields that measure time. Nothing else in a report may differ between two runs of the same inputs.
-TIME_FIELDS = ["timing.started", "timing.duration_s", "timing.data_s", "timing.shift_s", "timing.models_s"]
+TIME_FIELDS = [
+    "timing.started",
+    "timing.duration_s",
+    "timing.data_s",
+    "timing.shift_s",
+    "timing.models_s",
+    "timing.wait_s",
+]
 # Fields that record the run options themselves, which the comparisons across options vary.
 OPTION_FIELDS = [
     "options.batch_size",

@@ -122,7 +122,7 @@ def test_every_task_counts_every_selected_sample(folder: Path, limit: int | None
         assert bool(tally.filled.all())
         labels = src.images.labels[np.repeat(src.indices, task.draws)]
         assert tally.labels.tolist() == labels.tolist()
-    assert set(timings) == {"data_s", "shift_s", "models_s"}
+    assert set(timings) == {"data_s", "shift_s", "models_s", "wait_s"}
 
 
 def test_a_correct_model_scores_full_marks_on_clean(folder: Path) -> None:

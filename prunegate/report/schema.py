@@ -312,9 +312,10 @@ class CorruptionSummary(_Record):
 class Timing(_Record):
     started: str = Field(description="UTC, ISO 8601")
     duration_s: float
-    data_s: float
-    shift_s: float
-    models_s: float
+    data_s: float = Field(description="decoding and moving batches to the device (made ahead of the models)")
+    shift_s: float = Field(description="making every task's inputs: shifts and normalisation (ahead of the models)")
+    models_s: float = Field(description="both models (or the dense cache) and the tallies' inputs")
+    wait_s: float = Field(0.0, description="the models waiting for inputs: what the producer did not hide")
 
 
 class Report(_Record):
