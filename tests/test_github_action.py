@@ -95,11 +95,54 @@ def test_the_gate_step_passes_its_inputs_and_exit_code(action, tmp_path) -> None
     assert subprocess.run(["bash", "-c", fail_step["run"]], env={**env, "CODE": "0"}).returncode == 0
 
 
+def test_with_a_public_key_the_step_passes_only_a_verified_pass(action, tmp_path) -> None:
+    """check exits 0, but verify --require-pass does not confirm it: the step's exit code is 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "prunegate"
+    fake.write_text(
+        '#!/usr/bin/env bash\necho "$*" >> "$ARGS_SEEN"\n'
+        '[ "$1" = verify ] && { grep -q "PUBLIC KEY" "$4" || exit 9; exit 1; }\nexit 0\n'
+    )
+    fake.chmod(0o755)
+    outputs = tmp_path / "github-output"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(outputs),
+        "ARGS_SEEN": str(tmp_path / "args"),
+        "POLICY": "policy.yaml",
+        "DENSE": "",
+        "PRUNED": "p.onnx",
+        "REPORT": "r.json",
+        "HTML": "r.html",
+        "JUNIT": "r.xml",
+        "ARGS": "",
+        "PRUNEGATE_SIGNING_KEY": "private",
+        "PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----",
+    }
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step(action, "gate")["run"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    calls = (tmp_path / "args").read_text().splitlines()
+    assert calls[0].startswith("check ") and calls[1].startswith("verify r.json --key ")
+    assert calls[1].endswith("--require-pass --pruned p.onnx")
+    assert dict(re.findall(r"^([\w-]+)=(.*)$", outputs.read_text(), re.M)) == {"exit-code": "1", "verdict": "fail"}
+
+
 def test_the_options_it_passes_exist() -> None:
     import typer
 
     from prunegate.cli import cli
 
-    check = typer.main.get_command(cli).commands["check"]
-    options = {o for p in check.params for o in p.opts}
+    commands = typer.main.get_command(cli).commands
+    options = {o for p in commands["check"].params for o in p.opts}
     assert {"--policy", "--report", "--html", "--junit", "--dense", "--pruned"} <= options
+    verify = {o for p in commands["verify"].params for o in p.opts}
+    assert {"--key", "--require-pass", "--dense", "--pruned"} <= verify

@@ -521,3 +521,103 @@ def test_a_module_arch_records_its_distribution_and_version(signed, tmp_path) ->
     )
     assert record["kind"] == "module" and record["distribution"] == "prunegate" and record["version"] == __version__
     assert record["path"].endswith("cifar_resnet.py") and len(record["sha256"]) == 64
+
+
+class WrongColour(torch.nn.Module):
+    """Predicts the darkest channel: every image of the colour set wrong."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -x.mean(dim=(2, 3)) * 10.0
+
+
+@pytest.fixture(scope="module")
+def unsigned(signed, tmp_path_factory):
+    """Unsigned reports of the colour pair: a PASS (pass.json) and a FAIL (fail.json)."""
+    folder = tmp_path_factory.mktemp("unsigned")
+    torch.jit.save(torch.jit.script(WrongColour()), folder / "wrong.pt")
+    policy = (signed / "policy.yaml").read_text().replace("require_signature: true\n", "")
+    (folder / "policy.yaml").write_text(
+        policy.replace("dense.pt", str(signed / "dense.pt"))
+        .replace("pruned.pt", str(signed / "pruned.pt"))
+        .replace("data.npz", str(signed / "data.npz"))
+    )
+    env = os.environ.pop("PRUNEGATE_SIGNING_KEY", None)
+    try:
+        assert main(["check", "-p", str(folder / "policy.yaml"), "-o", str(folder / "pass.json"), "-q"]) == 0
+        pruned = ["--pruned", str(folder / "wrong.pt")]
+        assert main(["check", "-p", str(folder / "policy.yaml"), *pruned, "-o", str(folder / "fail.json"), "-q"]) == 1
+    finally:
+        if env is not None:
+            os.environ["PRUNEGATE_SIGNING_KEY"] = env
+    return folder
+
+
+def test_sign_adds_a_signature_over_the_unchanged_statement(signed, unsigned, tmp_path, capsys):
+    before = json.loads((unsigned / "pass.json").read_text())
+    assert before["signatures"] == []
+    out = tmp_path / "signed.json"
+    assert main(["sign", str(unsigned / "pass.json"), "--key", str(signed / "key.pem"), "-o", str(out)]) == 0
+    assert (
+        "signed" in capsys.readouterr().out
+        and (unsigned / "pass.json").read_text() == json.dumps(before, indent=2) + "\n"
+    )
+    after = json.loads(out.read_text())
+    assert after["payload"] == before["payload"] and after["payloadType"] == before["payloadType"]
+    public = load_pem_public_key((signed / "key.pub").read_bytes())
+    public.verify(
+        base64.b64decode(after["signatures"][0]["sig"]), _pae(after["payloadType"], base64.b64decode(after["payload"]))
+    )
+    assert main(["verify", str(out), "--key", str(signed / "key.pub")]) == 0
+    # in place by default; a second signing is refused
+    copy = tmp_path / "copy.json"
+    copy.write_text((unsigned / "pass.json").read_text())
+    assert main(["sign", str(copy), "--key", str(signed / "key.pem")]) == 0
+    assert main(["verify", str(copy), "--key", str(signed / "key.pub")]) == 0
+    assert main(["sign", str(copy), "--key", str(signed / "key.pem")]) == 2
+    assert "already signed" in capsys.readouterr().err
+
+
+def test_sign_refuses_what_is_not_a_report_or_has_no_key(signed, unsigned, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("PRUNEGATE_SIGNING_KEY", raising=False)
+    envelope = json.loads((unsigned / "pass.json").read_text())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["verdict"] = "maybe"  # not a prunegate report any more
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(dict(envelope, payload=base64.b64encode(json.dumps(statement).encode()).decode())))
+    text = forged.read_text()
+    assert main(["sign", str(forged), "--key", str(signed / "key.pem")]) == 2
+    assert forged.read_text() == text  # nothing written
+    assert main(["sign", str(unsigned / "pass.json")]) == 2
+    assert main(["sign", str(tmp_path / "missing.json"), "--key", str(signed / "key.pem")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 3
+    assert "cannot be signed" in err and "verdict" in err and "--key" in err
+
+
+def test_require_pass_fails_a_validly_signed_fail_report(signed, unsigned, tmp_path, capsys):
+    for name in ("pass", "fail"):
+        assert (
+            main(
+                [
+                    "sign",
+                    str(unsigned / f"{name}.json"),
+                    "--key",
+                    str(signed / "key.pem"),
+                    "-o",
+                    str(tmp_path / f"{name}.json"),
+                ]
+            )
+            == 0
+        )
+    key = ["--key", str(signed / "key.pub")]
+    assert main(["verify", str(tmp_path / "fail.json"), *key]) == 0  # a valid signature over a FAIL
+    assert "verdict FAIL" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "fail.json"), *key, "--require-pass"]) == 1
+    assert "NOT PASSED" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "pass.json"), *key, "--require-pass"]) == 0
+
+
+def test_verify_refuses_a_private_key(signed, capsys):
+    assert main(["verify", str(signed / "report.json"), "--key", str(signed / "key.pem")]) == 2
+    err = capsys.readouterr().err
+    assert "is a private key" in err and "key.pub" not in err.split("key.pem")[0]

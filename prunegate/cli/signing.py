@@ -1,5 +1,6 @@
-"""`prunegate keygen` and `prunegate verify`: signing keys and offline verification; and the
-signing of `prunegate check`'s report (`check_signing` before the run, `sign_report` after it)."""
+"""`prunegate keygen`, `verify` and `sign`: signing keys, offline verification and signing an
+existing report; and the signing of `prunegate check`'s report (`check_signing` before the run,
+`sign_report` after it)."""
 
 from __future__ import annotations
 
@@ -131,8 +132,14 @@ def verify(
         "--allow-overrides",
         help="With --policy: accept a run whose command line overrode policy settings (they are still listed).",
     ),
+    require_pass: bool = typer.Option(
+        False,
+        "--require-pass",
+        help="Also require the verdict to be PASS (exit 1 for a validly signed FAIL): for a CI step gating on it.",
+    ),
 ) -> int:
-    """Verify a signed report offline: exit 0 valid, 1 does not verify, 2 unreadable input."""
+    """Verify a signed report offline: exit 0 valid, 1 does not verify (or, with --require-pass,
+    its verdict is not PASS), 2 unreadable input."""
     from prunegate.digest import file_sha256
     from prunegate.report.attest import parse_envelope, verify_envelope
     from prunegate.report.keys import load_public
@@ -191,6 +198,53 @@ def verify(
     out.print(
         f"VERIFIED: {report}: verdict {predicate['verdict'].upper()} for {models} under policy "
         f"{predicate['policy']['name']!r}, {predicate['timing']['started']}",
+        markup=False,
+    )
+    if require_pass and predicate["verdict"] != "pass":
+        print(
+            printable(f"NOT PASSED: {report}: the verdict is {predicate['verdict'].upper()} (--require-pass)"),
+            file=sys.stderr,
+        )
+        return EXIT_FAIL
+    return EXIT_PASS
+
+
+@cli.command()
+def sign(
+    report: Path = typer.Argument(..., help="An unsigned report (DSSE envelope), e.g. from a run without --key."),
+    key: Path | None = typer.Option(
+        None, "--key", help="The Ed25519 private key (NAME.pem); default: PRUNEGATE_SIGNING_KEY."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write the signed report (default: REPORT)."),
+) -> int:
+    """Sign an existing unsigned report without running it again: the statement is unchanged, the
+    signature covers it byte for byte. Signing vouches for the report: it is checked first to be
+    a well-formed prunegate report."""
+    from prunegate.report.attest import Verification, check_statement, envelope_json, read_envelope
+    from prunegate.report.attest import sign as sign_payload
+    from prunegate.report.keys import fingerprint
+
+    data, payload, statement = read_envelope(read_report_text(report), str(report))
+    if data["signatures"]:
+        raise PrunegateError(
+            "is already signed: sign adds the first signature to an unsigned report "
+            "(verify it with `prunegate verify`)",
+            file=report,
+            field="signatures",
+        )
+    checked = check_statement(Verification(), str(data["payloadType"]), payload)
+    if not checked.ok:
+        raise PrunegateError(f"cannot be signed: {checked.failure}", file=report, field="payload")
+    private_key = signing_key(key)
+    if private_key is None:
+        raise PrunegateError("sign needs a private key: pass --key or set PRUNEGATE_SIGNING_KEY", field="--key")
+    target = out or report
+    write_atomic(target, envelope_json(sign_payload(payload, private_key)))
+    keyid = fingerprint(private_key.public_key())[:16]
+    predicate = statement["predicate"]
+    stdout_console().print(
+        f"signed {target} with key {keyid}: verdict {str(predicate.get('verdict')).upper()} under policy "
+        f"{predicate['policy']['name']!r}",
         markup=False,
     )
     return EXIT_PASS

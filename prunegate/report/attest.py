@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from prunegate.errors import ReportError
 
 from .schema import PREDICATE_TYPE, Report
@@ -252,8 +254,15 @@ def verify_envelope(data: dict, public_key: Ed25519PublicKey) -> Verification:
     if not signed:
         return result.fail(f"no signature verifies with key {keyid[:16]} (altered report, or another key)")
     result.checks.append(f"Ed25519 signature by key {keyid[:16]}… over the payload")
-    if data["payloadType"] != PAYLOAD_TYPE:
-        return result.fail(f"payloadType is {data['payloadType']!r}, not {PAYLOAD_TYPE!r}")
+    return check_statement(result, str(data["payloadType"]), payload)
+
+
+def check_statement(result: Verification, payload_type: str, payload: bytes) -> Verification:
+    """The statement's structure: an in-toto Statement v1 whose subjects are the report's models
+    and whose predicate is a valid prunegate report; sets `result.statement` when it is (what
+    `verify` checks after the signature, and what `sign` checks before signing)."""
+    if payload_type != PAYLOAD_TYPE:
+        return result.fail(f"payloadType is {payload_type!r}, not {PAYLOAD_TYPE!r}")
     try:
         decoded = strict_json(payload)
     except DuplicateKeyError as exc:  # (parse_envelope refuses these first, naming the file)
@@ -269,6 +278,10 @@ def verify_envelope(data: dict, public_key: Ed25519PublicKey) -> Verification:
         return result.fail("the statement's subjects are not the dense and pruned models with sha256 digests")
     try:
         report = Report.model_validate(decoded.get("predicate"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "predicate"
+        return result.fail(f"the predicate is not a valid prunegate report ({where}: {first['msg']})")
     except Exception as exc:
         return result.fail(f"the predicate is not a valid prunegate report ({str(exc).splitlines()[0]})")
     recorded = {

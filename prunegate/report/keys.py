@@ -60,18 +60,22 @@ def load_private(pem: bytes, passphrase: bytes | None, source: str) -> Ed25519Pr
 
 
 def load_public(path: Path) -> Ed25519PublicKey:
-    """Read an Ed25519 public key from a PEM file (a private key file gives its public half)."""
+    """Read an Ed25519 public key from a PEM file. A private key file is refused: whoever verifies
+    needs only the public half, and a private key handed around for verifying is no longer private."""
     require_file(path, "public key file", error=KeyFileError)
     data = path.read_bytes()
+    if b"PRIVATE KEY-----" in data:
+        raise KeyFileError(
+            "is a private key: verify with its public half (the NAME.pub that `prunegate keygen` wrote) "
+            "and keep the private key with the signer",
+            file=path,
+        )
     try:
         key = serialization.load_pem_public_key(data)
     except Exception:
-        try:  # a private key file works too: its public half verifies
-            return load_private(data, None, str(path)).public_key()
-        except KeyFileError:
-            raise KeyFileError(
-                "not a PEM public key (expected the NAME.pub that `prunegate keygen` wrote)", file=path
-            ) from None
+        raise KeyFileError(
+            "not a PEM public key (expected the NAME.pub that `prunegate keygen` wrote)", file=path
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"expected an Ed25519 key, found {type(key).__name__}", file=path)
     return key
