@@ -22,6 +22,36 @@ def step(action: dict, name: str) -> dict:
     return next(s for s in action["runs"]["steps"] if s.get("name") == name or s.get("id") == name)
 
 
+def run_gate_step(action: dict, tmp_path: Path, fake_prunegate: str, **settings: str) -> subprocess.CompletedProcess:
+    """The gate step's shell, run as GitHub runs it, with `fake_prunegate` (a bash script) as
+    `prunegate` on the PATH; `settings` are the step's environment beyond these defaults."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "prunegate"
+    fake.write_text(fake_prunegate)
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_OUTPUT": str(tmp_path / "github-output"),
+        "ARGS_SEEN": str(tmp_path / "args"),
+        "DENSE": "",
+        "PRUNED": "p.onnx",
+        "REPORT": "r.json",
+        "HTML": "r.html",
+        "JUNIT": "r.xml",
+        **settings,
+    }
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step(action, "gate")["run"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_composite_action_inputs_and_steps(action) -> None:
     assert action["runs"]["using"] == "composite"
     assert {"policy", "dense", "pruned", "signing-key", "python-version"} <= set(action["inputs"])
@@ -42,35 +72,16 @@ def test_composite_action_inputs_and_steps(action) -> None:
 def test_the_gate_step_passes_its_inputs_and_exit_code(action, tmp_path) -> None:
     """The step's shell, run as GitHub runs it, with a stand-in `prunegate` that records its
     arguments and exits 1 (a failed gate)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "prunegate"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_SEEN"\nexit 1\n')
-    fake.chmod(0o755)
-    outputs = tmp_path / "github-output"
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "GITHUB_OUTPUT": str(outputs),
-        "ARGS_SEEN": str(tmp_path / "args"),
-        "POLICY": "my policy.yaml",
-        "DENSE": "",
-        "PRUNED": "p.onnx",
-        "REPORT": "r.json",
-        "HTML": "r.html",
-        "JUNIT": "r.xml",
-        "ARGS": "--device cpu  --limit 20",
-        "PRUNEGATE_SIGNING_KEY": "",
-    }
-    script = step(action, "gate")["run"]
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_gate_step(
+        action,
+        tmp_path,
+        '#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$ARGS_SEEN"\nexit 1\n',
+        POLICY="my policy.yaml",
+        ARGS="--device cpu  --limit 20",
+        PRUNEGATE_SIGNING_KEY="",
     )
+    env = {**os.environ}
+    outputs = tmp_path / "github-output"
     assert done.returncode == 0, done.stderr  # the step itself succeeds; the last step fails the job
     assert (tmp_path / "args").read_text().splitlines() == [
         "check",
@@ -97,38 +108,17 @@ def test_the_gate_step_passes_its_inputs_and_exit_code(action, tmp_path) -> None
 
 def test_with_a_public_key_the_step_passes_only_a_verified_pass(action, tmp_path) -> None:
     """check exits 0, but verify --require-pass does not confirm it: the step's exit code is 1."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "prunegate"
-    fake.write_text(
+    done = run_gate_step(
+        action,
+        tmp_path,
         '#!/usr/bin/env bash\necho "$*" >> "$ARGS_SEEN"\n'
-        '[ "$1" = verify ] && { grep -q "PUBLIC KEY" "$4" || exit 9; exit 1; }\nexit 0\n'
+        '[ "$1" = verify ] && { grep -q "PUBLIC KEY" "$4" || exit 9; exit 1; }\nexit 0\n',
+        POLICY="policy.yaml",
+        ARGS="",
+        PRUNEGATE_SIGNING_KEY="private",
+        PUBLIC_KEY="-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----",
     )
-    fake.chmod(0o755)
     outputs = tmp_path / "github-output"
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "GITHUB_OUTPUT": str(outputs),
-        "ARGS_SEEN": str(tmp_path / "args"),
-        "POLICY": "policy.yaml",
-        "DENSE": "",
-        "PRUNED": "p.onnx",
-        "REPORT": "r.json",
-        "HTML": "r.html",
-        "JUNIT": "r.xml",
-        "ARGS": "",
-        "PRUNEGATE_SIGNING_KEY": "private",
-        "PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----",
-    }
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step(action, "gate")["run"]],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
     assert done.returncode == 0, done.stderr
     calls = (tmp_path / "args").read_text().splitlines()
     assert calls[0].startswith("check ") and calls[1].startswith("verify r.json --key ")
