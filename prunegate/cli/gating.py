@@ -10,10 +10,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from prunegate.checkpoint import folder_for
 from prunegate.errors import printable
 from prunegate.report.render import Format, RenderOptions, renderer
-from prunegate.runners.sandbox import make_undumpable
 
 from .common import (
     CONSOLE_WIDTH,
@@ -106,6 +104,8 @@ def check(
         cache,
     )
     loaded = apply_overrides(load_policy(policy), overrides)
+    from prunegate.runners.sandbox import make_undumpable
+
     make_undumpable()  # no model process may read this one's memory or environment
     signs = check_signing(key, loaded, policy)
     inputs = input_files(loaded)
@@ -135,6 +135,7 @@ def check(
 def _checkpoint_plan(report: Path, resume: bool) -> CheckpointPlan:
     """The checkpoint beside the report (REPORT.partial/); a warning when this run replaces one."""
     from prunegate.check import CheckpointPlan
+    from prunegate.checkpoint import folder_for
 
     plan = CheckpointPlan(folder_for(report), resume=resume)
     if not resume and plan.folder.is_dir() and any(plan.folder.iterdir()):
