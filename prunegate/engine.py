@@ -204,6 +204,8 @@ def _task_inputs(
     batch of `reads`, move it to the device, and make every task's inputs of it in plan order.
     Adds its own time to `timings` data_s and shift_s."""
     device = ctx.device
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # CUDA's current device is per thread: this one's is the run's
     steps: list[tuple[Task | None, int]] = [(task, draw) for task in tasks for draw in range(task.draws)]
     steps = steps or [(None, 0)]
     tick = time.perf_counter()
