@@ -258,3 +258,76 @@ def test_onnx_parameter_count_covers_every_float_type() -> None:
     graph = helper.make_graph([], "g", [], [], initializer=initializers)
     counts = count_onnx_parameters(helper.make_model(graph))
     assert (counts.parameters, counts.nonzero) == (8, 4)
+
+
+def _prune_reparametrised_resnet20() -> torch.nn.Module:
+    """A ResNet-20 with torch.nn.utils.prune still applied: L1 on the first conv, global
+    magnitude over the other convs (what a user saves without calling prune.remove)."""
+    import torch.nn.utils.prune as prune
+
+    from prunegate.archs.cifar_resnet import resnet20
+
+    torch.manual_seed(0)
+    model = resnet20().eval()
+    prune.l1_unstructured(model.conv1, "weight", amount=0.3)
+    convs = [(m, "weight") for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n != "conv1"]
+    prune.global_unstructured(convs, pruning_method=prune.L1Unstructured, amount=0.5)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # auto: exported to ONNX and timed
+def test_a_state_dict_saved_under_torch_pruning_is_folded(tmp_path: Path, backend: str) -> None:
+    model = _prune_reparametrised_resnet20()
+    state = model.state_dict()
+    assert "conv1.weight_orig" in state and "conv1.weight_mask" in state and "conv1.weight" not in state
+    torch.save(state, tmp_path / "pruned.pth")
+    runner = load(tmp_path / "pruned.pth", "prunegate.archs.cifar_resnet:resnet20", backend=backend)
+    assert runner.record.format == "state-dict (pruning reparametrised)"
+    # the reference: torch's own pruned module (its forward hook computes weight_orig * weight_mask)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(runner(x), expected, atol=1e-4, rtol=1e-4)
+    nonzero = sum(int(torch.count_nonzero(getattr(m, n))) for m, n in _pruned_parameters(model))
+    assert runner.record.parameters == sum(p.numel() for p in _plain_parameters(model))
+    assert runner.record.nonzero_parameters == nonzero
+    assert runner.record.sparsity > 0.45
+
+
+def _pruned_parameters(model: torch.nn.Module):
+    """(module, name) of every parameter as the forward sees it: `weight` for pruned convs."""
+    for module in model.modules():
+        for name, _ in module.named_parameters(recurse=False):
+            yield module, name.removesuffix("_orig")
+
+
+def _plain_parameters(model: torch.nn.Module):
+    return [getattr(m, n) for m, n in _pruned_parameters(model)]
+
+
+def test_an_arch_that_applies_pruning_itself_loads_the_pair_as_it_is(tmp_path: Path) -> None:
+    (tmp_path / "pruned_arch.py").write_text(
+        "import torch.nn.utils.prune as prune\n"
+        "from prunegate.archs.cifar_resnet import resnet20\n"
+        "def build():\n"
+        "    model = resnet20()\n"
+        "    prune.identity(model.conv1, 'weight')\n"
+        "    return model\n"
+    )
+    import torch.nn.utils.prune as prune
+
+    from prunegate.archs.cifar_resnet import resnet20
+
+    model = resnet20()
+    prune.l1_unstructured(model.conv1, "weight", amount=0.5)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    runner = load(tmp_path / "w.pth", "pruned_arch.py:build", backend="torch")
+    assert runner.record.format == "state-dict"  # nothing folded: the arch has weight_orig itself
+
+
+def test_a_pruning_mask_of_another_shape_is_a_model_error(tmp_path: Path) -> None:
+    state = _prune_reparametrised_resnet20().state_dict()
+    state["conv1.weight_mask"] = state["conv1.weight_mask"][:, :1]
+    torch.save(state, tmp_path / "bad.pth")
+    error = model_error(tmp_path / "bad.pth", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    assert "conv1.weight_mask" in str(error) and "shape" in str(error) and "bad.pth" in str(error)

@@ -77,7 +77,10 @@ class Isolation(_Record):
 class ModelRecord(_Record):
     path: str
     sha256: str
-    format: str = Field(description="onnx | torchscript | torch-export | state-dict | pickle")
+    format: str = Field(
+        description="onnx | torchscript | torch-export | state-dict | state-dict (pruning reparametrised): "
+        "torch.nn.utils.prune's weight_orig x weight_mask pairs, folded | pickle"
+    )
     parameters: int
     nonzero_parameters: int
     sparsity: float = Field(description="1 - nonzero_parameters / parameters")

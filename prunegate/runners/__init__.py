@@ -13,7 +13,7 @@ from prunegate.errors import ModelError
 from prunegate.policy import ModelSpec
 from prunegate.report.schema import ArchSource, BackendChoice, Isolation
 
-from .base import LoadOptions, ModelFile, Runner, check_precision, resolve_device
+from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, resolve_device
 
 if TYPE_CHECKING:
     from .isolated import InputArena, IsolatedRunner
@@ -89,14 +89,14 @@ def _load(spec: ModelSpec, path: Path, field: str, options: LoadOptions) -> Runn
 
     arch_source = _pin_arch(spec, path, field, sniff_format(path, field), options)
     module, fmt, shape = load_torch_module(path, field, spec.arch, options.base_dir, options.allow_pickle)
-    built_by_arch = fmt in ("state-dict", "pickle")  # the other formats hold their code: no arch is recorded
+    by_arch = built_by_arch(fmt)  # the other formats hold their code: no arch is recorded
     file = ModelFile(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if built_by_arch else None,
+        arch=spec.arch if by_arch else None,
         pickle_allowed=options.allow_pickle,
-        arch_source=arch_source if built_by_arch else None,
+        arch_source=arch_source if by_arch else None,
     )
     if options.backend == "auto":
         from .auto import choose

@@ -38,13 +38,22 @@ class LoadOptions:
     kind: str = "classification"  # the prediction kind the outputs must be (kinds/): checked before any timing
 
 
+STATE_DICT = "state-dict"
+PRUNING_STATE_DICT = "state-dict (pruning reparametrised)"  # torch.nn.utils.prune's *_orig + *_mask, folded
+
+
+def built_by_arch(fmt: str) -> bool:
+    """Whether a model of this format is built by its arch code (the other formats hold their code)."""
+    return fmt in (STATE_DICT, PRUNING_STATE_DICT, "pickle")
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """What the report records of a model file whichever backend runs it: its part of the ModelRecord."""
 
     path: str
     sha256: str
-    format: str  # onnx | torchscript | torch-export | state-dict | pickle
+    format: str  # onnx | torchscript | torch-export | state-dict | state-dict (pruning reparametrised) | pickle
     arch: str | None = None
     pickle_allowed: bool = False
     external_data: list[ExternalData] | None = None  # ONNX: the weight files beside the model, pinned

@@ -37,7 +37,7 @@ from prunegate.errors import DeviceError, ModelError
 from prunegate.report.schema import Isolation, ModelRecord
 
 from . import _wire
-from .base import ModelFile, model_record
+from .base import ModelFile, built_by_arch, model_record
 from .host import LoadRequest
 
 # The environment a model's process gets: what torch, CUDA, ONNX Runtime and Python need, never
@@ -281,7 +281,7 @@ class IsolatedRunner:
                 field=self.request.field,
             ) from None
         pinned = self.file
-        if pinned.format == "torch-save" and loaded.format in ("state-dict", "pickle"):
+        if pinned.format == "torch-save" and built_by_arch(loaded.format):
             file = dataclasses.replace(pinned, format=loaded.format)
         elif loaded.format == pinned.format and pinned.format != "torch-save":
             file = pinned

@@ -25,7 +25,16 @@ import torch
 from prunegate.errors import ModelError
 from prunegate.report.schema import ModelRecord
 
-from .base import PRECISIONS, Counts, ModelFile, first_line, model_record, run_in_chunks
+from .base import (
+    PRECISIONS,
+    PRUNING_STATE_DICT,
+    STATE_DICT,
+    Counts,
+    ModelFile,
+    first_line,
+    model_record,
+    run_in_chunks,
+)
 from .opscan import scan_export_program, scan_torchscript_archive, scan_torchscript_module
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -101,7 +110,34 @@ def _unwrap_state_dict(obj: object) -> dict | None:
     return None
 
 
-def _module_from_state_dict(state: dict, arch: str | None, base_dir: Path, path: Path, field: str) -> torch.nn.Module:
+def fold_pruning_masks(state: dict, wanted: set[str], path: Path, field: str) -> dict:
+    """`state` with torch.nn.utils.prune's reparametrisation undone: each `NAME_orig` + `NAME_mask`
+    pair becomes `NAME = NAME_orig * NAME_mask` (what prune's forward hook computes) where the
+    arch has a plain `NAME` and no `NAME_orig` (an arch that applies pruning itself loads the pair
+    as it is). What `torch.save(model.state_dict())` gives after `prune.l1_unstructured` or
+    `prune.global_unstructured`, without `prune.remove`."""
+    folded = dict(state)
+    for key in [k for k in state if k.endswith("_orig")]:
+        name = key[: -len("_orig")]
+        mask = state.get(name + "_mask")
+        if mask is None or name not in wanted or key in wanted or name in state:
+            continue
+        orig = state[key]
+        if mask.shape != orig.shape:
+            raise ModelError(
+                f"pruning mask {name}_mask has shape {list(mask.shape)}, but {key} has {list(orig.shape)}",
+                file=path,
+                field=field,
+            )
+        folded[name] = orig * mask.to(orig.dtype)
+        del folded[key], folded[name + "_mask"]
+    return folded
+
+
+def _module_from_state_dict(
+    state: dict, arch: str | None, base_dir: Path, path: Path, field: str
+) -> tuple[torch.nn.Module, bool]:
+    """The arch's module with `state` loaded, and whether pruning masks were folded into it."""
     if not arch:
         raise ModelError(
             "is a state dict: set 'arch' ('module:function' that builds the network) for this model",
@@ -117,8 +153,9 @@ def _module_from_state_dict(state: dict, arch: str | None, base_dir: Path, path:
         raise ModelError(
             f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module", file=path, field=field
         )
+    folded = fold_pruning_masks(state, set(module.state_dict()), path, field)
     try:
-        result = module.load_state_dict(state, strict=False)
+        result = module.load_state_dict(folded, strict=False)
     except RuntimeError as exc:  # shapes that do not fit raise even with strict=False
         detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:3]) or first_line(exc)
         raise ModelError(f"weights do not fit arch {arch!r}: {detail}", file=path, field=field) from None
@@ -126,7 +163,7 @@ def _module_from_state_dict(state: dict, arch: str | None, base_dir: Path, path:
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise ModelError(f"weights do not fit arch {arch!r}: {shown}", file=path, field=field)
-    return module
+    return module, len(folded) < len(state)
 
 
 def load_torch_module(
@@ -170,7 +207,7 @@ def load_torch_module(
         ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        fmt = "state-dict"
+        fmt = STATE_DICT
     except pickle.UnpicklingError as exc:
         # weights_only refuses two things: a pickled object (a class it does not allow, named
         # after "Unsupported global"), and bytes that are no pickle at all.
@@ -203,7 +240,8 @@ def load_torch_module(
     state = _unwrap_state_dict(obj)
     if state is None:
         raise ModelError(f"holds a {type(obj).__name__}, neither a module nor a state dict", file=path, field=field)
-    return _module_from_state_dict(state, arch, base_dir, path, field), fmt, None
+    module, folded = _module_from_state_dict(state, arch, base_dir, path, field)
+    return module, PRUNING_STATE_DICT if folded and fmt == STATE_DICT else fmt, None
 
 
 @contextlib.contextmanager
