@@ -101,6 +101,12 @@ class ModelRecord(_Record):
     )
     arch_source: ArchSource | None = Field(None, description="for a state dict: the arch code that built the network")
     isolation: Isolation | None = Field(None, description="how the model was kept from prunegate's process")
+    quantisation: Literal["QDQ", "QLinear", "QDQ + QLinear"] | None = Field(
+        None,
+        description="ONNX: the quantised operators the file holds (QDQ: Quantize/DequantizeLinear around float "
+        "operators; QLinear: integer operators such as QLinearConv); None: none. Its integer weights count as "
+        "parameters, zero where they equal their zero point; scales and zero points do not count",
+    )
 
 
 class Models(_Record):

@@ -78,6 +78,7 @@ def model_record(
     channels_last: bool | None = None,
     backend_choice: BackendChoice | None = None,
     isolation: Isolation | None = None,
+    quantisation: str | None = None,
 ) -> ModelRecord:
     """The report's record of `file` as it was loaded: its parameter counts and how it runs."""
     return ModelRecord(
@@ -98,6 +99,7 @@ def model_record(
         backend_choice=backend_choice,
         external_data=file.external_data,
         arch_source=file.arch_source,
+        quantisation=quantisation,
         isolation=isolation,
     )
 

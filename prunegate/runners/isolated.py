@@ -304,6 +304,7 @@ class IsolatedRunner:
             channels_last=loaded.channels_last,
             backend_choice=loaded.backend_choice,
             isolation=isolation,
+            quantisation=loaded.quantisation,
         )
         self._shape = shape
         self.sandbox = sandbox

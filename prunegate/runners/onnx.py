@@ -14,28 +14,13 @@ from prunegate.errors import DeviceError, ModelError
 from prunegate.report.schema import ExternalData, ModelRecord
 
 from .base import Counts, ModelFile, first_line, model_record, run_in_chunks
+from .onnx_params import count_onnx_parameters, quantisation
 from .opscan import scan_onnx_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from onnx import GraphProto, ModelProto, NodeProto, TensorProto
-
-_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
-
-
-def count_onnx_parameters(model: ModelProto) -> Counts:
-    """Parameters are the float initializers (weights, biases, folded batch norms)."""
-    from onnx import numpy_helper
-
-    counts = Counts()
-    for tensor in model.graph.initializer:
-        if tensor.data_type in _FLOAT_TYPES:
-            array = numpy_helper.to_array(tensor)
-            if array.dtype.kind != "f":  # bfloat16 (an ml_dtypes type) is not one torch can take
-                array = array.astype(np.float32)
-            counts.add(torch.from_numpy(np.array(array)))  # a writable copy: torch warns on read-only
-    return counts
 
 
 def _tensors(model: ModelProto) -> Iterator[TensorProto]:
@@ -252,6 +237,7 @@ class OnnxRunner:
             fixed_batch=self.fixed_batch,
             precision="fp32",
             channels_last=None,
+            quantisation=quantisation(model),
         )
 
     def input_shape(self) -> list | None:
