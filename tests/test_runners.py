@@ -331,3 +331,34 @@ def test_a_pruning_mask_of_another_shape_is_a_model_error(tmp_path: Path) -> Non
     torch.save(state, tmp_path / "bad.pth")
     error = model_error(tmp_path / "bad.pth", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
     assert "conv1.weight_mask" in str(error) and "shape" in str(error) and "bad.pth" in str(error)
+
+
+def test_a_safetensors_state_dict_loads_and_is_recorded_as_such(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    model = _prune_reparametrised_resnet20()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp_path / "pruned.safetensors")
+    runner = load(tmp_path / "pruned.safetensors", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    assert runner.record.format == "safetensors (pruning reparametrised)"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
+    import torch.nn.utils.prune as prune
+
+    for module in model.modules():
+        if hasattr(module, "weight_orig"):
+            prune.remove(module, "weight")
+    save_file(dict(model.state_dict()), tmp_path / "plain.safetensors")
+    plain = load(tmp_path / "plain.safetensors", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    assert plain.record.format == "safetensors" and plain.record.arch == "prunegate.archs.cifar_resnet:resnet20"
+    assert plain.record.nonzero_parameters == runner.record.nonzero_parameters
+
+
+def test_a_damaged_safetensors_file_is_a_one_line_model_error(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(64, 64)}, tmp_path / "whole.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:200])
+    error = model_error(tmp_path / "cut.safetensors", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    assert "safetensors" in str(error) and "cut.safetensors" in str(error) and "\n" not in str(error)

@@ -78,8 +78,9 @@ class ModelRecord(_Record):
     path: str
     sha256: str
     format: str = Field(
-        description="onnx | torchscript | torch-export | state-dict | state-dict (pruning reparametrised): "
-        "torch.nn.utils.prune's weight_orig x weight_mask pairs, folded | pickle"
+        description="onnx | torchscript | torch-export | state-dict | safetensors | pickle; a state dict or "
+        "safetensors file saved under torch.nn.utils.prune adds ' (pruning reparametrised)': its weight_orig x "
+        "weight_mask pairs were folded"
     )
     parameters: int
     nonzero_parameters: int

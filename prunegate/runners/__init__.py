@@ -13,7 +13,7 @@ from prunegate.errors import ModelError
 from prunegate.policy import ModelSpec
 from prunegate.report.schema import ArchSource, BackendChoice, Isolation
 
-from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, resolve_device
+from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, needs_arch, resolve_device
 
 if TYPE_CHECKING:
     from .isolated import InputArena, IsolatedRunner
@@ -46,7 +46,7 @@ def _backend_for(path: Path, field: str, options: LoadOptions) -> str:
 def _pin_arch(spec: ModelSpec, path: Path, field: str, fmt: str, options: LoadOptions) -> ArchSource | None:
     """The arch's pinned source, for a file that may be a state dict: located (not imported) and
     checked against the opt-in before any of its code runs (runners.archsource)."""
-    if fmt != "torch-save" or not spec.arch:
+    if not needs_arch(fmt) or not spec.arch:
         return None
     from .archsource import locate_arch
 
@@ -139,7 +139,7 @@ def start_isolated(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if fmt == "torch-save" else None,
+        arch=spec.arch if needs_arch(fmt) else None,
         pickle_allowed=options.allow_pickle,
         external_data=external_data,
         arch_source=arch_source,

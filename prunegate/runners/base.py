@@ -40,11 +40,19 @@ class LoadOptions:
 
 STATE_DICT = "state-dict"
 PRUNING_STATE_DICT = "state-dict (pruning reparametrised)"  # torch.nn.utils.prune's *_orig + *_mask, folded
+SAFETENSORS = "safetensors"
+PRUNING_SAFETENSORS = "safetensors (pruning reparametrised)"
+TORCH_SAVE, SAFETENSORS_FILE = "torch-save", "safetensors"  # as sniffed, before loading tells more
 
 
 def built_by_arch(fmt: str) -> bool:
     """Whether a model of this format is built by its arch code (the other formats hold their code)."""
-    return fmt in (STATE_DICT, PRUNING_STATE_DICT, "pickle")
+    return fmt in (STATE_DICT, PRUNING_STATE_DICT, SAFETENSORS, PRUNING_SAFETENSORS, "pickle")
+
+
+def needs_arch(sniffed: str) -> bool:
+    """Whether a file of this sniffed format may be weights that an arch builds (runners.torch.sniff_format)."""
+    return sniffed in (TORCH_SAVE, SAFETENSORS_FILE)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,15 @@ from prunegate.errors import DeviceError, ModelError
 from prunegate.report.schema import Isolation, ModelRecord
 
 from . import _wire
-from .base import ModelFile, built_by_arch, model_record
+from .base import (
+    PRUNING_SAFETENSORS,
+    PRUNING_STATE_DICT,
+    SAFETENSORS,
+    STATE_DICT,
+    ModelFile,
+    model_record,
+    needs_arch,
+)
 from .host import LoadRequest
 
 # The environment a model's process gets: what torch, CUDA, ONNX Runtime and Python need, never
@@ -281,9 +289,11 @@ class IsolatedRunner:
                 field=self.request.field,
             ) from None
         pinned = self.file
-        if pinned.format == "torch-save" and built_by_arch(loaded.format):
+        if pinned.format == "torch-save" and loaded.format in (STATE_DICT, PRUNING_STATE_DICT, "pickle"):
             file = dataclasses.replace(pinned, format=loaded.format)
-        elif loaded.format == pinned.format and pinned.format != "torch-save":
+        elif pinned.format == "safetensors" and loaded.format in (SAFETENSORS, PRUNING_SAFETENSORS):
+            file = dataclasses.replace(pinned, format=loaded.format)
+        elif loaded.format == pinned.format and not needs_arch(pinned.format):
             file = pinned
         else:
             self.close()

@@ -27,7 +27,9 @@ from prunegate.report.schema import ModelRecord
 
 from .base import (
     PRECISIONS,
+    PRUNING_SAFETENSORS,
     PRUNING_STATE_DICT,
+    SAFETENSORS,
     STATE_DICT,
     Counts,
     ModelFile,
@@ -42,11 +44,15 @@ DAMAGED = "the file is truncated or corrupt: re-save or re-download it"
 
 
 def sniff_format(path: Path, field: str = "model") -> str:
-    """torchscript | torch-export | torch-save, from the archive's members. Every torch format
+    """torchscript | torch-export | torch-save | safetensors, from the file's first bytes and, for a
+    zip archive, its members. Every torch format
     but the legacy torch.save one is a zip archive: one that starts as a zip but is not a whole
     one is damaged, whatever its name says."""
     with open(path, "rb") as f:
-        starts_as_zip = f.read(4) == ZIP_MAGIC
+        head = f.read(9)
+    starts_as_zip = head[:4] == ZIP_MAGIC
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 2**32:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
     names = None
     try:
         if zipfile.is_zipfile(path):
@@ -166,6 +172,22 @@ def _module_from_state_dict(
     return module, len(folded) < len(state)
 
 
+def _read_safetensors(path: Path, field: str) -> dict:
+    """A .safetensors file's tensors (plain data: reading it runs no code)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(
+            f"not a readable safetensors file: {DAMAGED} ({first_line(exc)})", file=path, field=field
+        ) from None
+    if not state:
+        raise ModelError("the safetensors file holds no tensors", file=path, field=field)
+    return dict(state)
+
+
 def load_torch_module(
     path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
 ) -> tuple[torch.nn.Module, str, list | None]:
@@ -205,6 +227,9 @@ def load_torch_module(
             file=path,
             field=field,
         ) from None
+    if kind == "safetensors":
+        module, folded = _module_from_state_dict(_read_safetensors(path, field), arch, base_dir, path, field)
+        return module, PRUNING_SAFETENSORS if folded else SAFETENSORS, None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
         fmt = STATE_DICT
