@@ -30,6 +30,9 @@ numpy's global RNG is seeded per (corruption, severity) from --seed, so any subs
 (scikit-image >= 0.19's random_noise -- impulse_noise -- draws from its own unseeded
 default_rng; it is given a seed drawn from numpy's global RNG so that it reproduces too.)
 With --no-save only the timings are written (OUT/.../timing JSON), for corruption_speed.py.
+With --npy the outputs are written as `prunegate corrupt --out` writes them (OUT/<name>.npy, the
+severities' blocks one after another, uncompressed): the reference side of the end-to-end timing
+of `prunegate corrupt` (bench/RESULTS.md, issue 16 item 1), one process doing it all.
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ def reference_functions(preset: str, reference: str, hendrycks_dir: str) -> dict
 
 
 def versions() -> dict:
+    """The reference environment's package versions (for the output's meta)."""
     import cv2  # noqa: E401
     import PIL
     import scipy
@@ -150,6 +154,7 @@ def versions() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Corrupt the preset's images with the reference; write the outputs (or the timings)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=["imagenet-c", "cifar10-c"], required=True)
     p.add_argument("--reference", choices=["auto", "imagecorruptions", "hendrycks"], default="auto")
@@ -161,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=SHARED, help="the shared/data folder")
     p.add_argument("--out", type=Path, required=True, help="output folder (outside the repo)")
     p.add_argument("--no-save", action="store_true", help="write timings only (JSON)")
+    p.add_argument(
+        "--npy",
+        action="store_true",
+        help="write OUT/<name>.npy (severity blocks, uncompressed, as `prunegate corrupt` does) instead of the npz",
+    )
     args = p.parse_args(argv)
 
     reference = args.reference
@@ -208,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"reference-{args.preset}-{reference}"
-    if args.no_save:
+    if args.npy:
+        for name in names:
+            np.save(args.out / f"{name}.npy", np.concatenate([arrays[f"{name}/{sev}"] for sev in severities]))
+        print(args.out)
+    elif args.no_save:
         Path(f"{stem}-timing.json").write_text(json.dumps({"meta": meta, "time": timing}))
         print(f"{stem}-timing.json")
     else:

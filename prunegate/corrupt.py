@@ -6,6 +6,7 @@ a rendered set holds the very images a check with the same seed evaluates.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import shutil
@@ -17,10 +18,11 @@ import torch
 
 from prunegate import shifts
 from prunegate.context import Preprocess, RunContext, Source, task_pixels
+from prunegate.cpu_pool import run_jobs
 from prunegate.data import ImageSet, batches
 from prunegate.data.cifar_c import SEVERITY_FILE
 from prunegate.errors import PrunegateError
-from prunegate.plan import corruption_tasks
+from prunegate.plan import Task, corruption_tasks
 from prunegate.policy import DEFAULT_MAX_PIXELS
 from prunegate.shifts import NO_ASSETS, ShiftAssets
 
@@ -69,6 +71,24 @@ def _layout(ctx: RunContext) -> tuple[str, list[str], list[int]]:
     return ctx.tasks[0].preset or "", names, severities
 
 
+def _render_job(
+    ctx: RunContext, task: Task, x: torch.Tensor, sample_ids: torch.Tensor, out: np.ndarray, rows: np.ndarray
+) -> None:
+    """Write task's pixels of the samples x into rows `rows` of `out`."""
+    out[rows] = _to_uint8(task_pixels(ctx, task, x, sample_ids, 0).pixels(ctx.pre))
+
+
+def _first_of_each_shift_first(jobs: list[functools.partial]) -> list[functools.partial]:
+    """The jobs with one of each corruption moved to the front: each corruption's one-off tables
+    (frost's photographs take ~2 s) are then made while the other threads work on other jobs,
+    not waited for by all of them at once."""
+    first: dict[str, int] = {}
+    for i, job in enumerate(jobs):
+        first.setdefault(job.args[1].shift or "", i)
+    front = set(first.values())
+    return [jobs[i] for i in sorted(front)] + [job for i, job in enumerate(jobs) if i not in front]
+
+
 def render(ctx: RunContext, out: Path, progress: Callable[[int], None] | None = None) -> dict:
     """Write `<name>.npy` (severity blocks of len(indices) rows each) and `labels.npy` into `out`.
 
@@ -80,6 +100,7 @@ def render(ctx: RunContext, out: Path, progress: Callable[[int], None] | None = 
     source = ctx.sources[0]
     indices, n = source.indices, len(source.indices)
     partial = out.with_name(out.name + ".partial")
+    threads = torch.get_num_threads() if ctx.device.type == "cpu" else 1
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -94,10 +115,17 @@ def render(ctx: RunContext, out: Path, progress: Callable[[int], None] | None = 
             rows = np.searchsorted(indices, ids.numpy())
             x = batch.to(ctx.device).permute(0, 3, 1, 2).float().div_(255.0)
             sample_ids = ids.to(ctx.device)
+            # On the CPU a job is one task on one shift-sized chunk of the batch, and the jobs run
+            # a thread per core (samples are independent, so the pixels are those of one call).
+            step = shifts.chunk_size(x) if threads > 1 else max(1, len(ids))
+            jobs = []
             for task in ctx.tasks:
-                block = severities.index(task.severity or 0)
-                pixels = task_pixels(ctx, task, x, sample_ids, 0).pixels(ctx.pre)
-                arrays[task.shift or ""][block * n + rows] = _to_uint8(pixels)
+                out_rows = severities.index(task.severity or 0) * n + rows
+                for i in range(0, len(ids), step):
+                    chunk = slice(i, i + step)
+                    job = (ctx, task, x[chunk], sample_ids[chunk], arrays[task.shift or ""], out_rows[chunk])
+                    jobs.append(functools.partial(_render_job, *job))
+            run_jobs(_first_of_each_shift_first(jobs), threads)
             if progress:
                 progress(len(ids))
         for array in arrays.values():

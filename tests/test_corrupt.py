@@ -222,3 +222,27 @@ def test_cli_frost_textures_change_frost_and_bad_folders_exit_2(tmp_path, datase
     assert black.mean() < procedural.mean() - 20  # a black photograph adds no frost light
     assert main(base + ["--out", str(tmp_path / "none"), "--frost-textures", str(tmp_path / "absent")]) == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_render_on_threads_gives_the_pixels_of_one_thread(tmp_path):
+    """At 224 px a CPU render splits each task into one-image jobs on a thread per core: the
+    pixels are those of a single-threaded render (every name here draws random numbers, takes a
+    mean or builds a one-off table)."""
+    from prunegate.corrupt import render
+    from prunegate.cpu_pool import op_threads
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "clean.npz"
+    np.savez(path, images=rng.integers(0, 256, size=(3, 224, 224, 3)).astype(np.uint8), labels=np.arange(3))
+    images = NpzImages(path, "--source")
+    names = ["frost", "contrast", "shot_noise", "motion_blur"]
+    outs = {}
+    for threads in (1, 2):
+        ctx = corruption_context(
+            images, np.arange(3), preset="imagenet-c", names=names, severities=[2, 5], seed=3, workers=0
+        )
+        with op_threads(threads):
+            render(ctx, tmp_path / f"t{threads}")
+        outs[threads] = {name: np.load(tmp_path / f"t{threads}" / f"{name}.npy") for name in names}
+    for name in names:
+        np.testing.assert_array_equal(outs[1][name], outs[2][name], err_msg=name)

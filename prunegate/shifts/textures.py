@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from pathlib import Path
 from typing import NamedTuple
 
@@ -190,8 +191,19 @@ def _procedural_photo(style_index: int, height: int, width: int) -> torch.Tensor
     return offset + slope * lum[None]
 
 
-@functools.lru_cache(maxsize=8)
+_BANK_LOCK = threading.Lock()  # the bank takes ~1.5 s to make: threads wait for it, not make it twice
+
+
 def _photo_bank(
+    scale: float, min_height: int, min_width: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """_made_photo_bank, made once however many threads ask for it at once."""
+    with _BANK_LOCK:
+        return _made_photo_bank(scale, min_height, min_width, device)
+
+
+@functools.lru_cache(maxsize=8)
+def _made_photo_bank(
     scale: float, min_height: int, min_width: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The procedural photographs at `scale`, each at least min_height x min_width there, as
