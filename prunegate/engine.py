@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from prunegate.ahead import Ahead
+from prunegate.allocator import HeapTrimmer
 from prunegate.cache import DenseCache, TaskEntry
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import RunContext, Source, task_pixels
@@ -272,6 +273,7 @@ def evaluate_family(
     timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0, "wait_s": 0.0}
     done: dict[str, list[np.ndarray]] = {source.name: [] for source in ctx.sources}
     entries: dict[str, TaskEntry] = {}
+    trimmer = HeapTrimmer()
 
     def state() -> dict:
         """What a checkpoint keeps: the samples evaluated (whole batches) and every tally."""
@@ -340,6 +342,7 @@ def evaluate_family(
                         if progress and item.draw == shifted.draws - 1:
                             progress(len(ids) * shifted.draws)
                     if item.last:
+                        trimmer.maybe_trim()  # (prunegate.allocator: the two threads fragment the heap)
                         done[source.name].append(batch.ids.numpy())
                         if checkpoint is not None and checkpoint.due():
                             checkpoint.save(state())
