@@ -207,6 +207,11 @@ def _task_inputs(
     device = ctx.device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # CUDA's current device is per thread: this one's is the run's
+    if device.type == "cpu":
+        # One core's worth of torch ops (the count is per thread): the models, beside it, keep
+        # theirs. Splitting each small shift op over cores the models are using made the shifts
+        # ~5x slower and slowed the models (MobileNetV2 at 224 px, bench/RESULTS.md).
+        torch.set_num_threads(1)
     steps: list[tuple[Task | None, int]] = [(task, draw) for task in tasks for draw in range(task.draws)]
     steps = steps or [(None, 0)]
     tick = time.perf_counter()

@@ -196,6 +196,9 @@ class OnnxRunner:
                 providers = [("CUDAExecutionProvider", {"device_id": _cuda_index(device)}), "CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # Idle intra-op threads sleep instead of spinning: the pass makes the next inputs on the
+        # same cores while a model runs, and spinning threads took those cores from it.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as exc:
