@@ -16,8 +16,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunegate.cpu_pool import op_threads
 from prunegate.files import write_atomic
 from prunegate.prune import count_parameters, global_magnitude_prune, prunable_weights
 
@@ -147,16 +147,6 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _fit(
     model: nn.Module,
     images: np.ndarray,
@@ -211,7 +201,7 @@ def train_demo_model(
     two shared cores a second thread made training several times slower, not faster
     (its barrier waits on a core that another process holds).
     """
-    with _threads(threads), torch.random.fork_rng(devices=[]):  # seed the init, leave the caller's RNG
+    with op_threads(threads), torch.random.fork_rng(devices=[]):  # seed the init, leave the caller's RNG
         torch.manual_seed(seed)
         model = demo_net(widths).to(memory_format=torch.channels_last)
         return _fit(model, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, keep_zeros=False)
@@ -229,7 +219,7 @@ def finetune_pruned(
     threads: int = 1,
 ) -> nn.Module:
     """Masked fine-tune, in place: the zeros of the conv/linear weights (the masks) stay zero."""
-    with _threads(threads):
+    with op_threads(threads):
         return _fit(model, images, labels, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, keep_zeros=True)
 
 
@@ -307,7 +297,7 @@ def build_demo(
     The ONNX models take normalised input: (x / 255 - MEAN) / STD, NCHW float32.
     Deterministic for a seed on a given machine (`threads` intra-op threads, 1 by default).
     """
-    with _threads(threads):
+    with op_threads(threads):
         return _build(Path(out_dir), seed, n_train, n_test, epochs, tuple(widths), tuple(steps), threads)
 
 

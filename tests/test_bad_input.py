@@ -308,6 +308,16 @@ def model_rows() -> list:
         _truncate(c.assets / "weights.pth", c.folder / "weights.pth")
         return c.check(policy), [c.path("weights.pth"), "models.pruned", "truncated or corrupt"]
 
+    def truncated_safetensors(c: Case):
+        from safetensors.torch import save_file
+
+        policy = c.policy(pruned={"path": "weights.safetensors", "arch": "tiny_arch.py:build"})
+        c.copy("tiny_arch.py")
+        whole = c.folder / "whole.safetensors"
+        save_file(torch.load(c.assets / "weights.pth", weights_only=True), whole)
+        _truncate(whole, c.folder / "weights.safetensors")
+        return c.check(policy), [c.path("weights.safetensors"), "models.pruned", "safetensors", "truncated or corrupt"]
+
     def state_dict_without_arch(c: Case):
         policy = c.policy(pruned="weights.pth")
         c.copy("weights.pth")
@@ -358,6 +368,7 @@ def model_rows() -> list:
         corrupt_torchscript,
         truncated_torchscript,
         truncated_state_dict,
+        truncated_safetensors,
         state_dict_without_arch,
         wrong_input_rank,
         wrong_input_size_onnx,
