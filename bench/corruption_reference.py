@@ -49,27 +49,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-NAMES = [
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-]
+# The same names in the same order as prunegate's (a torch-free module: this script runs in the
+# reference's environment, where prunegate's dependencies need not be installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from prunegate.shift_names import CORRUPTION_NAMES  # noqa: E402
+
+NAMES = list(CORRUPTION_NAMES)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

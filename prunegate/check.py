@@ -25,7 +25,7 @@ from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally,
 from prunegate.kinds.segmentation import prediction_png
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import ModelSpec, Policy
+from prunegate.policy import DataSource, ModelSpec, Policy
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
@@ -54,6 +54,7 @@ class Overrides:
     workers: int | None = None
     precision: str | None = None
     cache: Path | None = None
+    data: Path | None = None  # the test set (its format read from its layout)
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -67,6 +68,10 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
             spec = models.spec(which)
             models = models.model_copy(update={which: ModelSpec(path=str(Path(path).resolve()), arch=spec.arch)})
             overrides[f"models.{which}.path"] = str(Path(path).resolve())
+    if o.data is not None:
+        test = _test_set(data.test, Path(o.data).resolve())
+        data = data.model_copy(update={"test": test})
+        overrides["data.test"] = test.model_dump(mode="json", exclude_defaults=True)
     if o.limit is not None:
         data = data.model_copy(update={"limit": o.limit})
         overrides["data.limit"] = o.limit
@@ -86,7 +91,20 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
     overrides.update({f"runtime.{k}": v for k, v in updates.items()})
     result = policy.model_copy(update={"models": models, "data": data, "runtime": runtime})
     result._file, result._sha256, result._overrides = policy.file, policy.sha256, overrides
+    result._base_dir = policy.paths_from
     return result
+
+
+def _test_set(policy_test: DataSource, path: Path) -> DataSource:
+    """The policy's test set moved to `path` (`--data`): its format read from the layout; the
+    policy's other settings kept where that format has them."""
+    from prunegate.data_layout import guess_format
+
+    fmt = guess_format(path)
+    if fmt == policy_test.format:
+        return policy_test.model_copy(update={"path": str(path)})
+    kept = {"ignore_index": policy_test.ignore_index} if fmt == "segmentation-folder" else {}
+    return DataSource(format=fmt, path=str(path), **kept)  # type: ignore[arg-type]
 
 
 def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, Path]:

@@ -6,7 +6,7 @@ it to ~99.8 % in five epochs. Iterative global magnitude pruning (50 %, 90 %, 95
 followed by a short masked fine-tune, as the paper retrains) gives pruned models that all keep
 the dense model's clean test accuracy, while the heavily pruned ones drift away from its
 predictions under input noise: the point of "Lost in Pruning" (Liebenwein et al., MLSys 2021).
-policies/demo.yaml is tuned to this: pruned-50 passes it, pruned-95 fails its noise rule.
+prunegate/policies/demo.yaml is tuned to this: pruned-50 passes it, pruned-95 fails its noise rule.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ CLASSES = (
     "horizontal stripes", "vertical stripes", "diagonal stripes", "antidiagonal stripes", "checks",
 )  # fmt: skip
 SIZE = 32
-MEAN = (0.5, 0.5, 0.5)  # the normalisation the demo models expect; policies/demo.yaml repeats it
+MEAN = (0.5, 0.5, 0.5)  # the normalisation the demo models expect; prunegate/policies/demo.yaml repeats it
 STD = (0.5, 0.5, 0.5)
 WIDTHS = (16, 32, 64, 128)  # channels of the demo CNN's conv layers
 _GRATING_ANGLE = {5: 90.0, 6: 0.0, 7: 45.0, 8: 135.0}  # direction the stripes vary along, degrees
@@ -345,9 +345,9 @@ def _build(
     return assets
 
 
-# --- the demo: build the assets, then gate each pruned copy with policies/demo.yaml ----------
+# --- the demo: build the assets, then gate each pruned copy with prunegate/policies/demo.yaml ----------
 
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.yaml"
+DEMO_POLICY = Path(__file__).resolve().parent / "policies" / "demo.yaml"
 
 
 @dataclass

@@ -121,3 +121,16 @@ def require_file(
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a CI job cancelled, a scheduler's time limit): stopped like Ctrl-C."""
+
+
+_BOILERPLATE = ("The following operation failed in the TorchScript interpreter",)
+
+
+def first_line(exc: BaseException) -> str:
+    """The line of an exception's text that says what went wrong, shortened. TorchScript puts its
+    own traceback first and the error (e.g. 'RuntimeError: mat1 and mat2 shapes ...') last."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if lines[0].startswith(_BOILERPLATE) else lines[0]
+    return line if len(line) <= 300 else line[:299] + "…"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import re
+import struct
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Literal, Union, get_args, get_origin
 
-import numpy as np
 import yaml
 from pydantic import (
     AfterValidator,
@@ -31,6 +32,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from prunegate.errors import PolicyError, missing_reason
+from prunegate.shift_names import ASSET_SHIFTS, CORRUPTION_NAMES, NOISE_KINDS, PRESET_NAMES
 
 # name: (value range, short meaning) — ranges bound the thresholds a rule may set
 CLASSIFICATION_METRICS = {
@@ -129,8 +131,11 @@ FLOAT32_STD_MIN, FLOAT32_LIMIT = 1e-6, 1e6
 
 
 def _in_float32(value: float) -> float:
-    with np.errstate(over="ignore"):
-        return float(np.float32(value))
+    """`value` rounded to float32 (as numpy's float32 would; struct keeps numpy out of start-up)."""
+    try:
+        return float(struct.unpack("f", struct.pack("f", value))[0])
+    except OverflowError:  # beyond float32's range once rounded
+        return math.copysign(math.inf, value)
 
 
 def _float32_std(std: float) -> float:
@@ -140,7 +145,7 @@ def _float32_std(std: float) -> float:
             "every input would be infinite or NaN"
             if seen == 0
             else "every input would be 0"
-            if seen == np.inf
+            if seen == math.inf
             else f"the inputs would be scaled {'up' if seen < 1 else 'down'} more than {FLOAT32_LIMIT:g} times"
         )
         raise ValueError(
@@ -286,10 +291,8 @@ class NoiseSpec(Strict):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from prunegate.shifts import list_noises
-
-        if kind not in list_noises():
-            raise ValueError(_unknown("noise kind", kind, list_noises()))
+        if kind not in NOISE_KINDS:
+            raise ValueError(_unknown("noise kind", kind, list(NOISE_KINDS)))
         return kind
 
 
@@ -309,32 +312,24 @@ class Corruptions(Strict):
     @field_validator("preset")
     @classmethod
     def _known_preset(cls, preset: str) -> str:
-        from prunegate import shifts
-
-        if preset not in shifts.list_presets():
-            raise ValueError(_unknown("preset", preset, shifts.list_presets()))
+        if preset not in PRESET_NAMES:
+            raise ValueError(_unknown("preset", preset, list(PRESET_NAMES)))
         return preset
 
     @field_validator("names")
     @classmethod
     def _known_names(cls, names: str | list[str]) -> str | list[str]:
-        from prunegate import shifts
-
         for i, name in enumerate([] if names == "all" else names):
-            if name not in shifts.list_shifts():
-                raise field_error((i,), _unknown("corruption", name, list(shifts.CORRUPTION_NAMES)), name)
+            if name not in CORRUPTION_NAMES:
+                raise field_error((i,), _unknown("corruption", name, list(CORRUPTION_NAMES)), name)
         return names
 
     def corruption_names(self) -> list[str]:
-        from prunegate.shifts import CORRUPTION_NAMES
-
         return list(CORRUPTION_NAMES) if self.names == "all" else list(self.names)
 
     def asset_folders(self) -> dict[str, str]:
         """The asset folders the generated corruptions use, by field (e.g. frost_textures), as
         written in the policy: only where the corruption that overlays them is generated."""
-        from prunegate.shifts.assets import ASSET_SHIFTS
-
         if self.precomputed:
             return {}
         names = self.corruption_names()
@@ -499,6 +494,7 @@ class Policy(Strict):
     _file: Path | None = PrivateAttr(None)
     _sha256: str | None = PrivateAttr(None)
     _overrides: dict = PrivateAttr(default_factory=dict)  # field -> value the command line set instead
+    _base_dir: Path | None = PrivateAttr(None)  # where relative paths start (a ready policy: the working dir)
 
     @property
     def file(self) -> Path | None:
@@ -514,7 +510,14 @@ class Policy(Strict):
         return dict(self._overrides)
 
     @property
+    def paths_from(self) -> Path | None:
+        """Where relative paths start when not beside the file (a ready policy run by name)."""
+        return self._base_dir
+
+    @property
     def base_dir(self) -> Path:
+        if self._base_dir is not None:
+            return self._base_dir
         return self._file.parent if self._file else Path.cwd()
 
     def resolve(self, path: str) -> Path:
@@ -673,10 +676,21 @@ def policy_from_dict(data: object, file: Path | str = "<policy>") -> Policy:
 
 
 def load_policy(path: Path | str) -> Policy:
-    """Read, parse and validate a policy file."""
+    """Read, parse and validate a policy file, or the ready policy a bare name (`cifar10`) names
+    when no such file exists (prunegate.ready)."""
+    from prunegate import ready
+
     path = Path(path)
+    shipped = ready.ready_policy(path)
+    if shipped is not None:
+        policy = load_policy(shipped)
+        policy._base_dir = Path.cwd()
+        return policy
     if not path.exists():
-        raise PolicyError(missing_reason(path, "policy file"), file=path)
+        reason = missing_reason(path, "policy file")
+        if ready.looks_like_a_name(path):
+            reason += f" and no ready policy has that name (ready: {', '.join(ready.ready_names())})"
+        raise PolicyError(reason, file=path)
     if path.is_dir():
         raise PolicyError("is a directory, expected a policy YAML file", file=path)
     try:

@@ -442,7 +442,7 @@ def test_template_policy_validates(tmp_path: Path) -> None:
     assert build_plan(policy)
 
 
-SHIPPED = sorted((REPO / "policies").glob("*.yaml"))
+SHIPPED = sorted((REPO / "prunegate" / "policies").glob("*.yaml"))
 
 
 @pytest.mark.parametrize(

@@ -236,3 +236,17 @@ def test_large_images_are_corrupted_in_small_chunks_with_the_same_result():
         param = shifts.get_preset("imagenet-c").param(name, 2)
         whole = shifts.get_shift(name).fn(x, param, SampleRNG(11, torch.arange(3)))
         assert torch.equal(whole, shifts.corrupt(x, name, 2, SampleRNG(11, torch.arange(3)))), name
+
+
+def test_the_torch_free_names_match_the_registry():
+    """`prunegate.shift_names` (what the policy validates against without importing torch)
+    names exactly what the registry implements."""
+    from prunegate import shift_names
+    from prunegate.shifts import list_noises
+    from prunegate.shifts.assets import ShiftAssets
+
+    assert sorted(shift_names.CORRUPTION_NAMES) == list_shifts()
+    assert sorted(shift_names.NOISE_KINDS) == list_noises()
+    assert sorted(shift_names.PRESET_NAMES) == list_presets()
+    assert set(shift_names.ASSET_NAMES) == {f for f in ShiftAssets.__dataclass_fields__}
+    assert set(shift_names.ASSET_SHIFTS.values()) <= set(list_shifts())

@@ -71,9 +71,9 @@ class SafeConsole(Console):
     finished rendering (console.Rendered, ANSI styles and all) is printed exactly as it is."""
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
-        from prunegate.report.render.console import Rendered
-
-        safe = [printable(o) if isinstance(o, str) and not isinstance(o, Rendered) else o for o in objects]
+        # A str with __rich__ is a finished rendering (console.Rendered); not imported here, to keep
+        # the renderers (and numpy) out of the start-up of commands that only print a line.
+        safe = [printable(o) if isinstance(o, str) and not hasattr(o, "__rich__") else o for o in objects]
         super().print(*safe, **kwargs)
 
 

@@ -38,9 +38,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @cli.command()
 def check(
-    policy: Path = typer.Option(..., "--policy", "-p", help="Policy YAML file."),
+    policy: Path = typer.Option(
+        ...,
+        "--policy",
+        "-p",
+        help="Policy YAML file, or a ready policy's name: cifar10, imagenet, voc-segmentation, demo "
+        "(its paths relative to the working directory; --dense/--pruned/--data fill them).",
+    ),
     dense: Path | None = typer.Option(None, help="Dense model file (overrides the policy)."),
     pruned: Path | None = typer.Option(None, help="Pruned model file (overrides the policy)."),
+    data: Path | None = typer.Option(
+        None, help="Test set file or folder (overrides data.test; its format is read from its layout)."
+    ),
     device: Device | None = typer.Option(None, help="Where to run (overrides runtime.device)."),
     backend: Backend | None = typer.Option(
         None,
@@ -102,6 +111,7 @@ def check(
         workers,
         precision.value if precision else None,
         cache,
+        data,
     )
     loaded = apply_overrides(load_policy(policy), overrides)
     from prunegate.runners.sandbox import make_undumpable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from importlib import resources
 from pathlib import Path
 
@@ -9,17 +10,43 @@ import typer
 
 from prunegate.errors import PrunegateError
 
-from .common import EXIT_PASS, policy_cli, stdout_console, write_atomic
+from .common import EXIT_PASS, policy_cli, stdout_console, warn, write_atomic
+
+
+class Preset(str, Enum):
+    cifar10 = "cifar10"
+    imagenet = "imagenet"
+    voc_segmentation = "voc-segmentation"
 
 
 @policy_cli.command("init")
 def policy_init(
     out: Path = typer.Argument(Path("prunegate.yaml"), help="File to write."),
+    dense: Path | None = typer.Option(None, help="The dense model: fills models.dense (and the input, where it says)."),
+    pruned: Path | None = typer.Option(None, help="The pruned model: fills models.pruned."),
+    data: Path | None = typer.Option(None, help="The test set: fills data.test (format read from its layout)."),
+    preset: Preset | None = typer.Option(
+        None, help="Start from this ready policy (default: chosen from the model's input size and the data)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> int:
-    """Write a commented policy template."""
+    """Write a policy: the commented template, or with --dense/--pruned/--data one that runs as is."""
     if out.exists() and not force:
         raise PrunegateError("already exists (use --force to overwrite)", file=out)
+    given = {"--dense": dense, "--pruned": pruned, "--data": data}
+    if any(given.values()) or preset:
+        missing = [option for option, value in given.items() if value is None]
+        if missing:
+            raise PrunegateError(f"{', '.join(missing)} missing: a filled-in policy needs --dense, --pruned and --data")
+        from prunegate.policy_init import init_policy
+
+        assert dense and pruned and data  # (checked above; for the type checker)
+        result = init_policy(out, dense, pruned, data, preset.value if preset else None)
+        write_atomic(out, result.text)
+        stdout_console().print(f"wrote {out} (from the {result.preset or 'template'} policy)")
+        for note in result.notes:
+            warn(f"{out}: check {note}")
+        return EXIT_PASS
     write_atomic(out, resources.files("prunegate").joinpath("templates/policy.yaml").read_text(encoding="utf-8"))
     stdout_console().print(f"wrote {out}")
     return EXIT_PASS

@@ -24,12 +24,12 @@ import PIL.Image
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from prunegate.data_layout import IMAGE_SUFFIXES
 from prunegate.errors import DataError, link_problem
 from prunegate.imageio import PIL_FORMATS, decoder_message, pil_decode
 
 from .base import ImageSet, require_path
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _FLAT_LABEL = re.compile(r"_(\d+)$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 ErrorFactory = Callable[[str, Path], DataError]  # an ImageSet's `error`: (message, file) -> DataError

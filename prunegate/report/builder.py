@@ -52,6 +52,7 @@ def policy_record(policy: Policy) -> dict:
         "name": policy.name,
         "path": str(policy.file) if policy.file else None,
         "sha256": policy.sha256,
+        "folder": str(policy.paths_from) if policy.paths_from else None,
         "document": policy.model_dump(mode="json"),
         "overrides": policy.overrides,
     }

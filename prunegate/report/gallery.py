@@ -195,6 +195,8 @@ def _policy(report: Report) -> Policy:
     policy = policy_from_dict(report.policy.document, file=where)
     if report.policy.path:
         policy._file = Path(report.policy.path)  # relative data paths resolve against the policy's folder
+    if report.policy.folder:
+        policy._base_dir = Path(report.policy.folder)  # ... or where the ready policy ran
     return policy
 
 

@@ -119,6 +119,11 @@ class PolicyRecord(_Record):
     name: str
     path: str | None
     sha256: str | None = Field(description="sha256 of the policy file's bytes")
+    folder: str | None = Field(
+        None,
+        description="where the policy's relative paths start when not beside its file: the working "
+        "directory of a ready policy run by name (`--policy cifar10`)",
+    )
     document: dict = Field(description="the policy as validated, with command-line overrides applied")
     overrides: dict = Field(
         {},

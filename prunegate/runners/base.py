@@ -10,7 +10,7 @@ from typing import Protocol
 
 import torch
 
-from prunegate.errors import DeviceError
+from prunegate.errors import DeviceError, first_line  # noqa: F401  (first_line: re-exported)
 from prunegate.report.schema import ArchSource, BackendChoice, ExternalData, Isolation, ModelRecord
 
 # runtime.precision -> the autocast dtype (None: no autocast)
@@ -197,16 +197,3 @@ def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f
             chunk = torch.cat([chunk, chunk[-1:].expand(short, *chunk.shape[1:])])
         outputs.append(fn(chunk)[: fixed - short])
     return torch.cat(outputs)
-
-
-_BOILERPLATE = ("The following operation failed in the TorchScript interpreter",)
-
-
-def first_line(exc: BaseException) -> str:
-    """The line of an exception's text that says what went wrong, shortened. TorchScript puts its
-    own traceback first and the error (e.g. 'RuntimeError: mat1 and mat2 shapes ...') last."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    line = lines[-1] if lines[0].startswith(_BOILERPLATE) else lines[0]
-    return line if len(line) <= 300 else line[:299] + "…"

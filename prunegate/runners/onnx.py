@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from prunegate.errors import DeviceError, ModelError
+from prunegate.onnx_proto import read_onnx_proto
 from prunegate.report.schema import ExternalData, ModelRecord
 
 from .base import Counts, ModelFile, first_line, model_record, run_in_chunks
@@ -89,7 +90,7 @@ def check_external_data(model: ModelProto, path: Path, field: str) -> list[str]:
 
 def external_locations(path: Path, field: str) -> list[str]:
     """The external data files an ONNX model reads (relative to its folder), checked."""
-    return check_external_data(_read_proto(path, field), path, field)
+    return check_external_data(read_onnx_proto(path, field), path, field)
 
 
 def external_data_digests(path: Path, field: str) -> list[dict] | None:
@@ -107,26 +108,11 @@ def pinned_external_data(path: Path, field: str) -> list[ExternalData] | None:
     return [ExternalData.model_validate(digest) for digest in digests] if digests else None
 
 
-def _read_proto(path: Path, field: str) -> ModelProto:
-    """The model proto without its external data; ModelError naming the file if it is none."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except DecodeError as exc:
-        raise ModelError(
-            f"not a valid ONNX model: the file is truncated or corrupt ({first_line(exc)})", file=path, field=field
-        ) from None
-    except Exception as exc:  # onnx raises a few kinds for files that are not models
-        raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
-
-
 def load_onnx_model(path: Path, field: str) -> ModelProto:
     """The model proto with its external data, checked; ModelError naming the file otherwise."""
     import onnx
 
-    model = _read_proto(path, field)
+    model = read_onnx_proto(path, field)
     check_external_data(model, path, field)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from prunegate.errors import PrunegateError
+from prunegate.shift_names import CORRUPTION_NAMES
 
 from . import blur, digital, input_noise, noise, weather  # noqa: F401  (importing registers the shifts)
 from ._registry import (
@@ -29,30 +30,6 @@ from ._registry import (
 from .assets import NO_ASSETS, ShiftAssets
 from .presets import Preset, get_preset, list_presets
 from .rng import SampleRNG, task_key
-
-# The benchmark's order: the 15 ImageNet-C corruptions, then the 4 extra ones.
-CORRUPTION_NAMES: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-)
-
 
 MAX_CHUNK = 64  # samples per shift call
 # On the CPU the shifts are bound by memory traffic (dozens of passes over float64 images), so a

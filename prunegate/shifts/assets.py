@@ -13,12 +13,9 @@ from pathlib import Path
 
 import torch
 
-from .textures import TextureFolder, load_texture_folder
+from prunegate.shift_names import ASSET_NAMES
 
-# The assets shifts can take, by the name a policy field and the report's data record give them,
-# and the corruption that overlays each.
-ASSET_SHIFTS = {"frost_textures": "frost"}
-ASSET_NAMES = tuple(ASSET_SHIFTS)
+from .textures import TextureFolder, load_texture_folder
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""`policy init --dense D --pruned P --data DIR`: a policy that runs as it is written.
+
+It starts from a ready policy (the preset) or the commented template and fills in what the files
+say: the models' paths, the test set's path and format (read from its layout), and the models'
+input size and normalisation where the model file records them (an ONNX graph's fixed input
+shape; `mean`/`std` metadata). What no file says is left at the preset's value, with a comment
+asking the user to check it: the gate is only as good as the normalisation it feeds the models.
+Torch files are not opened (reading them can run their code): their input is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prunegate.data_layout import guess_format
+from prunegate.errors import ModelError, PolicyError, missing_reason
+
+PRESETS = ("cifar10", "imagenet", "voc-segmentation")
+SMALL_INPUT = 64  # models with inputs up to this side get the cifar10 preset when none is asked for
+
+
+@dataclass
+class ModelInput:
+    """What a model file says about its input (None: it does not say)."""
+
+    size: int | list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+@dataclass
+class InitResult:
+    text: str
+    preset: str | None
+    notes: list[str] = field(default_factory=list)  # what the user should check
+
+
+def _channel_values(text: str) -> list[float] | None:
+    """Three numbers from a metadata value: a JSON list or comma/space separated."""
+    try:
+        values = json.loads(text) if text.strip().startswith("[") else re.split(r"[,\s]+", text.strip())
+        numbers = [float(v) for v in values]
+    except (ValueError, TypeError):
+        return None
+    return numbers if len(numbers) == 3 else None
+
+
+def read_model_input(path: Path, field_name: str) -> ModelInput:
+    """The input an ONNX model declares; an empty ModelInput for other formats."""
+    if path.suffix.lower() != ".onnx":
+        return ModelInput()
+    from prunegate.onnx_proto import read_onnx_proto
+
+    model = read_onnx_proto(path, field_name)
+    found = ModelInput()
+    initialisers = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initialisers]
+    if inputs:
+        dims = inputs[0].type.tensor_type.shape.dim
+        sides = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+        if len(sides) == 4 and sides[2] > 0 and sides[3] > 0:
+            found.size = sides[2] if sides[2] == sides[3] else [sides[2], sides[3]]
+    metadata = {prop.key.lower(): prop.value for prop in model.metadata_props}
+    found.mean = _channel_values(metadata.get("mean", ""))
+    found.std = _channel_values(metadata.get("std", ""))
+    return found
+
+
+def _relative(path: Path, folder: Path) -> str:
+    return os.path.relpath(path.resolve(), folder.resolve())
+
+
+def _source_text(preset: str | None) -> str:
+    from importlib import resources
+
+    name = f"policies/{preset}.yaml" if preset else "templates/policy.yaml"
+    return resources.files("prunegate").joinpath(name).read_text(encoding="utf-8")
+
+
+def _replace_line(text: str, key: str, value: str, comment: str | None = None) -> str:
+    """The text with the `  key: ...` line under `models:`/`data:` replaced (a block-style value
+    included), `comment` above it."""
+    pattern = re.compile(rf"^  {key}:[^\n]*\n(?:    [^\n]*\n)*", re.MULTILINE)
+    if not pattern.search(text):
+        raise AssertionError(f"the policy source has no {key!r} line")  # a bug in a shipped file
+    note = f"  # {comment}\n" if comment else ""
+    return pattern.sub(lambda _: f"{note}  {key}: {value}\n", text, count=1)
+
+
+def _flow_list(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _input_line(source_text: str, said: ModelInput, origin: str) -> tuple[str, list[str], str]:
+    """The `input:` value, what the user should check, and the comment above it."""
+    import yaml
+
+    default = yaml.safe_load(source_text)["models"]["input"]
+    size = said.size if said.size is not None else default["size"]
+    mean, std = (said.mean, said.std) if said.mean and said.std else (default["mean"], default["std"])
+    unsaid = [name for name, value in (("size", said.size), ("mean and std", said.mean and said.std)) if not value]
+    told = [name for name, value in (("size", said.size), ("mean and std", said.mean and said.std)) if value]
+    notes = [f"models.input {name}: {origin}'s (the dense model does not record them)" for name in unsaid]
+    comment = f"CHECK: {' and '.join(unsaid)} are {origin}'s (the model does not record them): use your training's"
+    if told:
+        comment = f"{' and '.join(told)} read from the dense model" + (f"; {comment}" if unsaid else "")
+    value = f"{{size: {json.dumps(size)}, mean: {_flow_list(mean)}, std: {_flow_list(std)}}}"
+    return value, notes, comment
+
+
+def _preset_for(said: ModelInput, data_format: str) -> str | None:
+    if data_format == "segmentation-folder":
+        return "voc-segmentation"
+    if said.size is not None:
+        side = said.size if isinstance(said.size, int) else max(said.size)
+        return "cifar10" if side <= SMALL_INPUT else "imagenet"
+    return "cifar10" if data_format == "cifar10-binary" else None
+
+
+def init_policy(out: Path, dense: Path, pruned: Path, data: Path, preset: str | None) -> InitResult:
+    """The text of a policy for these files, to be written at `out`."""
+    for option, path in (("--dense", dense), ("--pruned", pruned)):
+        if not path.is_file():
+            raise ModelError(missing_reason(path, "model file"), file=path, field=option)
+    data_format = guess_format(data)
+    said = read_model_input(dense, "--dense")
+    chosen = preset or _preset_for(said, data_format)
+    if chosen == "voc-segmentation" and data_format != "segmentation-folder":
+        raise PolicyError(
+            f"the voc-segmentation preset needs a segmentation folder (images/ + masks/), not {data_format}",
+            file=data,
+            field="--data",
+        )
+    text = _source_text(chosen)
+    folder = out.parent
+    text = _replace_line(text, "dense", json.dumps(_relative(dense, folder)))
+    text = _replace_line(text, "pruned", json.dumps(_relative(pruned, folder)))
+    origin = f"the {chosen} policy" if chosen else "the template"
+    value, notes, comment = _input_line(text, said, origin)
+    text = _replace_line(text, "input", value, comment)
+    test: dict[str, object] = {"format": data_format, "path": _relative(data, folder)}
+    if data_format == "segmentation-folder":
+        test["ignore_index"] = 255
+    text = _replace_line(text, "test", "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in test.items()) + "}")
+    header = f"# Written by `prunegate policy init` from {origin}; paths are relative to this file.\n"
+    _check_valid(header + text, out)
+    return InitResult(header + text, chosen, notes)
+
+
+def _check_valid(text: str, out: Path) -> None:
+    """The written policy must validate as it is (a failure here is prunegate's bug, exit 3)."""
+    import yaml
+
+    from prunegate.plan import build_plan
+    from prunegate.policy import policy_from_dict
+
+    build_plan(policy_from_dict(yaml.safe_load(text), file=out))

@@ -1,0 +1,120 @@
+"""`policy init --dense --pruned --data [--preset]` (prunegate.policy_init): a policy that runs as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+from conftest import TinyNet
+from prunegate.cli import main
+from prunegate.policy import load_policy
+from prunegate.policy_init import read_model_input
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def files(tmp_path: Path, save_onnx, write_npz) -> Path:
+    """models/dense.onnx and models/pruned.onnx (32 px, 10 classes) and data/test.npz."""
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    save_onnx(TinyNet(10, 32), tmp_path / "models" / "dense.onnx", 32)
+    save_onnx(TinyNet(10, 32), tmp_path / "models" / "pruned.onnx", 32)
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    write_npz(tmp_path / "data" / "test.npz", rng.integers(0, 256, (20, 32, 32, 3), np.uint8), np.arange(20) % 10)
+    return tmp_path
+
+
+def with_metadata(source: Path, target: Path, **props: str) -> Path:
+    model = onnx.load(str(source))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(target))
+    return target
+
+
+def init(capsys, files: Path, *extra: object, dense: str = "models/dense.onnx") -> tuple[int, Path, str]:
+    out = files / "policies" / "gate.yaml"
+    out.parent.mkdir(exist_ok=True)
+    code, _, err = run(
+        capsys, "policy", "init", out, "--force", "--dense", files / dense, "--pruned", files / "models/pruned.onnx",
+        "--data", files / "data/test.npz", *extra,
+    )  # fmt: skip
+    return code, out, err
+
+
+def test_the_written_policy_names_the_files_relative_to_itself(files, capsys) -> None:
+    code, out, err = init(capsys, files)
+    assert code == 0, err
+    document = yaml.safe_load(out.read_text())
+    assert document["models"]["dense"] == "../models/dense.onnx"
+    assert document["models"]["pruned"] == "../models/pruned.onnx"
+    assert document["data"]["test"] == {"format": "npz", "path": "../data/test.npz"}
+    policy = load_policy(out)
+    assert policy.resolve(policy.data.test.path).resolve() == files / "data" / "test.npz"
+    assert policy.name == "cifar10-robustness"  # a 32-px model gets the cifar10 policy
+
+
+def test_the_input_size_is_read_from_the_onnx_graph_and_unread_normalisation_is_flagged(files, capsys) -> None:
+    code, out, err = init(capsys, files, "--preset", "imagenet")
+    assert code == 0
+    document = yaml.safe_load(out.read_text())
+    assert document["models"]["input"]["size"] == 32  # the model's, not the imagenet policy's 224
+    assert document["models"]["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert "CHECK: mean and std are the imagenet policy's" in out.read_text()
+    assert "warning:" in err and "mean and std" in err
+
+
+def test_mean_and_std_metadata_are_used(files, capsys) -> None:
+    with_metadata(files / "models/dense.onnx", files / "models/meta.onnx", mean="[0.5, 0.4, 0.3]", std="0.2,0.2,0.25")
+    code, out, err = init(capsys, files, dense="models/meta.onnx")
+    assert code == 0 and "warning:" not in err
+    document = yaml.safe_load(out.read_text())
+    assert document["models"]["input"] == {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]}
+    assert "size and mean and std read from the dense model" in out.read_text()
+
+
+def test_read_model_input_leaves_torch_files_unread(tmp_path) -> None:
+    (tmp_path / "m.pt").write_bytes(b"not opened")
+    said = read_model_input(tmp_path / "m.pt", "--dense")
+    assert said.size is None and said.mean is None and said.std is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["--dense", "models/dense.onnx"], "--pruned, --data missing"),
+        (["--dense", "nope.onnx", "--pruned", "models/pruned.onnx", "--data", "data/test.npz"], "model file not found"),
+        (["--dense", "models/dense.onnx", "--pruned", "models/pruned.onnx", "--data", "data"], "cannot tell the data"),
+        (["--dense", "models/dense.onnx", "--pruned", "models/pruned.onnx", "--data", "data/test.npz",
+          "--preset", "voc-segmentation"], "needs a segmentation folder"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_one_line_errors_and_write_nothing(files, capsys, monkeypatch, argv, reason) -> None:
+    monkeypatch.chdir(files)
+    code, _, err = run(capsys, "policy", "init", "out.yaml", *argv)
+    assert code == 2 and reason in err and err.count("error: ") == 1
+    assert not (files / "out.yaml").exists()
+
+
+def test_the_written_policy_runs_as_is(files, capsys) -> None:
+    code, out, _ = init(capsys, files, "--preset", "cifar10")
+    assert code == 0
+    text = out.read_text().replace(
+        "corruptions: {preset: cifar10-c, names: all,", "corruptions: {preset: cifar10-c, names: [fog, contrast],"
+    )  # fmt: skip  (a short suite keeps the test quick)
+    out.write_text(text)
+    code, _, err = run(capsys, "check", "--policy", out, "--limit", "10", "--report", files / "r.json")
+    assert code in (0, 1), err
+    assert (files / "r.json").is_file()
