@@ -28,6 +28,7 @@ from torch import nn
 
 from prunegate.cpu_pool import op_threads
 from prunegate.files import write_atomic
+from prunegate.onnx_proto import write_normalisation
 from prunegate.prune import count_parameters, global_magnitude_prune, prunable_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -244,6 +245,7 @@ def export_onnx(model: nn.Module, path: Path) -> None:
             input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
         )  # fmt: skip
+    write_normalisation(path, MEAN, STD)  # so that `policy init --dense` reads it
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,20 @@ def read_onnx_proto(path: Path, field: str) -> ModelProto:
         ) from None
     except Exception as exc:  # onnx raises a few kinds for files that are not models
         raise ModelError(f"not a valid ONNX model ({first_line(exc)})", file=path, field=field) from None
+
+
+def write_normalisation(path: Path, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Record the input normalisation in the model's metadata (`mean`, `std`: JSON lists), where
+    `policy init` reads it (prunegate.policy_init.read_model_input)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [prop for prop in model.metadata_props if prop.key.lower() not in ("mean", "std")]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, values in (("mean", mean), ("std", std)):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(list(values))
+    onnx.save(model, str(path))

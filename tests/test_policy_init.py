@@ -85,6 +85,17 @@ def test_mean_and_std_metadata_are_used(files, capsys) -> None:
     assert "size and mean and std read from the dense model" in out.read_text()
 
 
+def test_what_write_normalisation_records_read_model_input_reads(files) -> None:
+    from prunegate.onnx_proto import write_normalisation
+
+    model = files / "models/dense.onnx"
+    write_normalisation(model, (0.5, 0.25, 0.125), (0.2, 0.3, 0.4))
+    write_normalisation(model, (0.5, 0.5, 0.5), (0.2, 0.3, 0.4))  # replaces, not appends
+    said = read_model_input(model, "--dense")
+    assert (said.size, said.mean, said.std) == (32, [0.5, 0.5, 0.5], [0.2, 0.3, 0.4])
+    assert [p.key for p in onnx.load(str(model)).metadata_props] == ["mean", "std"]
+
+
 def test_read_model_input_leaves_torch_files_unread(tmp_path) -> None:
     (tmp_path / "m.pt").write_bytes(b"not opened")
     said = read_model_input(tmp_path / "m.pt", "--dense")
