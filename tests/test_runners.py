@@ -362,3 +362,69 @@ def test_a_damaged_safetensors_file_is_a_one_line_model_error(tmp_path: Path) ->
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "whole.safetensors").read_bytes()[:200])
     error = model_error(tmp_path / "cut.safetensors", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
     assert "safetensors" in str(error) and "cut.safetensors" in str(error) and "\n" not in str(error)
+
+
+# --- wrapper prefixes and other frameworks' files (issue 17, item 9) ---------------------------
+
+
+@pytest.mark.parametrize("prefix", ["module.", "model.", "m."])
+def test_a_wrapper_prefix_on_the_file_only_is_stripped(tmp_path: Path, prefix: str) -> None:
+    """DataParallel (`module.`), Lightning/EMA wrappers (`model.`, `m.`): the same weights."""
+    model = _prune_reparametrised_resnet20()
+    torch.save({prefix + k: v for k, v in model.state_dict().items()}, tmp_path / "w.pth")
+    runner = load(tmp_path / "w.pth", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), atol=1e-4, rtol=1e-4)
+    assert runner.record.format == "state-dict (pruning reparametrised)"
+
+
+def test_a_wrapper_prefix_on_the_arch_only_is_added(tmp_path: Path) -> None:
+    (tmp_path / "wrapped.py").write_text(
+        "import torch\nfrom prunegate.archs.cifar_resnet import resnet20\n"
+        "class Wrapper(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.model = resnet20()\n"
+        "    def forward(self, x):\n        return self.model(x)\n"
+        "def build():\n    return Wrapper()\n"
+    )
+    from prunegate.archs.cifar_resnet import resnet20
+
+    torch.manual_seed(1)
+    plain = resnet20().eval()
+    torch.save(plain.state_dict(), tmp_path / "w.pth")
+    runner = load(tmp_path / "w.pth", "wrapped.py:build", backend="torch")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_prefix_that_explains_only_part_of_a_mismatch_is_named(tmp_path: Path) -> None:
+    from prunegate.archs.cifar_resnet import resnet20
+
+    state = {"module." + k: v for k, v in resnet20().state_dict().items()}
+    state["module.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pth")
+    error = model_error(tmp_path / "w.pth", "prunegate.archs.cifar_resnet:resnet20", backend="torch")
+    assert "every key in the file starts with 'module.'" in str(error) and "w.pth" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "framework"),
+    [
+        ("m.tflite", b"\x1c\x00\x00\x00TFL3\x00\x00", "TensorFlow Lite"),
+        ("renamed.pt", b"\x1c\x00\x00\x00TFL3\x00\x00", "TensorFlow Lite"),  # by its bytes, not its name
+        ("m.h5", b"\x89HDF\r\n\x1a\n", "Keras"),
+        ("m.mlmodel", b"\x08\x04\x12\x00", "Core ML"),
+    ],
+)
+def test_other_frameworks_files_are_named_not_called_damaged(tmp_path: Path, name, head, framework) -> None:
+    (tmp_path / name).write_bytes(head + b"\x00" * 64)
+    error = model_error(tmp_path / name, None, backend="auto")
+    assert f"is a {framework} model: not a format prunegate runs" in str(error)
+    assert "corrupt" not in str(error)
+
+
+def test_a_tensorflow_saved_model_folder_is_named(tmp_path: Path) -> None:
+    (tmp_path / "saved" / "variables").mkdir(parents=True)
+    (tmp_path / "saved" / "saved_model.pb").write_bytes(b"\x08\x01")
+    assert "is a TensorFlow model" in str(model_error(tmp_path / "saved", None, backend="auto"))

@@ -14,6 +14,7 @@ from prunegate.policy import ModelSpec
 from prunegate.report.schema import ArchSource, BackendChoice, Isolation
 
 from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, needs_arch, resolve_device
+from .foreign import foreign_format, foreign_message
 
 if TYPE_CHECKING:
     from .isolated import InputArena, IsolatedRunner
@@ -28,6 +29,9 @@ def _backend_for(path: Path, field: str, options: LoadOptions) -> str:
     """The backend that will run `path` (torch | onnx), after the checks every loader shares."""
     if not path.exists():
         raise ModelError("model file not found", file=path, field=field)
+    framework = foreign_format(path)
+    if framework is not None:
+        raise ModelError(foreign_message(framework), file=path, field=field)
     if path.is_dir():
         raise ModelError("is a folder, expected a model file", file=path, field=field)
     is_onnx = path.suffix.lower() == ".onnx"

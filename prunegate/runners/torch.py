@@ -100,8 +100,8 @@ def _import_arch(arch: str, base_dir: Path, field: str, file: Path) -> Callable[
 
 
 def _unwrap_state_dict(obj: object) -> dict | None:
-    """The tensors of a state dict, also inside the common {'state_dict': ...} wrappers, with a
-    DataParallel 'module.' prefix removed."""
+    """The tensors of a state dict, also inside the common {'state_dict': ...} wrappers (a wrapper's
+    key prefix, DataParallel's `module.`, is matched to the arch later: align_key_prefix)."""
     if isinstance(obj, dict):
         state: dict = obj
         for key in ("state_dict", "model_state_dict", "model"):
@@ -110,8 +110,6 @@ def _unwrap_state_dict(obj: object) -> dict | None:
                 break
         tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
         if tensors and all(isinstance(k, str) for k in tensors):
-            if all(k.startswith("module.") for k in tensors):
-                tensors = {k[len("module.") :]: v for k, v in tensors.items()}
             return tensors
     return None
 
@@ -140,6 +138,43 @@ def fold_pruning_masks(state: dict, wanted: set[str], path: Path, field: str) ->
     return folded
 
 
+def _shared_prefix(keys: list[str]) -> str | None:
+    """The first dotted component every key starts with (`module.`), or None."""
+    first = keys[0].split(".", 1)[0] + "." if keys and "." in keys[0] else None
+    return first if first and all(k.startswith(first) for k in keys) else None
+
+
+def _unwrapped(name: str) -> str:
+    """A parameter name without prune's reparametrisation suffixes, for matching keys."""
+    for suffix in ("_orig", "_mask"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def align_key_prefix(state: dict, wanted: set[str]) -> tuple[dict, str | None]:
+    """`state` with a wrapper's key prefix removed or added where that alone makes its keys the
+    arch's: `module.` (DataParallel / DistributedDataParallel), `model.` or `m.` (a Lightning or EMA
+    wrapper) on one side only. Returns the state and a note saying what differs when a prefix
+    explains only part of a mismatch (for the error); (state, None) when nothing is changed."""
+    keys, arch_keys = list(state), sorted(wanted)
+    plain = {_unwrapped(k) for k in keys}
+    if not keys or plain <= wanted:
+        return state, None
+    theirs, ours = _shared_prefix(keys), _shared_prefix(arch_keys)
+    if theirs and theirs != ours:
+        stripped = {k[len(theirs) :]: v for k, v in state.items()}
+        if {_unwrapped(k) for k in stripped} <= wanted:
+            return stripped, None
+        return state, f"every key in the file starts with {theirs!r} and the arch's do not"
+    if ours and ours != theirs:
+        added = {ours + k: v for k, v in state.items()}
+        if {_unwrapped(k) for k in added} <= wanted:
+            return added, None
+        return state, f"every key of the arch starts with {ours!r} and the file's do not"
+    return state, None
+
+
 def _module_from_state_dict(
     state: dict, arch: str | None, base_dir: Path, path: Path, field: str
 ) -> tuple[torch.nn.Module, bool]:
@@ -159,7 +194,9 @@ def _module_from_state_dict(
         raise ModelError(
             f"arch {arch!r} returned {type(module).__name__}, not a torch.nn.Module", file=path, field=field
         )
-    folded = fold_pruning_masks(state, set(module.state_dict()), path, field)
+    wanted = set(module.state_dict())
+    state, prefix_note = align_key_prefix(state, wanted)
+    folded = fold_pruning_masks(state, wanted, path, field)
     try:
         result = module.load_state_dict(folded, strict=False)
     except RuntimeError as exc:  # shapes that do not fit raise even with strict=False
@@ -168,7 +205,8 @@ def _module_from_state_dict(
     problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:
         shown = ", ".join(problems[:3]) + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise ModelError(f"weights do not fit arch {arch!r}: {shown}", file=path, field=field)
+        note = f" ({prefix_note})" if prefix_note else ""
+        raise ModelError(f"weights do not fit arch {arch!r}{note}: {shown}", file=path, field=field)
     return module, len(folded) < len(state)
 
 
