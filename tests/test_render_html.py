@@ -332,6 +332,8 @@ def test_segmentation_panel_shows_four_overlays(segmentation_report) -> None:
     dense, pruned = f"{100 * worst.dense_miou:.2f}%", f"{100 * worst.pruned_miou:.2f}%"
     assert captions == ["input as shifted", "ground truth", f"dense: mIoU {dense}", f"pruned: mIoU {pruned}"]
     assert [s.text_content() for s in doc.xpath("//p[@class='legend']/span")] == ["0", "1", "2"]
+    assert gallery.names == {("test", 4): "images/img04.png"}  # named by its file, relative to the data set
+    assert f"{task.name}, images/img04.png" in doc.xpath("string(//section[@id='gallery-section'])")
     for element in doc.iter():  # still self-contained
         for name in ("src", "href"):
             assert element.get(name) is None or element.get(name).startswith(("data:", "#"))

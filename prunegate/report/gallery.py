@@ -374,7 +374,7 @@ def build_panel(report: Report, side: int = PANEL_SIDE) -> Gallery:
     if rebuilt is None:
         return gallery
     policy, ctx, assets_missing = rebuilt
-    made = _panel_input(policy, ctx, report, record, example, assets_missing, gallery.notes)
+    made = _panel_input(policy, ctx, report, record, example, assets_missing, gallery)
     if made is None:
         return gallery
     picture, truth = made
@@ -400,14 +400,17 @@ def _panel_input(
     record: TaskRecord,
     example: SegmentationExample,
     assets_missing: bool,
-    notes: list[str],
+    gallery: Gallery,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(uint8 HWC: the input the task fed the models, HW: its ground-truth mask, ignored pixels
-    negative) for one example, fitted as the engine fits them; None with a note when it cannot be."""
+    negative) for one example, fitted as the engine fits them, and the image's file name in
+    `gallery.names`; None with a note in `gallery.notes` when it cannot be."""
     import torch
 
     from prunegate.context import task_pixels
     from prunegate.data import SegmentationFolder
+
+    notes = gallery.notes
 
     task = ctx.task(record.name)
     if task is None:
@@ -424,6 +427,7 @@ def _panel_input(
     if not 0 <= example.index < len(images):
         notes.append(f"image #{example.index} is outside its data set")
         return None
+    gallery.names[(task.source, example.index)] = images.sample_name(example.index)
     try:
         with torch.inference_mode():
             batch, truth, _ = images.read_batch([example.index], ctx.size, policy.data.max_pixels)

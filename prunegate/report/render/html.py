@@ -187,7 +187,6 @@ def _card_view(report: Report, card: Card, gallery: Gallery | None) -> dict:
     broke = [{"task": t.name, "draw": e.draw, "pruned": common.class_name(names, e.pruned)} for t, e in card.examples]
     return {
         "task": task.name,
-        "index": card.index,
         "sample": _sample_caption(card, gallery),
         "label": common.class_name(names, example.label),
         "dense": common.class_name(names, example.dense),
@@ -242,7 +241,9 @@ def _segmentation_view(report: Report, gallery: Gallery | None) -> dict:
         for t, e in _ranked_examples(report)
         if (t.name, e.index, e.draw) != (task.name, example.index, example.draw)
     ]
-    return {"panel": {**row, "pictures": pictures, "legend": legend}, "others": others, "notes": notes}
+    named = gallery.names.get((task.source or "test", example.index)) if gallery else None
+    panel = {**row, "pictures": pictures, "legend": legend, "file": named}
+    return {"panel": panel, "others": others, "notes": notes}
 
 
 def _segmentation_row(task: TaskRecord, example: SegmentationExample) -> dict:
