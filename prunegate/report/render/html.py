@@ -261,7 +261,7 @@ def _segmentation_row(task: TaskRecord, example: SegmentationExample) -> dict:
 
 def _ranked_examples(report: Report) -> list[tuple[TaskRecord, SegmentationExample]]:
     """The recorded images of the tasks that failed a rule first, then of those that lose most
-    mIoU; at most PER_TASK from each and MAX_EXAMPLES in all (as the classification gallery)."""
+    mIoU; at most PER_TASK from each and MAX_EXAMPLES in all."""
     failing = common.failing_tasks(report)
     ordered = sorted(
         (t for t in report.tasks if t.segmentation_examples),
