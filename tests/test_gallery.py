@@ -13,7 +13,7 @@ from prunegate.check import run_check
 from prunegate.context import RunContext, task_pixels
 from prunegate.data import fit_to_size, open_source
 from prunegate.policy import load_policy
-from prunegate.report.gallery import build_gallery, png, select_examples
+from prunegate.report.gallery import build_gallery, png, rebuild_inputs, select_cards
 from prunegate.report.schema import Example
 
 SUITE = {
@@ -55,7 +55,7 @@ def engine_inputs(policy_path: Path, task_name: str, indices: list[int], draw: i
 
 def test_rebuilds_exactly_the_inputs_the_engine_made(gated) -> None:
     policy, report = gated
-    gallery = build_gallery(report, limit=100, per_task=3)
+    gallery = rebuild_inputs(report, [(t, e) for t in report.tasks for e in t.examples])
     assert gallery.notes == []
     assert len(gallery.images) == 3 * len(report.tasks)
     for task in report.tasks:
@@ -108,12 +108,70 @@ def test_examples_outside_the_data_set_are_skipped(gated) -> None:
 
 def test_selection_puts_tasks_that_failed_a_rule_first(sample_report) -> None:
     report = sample_report(failing=True)
-    chosen = select_examples(report, limit=5, per_task=2)
-    assert len(chosen) == 5
+    report = with_examples(report, lambda position, task: [10 * position + k for k in range(3)])
+    cards = select_cards(report, limit=5, per_task=2)
+    assert len(cards) == 5
     failing = {t.task for r in report.rules for t in r.per_task if not t.passed}
-    assert [t.name for t, _ in chosen[:4]] == [t.name for t, _ in chosen[:4] if t.name in failing]
-    assert chosen[0][0].name == "noise/uniform/0.3"  # the largest drop among the failing tasks
-    assert select_examples(sample_report(extras=False)) == []
+    shown = [card.shown[0].name for card in cards]
+    assert set(shown[:4]) <= failing and shown[0] == "noise/uniform/0.3"  # the largest drop among the failing
+    assert [len(c.examples) for c in cards] == [1] * 5  # each image recorded on one task only
+    assert select_cards(sample_report(extras=False)) == []
+
+
+def with_examples(report, indices):
+    """The report with examples at `indices(position, task)` on every task."""
+    tasks = [
+        t.model_copy(update={"examples": [Example(index=i, label=0, dense=0, pruned=1) for i in indices(k, t)]})
+        for k, t in enumerate(report.tasks)
+    ]
+    return report.model_copy(update={"tasks": tasks})
+
+
+def test_one_card_per_image_listing_every_task_that_broke_it(sample_report) -> None:
+    report = sample_report(failing=True)  # every task records samples 0 and 4
+    cards = select_cards(report)
+    assert [(c.source, c.index) for c in cards] == [("test", 0), ("test", 4)]
+    for card in cards:
+        assert sorted(t.name for t, _ in card.examples) == sorted(t.name for t in report.tasks)
+        assert all(e.index == card.index for _, e in card.examples)
+        assert card.shown[0].name == "noise/uniform/0.3"  # the first task in the ranking
+    # an image a task records beyond its first `per_task` examples is listed, not added
+    late = with_examples(report, lambda k, t: [k] if k else [1, 2, 3, 4, 5])
+    cards = select_cards(late, per_task=2)
+    clean = next(t for t in late.tasks if t.name == "clean")
+    assert not any(c.shown[0] is clean and c.index > 2 for c in cards)
+    [card] = [c for c in cards if c.index == 3]
+    assert {t.name for t, _ in card.examples} == {"clean", late.tasks[3].name}
+    assert len(select_cards(late, limit=3)) == 3
+
+
+def test_cards_are_named_by_the_image_file(gate_case, tmp_path) -> None:
+    """An image folder names each image's file relative to the set's folder; the page shows it."""
+    from prunegate.report.render import html
+
+    for label, name in enumerate(("red", "green", "blue")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for k in range(2):
+            colour = [30 * k] * 3
+            colour[label] = 220
+            Image.new("RGB", (8, 8), tuple(colour)).save(tmp_path / "images" / name / f"img{k}.png")
+    policy = gate_case("jitter", data={"test": {"format": "imagefolder", "path": "images"}})
+    report = run_check(load_policy(policy))
+    report = with_examples(report, lambda k, t: [3, 5])
+    gallery = build_gallery(report)
+    assert gallery.notes == [] and gallery.names == {
+        ("test", 3): "green/img1.png",
+        ("test", 5): "red/img1.png",
+    }  # blue, green, red
+    page = html.render(report, gallery=gallery)
+    assert "green/img1.png" in page and "red/img1.png" in page and "test #3" not in page
+
+
+def test_array_formats_name_the_file_and_index(gated) -> None:
+    _, report = gated
+    gallery = build_gallery(report)
+    assert gallery.names[("test", 7)] == "data.npz #7"
+    assert set(gallery.names) == {("test", i) for i in (1, 7, 10)}
 
 
 def test_png_thumbnails_are_small() -> None:
@@ -138,7 +196,8 @@ def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> N
     report = run_check(load_policy(policy))
     examples = [Example(index=i, draw=0, label=i % 3, dense=i % 3, pruned=(i + 1) % 3) for i in (1, 7)]
     report = report.model_copy(update={"tasks": [t.model_copy(update={"examples": examples}) for t in report.tasks]})
-    gallery = build_gallery(report, limit=100, per_task=3)
+    every = [(t, e) for t in report.tasks for e in t.examples]
+    gallery = rebuild_inputs(report, every)
     assert gallery.notes == []
     expected = engine_inputs(
         policy, "corruption/frost/3", [1, 7], 0, ShiftAssets(frost_textures=load_texture_folder(folder))
@@ -151,7 +210,7 @@ def test_frost_examples_are_rebuilt_with_the_policys_photographs(gate_case) -> N
 
     # photographs changed since the report: the frost examples are left out, with a note
     Image.new("RGB", (300, 240), (255, 255, 255)).save(folder / "black.png")
-    changed = build_gallery(report, limit=100, per_task=3)
+    changed = rebuild_inputs(report, every)
     assert {key[0] for key in changed.images} == {"clean"} and any("differ" in n for n in changed.notes)
 
 

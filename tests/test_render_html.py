@@ -19,6 +19,7 @@ def failing_page() -> str:
     gallery = Gallery(
         images={key: png(np.full((8, 8, 3), 200, np.uint8))},
         originals={("test", 0): png(np.zeros((8, 8, 3), np.uint8))},
+        names={("test", 0): "red/0001.png"},
         notes=["one note"],
     )
     return html.render(report, gallery=gallery, signature="signed by key 0123456789abcdef")
@@ -80,14 +81,93 @@ def test_gallery_shows_given_images_and_says_what_is_missing(failing_page) -> No
     doc = parse(failing_page)
     gallery = doc.xpath("//section[@id='gallery-section']")[0]
     cards = gallery.xpath(".//div[@class='example']")
-    assert len(cards) == 18  # every example of the sample report (under the gallery's limit)
+    assert len(cards) == 2  # the sample report's 9 tasks each record samples 0 and 4: one card per image
     first = cards[0]
-    assert "noise/uniform/0.3" in first.text_content() and "test #0" in first.text_content()
+    assert first.xpath("string(.//dd[contains(@class, 'sample')])") == "red/0001.png"  # the file, not "test #0"
     images = first.xpath(".//img/@src")
     assert len(images) == 2 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "red" in first.text_content() and "green" in first.text_content()  # class names, not numbers
-    assert "not available" in cards[1].text_content()
+    listed = [li.text_content() for li in first.xpath(".//ul[@class='tasks-broken']/li")]
+    assert listed[0].startswith("noise/uniform/0.3") and len(listed) == 7 and listed[-1] == "and 3 more"
+    second = cards[1]
+    assert second.xpath("string(.//dd[contains(@class, 'sample')])") == "test #4"  # no file name known
+    assert "not available" in second.text_content()
     assert "one note" in gallery.text_content()
+    assert "2 images" in gallery.text_content() and "18 examples recorded on 9 tasks" in gallery.text_content()
+
+
+def test_gallery_comes_after_the_rules_figures_and_tables(failing_page) -> None:
+    sections = [s.get("id") for s in parse(failing_page).xpath("//main/section")]
+    assert sections == [
+        "failed-rules",
+        "rules",
+        "figures",
+        "corruption-summary",
+        "tasks",
+        "gallery-section",
+        "provenance",
+    ]
+
+
+def test_captions_name_the_severities_that_ran(sample_report) -> None:
+    def caption(**kwargs) -> str:
+        doc = parse(html.render(sample_report(**kwargs)))
+        return doc.xpath("string(//figure[@id='accuracy-vs-severity']//figcaption)")
+
+    assert "severities 1, 3 and 5;" in caption(severities=(1, 3, 5))
+    assert "severity 3;" in caption(severities=(3,))
+    assert "severities 1-5;" in caption(severities=(1, 2, 3, 4, 5))
+    assert "1-5" not in caption(severities=(2, 4))
+    from prunegate.report.render import plots
+
+    report = sample_report(severities=(1, 3))
+    report = report.model_copy(update={"tasks": [t for t in report.tasks if t.name != "corruption/fog/3"]})
+    assert plots.severities_text(report) == "severities 1 and 3 (not every corruption at each)"
+
+
+def _texts(figure_uri: str) -> list[str]:
+    """The strings an SVG figure draws (matplotlib writes each one as a comment beside its glyphs)."""
+    import base64
+
+    return re.findall(r"<!-- (.*?) -->", base64.b64decode(figure_uri.split(",", 1)[1]).decode())
+
+
+def _with_class_counts(report, per_class: int):
+    """The report with `per_class` samples of each class in every task (recall counts scaled)."""
+    tasks = []
+    for t in report.tasks:
+        counts = t.class_recall
+        scale = per_class / counts.n[0]
+        scaled = counts.model_copy(
+            update={
+                "n": [per_class] * len(counts.n),
+                "dense_correct": [round(c * scale) for c in counts.dense_correct],
+                "pruned_correct": [round(c * scale) for c in counts.pruned_correct],
+            }
+        )
+        tasks.append(t.model_copy(update={"class_recall": scaled}))
+    return report.model_copy(update={"tasks": tasks})
+
+
+def test_per_class_bars_show_their_counts(sample_report) -> None:
+    from prunegate.report.render import plots
+
+    report = sample_report(failing=True)
+    texts = _texts(plots.class_recall_drop(report).uri)
+    assert texts.count("n=100") == 6  # 3 classes x (clean, shifted pooled): 100 samples of each per task
+    assert "noise and corruptions (8 tasks pooled)" in texts
+    assert _texts(plots.class_recall_drop(_with_class_counts(report, 20)).uri).count("n=20") == 6
+
+
+def test_per_class_figure_is_left_out_with_a_reason_when_classes_are_tiny(sample_report) -> None:
+    report = _with_class_counts(sample_report(failing=True), 1)  # ImageNet's 1,000 images: one per class
+    doc = parse(html.render(report))
+    assert not doc.xpath("//figure[@id='class-recall-drop']")
+    [left_out] = doc.xpath("//section[@id='figures']//*[@id='class-recall-drop']")
+    text = left_out.text_content()
+    assert "fewer than 20 samples" in text and "at most 1)" in text and "100 points" in text
+    assert doc.xpath("//figure[@id='accuracy-vs-severity']")  # the other figures stay
+    assert not parse(html.render(_with_class_counts(report, 19))).xpath("//figure[@id='class-recall-drop']")
 
 
 def test_minimal_report_renders_without_optional_parts(sample_report) -> None:
@@ -252,6 +332,8 @@ def test_segmentation_panel_shows_four_overlays(segmentation_report) -> None:
     dense, pruned = f"{100 * worst.dense_miou:.2f}%", f"{100 * worst.pruned_miou:.2f}%"
     assert captions == ["input as shifted", "ground truth", f"dense: mIoU {dense}", f"pruned: mIoU {pruned}"]
     assert [s.text_content() for s in doc.xpath("//p[@class='legend']/span")] == ["0", "1", "2"]
+    assert gallery.names == {("test", 4): "images/img04.png"}  # named by its file, relative to the data set
+    assert f"{task.name}, images/img04.png" in doc.xpath("string(//section[@id='gallery-section'])")
     for element in doc.iter():  # still self-contained
         for name in ("src", "href"):
             assert element.get(name) is None or element.get(name).startswith(("data:", "#"))

@@ -118,8 +118,9 @@ class DevTools:
                 return reply["result"]
             self.events.append(reply)
 
-    def open_offline(self, page: Path, screen: dict | None = None) -> str:
-        """Open `page` in a new tab with networking off; returns the session once it has loaded."""
+    def open_offline(self, page: Path, screen: dict | None = None, media: str | None = None) -> str:
+        """Open `page` in a new tab with networking off (`media`: 'print' lays it out as printed);
+        returns the session once it has loaded."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
@@ -135,6 +136,9 @@ class DevTools:
                 {**screen, "deviceScaleFactor": 1, "mobile": False},
                 session=session,
             )
+        if media:
+            self.call("Emulation.setEmulatedMedia", {"media": media}, session=session)
+        self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]  # this tab's, below
         self.call("Page.navigate", {"url": page.as_uri()}, session=session)
         self.wait_for("Page.loadEventFired")
         return session
@@ -172,12 +176,23 @@ class DevTools:
         os.close(self._to_browser)
 
 
-@pytest.fixture(scope="module")
-def browser_run(tmp_path_factory):
-    """Render the failing sample report, load it in chromium; returns what the page showed."""
+def browser_or_skip() -> str:
     binary = find_browser()
     if binary is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    return binary
+
+
+def write_page(folder: Path, report, gallery: Gallery) -> Path:
+    page = folder / "report.html"
+    page.write_text(html.render(report, gallery=gallery), encoding="utf-8")
+    return page
+
+
+@pytest.fixture(scope="module")
+def browser_run(tmp_path_factory):
+    """Render the failing sample report, load it in chromium; returns what the page showed."""
+    binary = browser_or_skip()
     from conftest import _sample_report
 
     folder = tmp_path_factory.mktemp("browser")
@@ -187,9 +202,7 @@ def browser_run(tmp_path_factory):
         images={("noise/uniform/0.3", 0, 0): thumbnail, ("noise/uniform/0.3", 4, 0): thumbnail},
         originals={("test", 0): thumbnail},
     )
-    page = folder / "report.html"
-    page.write_text(html.render(report, gallery=gallery), encoding="utf-8")
-
+    page = write_page(folder, report, gallery)
     tools = DevTools(binary, folder / "profile")
     try:
         session = tools.open_offline(page, SCREEN)
@@ -247,8 +260,8 @@ def test_no_network_requests_and_no_errors(browser_run) -> None:
 def test_every_image_loads_and_the_page_fits_the_screen(browser_run) -> None:
     layout = browser_run["layout"]
     assert layout["viewport"] == SCREEN
-    # 3 figures; 2 thumbnails and the clean original (index 0) on every shifted task's card with index 0
-    assert len(layout["images"]) == 3 + 2 + 8 and all(i["ok"] for i in layout["images"])
+    # 3 figures; one card per image (samples 0 and 4): both thumbnails, and the clean original of 0
+    assert len(layout["images"]) == 3 + 2 + 1 and all(i["ok"] for i in layout["images"])
     assert not layout["overflow"] and layout["scrolling"] == 0  # no horizontal scrolling on a laptop screen
 
 
@@ -278,3 +291,102 @@ def test_verdict_and_failed_rules_on_the_first_screen(browser_run) -> None:
 def test_it_prints(browser_run) -> None:
     pdf = browser_run["pdf"]
     assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page") >= 2
+
+
+# --- the layout at a laptop's width and as printed (issue 20) ------------------------------------
+
+LAYOUTS = {
+    "laptop-1280": ({"width": 1280, "height": 800}, "screen"),
+    "print": ({"width": 720, "height": 1000}, "print"),  # A4 or Letter less the page's 12 mm margins, at 96 px/in
+}
+
+PLACEMENT_SCRIPT = """JSON.stringify({
+  viewport: {width: innerWidth, height: innerHeight},
+  print: matchMedia('print').matches,
+  page_width: document.documentElement.scrollWidth,
+  widest: Math.max(...[...document.querySelectorAll('body *')].map(e => e.getBoundingClientRect().right)),
+  banner: (() => { const r = document.querySelector('#verdict').getBoundingClientRect();
+                   return {top: r.top, bottom: r.bottom}; })(),
+  verdict: document.querySelector('#verdict .verdict-word').innerText,
+  failed: [...document.querySelectorAll('#failed-rules article')].map(a => {
+            const r = a.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; }),
+  sections: [...document.querySelectorAll('main > section')].map(s => {
+              const r = s.getBoundingClientRect(); return {id: s.id, top: r.top, bottom: r.bottom}; }),
+  gallery_cards: [...document.querySelectorAll('#gallery-section .example')].map(c => {
+                   const r = c.getBoundingClientRect(); return {top: r.top, left: r.left, right: r.right}; }),
+})"""
+
+
+def many_images(report):
+    """The report with three distinct images recorded on every task: a full gallery."""
+    from prunegate.report.schema import Example
+
+    tasks = [
+        t.model_copy(
+            update={"examples": [Example(index=10 * k + j, label=j, dense=j, pruned=(j + 1) % 3) for j in range(3)]}
+        )
+        for k, t in enumerate(report.tasks)
+    ]
+    return report.model_copy(update={"tasks": tasks})
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """A failing report with a full gallery, laid out at 1280 px and as printed: {name: what it showed}."""
+    from conftest import _sample_report
+    from prunegate.report.gallery import select_cards
+
+    binary = browser_or_skip()
+    folder = tmp_path_factory.mktemp("layouts")
+    report = many_images(_sample_report(failing=True))
+    thumbnail = png(np.full((32, 32, 3), 120, np.uint8))
+    cards = select_cards(report)
+    gallery = Gallery(
+        images={(c.shown[0].name, c.index, c.shown[1].draw): thumbnail for c in cards},
+        originals={(c.source, c.index): thumbnail for c in cards},
+        names={(c.source, c.index): f"class_{c.index % 3}/ILSVRC2012_val_{c.index:08d}.JPEG" for c in cards},
+    )
+    page = write_page(folder, report, gallery)
+    tools = DevTools(binary, folder / "profile")
+    seen = {}
+    try:
+        for name, (screen, media) in LAYOUTS.items():
+            session = tools.open_offline(page, screen, media)
+            placement = tools.call(
+                "Runtime.evaluate", {"expression": PLACEMENT_SCRIPT, "returnByValue": True}, session=session
+            )["result"]["value"]
+            shot = tools.call("Page.captureScreenshot", {"format": "png"}, session=session)["data"]
+            seen[name] = {"placement": json.loads(placement), "screenshot": base64.b64decode(shot), "screen": screen}
+            (folder / f"{name}.png").write_bytes(seen[name]["screenshot"])
+    finally:
+        tools.close()
+    return {"report": report, "cards": len(cards), **seen}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layout_first_screen_and_width(layouts, name) -> None:
+    shown, screen = layouts[name]["placement"], layouts[name]["screen"]
+    assert shown["viewport"] == screen and shown["print"] == (name == "print")
+    picture = Image.open(io.BytesIO(layouts[name]["screenshot"]))
+    assert picture.format == "PNG" and picture.size == (screen["width"], screen["height"])
+    assert np.asarray(picture.convert("RGB")).std() > 5  # something is drawn, not a blank page
+    # the verdict and every failed rule's card start on the first screen
+    assert shown["banner"]["top"] == 0 and shown["banner"]["bottom"] < 200 and shown["verdict"] == "FAIL"
+    failed = layouts["report"].failed_rules()
+    assert len(shown["failed"]) == len(failed) and all(c["top"] < screen["height"] - 60 for c in shown["failed"])
+    # nothing wider than the page: no horizontal scrolling, nothing cut off at the right
+    assert shown["page_width"] <= screen["width"] and shown["widest"] <= screen["width"] + 0.5
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_layout_gallery_after_the_rules_and_figures(layouts, name) -> None:
+    shown = layouts[name]["placement"]
+    place = {s["id"]: s for s in shown["sections"]}
+    gallery = place["gallery-section"]["top"]
+    for above in ("failed-rules", "rules", "figures", "corruption-summary", "tasks"):
+        assert place[above]["bottom"] <= gallery, above
+    cards = shown["gallery_cards"]
+    assert len(cards) == layouts["cards"] == 24  # one card per image, at most MAX_CARDS
+    assert all(c["right"] <= layouts[name]["screen"]["width"] for c in cards)
+    columns = len({round(c["left"]) for c in cards})
+    assert columns >= 4  # a grid, not a column of 24 cards

@@ -55,6 +55,11 @@ class ImageSet(ABC):
         batch = torch.stack(fitted).permute(0, 2, 3, 1).contiguous()
         return batch, torch.from_numpy(self.labels[indices]), digests
 
+    def sample_name(self, index: int) -> str:
+        """How a person finds sample `index`: the set's file and the index ('test_batch.bin #1002');
+        sets of one file per image name that file."""
+        return f"{self.path.name} #{index}"
+
     def error(self, message: str, file: Path | None = None) -> DataError:
         return DataError(message, file=file or self.path, field=self.field)
 

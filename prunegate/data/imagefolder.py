@@ -85,6 +85,11 @@ class ImageFiles(ImageSet):
         """The files whose change changes the set: its images."""
         return self.files
 
+    def sample_name(self, index: int) -> str:
+        """The image's file relative to the set's folder ('n01440764/ILSVRC2012_val_00000293.JPEG')."""
+        file = self.files[index]
+        return file.relative_to(self.path).as_posix() if file.is_relative_to(self.path) else file.name
+
     def contents_key(self) -> str:
         """Every tracked file's name, size and modification time."""
         lines = []

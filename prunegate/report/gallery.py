@@ -8,6 +8,10 @@ context.task_pixels, the very function the engine feeds the models from.
 Nothing is stored in the report but indices; when the data is no longer where the report says (or
 has changed), the gallery is simply left out, with a note saying why.
 
+The gallery has one card per image (`select_cards`): an image several tasks broke is shown once,
+as the first of those tasks fed it, with every task that broke it listed on its card, and named
+by its file (`ImageSet.sample_name`), read when the data set is reopened.
+
 A segmentation report has one panel instead: its worst image (`worst_segmentation_example`), the
 input rebuilt as above with its ground-truth mask, and the two models' predicted masks, which the
 report records for that image alone, each drawn as a colour overlay on the input.
@@ -41,8 +45,9 @@ if TYPE_CHECKING:  # the gallery imports torch and the shifts only when it draws
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int, int]  # (task name, sample index, draw)
-MAX_EXAMPLES = 48  # in the whole gallery
-PER_TASK = 4
+MAX_EXAMPLES = 48  # segmentation: recorded images listed in all
+MAX_CARDS = 24  # images in the classification gallery
+PER_TASK = 4  # the images a task may add to the gallery (it is listed on any card of an image it broke)
 THUMBNAIL = 128  # largest side in pixels; smaller images are kept as they are (and scaled up in CSS)
 PANEL_SIDE = 256  # largest side of the segmentation panel's pictures
 OVERLAY_ALPHA = 0.5  # a mask's colour over its input pixel
@@ -66,6 +71,7 @@ class Gallery:
 
     images: dict[Key, bytes] = field(default_factory=dict)
     originals: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (source, index) -> clean image
+    names: dict[tuple[str, int], str] = field(default_factory=dict)  # (source, index) -> its file, for captions
     notes: list[str] = field(default_factory=list)
     panels: dict[Key, SegmentationPanel] = field(default_factory=dict)  # segmentation: the worst image
 
@@ -74,24 +80,46 @@ class Gallery:
         return "; ".join(self.notes) if self.notes else None
 
 
-def select_examples(
-    report: Report, limit: int = MAX_EXAMPLES, per_task: int = PER_TASK
-) -> list[tuple[TaskRecord, Example]]:
-    """The examples the gallery shows: tasks that failed a rule first, then the tasks that lose
-    most accuracy; at most `per_task` from each and `limit` in all."""
+@dataclass(frozen=True)
+class Card:
+    """One image of the gallery (`source`, `index`) and every recorded example of it: the tasks
+    (and noise draws) on which the pruned model newly got it wrong, the one the card shows first."""
+
+    source: str
+    index: int
+    examples: list[tuple[TaskRecord, Example]]
+
+    @property
+    def shown(self) -> tuple[TaskRecord, Example]:
+        return self.examples[0]
+
+
+def ranked_tasks(report: Report) -> list[TaskRecord]:
+    """The tasks that record examples: those that failed a rule first, then those that lose most
+    accuracy (report order on ties)."""
     failing = failing_tasks(report)
     position = {t.name: i for i, t in enumerate(report.tasks)}
-    ordered = sorted(
+    return sorted(
         (t for t in report.tasks if t.examples),
         key=lambda t: (t.name not in failing, -(t.accuracy_drop or 0.0), position[t.name]),
     )
-    chosen: list[tuple[TaskRecord, Example]] = []
-    for task in ordered:
+
+
+def select_cards(report: Report, limit: int = MAX_CARDS, per_task: int = PER_TASK) -> list[Card]:
+    """The gallery's cards, one per image: the images of the first `per_task` examples of each
+    task in `ranked_tasks` order, at most `limit`; each card lists every example of its image."""
+    ranked = ranked_tasks(report)
+    by_image: dict[tuple[str, int], list[tuple[TaskRecord, Example]]] = {}
+    for task in ranked:
+        for example in task.examples:
+            by_image.setdefault((task.source or "test", example.index), []).append((task, example))
+    chosen: list[tuple[str, int]] = []
+    for task in ranked:
         for example in task.examples[:per_task]:
-            if len(chosen) == limit:
-                return chosen
-            chosen.append((task, example))
-    return chosen
+            image = (task.source or "test", example.index)
+            if image not in chosen and len(chosen) < limit:
+                chosen.append(image)
+    return [Card(source, index, by_image[(source, index)]) for source, index in chosen]
 
 
 def worst_segmentation_example(report: Report) -> tuple[TaskRecord, SegmentationExample] | None:
@@ -264,15 +292,20 @@ def _rebuild(report: Report, notes: list[str]) -> tuple[Policy, RunContext, bool
 
 
 def build_gallery(
-    report: Report, *, limit: int = MAX_EXAMPLES, per_task: int = PER_TASK, side: int = THUMBNAIL
+    report: Report, *, limit: int = MAX_CARDS, per_task: int = PER_TASK, side: int = THUMBNAIL
 ) -> Gallery:
-    """Rebuild the thumbnails of `select_examples(report)` (a segmentation report: the panel of
-    `build_panel`). Never raises for missing or changed data: what cannot be rebuilt is left out
-    and said in `notes`."""
+    """Rebuild the thumbnails of `select_cards(report)`, the input each card shows (a segmentation
+    report: the panel of `build_panel`). Never raises for missing or changed data: what cannot be
+    rebuilt is left out and said in `notes`."""
     if report.task == "segmentation":
         return build_panel(report)
+    return rebuild_inputs(report, [card.shown for card in select_cards(report, limit, per_task)], side)
+
+
+def rebuild_inputs(report: Report, chosen: list[tuple[TaskRecord, Example]], side: int = THUMBNAIL) -> Gallery:
+    """The thumbnails of these examples' inputs (and of the clean images of shifted ones), and
+    their images' file names; what cannot be rebuilt is left out and said in `notes`."""
     gallery = Gallery()
-    chosen = select_examples(report, limit, per_task)
     if not chosen:
         return gallery
     import torch
@@ -295,14 +328,14 @@ def build_gallery(
             if task is None:
                 gallery.notes.append(f"task {name!r} is not in the report's policy")
                 continue
-            if assets_missing and _takes_assets(task):
-                continue
             images = _open(policy, report, task, opened, gallery.notes)
             if images is None:
                 continue
             indices = [e.index for e in examples if 0 <= e.index < len(images)]
             missing += len(examples) - len(indices)
-            if not indices:
+            for index in indices:
+                gallery.names[(task.source, index)] = images.sample_name(index)
+            if not indices or (assets_missing and _takes_assets(task)):
                 continue
             try:
                 pictures, _ = images.read(indices, policy.data.max_pixels)
@@ -343,7 +376,7 @@ def build_panel(report: Report, side: int = PANEL_SIDE) -> Gallery:
     if rebuilt is None:
         return gallery
     policy, ctx, assets_missing = rebuilt
-    made = _panel_input(policy, ctx, report, record, example, assets_missing, gallery.notes)
+    made = _panel_input(policy, ctx, report, record, example, assets_missing, gallery)
     if made is None:
         return gallery
     picture, truth = made
@@ -369,14 +402,17 @@ def _panel_input(
     record: TaskRecord,
     example: SegmentationExample,
     assets_missing: bool,
-    notes: list[str],
+    gallery: Gallery,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(uint8 HWC: the input the task fed the models, HW: its ground-truth mask, ignored pixels
-    negative) for one example, fitted as the engine fits them; None with a note when it cannot be."""
+    negative) for one example, fitted as the engine fits them, and the image's file name in
+    `gallery.names`; None with a note in `gallery.notes` when it cannot be."""
     import torch
 
     from prunegate.context import task_pixels
     from prunegate.data import SegmentationFolder
+
+    notes = gallery.notes
 
     task = ctx.task(record.name)
     if task is None:
@@ -393,6 +429,7 @@ def _panel_input(
     if not 0 <= example.index < len(images):
         notes.append(f"image #{example.index} is outside its data set")
         return None
+    gallery.names[(task.source, example.index)] = images.sample_name(example.index)
     try:
         with torch.inference_mode():
             batch, truth, _ = images.read_batch([example.index], ctx.size, policy.data.max_pixels)

@@ -26,7 +26,7 @@ from prunegate.data import fit_to_size, open_source, select
 from prunegate.policy import load_policy
 from prunegate.prune import global_magnitude_prune
 from prunegate.report.attest import read_envelope
-from prunegate.report.gallery import build_gallery
+from prunegate.report.gallery import build_gallery, select_cards
 from prunegate.report.render import html, junit, markdown
 from prunegate.report.schema import Example, Report
 
@@ -148,27 +148,29 @@ def test_gallery_from_the_real_images(run) -> None:
         report = report.model_copy(update={"tasks": tasks})
     gallery = build_gallery(report)
     assert gallery.notes == []
-    keys = [(t.name, e.index, e.draw) for t in report.tasks for e in t.examples[:4]]
+    shown = [card.shown for card in select_cards(report)]  # one card per image, the first task that broke it
+    keys = [(t.name, e.index, e.draw) for t, e in shown]
     assert keys and set(keys) <= set(gallery.images)
     root = shared_path("data", "cifar10-test-jpeg")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    for task in report.tasks:
-        for example in task.examples[:4]:
-            image = np.asarray(Image.open(io.BytesIO(gallery.images[(task.name, example.index, example.draw)])))
-            assert image.shape == (32, 32, 3)
-            if task.kind in ("noise", "corruption") and (task.source, example.index) in gallery.originals:
-                clean = np.asarray(Image.open(io.BytesIO(gallery.originals[(task.source, example.index)])))
-                # the image file the report's index names, decoded by PIL: the same picture
-                file = sorted((root / classes[example.label]).glob("*.jpg"))[example.index - 1000 * example.label]
-                reference = np.asarray(Image.open(file).convert("RGB"))
-                assert np.abs(clean.astype(int) - reference.astype(int)).mean() < 1.0
-                assert np.abs(image.astype(int) - clean.astype(int)).mean() > 1.0  # the shift shows
+    files = []
+    for task, example in shown:
+        image = np.asarray(Image.open(io.BytesIO(gallery.images[(task.name, example.index, example.draw)])))
+        assert image.shape == (32, 32, 3)
+        # the image file the report's index names
+        file = sorted((root / classes[example.label]).glob("*.jpg"))[example.index - 1000 * example.label]
+        files.append(file.relative_to(root).as_posix())
+        if task.kind in ("noise", "corruption") and (task.source, example.index) in gallery.originals:
+            clean = np.asarray(Image.open(io.BytesIO(gallery.originals[(task.source, example.index)])))
+            reference = np.asarray(Image.open(file).convert("RGB"))  # decoded by PIL: the same picture
+            assert np.abs(clean.astype(int) - reference.astype(int)).mean() < 1.0
+            assert np.abs(image.astype(int) - clean.astype(int)).mean() > 1.0  # the shift shows
     page = html.render(report, gallery=gallery)
     doc = lxml_html.document_fromstring(page)
     cards = doc.xpath("//section[@id='gallery-section']//div[@class='example']")
-    assert len(cards) == len(keys)
+    assert [c.get("data-sample") for c in cards] == files  # captioned by the file, relative to the data root
     assert all(src.startswith("data:image/png;base64,") for src in doc.xpath("//div[@class='example']//img/@src"))
-    names = {report.data[0].classes[e.label] for t in report.tasks for e in t.examples[:4]}
+    names = {report.data[0].classes[e.label] for _, e in shown}
     assert all(name in doc.xpath("string(//section[@id='gallery-section'])") for name in names)
     _load_in_browser(page)
     assert junit.render(report)  # the optional fields do not disturb the other renderers

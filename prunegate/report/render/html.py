@@ -21,8 +21,9 @@ from prunegate.plan import TaskKind
 from prunegate.report.gallery import (
     MAX_EXAMPLES,
     PER_TASK,
+    Card,
     Gallery,
-    select_examples,
+    select_cards,
     voc_palette,
     worst_segmentation_example,
 )
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "undecided": "#9a6700"}  # banner and badges
 MAX_LISTED_TASKS = 12  # failing tasks listed on a failed rule's card
+MAX_TASKS_ON_CARD = 6  # tasks listed on a gallery card
 
 
 def _environment() -> jinja2.Environment:
@@ -164,39 +166,47 @@ def _png_uri(data: bytes | None) -> str | None:
 
 
 def _gallery_view(report: Report, gallery: Gallery | None) -> dict:
-    chosen = select_examples(report)
-    recorded = sum(len(t.examples) for t in report.tasks)
-    cards = []
-    for task, example in chosen:
-        names = common.class_names(report, task.source)
-        key = (task.name, example.index, example.draw)
-        cards.append(
-            {
-                "task": task.name,
-                "index": example.index,
-                "draw": example.draw,
-                "source": task.source or "test",
-                "label": common.class_name(names, example.label),
-                "dense": common.class_name(names, example.dense),
-                "dense_right": example.dense == example.label,
-                "pruned": common.class_name(names, example.pruned),
-                "image": _png_uri(gallery.images.get(key)) if gallery else None,
-                "original": _png_uri(gallery.originals.get((task.source or "test", example.index)))
-                if gallery
-                else None,
-                "shifted": task.kind in (TaskKind.NOISE, TaskKind.CORRUPTION),
-            }
-        )
+    cards = [_card_view(report, card, gallery) for card in select_cards(report)]
     notes = list(gallery.notes) if gallery else []
-    if chosen and gallery is None:
+    if cards and gallery is None:
         notes.append("images not rebuilt for this page (only indices and predictions are shown)")
     return {
         "cards": cards,
-        "recorded": recorded,
-        "shown": len(cards),
+        "recorded": sum(len(t.examples) for t in report.tasks),
+        "tasks": sum(1 for t in report.tasks if t.examples),
         "notes": notes,
         "with_images": any(c["image"] for c in cards),
     }
+
+
+def _card_view(report: Report, card: Card, gallery: Gallery | None) -> dict:
+    """One image's card: its file, label and the dense prediction, the input of the task it shows
+    first, and every task that broke it with the pruned model's prediction there."""
+    task, example = card.shown
+    names = common.class_names(report, card.source)
+    broke = [{"task": t.name, "draw": e.draw, "pruned": common.class_name(names, e.pruned)} for t, e in card.examples]
+    return {
+        "task": task.name,
+        "sample": _sample_caption(card, gallery),
+        "label": common.class_name(names, example.label),
+        "dense": common.class_name(names, example.dense),
+        "dense_right": example.dense == example.label,
+        "broke": broke[:MAX_TASKS_ON_CARD],
+        "broke_more": max(0, len(broke) - MAX_TASKS_ON_CARD),
+        "image": _png_uri(gallery.images.get((task.name, example.index, example.draw))) if gallery else None,
+        "original": _png_uri(gallery.originals.get((card.source, card.index))) if gallery else None,
+        "shifted": task.kind in (TaskKind.NOISE, TaskKind.CORRUPTION),
+    }
+
+
+def _sample_caption(card: Card, gallery: Gallery | None) -> str:
+    """The image's file relative to its data set's folder ('n01440764/x.JPEG'; of an array
+    format, its file and index: 'test_batch.bin #1002'), else 'test #1002'; another set than
+    the test set is named first ('sketch: ...')."""
+    name = gallery.names.get((card.source, card.index)) if gallery else None
+    if name is None:
+        return f"{card.source} #{card.index}"
+    return name if card.source == "test" else f"{card.source}: {name}"
 
 
 def _segmentation_view(report: Report, gallery: Gallery | None) -> dict:
@@ -231,7 +241,9 @@ def _segmentation_view(report: Report, gallery: Gallery | None) -> dict:
         for t, e in _ranked_examples(report)
         if (t.name, e.index, e.draw) != (task.name, example.index, example.draw)
     ]
-    return {"panel": {**row, "pictures": pictures, "legend": legend}, "others": others, "notes": notes}
+    named = gallery.names.get((task.source or "test", example.index)) if gallery else None
+    panel = {**row, "pictures": pictures, "legend": legend, "file": named}
+    return {"panel": panel, "others": others, "notes": notes}
 
 
 def _segmentation_row(task: TaskRecord, example: SegmentationExample) -> dict:
@@ -249,7 +261,7 @@ def _segmentation_row(task: TaskRecord, example: SegmentationExample) -> dict:
 
 def _ranked_examples(report: Report) -> list[tuple[TaskRecord, SegmentationExample]]:
     """The recorded images of the tasks that failed a rule first, then of those that lose most
-    mIoU; at most PER_TASK from each and MAX_EXAMPLES in all (as the classification gallery)."""
+    mIoU; at most PER_TASK from each and MAX_EXAMPLES in all."""
     failing = common.failing_tasks(report)
     ordered = sorted(
         (t for t in report.tasks if t.segmentation_examples),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DENSE, PRUNED, AGREE = "#0969da", "#d1242f", "#1a7f37"  # blue, red, green
 FAILED = "#cf222e"
 MAX_CLASSES = 20  # the per-class figure shows the classes that lose most
+MIN_CLASS_SAMPLES = 20  # below this in every class a per-class recall is noise: the figure is left out
 
 
 def _context() -> AbstractContextManager[None]:
@@ -204,57 +205,92 @@ def agreement_vs_noise(report: Report) -> Figure | None:
         return _uri(fig)
 
 
-def _pooled(tasks: list[TaskRecord]) -> tuple[list[int], list[int], list[int]] | None:
+@dataclass(frozen=True)
+class ClassSeries:
+    """Per-class recall counts of a group of tasks: `n` samples each class had in one task (the
+    most of any member task), and the recall drop over the members' counts pooled."""
+
+    label: str
+    n: list[int]
+    drops: list[float]
+
+
+def _class_series(label: str, tasks: list[TaskRecord]) -> ClassSeries | None:
     counts = [t.class_recall for t in tasks if t.class_recall is not None]
     if not counts:
         return None
     width = max(len(c.n) for c in counts)
-    n, dense, pruned = [0] * width, [0] * width, [0] * width
+    per_task, total, dense, pruned = [0] * width, [0] * width, [0] * width, [0] * width
     for c in counts:
         for i in range(len(c.n)):
-            n[i] += c.n[i]
+            per_task[i] = max(per_task[i], c.n[i])
+            total[i] += c.n[i]
             dense[i] += c.dense_correct[i]
             pruned[i] += c.pruned_correct[i]
-    return n, dense, pruned
+    if len(counts) > 1:
+        label = f"{label} ({len(counts)} tasks pooled)"
+    drops = [(d - p) / k if k else 0.0 for k, d, p in zip(total, dense, pruned)]
+    return ClassSeries(label, per_task, drops)
+
+
+def class_series(report: Report) -> list[ClassSeries]:
+    """The per-class figure's series: the clean task, the shifted tasks (noise and corruptions)
+    pooled, and the out-of-distribution sets pooled; those without per-class counts left out."""
+    groups = (
+        ("clean", [t for t in report.tasks if t.kind is TaskKind.CLEAN]),
+        ("noise and corruptions", [t for t in report.tasks if t.kind in (TaskKind.NOISE, TaskKind.CORRUPTION)]),
+        ("out of distribution", [t for t in report.tasks if t.kind is TaskKind.OOD]),
+    )
+    made = (_class_series(label, members) for label, members in groups)
+    return [s for s in made if s is not None]
+
+
+def too_few_per_class(report: Report) -> str | None:
+    """Why the per-class figure is left out when every class has fewer than MIN_CLASS_SAMPLES
+    samples in a task (ImageNet's validation subsets: often one image per class), else None."""
+    series = class_series(report)
+    if not series:
+        return None
+    most = max(max(s.n, default=0) for s in series)
+    if most >= MIN_CLASS_SAMPLES:
+        return None
+    step = f"one sample moves a class's recall by {100 / most:.0f} points" if most else "no class has a sample"
+    return (
+        f"Not drawn: every class has fewer than {MIN_CLASS_SAMPLES} samples in a task (at most {most}), "
+        f"too few for a per-class recall to mean anything ({step})."
+    )
 
 
 def class_recall_drop(report: Report) -> Figure | None:
     """Per-class recall drop (dense recall minus pruned recall) on the clean task and pooled over
-    the shifted tasks (noise and corruptions); the classes that lose most when there are many."""
-    series = []
-    for label, members in (
-        ("clean", [t for t in report.tasks if t.kind is TaskKind.CLEAN]),
-        (
-            "noise and corruptions (pooled)",
-            [t for t in report.tasks if t.kind in (TaskKind.NOISE, TaskKind.CORRUPTION)],
-        ),
-        ("out of distribution (pooled)", [t for t in report.tasks if t.kind is TaskKind.OOD]),
-    ):
-        pooled = _pooled(members)
-        if pooled is not None:
-            n, dense, pruned = pooled
-            series.append((label, [(d - p) / k if k else 0.0 for k, d, p in zip(n, dense, pruned)]))
-    if not series:
+    the shifted tasks and the out-of-distribution sets; the classes that lose most when there
+    are many. Each bar is labelled with its class's samples in a task. None when there are no
+    per-class counts or too few (`too_few_per_class`)."""
+    series = class_series(report)
+    if not series or too_few_per_class(report) is not None:
         return None
-    width = max(len(drops) for _, drops in series)
+    width = max(len(s.drops) for s in series)
     names = common.class_names(report, "test") or []
     labels = [common.class_name(names, i) for i in range(width)]
-    order = sorted(range(width), key=lambda i: -max(d[i] if i < len(d) else 0.0 for _, d in series))
+    order = sorted(range(width), key=lambda i: -max(s.drops[i] if i < len(s.drops) else 0.0 for s in series))
     shown = sorted(order[:MAX_CLASSES]) if width > MAX_CLASSES else list(range(width))
     colours = ("#57606a", PRUNED, "#8250df")
     with _context():
         fig = _figure(7.2, 0.6 + 0.24 * len(shown) * max(1, len(series)) ** 0.5)
         ax = fig.subplots()
         bar = 0.8 / len(series)
-        for k, (label, drops) in enumerate(series):
+        for k, s in enumerate(series):
             ys = [i + (k - (len(series) - 1) / 2) * bar for i in range(len(shown))]
-            ax.barh(
+            bars = ax.barh(
                 ys,
-                [100 * drops[c] if c < len(drops) else 0.0 for c in shown],
+                [100 * s.drops[c] if c < len(s.drops) else 0.0 for c in shown],
                 height=bar,
                 color=colours[k % 3],
-                label=label,
+                label=s.label,
             )
+            counts = [f"n={s.n[c]:,}" if c < len(s.n) else "" for c in shown]
+            ax.bar_label(bars, labels=counts, padding=2, fontsize=5.5, color="#57606a")
+        ax.margins(x=0.12)  # room for the counts at the bars' ends
         ax.set_yticks(range(len(shown)))
         ax.set_yticklabels([labels[c] for c in shown])
         ax.invert_yaxis()
@@ -265,6 +301,27 @@ def class_recall_drop(report: Report) -> Figure | None:
         ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(series), fontsize=7, borderaxespad=0.2)
         fig.tight_layout()
         return _uri(fig)
+
+
+def severities_text(report: Report) -> str:
+    """The corruption severities that ran, for a caption: 'severity 3', 'severities 1-5',
+    'severities 1, 3 and 5' (with a word when not every corruption ran at each)."""
+    by_name: dict[str, set[int]] = defaultdict(set)
+    for task in report.tasks:
+        if task.kind is TaskKind.CORRUPTION:
+            by_name[task.group].add(int(task.name.rsplit("/", 1)[1]))
+    ran = sorted(set().union(*by_name.values())) if by_name else []
+    if not ran:
+        return "no severity"
+    if len(ran) == 1:
+        text = f"severity {ran[0]}"
+    elif len(ran) > 2 and ran == list(range(ran[0], ran[-1] + 1)):
+        text = f"severities {ran[0]}-{ran[-1]}"
+    else:
+        text = "severities " + ", ".join(map(str, ran[:-1])) + f" and {ran[-1]}"
+    if any(len(severities) < len(ran) for severities in by_name.values()):
+        text += " (not every corruption at each)"
+    return text
 
 
 def worst_task(report: Report) -> TaskRecord | None:
@@ -310,7 +367,8 @@ def class_iou_drop(report: Report) -> Figure | None:
 
 
 def figures(report: Report) -> list[dict]:
-    """Every figure the report has data for: {id, title, caption, uri}."""
+    """Every figure the report has data for: {id, title, caption, uri, width}; a figure left out
+    for too few samples has uri None and says why in its caption."""
     if report.task == "segmentation":
         made = _segmentation_figures(report)
     else:
@@ -318,8 +376,8 @@ def figures(report: Report) -> list[dict]:
             (
                 "accuracy-vs-severity",
                 "Accuracy vs corruption severity",
-                "Top-1 accuracy of the dense (solid) and pruned "
-                "(dashed) model for each corruption, severity 1-5; 'clean' is the uncorrupted test set.",
+                "Top-1 accuracy of the dense (solid) and pruned (dashed) model for each corruption, "
+                f"{severities_text(report)}; 'clean' is the uncorrupted test set.",
                 accuracy_vs_severity(report),
             ),
             (
@@ -332,11 +390,16 @@ def figures(report: Report) -> list[dict]:
             (
                 "class-recall-drop",
                 "Per-class recall drop",
-                "How much recall each class loses after pruning.",
+                "How much recall each class loses after pruning; n: the class's samples in one task "
+                "(a pooled series counts them once per task).",
                 class_recall_drop(report),
             ),
         ]
-    return [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f is not None]
+    shown = [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f]
+    left_out = too_few_per_class(report) if report.task != "segmentation" else None
+    if left_out:  # said where the figure would be, so that its absence is not read as "no drop"
+        shown.append({"id": "class-recall-drop", "title": "Per-class recall drop", "caption": left_out, "uri": None})
+    return shown
 
 
 def _segmentation_figures(report: Report) -> list[tuple[str, str, str, Figure | None]]:
@@ -345,7 +408,7 @@ def _segmentation_figures(report: Report) -> list[tuple[str, str, str, Figure | 
         (
             "miou-vs-severity",
             "mIoU vs corruption severity",
-            "Mean IoU of the dense (solid) and pruned (dashed) model for each corruption, severity 1-5; "
+            f"Mean IoU of the dense (solid) and pruned (dashed) model for each corruption, {severities_text(report)}; "
             "'clean' is the uncorrupted test set.",
             accuracy_vs_severity(report),
         ),
