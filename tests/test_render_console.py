@@ -70,7 +70,7 @@ def _assert_literal(text: str, expected_count: int) -> None:
 @pytest.mark.parametrize("color", [False, True])
 def test_every_name_from_the_report_is_shown_literally(sample_report, color: bool) -> None:
     report = hostile_report(sample_report)
-    text = console.render(report, color=color, width=400)
+    text = console.render(report, color=color, width=400, verbose=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     _assert_literal(text, 1)
     assert SHOWN in plain
@@ -85,7 +85,7 @@ def test_the_cli_printing_a_rendering_does_not_read_it_as_markup(sample_report, 
     it went in (markup in a name, shown literally in the rendering, must not become a style)."""
     from prunegate.cli.common import SafeConsole
 
-    rendered = console.render(hostile_report(sample_report), color=color, width=400)
+    rendered = console.render(hostile_report(sample_report), color=color, width=400, verbose=True)
     assert isinstance(rendered, console.Rendered) and isinstance(rendered, str)
     buffer = io.StringIO()
     out = SafeConsole(
@@ -111,7 +111,7 @@ def test_the_verdict_line_is_markup_with_the_names_escaped(sample_report) -> Non
 
 def test_plain_names_are_unchanged(sample_report) -> None:
     report = sample_report(failing=True)
-    text = console.render(report, width=200)
+    text = console.render(report, width=200, verbose=True)
     assert "noise agreement" in text and "noise/uniform/0.1" in text and "dense.onnx" in text
     assert "\\x" not in text and "\\[" not in text
 
@@ -142,7 +142,7 @@ def table_line(text: str, name: str) -> str:
 
 def test_segmentation_tasks_show_miou_columns(segmentation_report) -> None:
     report, _ = segmentation_report
-    text = console.render(report, width=250)
+    text = console.render(report, width=250, verbose=True)
     assert header_cells(text) == [
         "task",
         "n",
@@ -179,7 +179,7 @@ def test_segmentation_non_finite_pixels_and_class_names(segmentation_report) -> 
             "worst_class_iou": first.worst_class_iou.model_copy(update={"name": "[red]road[/]"}),
         }
     )
-    text = console.render(report.model_copy(update={"tasks": [broken, *report.tasks[1:]]}), width=250)
+    text = console.render(report.model_copy(update={"tasks": [broken, *report.tasks[1:]]}), width=250, verbose=True)
     assert header_cells(text)[-1] == "non-finite px"
     line = table_line(text, first.name)
     assert line.rstrip("│ ").endswith("1,234 / 0")
@@ -187,18 +187,33 @@ def test_segmentation_non_finite_pixels_and_class_names(segmentation_report) -> 
     assert table_line(text, report.tasks[1].name).rstrip("│ ").endswith("0 / 0")
 
 
-def test_many_segmentation_tasks_are_summarised_per_group(segmentation_report) -> None:
+def test_segmentation_tasks_are_summarised_per_corruption_by_default(segmentation_report) -> None:
     report, _ = segmentation_report
     corruption = report.tasks[1]
-    many = [corruption.model_copy(update={"name": f"corruption/contrast/{i}"}) for i in range(console.MAX_TASK_ROWS)]
+    drops = (0.01, 0.07, 0.03)
+    many = [
+        corruption.model_copy(update={"name": f"corruption/contrast/{i}", "group": "contrast", "miou_drop": drop})
+        for i, drop in enumerate(drops, 1)
+    ]
     text = console.render(report.model_copy(update={"tasks": [report.tasks[0], *many]}), width=250)
-    assert "mean per group" in text and "95% CI" not in header_cells(text)
-    cells = [c.strip() for c in table_line(text, f"contrast ({len(many)} tasks)").strip("│").split("│")]
-    assert cells[1:5] == [
-        str(corruption.n * len(many)),
+    assert header_cells(text)[:8] == [
+        "group",
+        "tasks",
+        "dense mIoU",
+        "pruned mIoU",
+        "mIoU drop",
+        "worst",
+        "worst task",
+        "pixel agreement",
+    ]
+    cells = [c.strip() for c in table_line(text, "contrast").strip("│").split("│")]
+    assert cells[1:7] == [
+        "3",
         format_metric("dense_miou", corruption.dense.miou),
         format_metric("pruned_miou", corruption.pruned.miou),
-        format_metric("miou_drop", corruption.miou_drop),
+        format_metric("miou_drop", sum(drops) / 3),
+        format_metric("miou_drop", 0.07),
+        "corruption/contrast/2",
     ]
 
 
@@ -217,6 +232,6 @@ def test_segmentation_corruption_line_says_its_error(segmentation_report, sample
 
 
 def test_classification_tasks_keep_their_columns(sample_report) -> None:
-    text = console.render(sample_report(failing=True), width=250)
+    text = console.render(sample_report(failing=True), width=250, verbose=True)
     assert header_cells(text) == ["task", "n", "dense", "pruned", "drop", "95% CI", "agree", "broke", "err κ"]
     assert "mIoU" not in text and "worst class" not in text
