@@ -235,3 +235,92 @@ def test_classification_tasks_keep_their_columns(sample_report) -> None:
     text = console.render(sample_report(failing=True), width=250, verbose=True)
     assert header_cells(text) == ["task", "n", "dense", "pruned", "drop", "95% CI", "agree", "broke", "err κ"]
     assert "mIoU" not in text and "worst class" not in text
+
+
+# --- a console that fits (issue 20) -------------------------------------------------------------
+
+LONG_NAMES = ("elastic_transform", "jpeg_compression")  # the longest task names of the benchmark
+
+
+def long_report(sample_report):
+    """A failing report whose corruption tasks have the benchmark's longest names, five severities."""
+    return sample_report(failing=True, corruptions=LONG_NAMES, severities=(1, 2, 3, 4, 5))
+
+
+def lines_of(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def rows_of(text: str) -> list[list[str]]:
+    """The body rows of every table in a plain rendering, as their cells."""
+    return [[c.strip() for c in line.strip("│").split("│")] for line in text.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.parametrize("width", [80, 160])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_no_line_is_wider_than_the_console_and_no_name_is_cut(sample_report, width: int, verbose: bool) -> None:
+    from rich.cells import cell_len
+
+    report = long_report(sample_report)
+    text = console.render(report, width=width, verbose=verbose, before_verdict=("wrote prunegate-report.json",))
+    assert max(cell_len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    cells = {cell for row in rows_of(text) for cell in row}
+    shown = {t.name for t in report.tasks} if verbose else {f"corruption/{c}/5" for c in LONG_NAMES}
+    assert shown <= cells  # each a whole cell: not cut, not folded onto two lines
+
+
+def test_a_wider_console_shows_more_columns(sample_report) -> None:
+    report = long_report(sample_report)
+    for verbose in (False, True):
+        narrow = header_cells(console.render(report, width=80, verbose=verbose))
+        wide = header_cells(console.render(report, width=160, verbose=verbose))
+        assert set(narrow) < set(wide)
+        assert {"drop"} <= set(narrow) and ({"task"} if verbose else {"group", "worst", "worst task"}) <= set(narrow)
+
+
+def test_tasks_are_summarised_per_corruption_and_noise_kind_by_default(sample_report) -> None:
+    report = long_report(sample_report)
+    summary = console.render(report, width=160)
+    groups = [row[0] for row in rows_of(summary)][: 2 + len(LONG_NAMES)]
+    assert groups == ["clean", "noise/uniform", *LONG_NAMES]
+    elastic = next(row for row in rows_of(summary) if row[0] == "elastic_transform")
+    header = header_cells(summary)
+    severities = [t for t in report.tasks if t.group == "elastic_transform"]
+    worst = max(severities, key=lambda t: t.accuracy_drop)
+    assert elastic[header.index("tasks")] == "5"
+    assert elastic[header.index("drop")] == format_metric("accuracy_drop", sum(t.accuracy_drop for t in severities) / 5)
+    assert elastic[header.index("worst")] == format_metric("accuracy_drop", worst.accuracy_drop)
+    assert elastic[header.index("worst task")] == worst.name == "corruption/elastic_transform/5"
+    assert not any(row[0] == "corruption/elastic_transform/3" for row in rows_of(summary))
+    every = console.render(report, width=160, verbose=True)
+    assert [row[0] for row in rows_of(every)][: len(report.tasks)] == [t.name for t in report.tasks]
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_failed_rules_and_the_verdict_are_printed_last(sample_report, width: int) -> None:
+    report = long_report(sample_report)
+    text = console.render(report, width=width, verbose=True, before_verdict=(f"wrote {HOSTILE}.json",))
+    plain = lines_of(text)
+    end_of_tables = max(i for i, line in enumerate(plain) if line.startswith("└"))
+    assert plain[end_of_tables - 1].startswith("│ PASS")  # the rules table is the last table
+    tail = " ".join(plain[end_of_tables + 1 :])
+    assert plain[-1].startswith("FAIL: 2 of 3 rules failed")
+    assert tail.startswith(f"wrote {SHOWN}.json")  # the caller's line, shown literally
+    failed = tail.index("failed noise agreement: agreement 83.00%")
+    assert "needs ≥ 90.00%; worst noise/uniform/0.3 83.00%" in tail[failed:]
+    assert failed < tail.index("undecided corruption drop") < tail.index("FAIL: ")
+
+
+def test_a_passing_report_ends_with_its_verdict(sample_report) -> None:
+    text = console.render(sample_report(failing=False), width=80, before_verdict=("wrote r.json",))
+    assert lines_of(text)[-2:] == ["wrote r.json", "PASS: all 3 rules passed"]
+
+
+def test_a_name_too_long_for_the_width_folds_instead_of_being_cut(sample_report) -> None:
+    report = sample_report(failing=True)
+    long_rule = "a-rule-name-" * 10
+    report = report.model_copy(update={"rules": [report.rules[0].model_copy(update={"name": long_rule})]})
+    text = console.render(report, width=80)
+    rules = text[text.index("Rules") :]
+    assert "…" not in text and "".join(row[1] for row in rows_of(rules)) == long_rule  # folded, whole

@@ -1,7 +1,7 @@
 """Console tables that fit a width: columns are dropped, least important first, until the table
 fits; what is left is never cut with an ellipsis.
 
-Each column says how dispensable it is (`drop`: 0 is always kept, higher numbers go first) and
+Each column says how dispensable it is (0: always kept; higher numbers are left out first) and
 whether its text may wrap (names: they fold onto a second line only when even the kept columns do
 not fit, e.g. below 80 columns; numbers never wrap).
 """
@@ -25,7 +25,7 @@ class Column:
 
     header: str
     cells: list[str]
-    drop: int = 0  # 0: always shown; when the table is too wide, the highest numbers are dropped first
+    dispensable: int = 0  # 0: always shown; when the table is too wide, the highest numbers go first
     justify: Literal["left", "right"] = "right"
     wrap: bool = False  # may fold its text (names) when the kept columns still do not fit
 
@@ -40,13 +40,13 @@ def table_width(columns: list[Column]) -> int:
 
 
 def fit(columns: list[Column], width: int) -> list[Column]:
-    """The columns a table `width` wide shows: the dispensable ones dropped, highest `drop` first,
+    """The columns a table `width` wide shows: the dispensable ones left out, the most dispensable first,
     until the table fits (or only the indispensable ones are left)."""
     kept = list(columns)
-    for level in sorted({c.drop for c in columns if c.drop}, reverse=True):
+    for level in sorted({c.dispensable for c in columns if c.dispensable}, reverse=True):
         if table_width(kept) <= width:
             break
-        kept = [c for c in kept if c.drop != level]
+        kept = [c for c in kept if c.dispensable != level]
     return kept
 
 

@@ -1,4 +1,7 @@
-"""The console summary: rules first (what decided the verdict), then the task metrics.
+"""The console summary: the task metrics (a row per corruption and noise kind; every task when
+verbose), the rules, and last, where a terminal leaves them in view, the files written, the rules
+that did not pass and the verdict. Tables fit the console's width (`_columns`): a narrow one
+leaves out columns, never cuts a name.
 
 Every string from the report (rule, task, policy and file names: the report may come from anyone)
 goes through `_text`: control characters escaped, rich markup escaped, so `a\x1b[2Jb` and
@@ -95,11 +98,11 @@ def rules_table(report: Report, width: int = 110) -> Table:
     columns = [
         Column("", [STATUS[rule_status(r)] for r in rules], justify="left"),
         Column("rule", [_text(r.name) for r in rules], justify="left", wrap=True),
-        Column("metric", [_text(r.metric) for r in rules], drop=3, justify="left"),
+        Column("metric", [_text(r.metric) for r in rules], dispensable=3, justify="left"),
         Column("value", [format_metric(r.metric, r.value) for r in rules]),
-        *([Column("interval", [interval(r) for r in rules], drop=1)] if confident else []),
+        *([Column("interval", [interval(r) for r in rules], dispensable=1)] if confident else []),
         Column("threshold", [threshold_text(r) for r in rules]),
-        Column("tasks", [_tasks_text(r) for r in rules], drop=2, justify="left", wrap=True),
+        Column("tasks", [_tasks_text(r) for r in rules], dispensable=2, justify="left", wrap=True),
     ]
     return fitted_table("Rules" + decided, columns, width)
 
@@ -188,13 +191,14 @@ def _metric_columns(report: Report, rows: list[list[TaskRecord]]) -> list[Column
     """The metric columns (means over each row's tasks): dense, pruned, drop (kept at any width),
     agreement, then the kind's extras (the most dispensable)."""
     headers = [(m, _HEADERS.get(m, h)) for m, h in task_columns(report)]
-    keep = (0, 0, 0, 1)  # dense, pruned, drop, agreement
-    columns = [
-        Column(header, [format_metric(m, mean_present(task_value(t, m) for t in tasks)) for tasks in rows], drop=d)
-        for (m, header), d in zip(headers, keep, strict=True)
-    ]
+    dispensable = (0, 0, 0, 1)  # dense, pruned, drop, agreement
+
+    def means(metric: str) -> list[str]:
+        return [format_metric(metric, mean_present(task_value(t, metric) for t in tasks)) for tasks in rows]
+
+    columns = [Column(header, means(m), dispensable=d) for (m, header), d in zip(headers, dispensable, strict=True)]
     extras = segmentation_columns(report) if is_segmentation(report) else _CLASSIFICATION_COLUMNS
-    columns += [Column(header, [_text(text(tasks)) for tasks in rows], drop=3) for header, text in extras]
+    columns += [Column(header, [_text(text(tasks)) for tasks in rows], dispensable=3) for header, text in extras]
     return columns
 
 
@@ -211,9 +215,9 @@ def _task_columns(report: Report) -> list[Column]:
     metrics = _metric_columns(report, rows)
     return [
         Column("task", [_text(t.name) for t in report.tasks], justify="left", wrap=True),
-        Column("n", [str(t.n) for t in report.tasks], drop=4),
+        Column("n", [str(t.n) for t in report.tasks], dispensable=4),
         *metrics[:3],
-        Column(ci, [interval(t) for t in report.tasks], drop=2),
+        Column(ci, [interval(t) for t in report.tasks], dispensable=2),
         *metrics[3:],
     ]
 
@@ -229,8 +233,8 @@ def _summary_columns(report: Report) -> list[Column]:
     metrics = _metric_columns(report, rows)
     return [
         Column("group", [_text(label) for label, _ in groups], justify="left", wrap=True),
-        Column("tasks", [str(len(tasks)) for tasks in rows], drop=4),
-        *(replace(c, drop=2) for c in metrics[:2]),  # dense, pruned
+        Column("tasks", [str(len(tasks)) for tasks in rows], dispensable=4),
+        *(replace(c, dispensable=2) for c in metrics[:2]),  # dense, pruned
         metrics[2],  # the mean drop
         Column("worst", [format_metric(drop, task_value(w, drop)) if w else "" for w in worst]),
         Column("worst task", [_text(w.name) if w else "" for w in worst], justify="left", wrap=True),
