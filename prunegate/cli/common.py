@@ -60,6 +60,7 @@ EXIT_TERMINATED = 143  # SIGTERM, likewise
 INTERRUPTED = "interrupted: no report was written"
 TERMINATED = "terminated (SIGTERM): no report was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
+VERBOSE_HELP = "Show every task's row (default: one per corruption and noise kind)."  # check, report show
 
 cli = typer.Typer(
     name="prunegate",

@@ -15,6 +15,7 @@ from prunegate.report.render import Format, RenderOptions, renderer
 from .common import (
     EXIT_FAIL,
     EXIT_PASS,
+    VERBOSE_HELP,
     Backend,
     Device,
     Precision,
@@ -68,9 +69,7 @@ def check(
         help="Ed25519 private key (PEM) to sign the report; or set PRUNEGATE_SIGNING_KEY to the PEM text.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Show every task's row (default: one per corruption and noise kind)."
-    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
     html: Path | None = typer.Option(None, "--html", help="Also write the HTML report (one self-contained file)."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write a GitHub-flavoured Markdown summary."),
     junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one test case per rule."),

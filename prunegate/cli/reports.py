@@ -14,6 +14,7 @@ from prunegate.report.render import Format, RenderOptions, renderer
 from .common import (
     EXIT_FAIL,
     EXIT_PASS,
+    VERBOSE_HELP,
     cli,
     read_report_text,
     render_width,
@@ -44,9 +45,7 @@ def report_schema() -> int:
 def report_show(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
     as_json: bool = typer.Option(False, "--json", help="Print the decoded statement as JSON."),
-    verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Show every task's row (default: one per corruption and noise kind)."
-    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> int:
     """Summarise any report for a person (signature not checked: use `prunegate verify`)."""
     import json
