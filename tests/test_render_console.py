@@ -324,3 +324,9 @@ def test_a_name_too_long_for_the_width_folds_instead_of_being_cut(sample_report)
     text = console.render(report, width=80)
     rules = text[text.index("Rules") :]
     assert "…" not in text and "".join(row[1] for row in rows_of(rules)) == long_rule  # folded, whole
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_summary_and_the_written_files_show_names_literally(sample_report, width: int) -> None:
+    text = console.render(hostile_report(sample_report), color=True, width=width, before_verdict=(f"wrote {HOSTILE}",))
+    _assert_literal(text, 1)
