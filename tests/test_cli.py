@@ -304,7 +304,7 @@ def test_progress_lines_for_logs_give_percent_and_eta(capsys) -> None:
         progress.start(200)
         progress.advance(50)
     err = capsys.readouterr().err
-    assert "progress: 25% (50/200 evaluations)" in err and "left" in err
+    assert "progress: 25% (50/200 task-images)" in err and "left" in err
 
 
 def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tuple[int, str]:

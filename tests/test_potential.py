@@ -116,8 +116,11 @@ def test_prune_cli_writes_a_family(tmp_path: Path, capsys) -> None:
             str(out),
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    printed, err = capsys.readouterr()
+    assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["ft-25.onnx", "ft-25.pt", "ft-50.onnx", "ft-50.pt"]
+    written = ", ".join(str(out / name) for name in ("ft-25.onnx", "ft-25.pt", "ft-50.onnx", "ft-50.pt"))
+    assert f"wrote {written}" in printed  # every file named
     code = main(
         [
             "prune",

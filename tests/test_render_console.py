@@ -70,7 +70,7 @@ def _assert_literal(text: str, expected_count: int) -> None:
 @pytest.mark.parametrize("color", [False, True])
 def test_every_name_from_the_report_is_shown_literally(sample_report, color: bool) -> None:
     report = hostile_report(sample_report)
-    text = console.render(report, color=color, width=400)
+    text = console.render(report, color=color, width=400, verbose=True)
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     _assert_literal(text, 1)
     assert SHOWN in plain
@@ -85,7 +85,7 @@ def test_the_cli_printing_a_rendering_does_not_read_it_as_markup(sample_report, 
     it went in (markup in a name, shown literally in the rendering, must not become a style)."""
     from prunegate.cli.common import SafeConsole
 
-    rendered = console.render(hostile_report(sample_report), color=color, width=400)
+    rendered = console.render(hostile_report(sample_report), color=color, width=400, verbose=True)
     assert isinstance(rendered, console.Rendered) and isinstance(rendered, str)
     buffer = io.StringIO()
     out = SafeConsole(
@@ -111,7 +111,7 @@ def test_the_verdict_line_is_markup_with_the_names_escaped(sample_report) -> Non
 
 def test_plain_names_are_unchanged(sample_report) -> None:
     report = sample_report(failing=True)
-    text = console.render(report, width=200)
+    text = console.render(report, width=200, verbose=True)
     assert "noise agreement" in text and "noise/uniform/0.1" in text and "dense.onnx" in text
     assert "\\x" not in text and "\\[" not in text
 
@@ -142,7 +142,7 @@ def table_line(text: str, name: str) -> str:
 
 def test_segmentation_tasks_show_miou_columns(segmentation_report) -> None:
     report, _ = segmentation_report
-    text = console.render(report, width=250)
+    text = console.render(report, width=250, verbose=True)
     assert header_cells(text) == [
         "task",
         "n",
@@ -179,7 +179,7 @@ def test_segmentation_non_finite_pixels_and_class_names(segmentation_report) -> 
             "worst_class_iou": first.worst_class_iou.model_copy(update={"name": "[red]road[/]"}),
         }
     )
-    text = console.render(report.model_copy(update={"tasks": [broken, *report.tasks[1:]]}), width=250)
+    text = console.render(report.model_copy(update={"tasks": [broken, *report.tasks[1:]]}), width=250, verbose=True)
     assert header_cells(text)[-1] == "non-finite px"
     line = table_line(text, first.name)
     assert line.rstrip("│ ").endswith("1,234 / 0")
@@ -187,18 +187,33 @@ def test_segmentation_non_finite_pixels_and_class_names(segmentation_report) -> 
     assert table_line(text, report.tasks[1].name).rstrip("│ ").endswith("0 / 0")
 
 
-def test_many_segmentation_tasks_are_summarised_per_group(segmentation_report) -> None:
+def test_segmentation_tasks_are_summarised_per_corruption_by_default(segmentation_report) -> None:
     report, _ = segmentation_report
     corruption = report.tasks[1]
-    many = [corruption.model_copy(update={"name": f"corruption/contrast/{i}"}) for i in range(console.MAX_TASK_ROWS)]
+    drops = (0.01, 0.07, 0.03)
+    many = [
+        corruption.model_copy(update={"name": f"corruption/contrast/{i}", "group": "contrast", "miou_drop": drop})
+        for i, drop in enumerate(drops, 1)
+    ]
     text = console.render(report.model_copy(update={"tasks": [report.tasks[0], *many]}), width=250)
-    assert "mean per group" in text and "95% CI" not in header_cells(text)
-    cells = [c.strip() for c in table_line(text, f"contrast ({len(many)} tasks)").strip("│").split("│")]
-    assert cells[1:5] == [
-        str(corruption.n * len(many)),
+    assert header_cells(text)[:8] == [
+        "group",
+        "tasks",
+        "dense mIoU",
+        "pruned mIoU",
+        "mIoU drop",
+        "worst",
+        "worst task",
+        "pixel agreement",
+    ]
+    cells = [c.strip() for c in table_line(text, "contrast").strip("│").split("│")]
+    assert cells[1:7] == [
+        "3",
         format_metric("dense_miou", corruption.dense.miou),
         format_metric("pruned_miou", corruption.pruned.miou),
-        format_metric("miou_drop", corruption.miou_drop),
+        format_metric("miou_drop", sum(drops) / 3),
+        format_metric("miou_drop", 0.07),
+        "corruption/contrast/2",
     ]
 
 
@@ -217,6 +232,101 @@ def test_segmentation_corruption_line_says_its_error(segmentation_report, sample
 
 
 def test_classification_tasks_keep_their_columns(sample_report) -> None:
-    text = console.render(sample_report(failing=True), width=250)
+    text = console.render(sample_report(failing=True), width=250, verbose=True)
     assert header_cells(text) == ["task", "n", "dense", "pruned", "drop", "95% CI", "agree", "broke", "err κ"]
     assert "mIoU" not in text and "worst class" not in text
+
+
+# --- a console that fits (issue 20) -------------------------------------------------------------
+
+LONG_NAMES = ("elastic_transform", "jpeg_compression")  # the longest task names of the benchmark
+
+
+def long_report(sample_report):
+    """A failing report whose corruption tasks have the benchmark's longest names, five severities."""
+    return sample_report(failing=True, corruptions=LONG_NAMES, severities=(1, 2, 3, 4, 5))
+
+
+def lines_of(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def rows_of(text: str) -> list[list[str]]:
+    """The body rows of every table in a plain rendering, as their cells."""
+    return [[c.strip() for c in line.strip("│").split("│")] for line in text.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.parametrize("width", [80, 160])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_no_line_is_wider_than_the_console_and_no_name_is_cut(sample_report, width: int, verbose: bool) -> None:
+    from rich.cells import cell_len
+
+    report = long_report(sample_report)
+    text = console.render(report, width=width, verbose=verbose, before_verdict=("wrote prunegate-report.json",))
+    assert max(cell_len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    cells = {cell for row in rows_of(text) for cell in row}
+    shown = {t.name for t in report.tasks} if verbose else {f"corruption/{c}/5" for c in LONG_NAMES}
+    assert shown <= cells  # each a whole cell: not cut, not folded onto two lines
+
+
+def test_a_wider_console_shows_more_columns(sample_report) -> None:
+    report = long_report(sample_report)
+    for verbose in (False, True):
+        narrow = header_cells(console.render(report, width=80, verbose=verbose))
+        wide = header_cells(console.render(report, width=160, verbose=verbose))
+        assert set(narrow) < set(wide)
+        assert {"drop"} <= set(narrow) and ({"task"} if verbose else {"group", "worst", "worst task"}) <= set(narrow)
+
+
+def test_tasks_are_summarised_per_corruption_and_noise_kind_by_default(sample_report) -> None:
+    report = long_report(sample_report)
+    summary = console.render(report, width=160)
+    groups = [row[0] for row in rows_of(summary)][: 2 + len(LONG_NAMES)]
+    assert groups == ["clean", "noise/uniform", *LONG_NAMES]
+    elastic = next(row for row in rows_of(summary) if row[0] == "elastic_transform")
+    header = header_cells(summary)
+    severities = [t for t in report.tasks if t.group == "elastic_transform"]
+    worst = max(severities, key=lambda t: t.accuracy_drop)
+    assert elastic[header.index("tasks")] == "5"
+    assert elastic[header.index("drop")] == format_metric("accuracy_drop", sum(t.accuracy_drop for t in severities) / 5)
+    assert elastic[header.index("worst")] == format_metric("accuracy_drop", worst.accuracy_drop)
+    assert elastic[header.index("worst task")] == worst.name == "corruption/elastic_transform/5"
+    assert not any(row[0] == "corruption/elastic_transform/3" for row in rows_of(summary))
+    every = console.render(report, width=160, verbose=True)
+    assert [row[0] for row in rows_of(every)][: len(report.tasks)] == [t.name for t in report.tasks]
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_failed_rules_and_the_verdict_are_printed_last(sample_report, width: int) -> None:
+    report = long_report(sample_report)
+    text = console.render(report, width=width, verbose=True, before_verdict=(f"wrote {HOSTILE}.json",))
+    plain = lines_of(text)
+    end_of_tables = max(i for i, line in enumerate(plain) if line.startswith("└"))
+    assert plain[end_of_tables - 1].startswith("│ PASS")  # the rules table is the last table
+    tail = " ".join(plain[end_of_tables + 1 :])
+    assert plain[-1].startswith("FAIL: 2 of 3 rules failed")
+    assert tail.startswith(f"wrote {SHOWN}.json")  # the caller's line, shown literally
+    failed = tail.index("failed noise agreement: agreement 83.00%")
+    assert "needs ≥ 90.00%; worst noise/uniform/0.3 83.00%" in tail[failed:]
+    assert failed < tail.index("undecided corruption drop") < tail.index("FAIL: ")
+
+
+def test_a_passing_report_ends_with_its_verdict(sample_report) -> None:
+    text = console.render(sample_report(failing=False), width=80, before_verdict=("wrote r.json",))
+    assert lines_of(text)[-2:] == ["wrote r.json", "PASS: all 3 rules passed"]
+
+
+def test_a_name_too_long_for_the_width_folds_instead_of_being_cut(sample_report) -> None:
+    report = sample_report(failing=True)
+    long_rule = "a-rule-name-" * 10
+    report = report.model_copy(update={"rules": [report.rules[0].model_copy(update={"name": long_rule})]})
+    text = console.render(report, width=80)
+    rules = text[text.index("Rules") :]
+    assert "…" not in text and "".join(row[1] for row in rows_of(rules)) == long_rule  # folded, whole
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_summary_and_the_written_files_show_names_literally(sample_report, width: int) -> None:
+    text = console.render(hostile_report(sample_report), color=True, width=width, before_verdict=(f"wrote {HOSTILE}",))
+    _assert_literal(text, 1)

@@ -7,13 +7,26 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, TaskID
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.status import Status
+from rich.text import Text
 
 from prunegate.cli.outputs import write_atomic  # noqa: F401  (commands import it from here)
 from prunegate.errors import PrunegateError, printable, require_file
@@ -41,12 +54,13 @@ class Precision(str, Enum):
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_BUG = 0, 1, 2, 3
-CONSOLE_WIDTH = 120  # at least: CI logs are not terminals and would wrap tables at 80
+CONSOLE_WIDTH = 120  # for logs and pipes: not terminals, and nothing there wraps a wide table
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
 EXIT_TERMINATED = 143  # SIGTERM, likewise
 INTERRUPTED = "interrupted: no report was written"
 TERMINATED = "terminated (SIGTERM): no report was written"
 EPILOG = "Exit codes: 0 pass · 1 gate failed · 2 bad input or usage · 3 internal error."
+VERBOSE_HELP = "Show every task's row (default: one per corruption and noise kind)."  # check, report show
 
 cli = typer.Typer(
     name="prunegate",
@@ -117,16 +131,41 @@ def _global(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-class RichProgress:
-    """A live bar on a terminal; elsewhere (CI logs), with `lines`, one line every `every` seconds."""
+UNIT = "task-images"  # what the pass's progress counts: each image once per task (and per draw)
 
-    def __init__(self, progress: Progress, lines: bool = False, every: float = 30.0):
-        self.progress, self.lines, self.every = progress, lines, every
+
+class TaskImagesColumn(ProgressColumn):
+    """The progress bar's count with its unit: '1,234/3,800 task-images'."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{int(task.completed):,}/{int(task.total or 0):,} {UNIT}", style="progress.download")
+
+
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    """The pass's progress bar: what it does, the bar, task-images done of all, elapsed, left."""
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskImagesColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+class RichProgress:
+    """A live bar on a terminal; elsewhere (CI logs), with `lines`, one line every `every` seconds.
+    `spinner`: a status shown until the pass starts (the models loading), stopped by `start`."""
+
+    def __init__(self, progress: Progress, lines: bool = False, every: float = 30.0, spinner: Status | None = None):
+        self.progress, self.lines, self.every, self.spinner = progress, lines, every, spinner
         self.task: TaskID | None = None
         self.total = self.done = 0
         self.started = self.last = 0.0
 
     def start(self, total: int) -> None:
+        if self.spinner is not None:  # one live display at a time: the spinner makes way for the bar
+            self.spinner.stop()
+        self.progress.start()  # (a no-op when the bar is already shown)
         self.task = self.progress.add_task("evaluating", total=total)
         self.total, self.started = total, time.monotonic()
         self.last = self.started
@@ -141,11 +180,39 @@ class RichProgress:
             elapsed = now - self.started
             eta = elapsed * (self.total - self.done) / max(self.done, 1)
             print(
-                f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} evaluations), "
+                f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} {UNIT}), "
                 f"{_duration(elapsed)} elapsed, about {_duration(eta)} left",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+@contextmanager
+def pass_progress(show: bool) -> Iterator[RichProgress]:
+    """The pass's progress on stderr, when `show`: on a terminal a spinner while the models load,
+    then the bar (cleared at the end); in a log, a line every PRUNEGATE_PROGRESS_SECONDS (30)."""
+    console = stderr_console()
+    live = show and console.is_terminal
+    bar = Progress(*progress_columns(), console=console, transient=True, disable=not live)
+    spinner = console.status("loading the models") if live else None
+    every = float(os.environ.get("PRUNEGATE_PROGRESS_SECONDS", "30"))
+    progress = RichProgress(bar, lines=show and not console.is_terminal, every=every, spinner=spinner)
+    if spinner is not None:
+        spinner.start()
+    try:
+        yield progress
+    finally:
+        if spinner is not None:
+            spinner.stop()
+        bar.stop()
+
+
+def render_width(console: Console) -> int:
+    """The columns a rendering for `console` may take: a terminal's width (layouts fit from 80
+    columns up); a log or pipe, which no one resizes, CONSOLE_WIDTH unless COLUMNS says otherwise."""
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console.width
+    return CONSOLE_WIDTH
 
 
 def _duration(seconds: float) -> str:

@@ -8,21 +8,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from prunegate.errors import printable
 from prunegate.report.render import Format, RenderOptions, renderer
 
 from .common import (
-    CONSOLE_WIDTH,
     EXIT_FAIL,
     EXIT_PASS,
+    VERBOSE_HELP,
     Backend,
     Device,
     Precision,
-    RichProgress,
     cli,
-    stderr_console,
+    pass_progress,
+    render_width,
     stdout_console,
     warn,
 )
@@ -79,6 +78,7 @@ def check(
         help="Ed25519 private key (PEM) to sign the report; or set PRUNEGATE_SIGNING_KEY to the PEM text.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
     html: Path | None = typer.Option(None, "--html", help="Also write the HTML report (one self-contained file)."),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write a GitHub-flavoured Markdown summary."),
     junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML: one test case per rule."),
@@ -138,7 +138,7 @@ def check(
         )
         write_together([*renderings, (report, signed.envelope)])  # all or none, the report last
         _append_step_summary(result)
-        _print_outcome(result, report, signed, quiet)
+        _print_outcome(result, [report, *(path for path, _ in renderings)], signed, quiet, verbose)
     return EXIT_PASS if result.verdict == "pass" else EXIT_FAIL
 
 
@@ -166,27 +166,13 @@ def _evaluate(
     key: Path | None,
     allow_external_arch: bool,
 ) -> Report:
-    """`run_check` under a progress bar (a line every PRUNEGATE_PROGRESS_SECONDS in a CI log);
-    on Ctrl-C, say where the progress so far is kept."""
+    """`run_check` under a spinner while the models load, then a progress bar (a line every
+    PRUNEGATE_PROGRESS_SECONDS in a CI log); on Ctrl-C, say where the progress so far is kept."""
     from prunegate import distributed
     from prunegate.check import run_check
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     try:
-        show = not quiet and world.is_main
-        disable = not show or not stderr_console().is_terminal
-        with Progress(*columns, console=stderr_console(), transient=True, disable=disable) as bar:
-            progress = RichProgress(
-                bar,
-                lines=show and not stderr_console().is_terminal,
-                every=float(os.environ.get("PRUNEGATE_PROGRESS_SECONDS", "30")),
-            )
+        with pass_progress(show=not quiet and world.is_main) as progress:
             return run_check(
                 policy,
                 allow_pickle=allow_pickle,
@@ -209,13 +195,20 @@ def _evaluate(
         distributed.finish(world)
 
 
-def _print_outcome(result: Report, report: Path, signed: SignedReport, quiet: bool) -> None:
-    """The console summary and where the report is (with --quiet, only the verdict line)."""
+def _print_outcome(result: Report, written: list[Path], signed: SignedReport, quiet: bool, verbose: bool) -> None:
+    """The console summary, a line naming every file written (the report first, with its
+    signature) and, last, the verdict (with --quiet, only the verdict line)."""
     out = stdout_console()
-    options = RenderOptions(color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH), verdict_only=quiet)
+    report, *renderings = written
+    files = ", ".join([f"{report} ({signed.status_line()})", *map(str, renderings)])
+    options = RenderOptions(
+        color=out.is_terminal,
+        width=render_width(out),
+        verdict_only=quiet,
+        verbose=verbose,
+        before_verdict=(f"wrote {files}",),
+    )
     out.print(renderer(Format.console).format(result, options), end="")
-    if not quiet:
-        out.print(f"report: {report} ({signed.status_line()})")
 
 
 def _append_step_summary(result: Report) -> None:

@@ -12,11 +12,12 @@ from prunegate.errors import PrunegateError
 from prunegate.report.render import Format, RenderOptions, renderer
 
 from .common import (
-    CONSOLE_WIDTH,
     EXIT_FAIL,
     EXIT_PASS,
+    VERBOSE_HELP,
     cli,
     read_report_text,
+    render_width,
     report_cli,
     stderr_console,
     stdout_console,
@@ -44,6 +45,7 @@ def report_schema() -> int:
 def report_show(
     report: Path = typer.Argument(..., help="The report (DSSE envelope)."),
     as_json: bool = typer.Option(False, "--json", help="Print the decoded statement as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP),
 ) -> int:
     """Summarise any report for a person (signature not checked: use `prunegate verify`)."""
     import json
@@ -57,9 +59,10 @@ def report_show(
     parsed = _parse_predicate(statement, report)
     out = stdout_console()
     signed = _signature_text(data)
-    options = RenderOptions(color=out.is_terminal, width=max(out.width, CONSOLE_WIDTH))
+    options = RenderOptions(
+        color=out.is_terminal, width=render_width(out), verbose=verbose, before_verdict=(f"{report}: {signed}",)
+    )
     out.print(renderer(Format.console).format(parsed, options), end="")
-    out.print(f"{report}: {signed}", markup=False)  # (key ids from the report: text, not markup)
     return EXIT_PASS
 
 

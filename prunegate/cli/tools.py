@@ -19,6 +19,7 @@ from .common import (
     Device,
     RichProgress,
     cli,
+    render_width,
     split_csv,
     stderr_console,
     stdout_console,
@@ -261,7 +262,7 @@ def prune_command(
         stdout.print(
             f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})"
         )
-    stdout.print(f"wrote {len(targets)} files to {out}")
+    stdout.print(f"wrote {', '.join(map(str, targets))}")
     return EXIT_PASS
 
 
@@ -286,13 +287,14 @@ def run_demo_command(out: Path, console: Console, **build_options: Any) -> int:
     result = run_demo(out, **build_options)
     console.print(f"built in {result.assets.seconds:.0f} s: dense clean accuracy {result.assets.accuracy['dense']:.2%}")
     (out / "reports").mkdir(exist_ok=True)
-    options = RenderOptions(color=console.is_terminal, width=max(console.width, 100))
     for name, report in result.reports:
         console.rule(f"{name}: {result.ratios[name]:.0%} of the weights removed by global magnitude pruning")
         report_path = out / "reports" / f"{name}.json"
         write_atomic(report_path, envelope_json(envelope(statement_bytes(report))))
+        options = RenderOptions(
+            color=console.is_terminal, width=render_width(console), before_verdict=(f"wrote {report_path} (unsigned)",)
+        )
         console.print(renderer(Format.console).format(report, options), end="")
-        console.print(f"report: {report_path}")
     console.rule("what the demo shows")
     for name, report in result.reports:
         clean = next(t for t in report.tasks if t.name == "clean")

@@ -1,4 +1,7 @@
-"""The console summary: rules first (what decided the verdict), then the task metrics.
+"""The console summary: the task metrics (a row per corruption and noise kind; every task when
+verbose), the rules, and last, where a terminal leaves them in view, the files written, the rules
+that did not pass and the verdict. Tables fit the console's width (`_columns`): a narrow one
+leaves out columns, never cuts a name.
 
 Every string from the report (rule, task, policy and file names: the report may come from anyone)
 goes through `_text`: control characters escaped, rich markup escaped, so `a\x1b[2Jb` and
@@ -11,6 +14,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prunegate.errors import printable
+from prunegate.report.render._columns import Column, fitted_table
 from prunegate.report.render.common import (
     PERCENT_METRICS,
     POINT_METRICS,
@@ -38,8 +43,6 @@ from prunegate.report.render.common import (
 )
 from prunegate.report.render.interface import Format, Renderer, RenderOptions
 from prunegate.report.schema import Report, RuleRecord, TaskRecord
-
-MAX_TASK_ROWS = 40  # beyond this, tasks are summarised per group
 
 
 def _text(value: object) -> str:
@@ -74,83 +77,97 @@ def _tasks_text(rule: RuleRecord) -> str:
 
 
 STATUS = {"pass": "[green]PASS[/]", "fail": "[bold red]FAIL[/]", "undecided": "[bold yellow]UNDECIDED[/]"}
+_ORDER = {"fail": 0, "undecided": 1, "pass": 2}
 
 
-def rules_table(report: Report) -> Table:
-    """The rules, failed first: status, value, interval (when decided at a confidence), threshold."""
+def _failed_first(report: Report) -> list[RuleRecord]:
+    """The rules, failed first, then undecided, then passed (each in policy order)."""
+    return sorted(report.rules, key=lambda r: _ORDER[rule_status(r)])
+
+
+def rules_table(report: Report, width: int = 110) -> Table:
+    """The rules, failed first: status, value, interval (when decided at a confidence), threshold,
+    the tasks; at a narrow width the metric, then the tasks, then the interval are left out."""
     confident = any(r.confidence for r in report.rules)
     decided = f" (decided at {100 * report.confidence:g}% confidence)" if confident and report.confidence else ""
-    title = "Rules" + decided
-    table = Table(title=title, title_justify="left", expand=False)
-    columns = ["", "rule", "metric", "value", *(["interval"] if confident else []), "threshold", "tasks"]
-    for column in columns:  # numbers never wrap; task names fold
-        table.add_column(column, no_wrap=column != "tasks", overflow="fold")
-    order = {"fail": 0, "undecided": 1, "pass": 2}
-    for rule in sorted(report.rules, key=lambda r: order[rule_status(r)]):
-        cells = [
-            STATUS[rule_status(rule)],
-            _text(rule.name),
-            _text(rule.metric),
-            format_metric(rule.metric, rule.value),
-        ]
-        if confident:
-            cells.append(format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else "")
-        table.add_row(*cells, threshold_text(rule), _tasks_text(rule))
-    return table
+    rules = _failed_first(report)
+
+    def interval(rule: RuleRecord) -> str:
+        return format_interval(rule.metric, rule.interval.low, rule.interval.high) if rule.interval else ""
+
+    columns = [
+        Column("", [STATUS[rule_status(r)] for r in rules], justify="left"),
+        Column("rule", [_text(r.name) for r in rules], justify="left", wrap=True),
+        Column("metric", [_text(r.metric) for r in rules], dispensable=3, justify="left"),
+        Column("value", [format_metric(r.metric, r.value) for r in rules]),
+        *([Column("interval", [interval(r) for r in rules], dispensable=1)] if confident else []),
+        Column("threshold", [threshold_text(r) for r in rules]),
+        Column("tasks", [_tasks_text(r) for r in rules], dispensable=2, justify="left", wrap=True),
+    ]
+    return fitted_table("Rules" + decided, columns, width)
 
 
-def undecided_lines(report: Report) -> list[str]:
-    """One line per undecided rule: why, and how many samples would likely decide it."""
+def failed_rule_lines(report: Report) -> list[str]:
+    """One line per rule that did not pass, failed first: a failed rule's value against its
+    threshold and its worst task; an undecided rule's interval and how many samples would likely
+    decide it; then the rule's note, if any."""
     lines = []
-    for rule in report.rules:
-        if rule.status != "undecided":
+    for rule in _failed_first(report):
+        if rule.passed:
             continue
-        more = (
-            f"about {rule.samples_needed:,} samples per task would likely decide it"
-            if rule.samples_needed
-            else "the estimate sits on the threshold: more samples alone may not decide it"
-        )
-        lines.append(
-            f"[yellow]undecided[/] {_text(rule.name)}: the {100 * (rule.confidence or 0):g}% interval "
-            f"straddles {threshold_text(rule)}; {more}"
-        )
+        lines.append(_undecided_text(rule) if rule_status(rule) == "undecided" else _failed_text(rule))
+        if rule.note:
+            lines.append(f"  [bold red]{_text(rule.name)}[/]: {_text(rule.note)}")
     return lines
 
 
-def tasks_table(report: Report) -> Table:
-    """The task metrics, one row per task (per group beyond MAX_TASK_ROWS tasks)."""
-    grouped = len(report.tasks) > MAX_TASK_ROWS
-    table = Table(title="Tasks" + (" (mean per group)" if grouped else ""), title_justify="left")
-    metrics = [m for m, _ in task_columns(report)]
-    headers = [_HEADERS.get(m, h) for m, h in task_columns(report)]
-    extras = segmentation_columns(report) if is_segmentation(report) else _CLASSIFICATION_COLUMNS
-    ci = f"{100 * (report.confidence or 0.95):g}% CI"
-    # the interval goes right after the drop (the third metric)
-    columns = ("task", "n", *headers[:3], *([] if grouped else [ci]), *headers[3:], *(h for h, _ in extras))
-    for column in columns:
-        table.add_column(column, justify="left" if column == "task" else "right")
-    rows: list[tuple[str, list[TaskRecord]]]  # a row's label and its tasks (one, or a group's)
-    if grouped:
-        groups: dict[str, list[TaskRecord]] = defaultdict(list)
-        for task in report.tasks:
-            groups[task.group].append(task)
-        rows = [(g if len(tasks) == 1 else f"{g} ({len(tasks)} tasks)", tasks) for g, tasks in groups.items()]
-    else:
-        rows = [(t.name, [t]) for t in report.tasks]
-    drop = drop_metric(report)
-    for name, tasks in rows:
-        values = [format_metric(m, mean_present(task_value(t, m) for t in tasks)) for m in metrics]
-        interval = tasks[0].intervals.get(drop)
-        cells = [] if grouped else [format_interval(drop, interval.low, interval.high) if interval else ""]
-        table.add_row(
-            _text(name),
-            str(sum(t.n for t in tasks)),
-            *values[:3],
-            *cells,
-            *values[3:],
-            *(_text(text(tasks)) for _, text in extras),
-        )
-    return table
+def _failed_text(rule: RuleRecord) -> str:
+    worst = worst_task(rule)
+    where = f"; worst {_text(worst.task)} {format_metric(rule.metric, worst.value)}" if worst is not None else ""
+    return (
+        f"[bold red]failed[/] {_text(rule.name)}: {_text(rule.metric)} {format_metric(rule.metric, rule.value)} "
+        f"({_text(over_text(rule))}), needs {threshold_text(rule)}{where}"
+    )
+
+
+def _undecided_text(rule: RuleRecord) -> str:
+    more = (
+        f"about {rule.samples_needed:,} samples per task would likely decide it"
+        if rule.samples_needed
+        else "the estimate sits on the threshold: more samples alone may not decide it"
+    )
+    return (
+        f"[yellow]undecided[/] {_text(rule.name)}: the {100 * (rule.confidence or 0):g}% interval "
+        f"straddles {threshold_text(rule)}; {more}"
+    )
+
+
+def summary_label(task: TaskRecord) -> str:
+    """The summary row a task belongs to: its corruption (all severities), its noise kind
+    (`noise/uniform`, all levels), or the task itself (clean, ood/<set>)."""
+    if task.kind == "corruption":
+        return task.group
+    if task.kind == "noise":
+        return task.name.rsplit("/", 1)[0]
+    return task.name
+
+
+def summary_groups(report: Report) -> list[tuple[str, list[TaskRecord]]]:
+    """(label, tasks) per summary row, in the report's order of tasks."""
+    groups: dict[str, list[TaskRecord]] = defaultdict(list)
+    for task in report.tasks:
+        groups[summary_label(task)].append(task)
+    return list(groups.items())
+
+
+def tasks_table(report: Report, width: int = 110, verbose: bool = False) -> Table:
+    """The task metrics: with `verbose` one row per task, else one row per corruption, noise kind
+    or other task (means over its tasks, and its worst task named in full). Columns that do not fit
+    in `width` are left out, least important first; task names are never cut."""
+    if verbose:
+        return fitted_table("Tasks", _task_columns(report), width)
+    title = "Tasks: mean per corruption and noise kind, and the task that drops most (--verbose: every task)"
+    return fitted_table(title, _summary_columns(report), width)
 
 
 # Metric headers the console shortens (classification's, as they always were).
@@ -168,6 +185,61 @@ _CLASSIFICATION_COLUMNS: list[tuple[str, Callable[[list[TaskRecord]], str]]] = [
     ("broke", lambda tasks: format_metric("newly_wrong", mean_present(t.newly_wrong for t in tasks))),
     ("err κ", _kappa),
 ]
+
+
+def _metric_columns(report: Report, rows: list[list[TaskRecord]]) -> list[Column]:
+    """The metric columns (means over each row's tasks): dense, pruned, drop (kept at any width),
+    agreement, then the kind's extras (the most dispensable)."""
+    headers = [(m, _HEADERS.get(m, h)) for m, h in task_columns(report)]
+    dispensable = (0, 0, 0, 1)  # dense, pruned, drop, agreement
+
+    def means(metric: str) -> list[str]:
+        return [format_metric(metric, mean_present(task_value(t, metric) for t in tasks)) for tasks in rows]
+
+    columns = [Column(header, means(m), dispensable=d) for (m, header), d in zip(headers, dispensable, strict=True)]
+    extras = segmentation_columns(report) if is_segmentation(report) else _CLASSIFICATION_COLUMNS
+    columns += [Column(header, [_text(text(tasks)) for tasks in rows], dispensable=3) for header, text in extras]
+    return columns
+
+
+def _task_columns(report: Report) -> list[Column]:
+    """Every task's row: name, n, the metrics, the drop's interval after the drop."""
+    rows = [[t] for t in report.tasks]
+    drop = drop_metric(report)
+
+    def interval(task: TaskRecord) -> str:
+        found = task.intervals.get(drop)
+        return format_interval(drop, found.low, found.high) if found else ""
+
+    ci = f"{100 * (report.confidence or 0.95):g}% CI"
+    metrics = _metric_columns(report, rows)
+    return [
+        Column("task", [_text(t.name) for t in report.tasks], justify="left", wrap=True),
+        Column("n", [str(t.n) for t in report.tasks], dispensable=4),
+        *metrics[:3],
+        Column(ci, [interval(t) for t in report.tasks], dispensable=2),
+        *metrics[3:],
+    ]
+
+
+def _summary_columns(report: Report) -> list[Column]:
+    """A row per summary group: its label, how many tasks, the mean metrics, and (for a group of
+    several tasks) the largest drop and the task it is on. The drop's mean and the largest drop
+    and its task are kept at any width; dense and pruned go before them."""
+    groups = summary_groups(report)
+    rows = [tasks for _, tasks in groups]
+    drop = drop_metric(report)
+    worst = [max(tasks, key=lambda t: task_value(t, drop) or 0.0) if len(tasks) > 1 else None for tasks in rows]
+    metrics = _metric_columns(report, rows)
+    return [
+        Column("group", [_text(label) for label, _ in groups], justify="left", wrap=True),
+        Column("tasks", [str(len(tasks)) for tasks in rows], dispensable=4),
+        *(replace(c, dispensable=2) for c in metrics[:2]),  # dense, pruned
+        metrics[2],  # the mean drop
+        Column("worst", [format_metric(drop, task_value(w, drop)) if w else "" for w in worst]),
+        Column("worst task", [_text(w.name) if w else "" for w in worst], justify="left", wrap=True),
+        *metrics[3:],
+    ]
 
 
 def corruption_line(report: Report) -> str | None:
@@ -248,8 +320,18 @@ def _console(buffer: io.StringIO, color: bool, width: int) -> Console:
     )
 
 
-def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered:
-    """The whole console summary: header, models, tasks, rules, notes, warnings, verdict."""
+def render(
+    report: Report,
+    *,
+    color: bool = False,
+    width: int = 110,
+    verbose: bool = False,
+    before_verdict: tuple[str, ...] = (),
+) -> Rendered:
+    """The whole console summary, `width` columns at most: header, models, tasks (per group; every
+    task with `verbose`), warnings, rules, then last, where a terminal leaves them in view: the
+    `before_verdict` lines (plain text: the files written), the rules that did not pass and the
+    verdict."""
     buffer = io.StringIO()
     console = _console(buffer, color, width)
     console.print(
@@ -261,19 +343,15 @@ def render(report: Report, *, color: bool = False, width: int = 110) -> Rendered
     line = isolation_line(report)
     if line:
         console.print(line)
-    console.print(tasks_table(report))
+    console.print(tasks_table(report, width, verbose))
     line = corruption_line(report)
     if line:
         console.print(line)
-    console.print(rules_table(report))
-    for line in undecided_lines(report):
-        console.print(line, soft_wrap=True)
-    for rule in report.rules:
-        if rule.note:
-            console.print(f"[bold red]{_text(rule.name)}[/]: {_text(rule.note)}", soft_wrap=True)
     for warning in report.warnings:
-        console.print(f"[yellow]warning[/]: {_text(warning)}", soft_wrap=True)
-    console.print(verdict_line(report))
+        console.print(f"[yellow]warning[/]: {_text(warning)}")
+    console.print(rules_table(report, width))
+    for line in (*(_text(b) for b in before_verdict), *failed_rule_lines(report), verdict_line(report)):
+        console.print(line)
     return Rendered(buffer.getvalue())
 
 
@@ -307,7 +385,8 @@ def render_verdict(report: Report, *, color: bool = False, width: int = 110) -> 
 
 
 class ConsoleRenderer(Renderer):
-    """The console summary (`options.color`, `options.width`; `options.verdict_only`: the verdict line)."""
+    """The console summary (`options.color`, `options.width`, `options.verbose`, `options.before_verdict`;
+    `options.verdict_only`: the verdict line)."""
 
     name = Format.console
 
@@ -315,4 +394,10 @@ class ConsoleRenderer(Renderer):
         """The report as console text, a `Rendered` string a rich console prints as it is."""
         if options.verdict_only:
             return render_verdict(report, color=options.color, width=options.width)
-        return render(report, color=options.color, width=options.width)
+        return render(
+            report,
+            color=options.color,
+            width=options.width,
+            verbose=options.verbose,
+            before_verdict=options.before_verdict,
+        )

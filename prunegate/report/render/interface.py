@@ -1,7 +1,7 @@
 """The one interface every output format implements (as pip-audit's output formats do).
 
 A renderer turns a Report into a string; it never touches files. `RenderOptions` carries what
-some formats use and the others ignore: the console's colour and width, the HTML page's gallery
+some formats use and the others ignore: the console's colour, width and detail, the HTML page's gallery
 and signature line.
 """
 
@@ -35,6 +35,8 @@ class RenderOptions:
     color: bool = False  # console: ANSI styles
     width: int = 110  # console: columns
     verdict_only: bool = False  # console: only the verdict line (`check --quiet`)
+    verbose: bool = False  # console: every task's row, not one per corruption and noise kind
+    before_verdict: tuple[str, ...] = ()  # console: plain lines (the files written) just above the verdict
     gallery: Gallery | None = None  # html: thumbnails from `build_gallery` (None: indices only)
     signature: str | None = None  # html: a line about the envelope's signature, which the predicate cannot know
 
