@@ -168,7 +168,7 @@ def potential(
 
     from prunegate.check import Overrides, apply_overrides, input_files, run_potential
     from prunegate.policy import load_policy
-    from prunegate.potential import plot_png
+    from prunegate.potential import annotate, plot_png
     from prunegate.report.render.console import render_potential
 
     members = [*pruned, *(extra or [])]
@@ -193,6 +193,7 @@ def potential(
             progress=RichProgress(bar),
             allow_external_arch=allow_external_arch,
         )
+    result = annotate(result, loaded.task)
     if out is not None:
         write_atomic(out, json.dumps(result, indent=2) + "\n")
     if plot is not None:
