@@ -199,19 +199,21 @@ class Diff:
 
     def groups(self) -> list[GroupSummary]:
         """Per task group, in NEW's task order: its tasks, changed metrics, regressions, worst change."""
-        tasks: dict[str, set[str]] = {}
+        by_group: dict[str, list[MetricChange]] = {}
         for change in self.tasks:
-            tasks.setdefault(change.group, set()).add(change.task)
-        summaries = []
-        for name, members in tasks.items():
-            changes = [c for c in self.tasks if c.group == name]
-            worse = [c for c in changes if c.change == "worse" and c.deciding]
-            worst = max(worse, key=lambda c: abs(c.delta), default=None)
-            regressions = sum(c.regression for c in changes)
-            summaries.append(
-                GroupSummary(name, len(members), sum(c.change != "same" for c in changes), regressions, worst)
-            )
-        return summaries
+            by_group.setdefault(change.group, []).append(change)
+        return [_group_summary(name, changes) for name, changes in by_group.items()]
+
+
+def _group_summary(name: str, changes: list[MetricChange]) -> GroupSummary:
+    worse = [c for c in changes if c.change == "worse" and c.deciding]
+    return GroupSummary(
+        name,
+        tasks=len({c.task for c in changes}),
+        changed=sum(c.change != "same" for c in changes),
+        regressions=sum(c.regression for c in changes),
+        worst=max(worse, key=lambda c: abs(c.delta), default=None),
+    )
 
 
 def task_group(task: TaskRecord) -> str:
