@@ -9,17 +9,28 @@ Definitions (Liebenwein et al., "Lost in Pruning", MLSys 2021):
   grew relative to the dense model's: (e_group - e_clean)_pruned - (e_group - e_clean)_dense.
 
 Groups: clean, each ood set, each noise kind, each corruption (its severities' mean error).
-Pure functions on errors; the CLI runs the pass and renders.
+Pure functions on errors; the CLI runs the pass, `annotate`s the result and renders.
+
+Sampling resolution: on n samples an error moves in steps of 1/n, so a delta of at most 1/n
+(0.5 pp at n = 200: one image) lets a member differ from the dense model by one sample at most,
+and the potential turns on single samples. `annotate` names the tasks where that is so.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import PurePath
 from statistics import fmean
+from typing import TYPE_CHECKING
 
 from prunegate.plan import Task, TaskKind
 
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 DEFAULT_DELTA = 0.005
+ERROR_NAMES = {"classification": "top-1 error", "segmentation": "1 - mIoU"}
 
 
 def task_group(task: Task) -> str:
@@ -94,48 +105,140 @@ def analyse(
     }
 
 
-def plot_png(result: dict, title: str) -> bytes:
-    """Two panels like the paper's: prune potential per group (bars) and excess error vs prune
-    ratio per group (lines)."""
-    import io
+def member_labels(paths: list[str | None]) -> list[str]:
+    """A short name per member for table columns and plot ticks: the file's stem (wt-30), its
+    name where stems repeat (wt-30.onnx, wt-30.pt), else its place in the family (#1, #2, ...)."""
+    names = [PurePath(p) if p else None for p in paths]
+    for part in ("stem", "name"):
+        labels = [getattr(n, part) if n else "" for n in names]
+        if all(labels) and len(set(labels)) == len(labels):
+            return labels
+    return [f"#{i + 1}" for i in range(len(paths))]
 
+
+def below_resolution(delta: float, n: dict[str, int]) -> dict[str, int]:
+    """The tasks (name -> n) where delta admits at most one sample's error: delta <= 1/n."""
+    return {name: count for name, count in n.items() if count > 0 and delta * count <= 1 + 1e-9}
+
+
+def resolution_warning(delta: float, below: dict[str, int], tasks: int) -> str:
+    """One line: delta against the sampling resolution of the tasks in `below`."""
+    name, smallest = min(below.items(), key=lambda item: item[1])
+    return (
+        f"delta {100 * delta:g} pp is at most one sample's error on {len(below)} of {tasks} tasks "
+        f"(one sample is {100 / smallest:.2f} pp at n = {smallest}, {name}): their potential turns on "
+        "single samples; evaluate more samples or raise --delta"
+    )
+
+
+def annotate(result: dict, kind: str) -> dict:
+    """`result` (from check.run_potential) with what its readers need to know: what an error is,
+    a short label per member and, when delta is below the sampling resolution of some tasks,
+    `below_resolution` (task -> n) and a line in `warnings`."""
+    for member, label in zip(result["members"], member_labels([m.get("path") for m in result["members"]])):
+        member["label"] = label
+    result["error"] = ERROR_NAMES.get(kind, "error")
+    below = below_resolution(result["delta"], result.get("n", {}))
+    result["below_resolution"] = below
+    result["warnings"] = [resolution_warning(result["delta"], below, len(result["n"]))] if below else []
+    return result
+
+
+def labels_of(result: dict) -> list[str]:
+    """The members' short names (`annotate`'s, or made from their paths)."""
+    members = result["members"]
+    if all(m.get("label") for m in members):
+        return [m["label"] for m in members]
+    return member_labels([m.get("path") for m in members])
+
+
+def members_caption(result: dict, per_line: int = 4) -> str:
+    """'members: wt-30 = wt-30.onnx (prune ratio 29.9%); ...', a few to a line."""
+    entries = [
+        f"{label} = {PurePath(m['path']).name if m.get('path') else '?'} (prune ratio {100 * m['prune_ratio']:.1f}%)"
+        for label, m in zip(labels_of(result), result["members"])
+    ]
+    lines = ["; ".join(entries[i : i + per_line]) for i in range(0, len(entries), per_line)]
+    return "members: " + "\n".join(lines)
+
+
+def _colour(name: str) -> str:
+    return "#4c72b0" if name == "clean" else "#dd8452" if name.startswith(("noise", "ood")) else "#8c8c8c"
+
+
+def _potential_bars(axes: Axes, groups: list[dict], delta: float) -> None:
+    """Bars of each group's potential, each labelled with its value; a zero potential, which would
+    be no bar at all, gets a red marker on the axis and the label '0'."""
+    names = [g["name"] for g in groups]
+    potentials = [100 * g["potential"] for g in groups]
+    bars = axes.bar(range(len(names)), potentials, color=[_colour(n) for n in names])
+    axes.bar_label(bars, labels=[f"{p:.0f}" if p else "" for p in potentials], fontsize=7, padding=2)
+    zero = [i for i, p in enumerate(potentials) if p == 0]
+    if zero:
+        axes.plot(
+            zero,
+            [0] * len(zero),
+            linestyle="none",
+            marker="^",
+            markersize=8,
+            color="#c44e52",
+            clip_on=False,
+            zorder=3,
+            label="potential 0: no member within delta",
+        )
+        for i in zero:  # above the marker, where a bar's value would be
+            axes.annotate("0", (i, 0), xytext=(0, 9), textcoords="offset points", ha="center", fontsize=7)
+        axes.legend(fontsize=7, loc="upper right")
+    axes.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    axes.set_xlabel("task group")
+    axes.set_ylabel("prune potential: prune ratio (%)")
+    axes.set_ylim(0, 105)
+    axes.set_title(f"prune potential (error within {100 * delta:g} pp of dense)")
+
+
+def _excess_lines(axes: Axes, result: dict) -> None:
+    """Each group's excess error against the members' prune ratios, the members named on the axis."""
+    ratios = [100 * m["prune_ratio"] for m in result["members"]]
+    order = sorted(range(len(ratios)), key=ratios.__getitem__)
+    for g in result["groups"]:
+        if g.get("excess_error") is None or g["name"] == "clean":
+            continue
+        style = "-" if g["name"].startswith(("noise", "ood")) else ":"
+        errors = [100 * g["excess_error"][i] for i in order]
+        axes.plot([ratios[i] for i in order], errors, style, marker=".", label=g["name"], linewidth=1)
+    if not axes.lines:
+        axes.text(0.5, 0.5, "no clean task: no excess error", ha="center", transform=axes.transAxes)
+    axes.axhline(0, color="black", linewidth=0.8)
+    labels = labels_of(result)
+    axes.set_xticks([ratios[i] for i in order], [f"{labels[i]}\n{ratios[i]:.1f}%" for i in order], fontsize=7)
+    axes.set_xlabel("prune ratio of each member (%)")
+    axes.set_ylabel("excess error (pp)")
+    axes.set_title(f"excess error ({result.get('error', 'error')} gap to clean, minus dense's)")
+    if axes.lines[1:]:
+        axes.legend(fontsize=6, ncol=2)
+
+
+def potential_figure(result: dict, title: str) -> Figure:
+    """Two panels like the paper's: prune potential per group (bars) and excess error vs prune
+    ratio per group (lines), with the members' files named below."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    groups = result["groups"]
-    ratios = [m["prune_ratio"] for m in result["members"]]
-    order = sorted(range(len(ratios)), key=ratios.__getitem__)
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    figure = Figure(figsize=(12, 5.4), layout="constrained")
     left, right = figure.subplots(1, 2, width_ratios=[1.1, 1])
-    names = [g["name"] for g in groups]
-    potentials = [100 * g["potential"] for g in groups]
-    colours = ["#4c72b0" if n == "clean" else "#dd8452" if n.startswith(("noise", "ood")) else "#8c8c8c" for n in names]
-    left.bar(range(len(names)), potentials, color=colours)
-    left.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    left.set_ylabel("prune potential (%)")
-    left.set_ylim(0, 100)
-    left.set_title(f"prune potential (error within {100 * result['delta']:g} pp of dense)")
-    for g in groups:
-        if g.get("excess_error") is None or g["name"] == "clean":
-            continue
-        style = "-" if g["name"].startswith(("noise", "ood")) else ":"
-        right.plot(
-            [100 * ratios[i] for i in order],
-            [100 * g["excess_error"][i] for i in order],
-            style,
-            marker=".",
-            label=g["name"],
-            linewidth=1,
-        )
-    right.axhline(0, color="black", linewidth=0.8)
-    right.set_xlabel("prune ratio (%)")
-    right.set_ylabel("excess error (pp)")
-    right.set_title("excess error vs clean, relative to dense")
-    if right.lines[1:]:
-        right.legend(fontsize=6, ncol=2)
+    _potential_bars(left, result["groups"], result["delta"])
+    _excess_lines(right, result)
     figure.suptitle(title)
+    figure.supxlabel(members_caption(result), fontsize=8)
+    return figure
+
+
+def plot_png(result: dict, title: str) -> bytes:
+    """`potential_figure` as PNG bytes."""
+    import io
+
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    potential_figure(result, title).savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()

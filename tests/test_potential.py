@@ -10,7 +10,17 @@ import torch
 
 from prunegate.cli import main
 from prunegate.plan import Task, TaskKind
-from prunegate.potential import Member, analyse, plot_png, prune_potential
+from prunegate.potential import (
+    Member,
+    analyse,
+    annotate,
+    below_resolution,
+    member_labels,
+    plot_png,
+    potential_figure,
+    prune_potential,
+)
+from prunegate.report.render.console import render_potential
 
 
 def test_potential_is_the_largest_qualifying_ratio_even_past_a_failing_one() -> None:
@@ -80,7 +90,16 @@ def test_potential_cli_evaluates_a_family_once(tmp_path: Path, gate_case, capsys
     assert [Path(m["path"]).name for m in result["members"]] == ["m0.3.pt", "m0.9.pt"]
     assert {t["name"] for t in result["tasks"]} == {"clean", "noise/uniform/0.1", "noise/uniform/0.5"}
     assert all(len(t["errors"]) == 2 for t in result["tasks"]) and plot.read_bytes().startswith(b"\x89PNG")
-    assert "Prune potential" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Prune potential" in out
+    # 12 samples: one is 8.33 pp, far above delta = 1 pp, on every task
+    assert result["below_resolution"] == {name: 12 for name in result["n"]}
+    [warning] = result["warnings"]
+    assert "delta 1 pp is at most one sample's error on 3 of 3 tasks" in warning and "n = 12" in warning
+    assert "warning: delta 1 pp is at most one sample's error" in " ".join(out.split())
+    assert [m["label"] for m in result["members"]] == ["m0.3", "m0.9"] and result["error"] == "top-1 error"
+    flat = " ".join(out.split())
+    assert f"m0.3: {result['members'][0]['path']}" in flat and f"m0.9: {result['members'][1]['path']}" in flat
 
 
 def test_potential_cli_names_a_bad_member(tmp_path: Path, gate_case, capsys) -> None:
@@ -190,3 +209,102 @@ def test_potential_of_a_segmentation_family_counts_errors_as_one_minus_miou(
     assert clean["potential"] == ratios[0]  # only the copy is within delta
     groups = {g["name"]: g for g in result["groups"]}
     assert set(groups) == {"clean", "contrast"} and groups["clean"]["excess_error"] == [0.0, 0.0]
+    assert result["error"] == "1 - mIoU"
+
+
+# --- issue 20: what the table and the plot show -------------------------------------------------------
+
+
+def family_result(potentials=(0.4, 0.0)) -> dict:
+    """A potential result of two members, as run_potential and annotate make it: clean's potential
+    is potentials[0], the noise group's potentials[1]."""
+    tasks = [
+        Task("clean", TaskKind.CLEAN, "test"),
+        Task("noise/uniform/0.1", TaskKind.NOISE, "test", "uniform", level=0.1),
+    ]
+    dense = {"clean": 0.10, "noise/uniform/0.1": 0.20}
+    ratios = (0.2, 0.4)
+    # a member more pruned than the group's potential is 5 points worse there, the others as good
+    members = [
+        {name: dense[name] + (0.05 if ratio > p else 0.0) for name, p in zip(dense, potentials)} for ratio in ratios
+    ]
+    family = [Member("/models/family/wt-20.onnx", "x", 100, 80), Member("/models/family/wt-40.onnx", "y", 100, 60)]
+    result = analyse(tasks, dense, members, family, delta=0.005)
+    result["n"] = {"clean": 200, "noise/uniform/0.1": 2000}
+    return annotate(result, "classification")
+
+
+def test_member_labels_are_short_and_unique() -> None:
+    assert member_labels(["/a/wt-30.onnx", "/a/wt-50.onnx"]) == ["wt-30", "wt-50"]
+    assert member_labels(["/a/wt-30.onnx", "/a/wt-30.pt"]) == ["wt-30.onnx", "wt-30.pt"]
+    assert member_labels(["/a/m.onnx", "/b/m.onnx", None]) == ["#1", "#2", "#3"]
+
+
+@pytest.mark.parametrize(
+    "delta, n, below",
+    [
+        (0.005, 200, True),  # the issue's case: 0.5 pp is one image at n = 200
+        (0.005, 199, True),  # less than one image
+        (0.005, 201, False),  # delta is more than one sample's error (0.4975 pp)
+        (0.005, 10_000, False),
+        (0.01, 50, True),
+    ],
+)
+def test_delta_below_the_sampling_resolution(delta, n, below) -> None:
+    assert (below_resolution(delta, {"clean": n}) == {"clean": n}) is below
+
+
+def test_the_warning_names_the_tasks_and_the_smallest_n() -> None:
+    result = family_result()
+    assert result["below_resolution"] == {"clean": 200}  # noise: 2000 samples, 0.05 pp each
+    [warning] = result["warnings"]
+    assert warning.startswith("delta 0.5 pp is at most one sample's error on 1 of 2 tasks")
+    assert "(one sample is 0.50 pp at n = 200, clean)" in warning
+    text = " ".join(render_potential(result, width=200).split())
+    assert f"warning: {warning}" in text
+    result["n"] = {"clean": 5000, "noise/uniform/0.1": 5000}
+    assert annotate(result, "classification")["warnings"] == []
+
+
+def header_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("┃")]
+
+
+def test_the_table_labels_ratios_errors_and_potential_and_names_the_files() -> None:
+    result = family_result(potentials=(0.4, 0.0))
+    text = render_potential(result, width=200)
+    header = "\n".join(header_lines(text))
+    for word in ("group", "dense", "wt-20", "wt-40", "prune ratio 20.0%", "prune ratio 40.0%", "top-1 error"):
+        assert word in header, word
+    assert "potential" in header and "(prune ratio)" in header
+    assert "within 0.5 pp of dense" in " ".join(text.split())
+    assert "wt-20: /models/family/wt-20.onnx (prune ratio 20.0%)" in text
+    assert "wt-40: /models/family/wt-40.onnx (prune ratio 40.0%)" in text
+    noise = next(line for line in text.splitlines() if line.startswith("│ noise/uniform"))
+    assert noise.rstrip("│ ").endswith("0 (none within delta)")
+    clean = next(line for line in text.splitlines() if line.startswith("│ clean"))
+    assert clean.rstrip("│ ").endswith("40.00%")
+
+
+def test_the_plot_labels_its_axes_names_the_members_and_shows_a_zero_potential() -> None:
+    result = family_result(potentials=(0.4, 0.0))
+    figure = potential_figure(result, "family")
+    bars, lines = figure.axes[:2]
+    assert "prune potential" in bars.get_ylabel() and "prune ratio" in bars.get_ylabel()
+    assert "within 0.5 pp of dense" in bars.get_title()
+    assert "prune ratio" in lines.get_xlabel() and "excess error" in lines.get_ylabel()
+    assert "top-1 error" in lines.get_title()
+    ticks = [t.get_text() for t in lines.get_xticklabels()]
+    assert ticks == ["wt-20\n20.0%", "wt-40\n40.0%"]
+    caption = figure.get_supxlabel()
+    assert "wt-20 = wt-20.onnx (prune ratio 20.0%)" in caption and "wt-40 = wt-40.onnx" in caption
+    # the noise group's potential is 0: no bar to see, so a marker stands on the axis at its place
+    names = [t.get_text() for t in bars.get_xticklabels()]
+    zero = names.index("noise/uniform")
+    [marker] = [line for line in bars.get_lines() if line.get_marker() != "None"]
+    assert list(marker.get_xdata()) == [zero] and list(marker.get_ydata()) == [0] and not marker.get_clip_on()
+    values = [t.get_text() for t in bars.texts if t.get_text()]
+    assert values == ["40", "0"]
+    none_zero = potential_figure(family_result(potentials=(0.4, 0.2)), "family").axes[0]
+    assert [line for line in none_zero.get_lines() if line.get_marker() != "None"] == []
+    assert plot_png(result, "family").startswith(b"\x89PNG")

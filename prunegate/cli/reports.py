@@ -25,6 +25,8 @@ from .common import (
 from .outputs import check_outputs, render_files, write_atomic, write_together
 
 if TYPE_CHECKING:  # pragma: no cover
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from prunegate.report.schema import Report
 
 
@@ -144,6 +146,17 @@ def report_junit(
     return EXIT_PASS
 
 
+def _load_verified(path: Path, public_key: Ed25519PublicKey, key: Path) -> Report:
+    """The report in `path` once its signature verifies with `public_key`; PrunegateError (exit 2)
+    naming the file when it is unsigned, signed by another key or altered."""
+    from prunegate.report.attest import parse_envelope, verify_envelope
+
+    result = verify_envelope(parse_envelope(read_report_text(path), str(path)), public_key)
+    if not result.ok or result.statement is None:
+        raise PrunegateError(f"does not verify with {key}: {result.failure}", file=path, field="signatures")
+    return _parse_predicate(result.statement, path)
+
+
 @cli.command()
 def diff(
     old: Path = typer.Argument(..., help="The earlier report (DSSE envelope)."),
@@ -156,14 +169,27 @@ def diff(
         "per task, as a fraction (0.005 = half a percentage point).",
     ),
     markdown: bool = typer.Option(False, "--markdown", help="Print GitHub-flavoured Markdown instead of text."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every task, not only the regressions."),
+    key: Path | None = typer.Option(
+        None, "--key", help="The signer's public key (NAME.pub): both reports' signatures are checked first."
+    ),
 ) -> int:
-    """Compare two reports: what got better or worse, per task and rule.
+    """Compare two reports: what got better or worse, per rule, task group and task.
 
-    Exit 1 when NEW regresses beyond the margin (a task's accuracy_drop rises or its agreement falls by
-    more than it, or a rule that passed now fails), else 0."""
+    Exit 1 when NEW regresses: a rule that passed now fails, or a task's accuracy_drop rises or its
+    agreement falls by more than the margin and beyond sampling noise (the change's interval, from
+    both reports' intervals, excludes 0); else 0. With --key, a report that is unsigned or does
+    not verify is exit 2."""
     from prunegate.diff import compare, render_text
+    from prunegate.report.keys import fingerprint, load_public
     from prunegate.report.render.markdown import render_diff
 
-    result = compare(_load_report(old)[0], _load_report(new)[0], margin)
-    sys.stdout.write(render_diff(result) if markdown else render_text(result))
+    if key is None:
+        result = compare(_load_report(old)[0], _load_report(new)[0], margin)
+    else:
+        public_key = load_public(key)
+        before, after = (_load_verified(path, public_key, key) for path in (old, new))
+        result = compare(before, after, margin)
+        result.signatures = f"both reports verify with key {fingerprint(public_key)[:16]} ({key})"
+    sys.stdout.write(render_diff(result, verbose) if markdown else render_text(result, verbose))
     return EXIT_FAIL if result.regressed else EXIT_PASS

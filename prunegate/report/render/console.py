@@ -356,24 +356,35 @@ def render(
 
 
 def render_potential(result: dict, *, color: bool = False, width: int = 110) -> Rendered:
-    """The prune-potential table: per group, the dense error, each member's error and the potential."""
+    """The prune-potential table: per group, the dense model's error, each member's error (its
+    column headed by its short name and prune ratio) and the potential (a prune ratio); below it,
+    each member's file, and the warnings (delta below the sampling resolution)."""
+    from prunegate.potential import labels_of
+
     buffer = io.StringIO()
     console = _console(buffer, color, width)
-    members = result["members"]
+    members, labels = result["members"], labels_of(result)
+    error = result.get("error", "error")
     table = Table(
-        title=f"Prune potential (error within {100 * result['delta']:g} pp of dense; top-1 error per prune ratio)",
+        title=f"Prune potential per task group: {error} of the dense model and of each member; potential = "
+        f"the largest prune ratio whose {error} is within {100 * result['delta']:g} pp of dense",
         title_justify="left",
     )
     table.add_column("group")
-    table.add_column("dense", justify="right")
-    for m in members:
-        table.add_column(f"{100 * m['prune_ratio']:.1f}%", justify="right")
-    table.add_column("potential", justify="right")
+    table.add_column(f"dense\nprune ratio 0%\n{_text(error)}", justify="right")
+    for label, m in zip(labels, members):
+        table.add_column(f"{_text(label)}\nprune ratio {100 * m['prune_ratio']:.1f}%\n{_text(error)}", justify="right")
+    table.add_column("potential\n(prune ratio)", justify="right")
     for g in result["groups"]:
-        table.add_row(
-            _text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{pct(g['potential'])}[/]"
-        )
+        potential = pct(g["potential"]) if g["potential"] > 0 else "0 (none within delta)"
+        table.add_row(_text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{potential}[/]")
     console.print(table)
+    for label, m in zip(labels, members):
+        console.print(
+            f"  {_text(label)}: {_text(m.get('path', '?'))} (prune ratio {100 * m['prune_ratio']:.1f}%)", soft_wrap=True
+        )
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning[/]: {_text(warning)}", soft_wrap=True)
     return Rendered(buffer.getvalue())
 
 

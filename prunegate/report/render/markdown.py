@@ -167,55 +167,91 @@ class MarkdownRenderer(Renderer):
 # --- diff ---------------------------------------------------------------------------------------
 
 
-def render_diff(diff: Diff) -> str:
-    """The comparison of two reports (see prunegate.diff) as GFM."""
+def _diff_icon(mark: str) -> str:
+    return {"✗": ICON["fail"], "✓": ICON["pass"], "!": ICON["undecided"]}.get(mark, "")
+
+
+def _metric_rows(changes: list) -> list[list[str]]:
+    from prunegate.diff import mark
+
+    return [
+        [
+            _diff_icon(mark(c)),
+            escape(c.task),
+            escape(c.metric),
+            c.old_text,
+            c.new_text,
+            c.delta_text,
+            escape(c.change),
+            escape(c.reason),
+        ]
+        for c in changes
+    ]
+
+
+METRIC_HEADER = ["", "task", "metric", "old", "new", "change", "", "why"]
+
+
+def _diff_task_sections(diff: Diff, verbose: bool) -> list[str]:
+    """The regressions and the metrics undefined on one side; with `verbose`, every task."""
+    if verbose:
+        rows = []
+        for name in diff.task_names:
+            changed = [c for c in diff.changed if c.task == name]
+            rows += _metric_rows(changed) or [["", escape(name), "", "", "", "", "no metric changed", ""]]
+        return ["", f"### Tasks ({len(diff.task_names)})", "", table(METRIC_HEADER, rows, "lllrrrll")]
+    from prunegate.diff import listed
+
+    lines = []
+    for title, changes in (("Regressions", diff.task_regressions), ("Undefined in one report", diff.undefined)):
+        if changes:
+            shown, more = listed(changes)
+            lines += ["", f"### {title} ({len(changes)})", "", table(METRIC_HEADER, _metric_rows(shown), "lllrrrll")]
+            lines += ["", escape(more)] if more else []
+    return lines
+
+
+def render_diff(diff: Diff, verbose: bool = False) -> str:
+    """The comparison of two reports (see prunegate.diff) as GFM: the rules, a row per task group
+    and each regression; with `verbose`, every task."""
+    from prunegate.diff import group_counts_text, headline, mark, rule_tasks_text
+
     status = "fail" if diff.regressed else "pass"
-    headline = (
-        f"{len(diff.regressions)} regression(s) beyond the margin of {diff.margin:g}"
-        if diff.regressed
-        else f"no regression beyond the margin of {diff.margin:g}"
-    )
     lines = [
-        f"## {ICON[status]} prunegate diff: {headline}",
+        f"## {ICON[status]} prunegate diff: {escape(headline(diff))}",
         "",
         f"Old: policy {code(diff.old_policy)}, verdict {diff.old_verdict.upper()}. "
         f"New: policy {code(diff.new_policy)}, verdict {diff.new_verdict.upper()}.",
     ]
+    if diff.signatures:
+        lines += ["", f"Signatures: {escape(diff.signatures)}"]
     if diff.notes:
         lines += ["", *(f"- {escape(note)}" for note in diff.notes)]
     if diff.rules:
         rows = [
             [
-                ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
+                _diff_icon(mark(c)),
                 escape(c.name),
                 escape(c.metric),
                 c.old_text,
                 c.new_text,
                 escape(c.change),
+                rule_tasks_text(diff, c),
             ]
             for c in diff.rules
         ]
-        lines += ["", "### Rules", "", table(["", "rule", "metric", "old", "new", "change"], rows, "llllrl")]
-    changed = [c for c in diff.tasks if c.change != "same"]
-    if changed:
-        rows = [
-            [
-                ICON["fail"] if c.regression else (ICON["pass"] if c.change == "better" else ""),
-                escape(c.task),
-                escape(c.metric),
-                c.old_text,
-                c.new_text,
-                c.delta_text,
-                escape(c.change),
-            ]
-            for c in changed
-        ]
+        header = ["", "rule", "metric", "old", "new", "change", "tasks"]
+        lines += ["", f"### Rules ({len(diff.rules)})", "", table(header, rows, "llllrll")]
+    groups = diff.groups()
+    if groups:
+        rows = [[escape(g.name), str(g.tasks), group_counts_text(g), escape(g.worst_text)] for g in groups]
         lines += [
             "",
-            f"### Task metrics that changed ({len(changed)})",
+            f"### Task groups ({len(groups)})",
             "",
-            table(["", "task", "metric", "old", "new", "change", ""], rows, "lllrrrl"),
+            table(["group", "tasks", "changes", "worst"], rows, "lrll"),
         ]
     else:
-        lines += ["", "No task metric changed."]
+        lines += ["", "No task compared."]
+    lines += _diff_task_sections(diff, verbose)
     return "\n".join(lines) + "\n"
