@@ -474,7 +474,7 @@ def run_potential(
 ) -> dict:
     """Prune potential of a family: the dense model is evaluated once, every member on the same
     shifted batches. Errors are the kind's (top-1 errors, 1 - accuracy; segmentation: 1 - mIoU)."""
-    from prunegate.potential import Member, analyse
+    from prunegate.potential import Member, analyse, annotate
 
     specs = [
         ModelSpec(path=str(Path(p).resolve()), arch=policy.models.spec("pruned").arch or policy.models.arch)
@@ -521,4 +521,4 @@ def run_potential(
     result["policy"] = {"name": policy.name, "sha256": policy.sha256}
     result["n"] = {t.name: family[0][t.name].n for t in tasks}
     result["timing"] = {k: round(v, 3) for k, v in timings.items()}
-    return result
+    return annotate(result, policy.task)

@@ -17,8 +17,8 @@ from .common import (
     EXIT_PASS,
     Backend,
     Device,
-    RichProgress,
     cli,
+    pass_progress,
     render_width,
     split_csv,
     stderr_console,
@@ -141,7 +141,13 @@ def _render_corruptions(ctx: RunContext, out: Path | None, preview: Path | None)
 
 @cli.command()
 def potential(
-    policy: Path = typer.Option(..., "--policy", "-p", help="Policy YAML file (its dense model, data and suite)."),
+    policy: Path = typer.Option(
+        ..., "--policy", "-p", help="Policy YAML file (its dense model, data and suite), or a ready policy's name."
+    ),
+    dense: Path | None = typer.Option(None, help="Dense model file (overrides the policy)."),
+    data: Path | None = typer.Option(
+        None, help="Test set file or folder (overrides data.test; format from its layout)."
+    ),
     pruned: list[Path] = typer.Option(
         ..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."
     ),
@@ -171,32 +177,30 @@ def potential(
 
     from prunegate.check import Overrides, apply_overrides, input_files, run_potential
     from prunegate.policy import load_policy
-    from prunegate.potential import annotate, plot_png
+    from prunegate.potential import plot_png
     from prunegate.report.render.console import render_potential
 
     members = [*pruned, *(extra or [])]
     loaded = apply_overrides(
         load_policy(policy),
-        Overrides(device=device.value if device else None, backend=backend.value if backend else None, limit=limit),
+        Overrides(
+            dense=dense,
+            device=device.value if device else None,
+            backend=backend.value if backend else None,
+            limit=limit,
+            data=data,
+        ),
     )
     check_outputs({"--out": out, "--plot": plot}, input_files(loaded, members))
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr_console(), transient=True, disable=not stderr_console().is_terminal) as bar:
+    with pass_progress(show=True) as progress:
         result = run_potential(
             loaded,
             members,
             delta=delta,
             allow_pickle=allow_pickle,
-            progress=RichProgress(bar),
+            progress=progress,
             allow_external_arch=allow_external_arch,
         )
-    result = annotate(result, loaded.task)
     if out is not None:
         write_atomic(out, json.dumps(result, indent=2) + "\n")
     if plot is not None:
