@@ -37,6 +37,7 @@ COMMANDS = [
     "verify --help",
     "verify {d}/report.json --key {d}/k.pub",
     "verify {d}/report.json --key {d}/k.pub --require-pass",
+    "diff {d}/report.json {d}/report.json",
 ]
 
 
