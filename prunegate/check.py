@@ -66,7 +66,10 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
         path = getattr(o, which)
         if path is not None:
             spec = models.spec(which)
-            models = models.model_copy(update={which: ModelSpec(path=str(Path(path).resolve()), arch=spec.arch)})
+            own = getattr(models, which)
+            output = own.output if isinstance(own, ModelSpec) else None  # (models.output stays the default)
+            moved = ModelSpec(path=str(Path(path).resolve()), arch=spec.arch, output=output)
+            models = models.model_copy(update={which: moved})
             overrides[f"models.{which}.path"] = str(Path(path).resolve())
     if o.data is not None:
         test = _test_set(data.test, Path(o.data).resolve())
@@ -245,7 +248,7 @@ class Setup:
 
     def cache_key(self) -> dict:
         """What the dense model's outputs depend on, for every task (prunegate.cache; each task
-        adds its definition and data): the dense model as loaded and run, the preprocessing, the
+        adds its definition and data): the dense model as loaded and run (and the output read), the preprocessing, the
         seed, the shift assets and the class count."""
         model = self.dense.record
         return {
@@ -255,6 +258,7 @@ class Setup:
             "provider": model.provider,
             "precision": model.precision,
             "channels_last": model.channels_last,
+            "output": model.output,  # (models.output: another output of the same file is another model)
             "device": self.ctx.device.type,
             "input": list(self.ctx.size),
             "mean": self.ctx.pre.mean.flatten().tolist(),
@@ -337,8 +341,16 @@ def prepare(
     )
 
     def load(spec: ModelSpec, field: str) -> Runner:
+        output_field = policy.models.output_field("dense" if field == "models.dense" else "pruned")
         if arena is None:  # runtime.isolation: off
-            return load_runner(spec, policy.resolve(spec.path), field, options, isolation=Isolation(process=False))
+            return load_runner(
+                spec,
+                policy.resolve(spec.path),
+                field,
+                options,
+                isolation=Isolation(process=False),
+                output_field=output_field,
+            )
         return start_isolated(
             spec,
             policy.resolve(spec.path),
@@ -347,6 +359,7 @@ def prepare(
             arena=arena,
             hidden=hidden,
             strict=runtime.isolation == "strict",
+            output_field=output_field,
         )
 
     wanted = [(policy.models.spec("dense"), "models.dense")]
@@ -476,10 +489,8 @@ def run_potential(
     shifted batches. Errors are the kind's (top-1 errors, 1 - accuracy; segmentation: 1 - mIoU)."""
     from prunegate.potential import Member, analyse, annotate
 
-    specs = [
-        ModelSpec(path=str(Path(p).resolve()), arch=policy.models.spec("pruned").arch or policy.models.arch)
-        for p in pruned
-    ]
+    pruned_spec = policy.models.spec("pruned")  # every member is read as models.pruned would be
+    specs = [ModelSpec(path=str(Path(p).resolve()), arch=pruned_spec.arch, output=pruned_spec.output) for p in pruned]
     with prepare(
         policy,
         allow_pickle=allow_pickle,

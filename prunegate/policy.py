@@ -202,11 +202,21 @@ class InputSpec(Strict):
         return (self.size, self.size) if isinstance(self.size, int) else (self.size[0], self.size[1])
 
 
+# models.output: a dict key, an attribute or an ONNX output name (str), or a tuple index (int)
+OutputKey = Annotated[str, Field(min_length=1)] | Annotated[int, Field(ge=0)]
+OUTPUT_DESCRIPTION = (
+    "which of the model's outputs holds the logits: a dict key or attribute (`logits` of a Hugging Face "
+    "ModelOutput), an ONNX output name, or a tuple index; default: the only output, else `logits` "
+    "(segmentation: `logits` or `out`)"
+)
+
+
 class ModelSpec(Strict):
     path: str = Field(min_length=1)
     arch: str | None = Field(
         None, description="'module:callable' or 'file.py:callable' that builds the network for a state dict"
     )
+    output: OutputKey | None = Field(None, description=OUTPUT_DESCRIPTION + "; overrides models.output")
 
 
 class Models(Strict):
@@ -214,11 +224,20 @@ class Models(Strict):
     pruned: str | ModelSpec
     input: InputSpec
     arch: str | None = Field(None, description="default arch for state-dict files")
+    output: OutputKey | None = Field(None, description=OUTPUT_DESCRIPTION + ", for both models")
 
     def spec(self, which: Literal["dense", "pruned"]) -> ModelSpec:
+        """The model's own spec, with the defaults (models.arch, models.output) filled in."""
         value = getattr(self, which)
         spec = ModelSpec(path=value) if isinstance(value, str) else value
-        return spec if spec.arch or not self.arch else spec.model_copy(update={"arch": self.arch})
+        defaults = {"arch": spec.arch or self.arch, "output": spec.output if spec.output is not None else self.output}
+        return spec.model_copy(update=defaults)
+
+    def output_field(self, which: Literal["dense", "pruned"]) -> str:
+        """The policy field that chooses the model's output: its own, where set, else models.output."""
+        value = getattr(self, which)
+        own = isinstance(value, ModelSpec) and value.output is not None
+        return f"models.{which}.output" if own else "models.output"
 
 
 class DataSource(Strict):

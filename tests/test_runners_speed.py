@@ -130,7 +130,7 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32_and_recorded(scripted, inputs) ->
 def test_channels_last_on_and_off_give_the_same_predictions_on_cpu(scripted, net, inputs) -> None:
     off, on, default = (load(scripted, backend="torch", channels_last=s) for s in ("off", "on", "auto"))
     assert (off.record.channels_last, on.record.channels_last, default.record.channels_last) == (False, True, False)
-    assert on.module.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert on.module.inner.conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(on(inputs), off(inputs), rtol=1e-5, atol=1e-5)
     assert torch.equal(on(inputs).argmax(1), off(inputs).argmax(1))
     file = ModelFile(path=str(scripted), sha256="0" * 64, format="state-dict")

@@ -54,6 +54,9 @@ class PredictionKind(Protocol):
     """How one kind of model output is checked, tallied and measured."""
 
     name: str
+    # The names under which a model with several outputs returns this kind's logits, in order of
+    # preference: what is read when the policy names none (models.output).
+    output_names: tuple[str, ...]
 
     def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
         """The per-sample output size (classes) of a well-formed output for `batch` inputs of

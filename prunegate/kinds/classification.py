@@ -21,6 +21,7 @@ class Classification:
     """Image classifiers: one row of logits per image, one label per image."""
 
     name = "classification"
+    output_names: tuple[str, ...] = ("logits",)  # Hugging Face's ImageClassifierOutput, and the common convention
 
     def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
         """K for logits [batch, K]; None for anything else (`spatial`, the input's size, is unused)."""

@@ -416,6 +416,10 @@ class Segmentation:
     (data/segfolder.py; ignored pixels arrive as data.IGNORED)."""
 
     name = "segmentation"
+    output_names: tuple[str, ...] = (
+        "logits",
+        "out",
+    )  # Hugging Face's name; torchvision's DeepLab and FCN return {"out", "aux"}
 
     def output_size(self, out: object, batch: int, spatial: tuple[int, int]) -> int | None:
         """K for logits [batch, K, height, width] at the input's height and width; None otherwise."""

@@ -102,6 +102,11 @@ class ModelRecord(_Record):
     )
     arch_source: ArchSource | None = Field(None, description="for a state dict: the arch code that built the network")
     isolation: Isolation | None = Field(None, description="how the model was kept from prunegate's process")
+    output: str | int | None = Field(
+        None,
+        description="the output read as the logits where the model has several or the policy names one "
+        "(models.output: a dict key, attribute, ONNX output name or tuple index); None: its only output",
+    )
     quantisation: Literal["QDQ", "QLinear", "QDQ + QLinear"] | None = Field(
         None,
         description="ONNX: the quantised operators the file holds (QDQ: Quantize/DequantizeLinear around float "

@@ -18,6 +18,7 @@ from .foreign import foreign_format, foreign_message
 
 if TYPE_CHECKING:
     from .isolated import InputArena, IsolatedRunner
+    from .outputs import OutputSelector
 
 __all__ = ["LoadOptions", "ModelFile", "Runner", "load_runner", "resolve_device", "start_isolated"]
 
@@ -61,38 +62,73 @@ def _pin_arch(spec: ModelSpec, path: Path, field: str, fmt: str, options: LoadOp
 
 
 def load_runner(
-    spec: ModelSpec, path: Path, field: str, options: LoadOptions, *, isolation: Isolation | None = None
+    spec: ModelSpec,
+    path: Path,
+    field: str,
+    options: LoadOptions,
+    *,
+    isolation: Isolation | None = None,
+    output_field: str = "models.output",
 ) -> Runner:
-    """A runner for one model file, in this process; `isolation`: what its record says of that.
+    """A runner for one model file, in this process; `isolation`: what its record says of that;
+    `output_field`: the policy field that chose `spec.output` (named in its errors).
 
     backend auto: an .onnx file runs on ONNX Runtime; a torch model on whichever of torch and ONNX
     Runtime (on its in-memory export) runs `options.input_size` batches faster (runners.auto);
     `options.gather` (torchrun): every process's auto measurement, so all choose alike. The gate
     runs models through `start_isolated` instead: this is what the model's own process calls, and
     what runtime.isolation: off calls with isolation=Isolation(process=False)."""
-    runner = _load(spec, path, field, options)
+    runner = _load(spec, path, field, options, output_field)
     if isolation is not None:
         runner.record = runner.record.model_copy(update={"isolation": isolation})
     return runner
 
 
-def _load(spec: ModelSpec, path: Path, field: str, options: LoadOptions) -> Runner:
-    chosen = _backend_for(path, field, options)
-    sha256 = file_sha256(path)
-    if chosen == "onnx":
-        from .onnx import OnnxRunner
+def _load(spec: ModelSpec, path: Path, field: str, options: LoadOptions, output_field: str) -> Runner:
+    from prunegate.kinds import get_kind
 
-        file = ModelFile(
-            path=str(path), sha256=sha256, format="onnx", arch=spec.arch, pickle_allowed=options.allow_pickle
-        )
-        runner = OnnxRunner(path, field, options.device, file, options.allow_fallback)
-        if options.backend == "auto":
-            runner.record = runner.record.model_copy(update={"backend_choice": ONNX_FILE_CHOICE})
-        return runner
+    chosen = _backend_for(path, field, options)
+    preferred = get_kind(options.kind).output_names  # the output read when models.output names none
+    if chosen == "onnx":
+        return _load_onnx(spec, path, field, options, preferred, output_field)
+    return _load_torch(spec, path, field, options, preferred, output_field)
+
+
+def _load_onnx(
+    spec: ModelSpec, path: Path, field: str, options: LoadOptions, preferred: tuple[str, ...], output_field: str
+) -> Runner:
+    from .onnx import OnnxRunner
+
+    file = ModelFile(
+        path=str(path), sha256=file_sha256(path), format="onnx", arch=spec.arch, pickle_allowed=options.allow_pickle
+    )
+    runner = OnnxRunner(
+        path,
+        field,
+        options.device,
+        file,
+        options.allow_fallback,
+        output=spec.output,
+        preferred=preferred,
+        output_field=output_field,
+    )
+    if options.backend == "auto":
+        runner.record = runner.record.model_copy(update={"backend_choice": ONNX_FILE_CHOICE})
+    return runner
+
+
+def _load_torch(
+    spec: ModelSpec, path: Path, field: str, options: LoadOptions, preferred: tuple[str, ...], output_field: str
+) -> Runner:
+    """A torch model, returning only the output that holds its logits (runners.outputs), on the
+    backend that runs it (torch, or with backend auto ONNX Runtime on its export)."""
+    from .outputs import OutputSelector
     from .torch import TorchRunner, load_torch_module, sniff_format
 
+    sha256 = file_sha256(path)
     arch_source = _pin_arch(spec, path, field, sniff_format(path, field), options)
-    module, fmt, shape = load_torch_module(path, field, spec.arch, options.base_dir, options.allow_pickle)
+    loaded, fmt, shape = load_torch_module(path, field, spec.arch, options.base_dir, options.allow_pickle)
+    module = OutputSelector(loaded, spec.output, preferred, file=path, field=output_field)
     by_arch = built_by_arch(fmt)  # the other formats hold their code: no arch is recorded
     file = ModelFile(
         path=str(path),
@@ -102,13 +138,36 @@ def _load(spec: ModelSpec, path: Path, field: str, options: LoadOptions) -> Runn
         pickle_allowed=options.allow_pickle,
         arch_source=arch_source if by_arch else None,
     )
+    runner: Runner
     if options.backend == "auto":
         from .auto import choose
 
-        return choose(module, file, shape, path=path, field=field, options=options)
-    return TorchRunner(
-        module, options.device, file, shape, precision=options.precision, channels_last=options.channels_last
-    )
+        runner = choose(module, file, shape, path=path, field=field, options=options)
+    else:
+        runner = TorchRunner(
+            module, options.device, file, shape, precision=options.precision, channels_last=options.channels_last
+        )
+    _see_output(runner, module, options)
+    runner.record = runner.record.model_copy(update={"output": module.used})
+    return runner
+
+
+def _see_output(runner: Runner, selector: OutputSelector, options: LoadOptions) -> None:
+    """Run the model once on a probe of zeros, unless it has run already (backend auto's probe),
+    so that the output it returns is chosen, and recorded, at load: a wrong models.output fails
+    here. A model that fails on the probe is left to the gate's own probe, which says why."""
+    import torch
+
+    from prunegate.data import as_shape
+
+    if selector.seen or not options.input_size:
+        return
+    try:
+        runner(torch.zeros(2, 3, *as_shape(options.input_size), device=runner.device))
+    except ModelError:
+        raise
+    except Exception:
+        pass
 
 
 def start_isolated(
@@ -120,10 +179,12 @@ def start_isolated(
     arena: InputArena,
     hidden: tuple[str, ...] = (),
     strict: bool = False,
+    output_field: str = "models.output",
 ) -> IsolatedRunner:
     """Start loading one model file in a sandboxed process of its own (runners.isolated), which may
     not read `hidden` (and, `strict`, must be fully sandboxed); call `finish_loading()` on the
-    result for the Runner. Everything that pins the model — its sha256, its external data, its
+    result for the Runner. The process reads the output `spec.output` names (set by the policy's
+    `output_field`) and returns only it. Everything that pins the model — its sha256, its external data, its
     arch — is established here, in prunegate's process."""
     from .host import LoadRequest
     from .isolated import IsolatedRunner
@@ -157,5 +218,7 @@ def start_isolated(
         strict=strict,
         gather=options.gather is not None,
         threads=get_num_threads(),
+        output=spec.output,
+        output_field=output_field,
     )
     return IsolatedRunner(request, file, arena, options.gather)

@@ -56,9 +56,14 @@ class _NoModeSwitch(torch.nn.Module):
 
 def export_onnx(module: torch.nn.Module, size: tuple[int, int], fixed_batch: int | None) -> ModelProto:
     """The module as an ONNX ModelProto, exported in memory (TorchScript exporter) with a dynamic
-    batch, or the model's own fixed one."""
+    batch, or the model's own fixed one. A model with several outputs is exported with only the
+    one that holds the logits (runners.outputs), as torch runs it."""
     import onnx
 
+    from .outputs import OutputSelector
+
+    if isinstance(module, OutputSelector):
+        module = module.exportable()
     try:
         module.train(module.training)
     except (NotImplementedError, RuntimeError):

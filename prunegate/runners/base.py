@@ -87,6 +87,7 @@ def model_record(
     backend_choice: BackendChoice | None = None,
     isolation: Isolation | None = None,
     quantisation: str | None = None,
+    output: str | int | None = None,
 ) -> ModelRecord:
     """The report's record of `file` as it was loaded: its parameter counts and how it runs."""
     return ModelRecord(
@@ -109,6 +110,7 @@ def model_record(
         arch_source=file.arch_source,
         quantisation=quantisation,
         isolation=isolation,
+        output=output,
     )
 
 

@@ -46,6 +46,8 @@ class LoadRequest:
     gather: bool  # --backend auto under torchrun: ask prunegate for every process's timing
     threads: int  # torch's intra-op threads: prunegate's own count, as when models ran in its process
     scratch: str | None = None  # the model process's own temporary folder: the one place it may write
+    output: str | int | None = None  # models.output: which of the model's outputs holds the logits
+    output_field: str = "models.output"  # the policy field that set it, for errors
 
 
 def _error(kind: str, message: str, field: str | None = None, file: str | None = None) -> dict:
@@ -66,7 +68,8 @@ def _load(request: LoadRequest, sock: socket.socket) -> Runner:
 
     torch.set_num_threads(max(1, request.threads))
     options = dataclasses.replace(request.options, gather=gather) if request.gather else request.options
-    return load_runner(ModelSpec(path=request.path, arch=request.arch), Path(request.path), request.field, options)
+    spec = ModelSpec(path=request.path, arch=request.arch, output=request.output)
+    return load_runner(spec, Path(request.path), request.field, options, output_field=request.output_field)
 
 
 class _Server:

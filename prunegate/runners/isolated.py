@@ -315,6 +315,7 @@ class IsolatedRunner:
             backend_choice=loaded.backend_choice,
             isolation=isolation,
             quantisation=loaded.quantisation,
+            output=loaded.output,
         )
         self._shape = shape
         self.sandbox = sandbox

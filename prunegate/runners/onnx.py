@@ -17,6 +17,7 @@ from prunegate.report.schema import ExternalData, ModelRecord
 from .base import Counts, ModelFile, first_line, model_record, run_in_chunks
 from .onnx_params import count_onnx_parameters, quantisation
 from .opscan import scan_onnx_model
+from .outputs import Key, onnx_output
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -146,7 +147,9 @@ class OnnxRunner:
     `model`: an already loaded ModelProto (an export made by --backend auto) instead of reading
     `path`; `counts`: the parameter counts to record instead of the model's initializers' (an
     export's folded constants do not describe the user's file). Without `counts`, the model's
-    own initializers are counted and its external data files pinned in the record."""
+    own initializers are counted and its external data files pinned in the record. `output`:
+    the graph output that holds the logits (models.output, policy field `output_field`; runners.outputs),
+    with `preferred` (the kind's conventional names) when none is named."""
 
     def __init__(
         self,
@@ -158,6 +161,9 @@ class OnnxRunner:
         *,
         model: ModelProto | None = None,
         counts: Counts | None = None,
+        output: Key | None = None,
+        preferred: tuple[str, ...] = ("logits",),
+        output_field: str = "models.output",
     ):
         import onnxruntime as ort
 
@@ -206,10 +212,12 @@ class OnnxRunner:
             raise ModelError(f"expected one input, found {len(inputs)}", file=path, field=field)
         self.input_name = inputs[0].name
         self.input_types = _ELEMENT_TYPES.get(inputs[0].type, _ELEMENT_TYPES["tensor(float)"])
-        output = self.session.get_outputs()[0]
-        self.output_name = output.name
-        self.output_types = _ELEMENT_TYPES.get(output.type)  # None: not a float tensor; ORT allocates it
-        declared = list(output.shape or [])
+        outputs = self.session.get_outputs()
+        chosen, key = onnx_output([o.name for o in outputs], output, preferred, file=file.path, field=output_field)
+        logits = outputs[chosen]
+        self.output_name = logits.name
+        self.output_types = _ELEMENT_TYPES.get(logits.type)  # None: not a float tensor; ORT allocates it
+        declared = list(logits.shape or [])
         # [batch, classes] with a fixed class count: the logits buffer can be allocated before the
         # first run; otherwise the first run (ORT allocating) tells the class count.
         self.classes = declared[1] if len(declared) == 2 and isinstance(declared[1], int) and declared[1] > 0 else None
@@ -227,6 +235,7 @@ class OnnxRunner:
             precision="fp32",
             channels_last=None,
             quantisation=quantisation(model),
+            output=key,
         )
 
     def input_shape(self) -> list | None:

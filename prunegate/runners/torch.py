@@ -440,11 +440,7 @@ class TorchRunner:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            out = self.module(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        elif isinstance(out, dict):
-            out = out.get("logits", next(iter(out.values())))
+            out = self.module(x)  # one tensor: a model with several outputs runs in a runners.outputs.OutputSelector
         if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != torch.float32:
             out = out.float()  # autocast (or a half-precision model) gives bf16/fp16 logits
         return out
