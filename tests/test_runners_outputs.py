@@ -262,6 +262,34 @@ def test_a_state_dict_whose_arch_returns_a_dict_or_model_output(tmp_path: Path, 
     assert runner.record.output == "logits"
 
 
+class NormNet(torch.nn.Module):
+    """A network with a batch norm, whose running statistics a training-mode forward would move."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(self.norm(self.conv(x)).mean((2, 3)))}
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_an_arch_built_in_training_mode_is_probed_and_exported_in_eval_mode(tmp_path: Path, backend: str) -> None:
+    net = seeded(NormNet())
+    with torch.no_grad():
+        net.norm.running_mean.uniform_(-1, 1)
+        net.norm.running_var.uniform_(0.5, 2)
+        expected = net(X)["logits"]
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    (tmp_path / "norm_arch.py").write_text(
+        "import torch\n\n\n" + inspect.getsource(NormNet) + "\n\ndef build():\n    return NormNet()\n"
+    )
+    runner = load(tmp_path / "w.pth", arch="norm_arch.py:build", backend=backend)
+    torch.testing.assert_close(runner(X), expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_a_plain_model_records_no_output(tmp_path: Path, backend: str) -> None:
     net = seeded(TinyNet())

@@ -116,6 +116,13 @@ class OutputSelector(torch.nn.Module):
     ):
         super().__init__()
         self.inner = inner
+        # prunegate only evaluates: in eval mode before any probe (a training-mode forward moves batch
+        # norms' running statistics), and the exporter's train(self.training) keeps it there.
+        self.training = False
+        try:
+            inner.eval()
+        except (NotImplementedError, RuntimeError):
+            pass  # exported programs are fixed at export time and refuse .eval()
         self.wanted, self.preferred = wanted, tuple(preferred)
         self.file, self.field = file, field
         self.seen = False
