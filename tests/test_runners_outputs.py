@@ -393,3 +393,13 @@ def test_the_gate_refuses_an_unreadable_output_in_one_line(
         f"error: {tmp_path / 'dense.pt'}: models.output: the model returns a dict with keys features, logits2: "
         "set models.output to one of them"
     )
+
+
+def test_a_command_line_model_path_keeps_the_models_own_output(tmp_path: Path, write_policy, policy_dict) -> None:
+    from prunegate.check import Overrides, apply_overrides
+
+    models = {"dense": {"path": "d.pt", "output": "scores"}, "pruned": "p.pt", "output": 1, "input": {"size": SIZE}}
+    policy = load_policy(write_policy(tmp_path / "p.yaml", policy_dict(models=models)))
+    moved = apply_overrides(policy, Overrides(dense=tmp_path / "other.pt", pruned=tmp_path / "mine.pt")).models
+    assert moved.spec("dense").output == "scores" and moved.output_field("dense") == "models.dense.output"
+    assert moved.spec("pruned").output == 1 and moved.output_field("pruned") == "models.output"
