@@ -55,6 +55,7 @@ class Overrides:
     precision: str | None = None
     cache: Path | None = None
     data: Path | None = None  # the test set (its format read from its layout)
+    providers: list[str] | None = None  # ONNX Runtime providers (runtime.providers)
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -84,6 +85,7 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
             ("workers", o.workers),
             ("precision", o.precision),
             ("cache", str(Path(o.cache).resolve()) if o.cache is not None else None),
+            ("providers", list(o.providers) if o.providers else None),
         )
         if v is not None
     }
@@ -326,6 +328,7 @@ def prepare(
         device=device,
         allow_pickle=allow_pickle,
         allow_fallback=runtime.allow_fallback,
+        providers=tuple(runtime.providers) if runtime.providers else None,
         precision=runtime.precision,
         channels_last=runtime.channels_last,
         input_size=policy.models.input.shape,

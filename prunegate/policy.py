@@ -407,7 +407,17 @@ class Runtime(Strict):
         "half the free memory on CUDA)",
     )
     workers: int = Field(2, ge=0, le=64, description="background decoding processes")
-    allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
+    allow_fallback: bool = Field(
+        False, description="run on CPU when CUDA was asked for but is missing; skip unavailable providers"
+    )
+    providers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+ExecutionProvider$")]] | None = Field(
+        None,
+        min_length=1,
+        description="ONNX Runtime execution providers for ONNX models, in order of preference, as ONNX Runtime "
+        "spells them (e.g. [TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]); "
+        "unset: CUDA on a CUDA device, else CPU. One that this ONNX Runtime lacks is an error unless "
+        "allow_fallback",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32"
     )

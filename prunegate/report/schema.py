@@ -88,6 +88,9 @@ class ModelRecord(_Record):
     backend: str
     device: str
     provider: str | None = Field(None, description="ONNX Runtime execution provider actually used")
+    providers: list[str] | None = Field(
+        None, description="every execution provider the ONNX Runtime session got, in its order of preference"
+    )
     arch: str | None = None
     pickle_allowed: bool = False
     fixed_batch: int | None = None

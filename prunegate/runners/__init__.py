@@ -85,7 +85,7 @@ def _load(spec: ModelSpec, path: Path, field: str, options: LoadOptions) -> Runn
         file = ModelFile(
             path=str(path), sha256=sha256, format="onnx", arch=spec.arch, pickle_allowed=options.allow_pickle
         )
-        runner = OnnxRunner(path, field, options.device, file, options.allow_fallback)
+        runner = OnnxRunner(path, field, options.device, file, options.allow_fallback, providers=options.providers)
         if options.backend == "auto":
             runner.record = runner.record.model_copy(update={"backend_choice": ONNX_FILE_CHOICE})
         return runner
