@@ -6,6 +6,7 @@ their fit to each other) is checked before the long pass starts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from prunegate.engine import check_labels, evaluate_family, model_outputs, probe
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally, get_kind
 from prunegate.kinds.segmentation import prediction_png
+from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
 from prunegate.policy import DataSource, ModelSpec, Policy
@@ -134,7 +136,7 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
             found[f"{field}.arch"] = policy.resolve(module)
     sources = [("data.test", policy.data.test)] + [(f"data.ood.{i}", o) for i, o in enumerate(policy.data.ood)]
     for field, source in sources:
-        for key in ("path", "labels", "class_names"):
+        for key in ("path", "labels", "class_names", "label_map"):
             value = getattr(source, key)
             if value:
                 found[f"{field}.{key}"] = policy.resolve(value)
@@ -144,6 +146,15 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
         if value:
             found[f"suite.corruptions.{key}"] = policy.resolve(value)
     return found
+
+
+def labelled(tally: Tally, source: Source, classes: int) -> tuple[Tally, int]:
+    """The tally as its source's labels judge it, and how many labels (per-class statistics) there
+    are: with a label map the data set's own, a prediction right when in its label's set."""
+    if source.label_map is None or not isinstance(tally, TaskTally):
+        return tally, classes
+    sets = source.label_map.matrix(classes)
+    return dataclasses.replace(tally, label_sets=sets), int(sets.shape[0])
 
 
 def task_records(
@@ -167,10 +178,11 @@ def task_records(
     records, replicates = {}, {}
     for t in ctx.tasks:
         source = by_name[t.source]
+        tally, labels = labelled(tallies[t.name], source, classes)
         records[t.name], replicates[t.name] = kind.task_record(
             t,
-            tallies[t.name],
-            classes=classes,
+            tally,
+            classes=labels,
             confidence=confidence,
             resampler=resamplers[t.source],
             indices=source.indices,
@@ -292,6 +304,8 @@ class Setup:
             binding[f"{name} backend"] = model.backend
         for source in self.ctx.sources:
             binding[f"data {source.name}"] = source.images.fingerprint()
+            if source.label_map is not None:
+                binding[f"label map {source.name}"] = source.label_map.sha256
         for record in self.ctx.assets.records():
             binding[f"asset {record['name']}"] = record.get("sha256")
         return binding
@@ -499,10 +513,11 @@ def run_potential(
         found = {}
         for t in tasks:
             source = sources[t.source]
+            tally, labels = labelled(tallies[t.name], source, classes)
             record, _ = kind.task_record(
                 t,
-                tallies[t.name],
-                classes=classes,
+                tally,
+                classes=labels,
                 confidence=0.95,
                 resampler=None,
                 indices=source.indices,

@@ -232,6 +232,12 @@ class DataSource(Strict):
         "are looked up in it, so a folder holding some of the classes gets the model's label indices; "
         "segmentation-folder: the names of the mask's class indices, for the report",
     )
+    label_map: str | None = Field(
+        None,
+        description="a JSON file mapping each of the data set's labels (its class names, or label numbers as "
+        "text) to the list of model classes (indices, or names from class_names) a prediction may fall in to be "
+        "right: data sets whose classes are not the model's (ObjectNet, ImageNet-A/-R style)",
+    )
     images_key: str = "images"
     labels_key: str = "labels"
     ignore_index: int | None = Field(
@@ -252,6 +258,8 @@ class DataSource(Strict):
             raise field_error(
                 ("class_names",), f"class_names is for the formats {', '.join(NAMED_CLASS_FORMATS)}", self.class_names
             )
+        if self.label_map and self.format == "segmentation-folder":
+            raise field_error(("label_map",), "label_map is for classification data sets", self.label_map)
         if self.ignore_index is not None and self.format != "segmentation-folder":
             raise field_error(
                 ("ignore_index",), "ignore_index is for the segmentation-folder format", self.ignore_index

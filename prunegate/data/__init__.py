@@ -32,7 +32,13 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
     """The reader for `spec`; `resolve` turns the spec's paths into real ones (the policy
     resolves them relative to its own folder)."""
     path = resolve(spec.path)
-    names = read_class_names(resolve(spec.class_names), field + ".class_names") if spec.class_names else None
+    # With a label map the data set's labels are its own (folder names, numbers), matched to the
+    # model's classes by the map; class_names then names the model's classes for the map's values.
+    names = (
+        read_class_names(resolve(spec.class_names), field + ".class_names")
+        if spec.class_names and not spec.label_map
+        else None
+    )
     if spec.format == "imagefolder":
         return ImageFolder(path, field, names)
     if spec.format == "imagefolder-flat":

@@ -146,6 +146,9 @@ class DataRecord(_Record):
     used: int = Field(description="images evaluated (after limit)")
     sha256: str = Field(description="digest over the index and content digest of every image used")
     classes: list[str] | None = None
+    label_map: str | None = Field(
+        None, description="sha256 of the data set's label map (data.label_map: its labels -> the model classes right)"
+    )
     severity: int | None = Field(None, description="for a precomputed corruption block")
     ignore_index: int | None = Field(None, description="segmentation-folder: the mask value no metric counts")
 
