@@ -81,8 +81,20 @@ MetricName = Literal[
     "class_iou_drop",
 ]
 TaskName = Literal["classification", "segmentation"]
-DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder"]
-NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder")  # formats that take class_names
+DataFormat = Literal[
+    "imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder", "filelist"
+]
+NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder", "filelist")  # take class_names
+# The data-source fields that only some formats read: set for any other format, they are errors.
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "labels": ("npy",),
+    "images_key": ("npz",),
+    "labels_key": ("npz",),
+    "class_names": NAMED_CLASS_FORMATS,
+    "ignore_index": ("segmentation-folder",),
+    "path_column": ("filelist",),
+    "label_column": ("filelist",),
+}
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 MAX_BATCH_SIZE = 65536  # runtime.batch_size
@@ -230,10 +242,11 @@ class DataSource(Strict):
         description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
         "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
         "are looked up in it, so a folder holding some of the classes gets the model's label indices; "
-        "segmentation-folder: the names of the mask's class indices, for the report",
+        "filelist: the label column holds these names; segmentation-folder: the names of the mask's class indices, "
+        "for the report",
     )
-    images_key: str = "images"
-    labels_key: str = "labels"
+    images_key: str = Field("images", description="npz: the images array's name in the archive")
+    labels_key: str = Field("labels", description="npz: the labels array's name in the archive")
     ignore_index: int | None = Field(
         None,
         ge=0,
@@ -241,6 +254,8 @@ class DataSource(Strict):
         description=f"segmentation-folder: the mask value of pixels no metric counts (default {DEFAULT_IGNORE_INDEX}, "
         "as PASCAL VOC marks object borders)",
     )
+    path_column: str = Field("path", min_length=1, description="filelist: the header of the image path column")
+    label_column: str = Field("label", min_length=1, description="filelist: the header of the label column")
 
     @model_validator(mode="after")
     def _fields_for_the_format(self) -> DataSource:
@@ -248,14 +263,17 @@ class DataSource(Strict):
             raise field_error(
                 ("labels",), "format npy needs 'labels': the path of an integer labels .npy file", self.labels
             )
-        if self.class_names and self.format not in NAMED_CLASS_FORMATS:
-            raise field_error(
-                ("class_names",), f"class_names is for the formats {', '.join(NAMED_CLASS_FORMATS)}", self.class_names
-            )
-        if self.ignore_index is not None and self.format != "segmentation-folder":
-            raise field_error(
-                ("ignore_index",), "ignore_index is for the segmentation-folder format", self.ignore_index
-            )
+        # Only what the policy set counts (a default is not the user's word); None sets nothing.
+        for name in sorted(self.model_fields_set & FORMAT_FIELDS.keys()):
+            value, formats = getattr(self, name), FORMAT_FIELDS[name]
+            if value is not None and self.format not in formats:
+                raise field_error(
+                    (name,),
+                    f"format {self.format} does not read {name}: {name} is for the formats {', '.join(formats)}"
+                    if len(formats) > 1
+                    else f"format {self.format} does not read {name}: {name} is for the {formats[0]} format",
+                    value,
+                )
         return self
 
     @property
