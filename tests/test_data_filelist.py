@@ -149,3 +149,14 @@ def test_a_list_that_is_not_utf8_or_missing_is_refused(root: Path) -> None:
     with pytest.raises(DataError, match="not found") as caught:
         FileList(root / "absent.csv", "data.test")
     assert caught.value.field == "data.test.path"
+
+
+def test_the_report_records_the_lists_digest_and_older_records_still_parse(root: Path) -> None:
+    from prunegate.data import Manifest
+    from prunegate.report.schema import DataRecord
+
+    images = FileList(write_list(root, "path,label\na/0.png,0\n"), "data.test")
+    record = DataRecord.model_validate({"name": "test", **Manifest(images.describe(), np.arange(1)).to_dict()})
+    assert record.model_dump()["list_sha256"] == images.list_sha256
+    older = {"name": "test", "format": "imagefolder", "path": "x", "size": 1, "used": 1, "sha256": "0" * 64}
+    assert "list_sha256" not in DataRecord.model_validate(older).model_dump()  # written as before
