@@ -274,6 +274,10 @@ class DataSource(Strict):
                     else f"format {self.format} does not read {name}: {name} is for the {formats[0]} format",
                     value,
                 )
+        if self.path_column == self.label_column:
+            raise field_error(
+                ("label_column",), f"cannot be the path column too ({self.path_column!r})", self.label_column
+            )
         return self
 
     @property

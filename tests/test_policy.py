@@ -570,3 +570,10 @@ def test_each_format_takes_its_own_fields(tmp_path: Path) -> None:
     policy = load_policy(write(tmp_path, data))
     assert (policy.data.test.path_column, policy.data.test.label_column) == ("file", "wnid")
     assert policy.data.ood[1].images_key == "x"
+
+
+def test_a_file_lists_label_column_is_not_its_path_column(tmp_path: Path) -> None:
+    data = example_dict()
+    data["data"]["test"] = {"format": "filelist", "path": "val.csv", "label_column": "path"}
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.test.label_column" and "cannot be the path column too ('path')" in str(error)
