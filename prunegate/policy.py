@@ -25,8 +25,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
@@ -182,6 +184,8 @@ def _unknown(what: str, name: str, known: list[str]) -> str:
 
 
 DEFAULT_IGNORE_INDEX = 255  # segmentation masks: PASCAL VOC's "void"
+PATH_COLUMN, LABEL_COLUMN = "path", "label"  # a filelist's columns unless path_column, label_column say
+LIST_COLUMN_FIELDS = ("path_column", "label_column")
 
 # Pillow's decompression-bomb limit: images with more pixels are refused unless data.max_pixels says otherwise.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -254,8 +258,12 @@ class DataSource(Strict):
         description=f"segmentation-folder: the mask value of pixels no metric counts (default {DEFAULT_IGNORE_INDEX}, "
         "as PASCAL VOC marks object borders)",
     )
-    path_column: str = Field("path", min_length=1, description="filelist: the header of the image path column")
-    label_column: str = Field("label", min_length=1, description="filelist: the header of the label column")
+    path_column: str | None = Field(
+        None, min_length=1, description=f"filelist: the header of the image path column (default {PATH_COLUMN!r})"
+    )
+    label_column: str | None = Field(
+        None, min_length=1, description=f"filelist: the header of the label column (default {LABEL_COLUMN!r})"
+    )
 
     @model_validator(mode="after")
     def _fields_for_the_format(self) -> DataSource:
@@ -274,11 +282,22 @@ class DataSource(Strict):
                     else f"format {self.format} does not read {name}: {name} is for the {formats[0]} format",
                     value,
                 )
-        if self.path_column == self.label_column:
-            raise field_error(
-                ("label_column",), f"cannot be the path column too ({self.path_column!r})", self.label_column
-            )
+        path_column, label_column = self.list_columns
+        if path_column == label_column:
+            raise field_error(("label_column",), f"cannot be the path column too ({path_column!r})", label_column)
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """The report's policy document leaves out the filelist columns when unset, so that the
+        document of every other format reads as it did before they existed (`verify --policy`
+        compares documents field by field)."""
+        return {k: v for k, v in handler(self).items() if not (k in LIST_COLUMN_FIELDS and v is None)}
+
+    @property
+    def list_columns(self) -> tuple[str, str]:
+        """The path and label columns of a filelist, the defaults where unset."""
+        return self.path_column or PATH_COLUMN, self.label_column or LABEL_COLUMN
 
     @property
     def mask_ignore(self) -> int:

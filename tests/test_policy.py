@@ -577,3 +577,13 @@ def test_a_file_lists_label_column_is_not_its_path_column(tmp_path: Path) -> Non
     data["data"]["test"] = {"format": "filelist", "path": "val.csv", "label_column": "path"}
     error = load_error(write(tmp_path, data))
     assert error.field == "data.test.label_column" and "cannot be the path column too ('path')" in str(error)
+
+
+def test_the_recorded_document_has_the_list_columns_only_where_set() -> None:
+    """Reports record `model_dump`: other formats' documents read as before the columns existed."""
+    data = example_dict()
+    data["data"]["ood"] = [{"name": "list", "format": "filelist", "path": "val.tsv", "label_column": "wnid"}]
+    document = policy_from_dict(data).model_dump(mode="json")["data"]
+    assert "path_column" not in document["test"] and "label_column" not in document["test"]
+    assert "path_column" not in document["ood"][0] and document["ood"][0]["label_column"] == "wnid"
+    assert policy_from_dict(data).data.ood[0].list_columns == ("path", "wnid")

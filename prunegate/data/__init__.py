@@ -45,7 +45,7 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
     if spec.format == "filelist":
-        return FileList(path, field, names, spec.path_column, spec.label_column)
+        return FileList(path, field, names, *spec.list_columns)
     if spec.format == "segmentation-folder":
         return SegmentationFolder(path, field, names, spec.mask_ignore)
     raise AssertionError(f"unhandled data format {spec.format}")

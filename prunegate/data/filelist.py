@@ -24,6 +24,7 @@ import numpy as np
 
 from prunegate.data_layout import LIST_DELIMITERS
 from prunegate.errors import DataError, missing_reason
+from prunegate.policy import LABEL_COLUMN, PATH_COLUMN
 
 from .base import require_path
 from .imagefolder import ImageFiles
@@ -41,8 +42,8 @@ class FileList(ImageFiles):
         path: Path,
         field: str,
         class_names: list[str] | None = None,
-        path_column: str = "path",
-        label_column: str = "label",
+        path_column: str = PATH_COLUMN,
+        label_column: str = LABEL_COLUMN,
     ):
         super().__init__(path, field)
         require_path(path, field + ".path", directory=False)
