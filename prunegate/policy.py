@@ -275,13 +275,8 @@ class DataSource(Strict):
         for name in sorted(self.model_fields_set & FORMAT_FIELDS.keys()):
             value, formats = getattr(self, name), FORMAT_FIELDS[name]
             if value is not None and self.format not in formats:
-                raise field_error(
-                    (name,),
-                    f"format {self.format} does not read {name}: {name} is for the formats {', '.join(formats)}"
-                    if len(formats) > 1
-                    else f"format {self.format} does not read {name}: {name} is for the {formats[0]} format",
-                    value,
-                )
+                readers = f"the formats {', '.join(formats)}" if len(formats) > 1 else f"the {formats[0]} format"
+                raise field_error((name,), f"format {self.format} does not read {name}: {name} is for {readers}", value)
         path_column, label_column = self.list_columns
         if path_column == label_column:
             raise field_error(("label_column",), f"cannot be the path column too ({path_column!r})", label_column)
