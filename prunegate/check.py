@@ -27,7 +27,7 @@ from prunegate.kinds.segmentation import prediction_png
 from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import DataSource, ModelSpec, Policy
+from prunegate.policy import FORMAT_FIELDS, DataSource, ModelSpec, Policy
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
@@ -107,7 +107,13 @@ def _test_set(policy_test: DataSource, path: Path) -> DataSource:
     fmt = guess_format(path)
     if fmt == policy_test.format:
         return policy_test.model_copy(update={"path": str(path)})
-    kept = {"ignore_index": policy_test.ignore_index} if fmt == "segmentation-folder" else {}
+    # What describes the models' classes carries over to the new format where it reads it; what
+    # describes the old file (npy's labels file, npz's keys, a list's columns) does not.
+    kept = {
+        name: getattr(policy_test, name)
+        for name in ("class_names", "label_map", "ignore_index")
+        if getattr(policy_test, name) is not None and fmt in FORMAT_FIELDS[name]
+    }
     return DataSource(format=fmt, path=str(path), **kept)  # type: ignore[arg-type]
 
 

@@ -73,7 +73,7 @@ def test_a_bad_map_is_a_one_line_error_naming_the_file(tmp_path, document, reaso
 def test_label_map_is_for_classification_sets_only(policy_dict) -> None:
     document = policy_dict(task="segmentation")
     document["data"]["test"] = {"format": "segmentation-folder", "path": "seg", "label_map": "m.json"}
-    with pytest.raises(PolicyError, match="label_map is for classification"):
+    with pytest.raises(PolicyError, match="does not read label_map: label_map is for the formats imagefolder"):
         policy_from_dict(document)
 
 

@@ -10,6 +10,7 @@ from prunegate.policy import DataSource
 from .arrays import NpyImages, NpzImages
 from .base import CROP_FRACTION, IGNORED, ImageSet, Manifest, Size, as_shape, batches, fit_to_size, select
 from .cifar import Cifar10Binary
+from .filelist import FileList
 from .imagefolder import FlatImageFolder, ImageFolder, read_class_names
 from .segfolder import SegmentationFolder
 
@@ -49,6 +50,8 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
         return NpyImages(path, field, resolve(spec.labels or ""))
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
+    if spec.format == "filelist":
+        return FileList(path, field, names, *spec.list_columns)
     if spec.format == "segmentation-folder":
         return SegmentationFolder(path, field, names, spec.mask_ignore)
     raise AssertionError(f"unhandled data format {spec.format}")

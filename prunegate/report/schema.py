@@ -151,10 +151,13 @@ class DataRecord(_Record):
     )
     severity: int | None = Field(None, description="for a precomputed corruption block")
     ignore_index: int | None = Field(None, description="segmentation-folder: the mask value no metric counts")
+    list_sha256: str | None = Field(
+        None, description="filelist: sha256 of the list file (its image paths and labels; sha256 covers the images)"
+    )
 
     @model_serializer(mode="wrap")
     def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
-        return _without_unset(handler(self), ("ignore_index",))
+        return _without_unset(handler(self), ("ignore_index", "list_sha256"))
 
 
 class ModelSide(_Record):
