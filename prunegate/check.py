@@ -6,6 +6,7 @@ their fit to each other) is checked before the long pass starts.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,9 +24,10 @@ from prunegate.engine import check_labels, evaluate_family, model_outputs, probe
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally, get_kind
 from prunegate.kinds.segmentation import prediction_png
+from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import DataSource, ModelSpec, Policy
+from prunegate.policy import FORMAT_FIELDS, DataSource, ModelSpec, Policy
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
@@ -55,6 +57,7 @@ class Overrides:
     precision: str | None = None
     cache: Path | None = None
     data: Path | None = None  # the test set (its format read from its layout)
+    providers: list[str] | None = None  # ONNX Runtime providers (runtime.providers)
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -87,6 +90,7 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
             ("workers", o.workers),
             ("precision", o.precision),
             ("cache", str(Path(o.cache).resolve()) if o.cache is not None else None),
+            ("providers", list(o.providers) if o.providers else None),
         )
         if v is not None
     }
@@ -106,7 +110,13 @@ def _test_set(policy_test: DataSource, path: Path) -> DataSource:
     fmt = guess_format(path)
     if fmt == policy_test.format:
         return policy_test.model_copy(update={"path": str(path)})
-    kept = {"ignore_index": policy_test.ignore_index} if fmt == "segmentation-folder" else {}
+    # What describes the models' classes carries over to the new format where it reads it; what
+    # describes the old file (npy's labels file, npz's keys, a list's columns) does not.
+    kept = {
+        name: getattr(policy_test, name)
+        for name in ("class_names", "label_map", "ignore_index")
+        if getattr(policy_test, name) is not None and fmt in FORMAT_FIELDS[name]
+    }
     return DataSource(format=fmt, path=str(path), **kept)  # type: ignore[arg-type]
 
 
@@ -135,7 +145,7 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
             found[f"{field}.arch"] = policy.resolve(module)
     sources = [("data.test", policy.data.test)] + [(f"data.ood.{i}", o) for i, o in enumerate(policy.data.ood)]
     for field, source in sources:
-        for key in ("path", "labels", "class_names"):
+        for key in ("path", "labels", "class_names", "label_map"):
             value = getattr(source, key)
             if value:
                 found[f"{field}.{key}"] = policy.resolve(value)
@@ -145,6 +155,15 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
         if value:
             found[f"suite.corruptions.{key}"] = policy.resolve(value)
     return found
+
+
+def labelled(tally: Tally, source: Source, classes: int) -> tuple[Tally, int]:
+    """The tally as its source's labels judge it, and how many labels (per-class statistics) there
+    are: with a label map the data set's own, a prediction right when in its label's set."""
+    if source.label_map is None or not isinstance(tally, TaskTally):
+        return tally, classes
+    sets = source.label_map.matrix(classes)
+    return dataclasses.replace(tally, label_sets=sets), int(sets.shape[0])
 
 
 def task_records(
@@ -168,10 +187,11 @@ def task_records(
     records, replicates = {}, {}
     for t in ctx.tasks:
         source = by_name[t.source]
+        tally, labels = labelled(tallies[t.name], source, classes)
         records[t.name], replicates[t.name] = kind.task_record(
             t,
-            tallies[t.name],
-            classes=classes,
+            tally,
+            classes=labels,
             confidence=confidence,
             resampler=resamplers[t.source],
             indices=source.indices,
@@ -294,6 +314,8 @@ class Setup:
             binding[f"{name} backend"] = model.backend
         for source in self.ctx.sources:
             binding[f"data {source.name}"] = source.images.fingerprint()
+            if source.label_map is not None:
+                binding[f"label map {source.name}"] = source.label_map.sha256
         for record in self.ctx.assets.records():
             binding[f"asset {record['name']}"] = record.get("sha256")
         return binding
@@ -330,6 +352,7 @@ def prepare(
         device=device,
         allow_pickle=allow_pickle,
         allow_fallback=runtime.allow_fallback,
+        providers=tuple(runtime.providers) if runtime.providers else None,
         precision=runtime.precision,
         channels_last=runtime.channels_last,
         input_size=policy.models.input.shape,
@@ -507,10 +530,11 @@ def run_potential(
         found = {}
         for t in tasks:
             source = sources[t.source]
+            tally, labels = labelled(tallies[t.name], source, classes)
             record, _ = kind.task_record(
                 t,
-                tallies[t.name],
-                classes=classes,
+                tally,
+                classes=labels,
                 confidence=0.95,
                 resampler=None,
                 indices=source.indices,

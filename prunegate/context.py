@@ -21,6 +21,8 @@ import torch
 from prunegate import shifts
 from prunegate.data import ImageSet, Manifest, open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
+from prunegate.data.imagefolder import read_class_names
+from prunegate.data.label_map import LabelMap, read_label_map
 from prunegate.plan import TEST_SOURCE, Task, TaskKind, build_plan
 from prunegate.policy import DEFAULT_MAX_PIXELS, Policy
 from prunegate.shifts import NO_ASSETS, SampleRNG, ShiftAssets, task_key
@@ -38,10 +40,14 @@ class Source:
     indices: np.ndarray
     policy_field: str = "data.test"  # the policy field that names it, for errors
     part: np.ndarray | None = None  # the indices this process reads (torchrun); None: all
+    label_map: LabelMap | None = None  # data.label_map: which model classes are right for each label
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
-        self.manifest = Manifest(self.images.describe(), self.indices)
+        described = self.images.describe()
+        if self.label_map is not None:
+            described["label_map"] = self.label_map.sha256
+        self.manifest = Manifest(described, self.indices)
 
 
 @dataclass
@@ -83,17 +89,35 @@ def source_images(policy: Policy, name: str, task: Task | None = None) -> tuple[
     return open_source(policy.data.ood[index], policy.resolve, where), where
 
 
+def _label_map(policy: Policy, name: str, images: ImageSet) -> LabelMap | None:
+    """The label map of source `name` (a precomputed block: the test set's), read and matched to
+    the set's labels."""
+    spec = policy.data.test if name == TEST_SOURCE else next((o for o in policy.data.ood if o.name == name), None)
+    if spec is None or not spec.label_map:
+        return None
+    where = "data.test" if name == TEST_SOURCE else f"data.ood.{policy.data.ood.index(spec)}"  # type: ignore[arg-type]
+    model_names = (
+        read_class_names(policy.resolve(spec.class_names), where + ".class_names") if spec.class_names else None
+    )
+    return read_label_map(
+        policy.resolve(spec.label_map), where + ".label_map", images.labels, images.classes, model_names
+    )
+
+
 def open_sources(policy: Policy, tasks: Sequence[Task]) -> list[Source]:
     """Every source the tasks read, opened, with its class-balanced selection (data.limit)."""
     names = [TEST_SOURCE, *(o.name for o in policy.data.ood)]
     sources = []
     for name in names:
         images, where = source_images(policy, name)
-        sources.append(Source(name, images, select(images.labels, policy.data.limit), where))
+        label_map = _label_map(policy, name, images)
+        sources.append(Source(name, images, select(images.labels, policy.data.limit), where, label_map=label_map))
     for task in tasks:
         if task.precomputed:
             images, where = source_images(policy, task.source, task)
-            sources.append(Source(task.source, images, select(images.labels, policy.data.limit), where))
+            label_map = _label_map(policy, TEST_SOURCE, images)
+            selection = select(images.labels, policy.data.limit)
+            sources.append(Source(task.source, images, selection, where, label_map=label_map))
     return sources
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from prunegate.errors import PolicyError, missing_reason
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LIST_DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a file list (one image path and label a row), by suffix
 CIFAR_BATCHES = ("test_batch.bin", "data_batch_1.bin")
 SCAN = 2000  # entries looked at per folder: enough to tell the layout of any real set
 
@@ -35,8 +36,11 @@ def guess_format(path: Path, option: str = "--data") -> str:
             return "npz"
         if path.suffix.lower() == ".bin":
             return "cifar10-binary"
+        if path.suffix.lower() in LIST_DELIMITERS:
+            return "filelist"
         raise PolicyError(
-            "cannot tell the data format of this file (an .npz archive or a CIFAR-10 .bin batch; "
+            "cannot tell the data format of this file (an .npz archive, a CIFAR-10 .bin batch or a "
+            ".csv/.tsv file list; "
             "for other formats write the policy's data.test)",
             file=path,
             field=option,

@@ -143,7 +143,12 @@ def model_outputs(
 
 
 def check_labels(source: Source, classes: int, kind: PredictionKind = CLASSIFICATION) -> None:
-    """Refuse a source whose labels the models cannot predict (the kind decides)."""
+    """Refuse a source whose labels the models cannot predict (the kind decides); a source with a
+    label map, one whose map names a class the models do not have (its labels were matched to
+    the map when it was read)."""
+    if source.label_map is not None:
+        source.label_map.check_model_classes(classes)
+        return
     kind.check_labels(source, source.images.labels[source.indices], classes, source.images.path)
 
 

@@ -25,8 +25,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
@@ -81,8 +83,22 @@ MetricName = Literal[
     "class_iou_drop",
 ]
 TaskName = Literal["classification", "segmentation"]
-DataFormat = Literal["imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder"]
-NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder")  # formats that take class_names
+DataFormat = Literal[
+    "imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder", "filelist"
+]
+NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder", "filelist")  # take class_names
+# The data-source fields that only some formats read: set for any other format, they are errors.
+CLASSIFICATION_FORMATS = ("imagefolder", "imagefolder-flat", "filelist", "npz", "npy", "cifar10-binary")
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "labels": ("npy",),
+    "images_key": ("npz",),
+    "labels_key": ("npz",),
+    "class_names": NAMED_CLASS_FORMATS,
+    "ignore_index": ("segmentation-folder",),
+    "label_map": CLASSIFICATION_FORMATS,
+    "path_column": ("filelist",),
+    "label_column": ("filelist",),
+}
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 MAX_BATCH_SIZE = 65536  # runtime.batch_size
@@ -170,6 +186,8 @@ def _unknown(what: str, name: str, known: list[str]) -> str:
 
 
 DEFAULT_IGNORE_INDEX = 255  # segmentation masks: PASCAL VOC's "void"
+PATH_COLUMN, LABEL_COLUMN = "path", "label"  # a filelist's columns unless path_column, label_column say
+LIST_COLUMN_FIELDS = ("path_column", "label_column")
 
 # Pillow's decompression-bomb limit: images with more pixels are refused unless data.max_pixels says otherwise.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -249,16 +267,29 @@ class DataSource(Strict):
         description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
         "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
         "are looked up in it, so a folder holding some of the classes gets the model's label indices; "
-        "segmentation-folder: the names of the mask's class indices, for the report",
+        "filelist: the label column holds these names; segmentation-folder: the names of the mask's class indices, "
+        "for the report",
     )
-    images_key: str = "images"
-    labels_key: str = "labels"
+    label_map: str | None = Field(
+        None,
+        description="a JSON file mapping each of the data set's labels (its class names, or label numbers as "
+        "text) to the list of model classes (indices, or names from class_names) a prediction may fall in to be "
+        "right: data sets whose classes are not the model's (ObjectNet, ImageNet-A/-R style)",
+    )
+    images_key: str = Field("images", description="npz: the images array's name in the archive")
+    labels_key: str = Field("labels", description="npz: the labels array's name in the archive")
     ignore_index: int | None = Field(
         None,
         ge=0,
         le=65535,
         description=f"segmentation-folder: the mask value of pixels no metric counts (default {DEFAULT_IGNORE_INDEX}, "
         "as PASCAL VOC marks object borders)",
+    )
+    path_column: str | None = Field(
+        None, min_length=1, description=f"filelist: the header of the image path column (default {PATH_COLUMN!r})"
+    )
+    label_column: str | None = Field(
+        None, min_length=1, description=f"filelist: the header of the label column (default {LABEL_COLUMN!r})"
     )
 
     @model_validator(mode="after")
@@ -267,15 +298,28 @@ class DataSource(Strict):
             raise field_error(
                 ("labels",), "format npy needs 'labels': the path of an integer labels .npy file", self.labels
             )
-        if self.class_names and self.format not in NAMED_CLASS_FORMATS:
-            raise field_error(
-                ("class_names",), f"class_names is for the formats {', '.join(NAMED_CLASS_FORMATS)}", self.class_names
-            )
-        if self.ignore_index is not None and self.format != "segmentation-folder":
-            raise field_error(
-                ("ignore_index",), "ignore_index is for the segmentation-folder format", self.ignore_index
-            )
+        # Only what the policy set counts (a default is not the user's word); None sets nothing.
+        for name in sorted(self.model_fields_set & FORMAT_FIELDS.keys()):
+            value, formats = getattr(self, name), FORMAT_FIELDS[name]
+            if value is not None and self.format not in formats:
+                readers = f"the formats {', '.join(formats)}" if len(formats) > 1 else f"the {formats[0]} format"
+                raise field_error((name,), f"format {self.format} does not read {name}: {name} is for {readers}", value)
+        path_column, label_column = self.list_columns
+        if path_column == label_column:
+            raise field_error(("label_column",), f"cannot be the path column too ({path_column!r})", label_column)
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """The report's policy document leaves out the filelist columns when unset, so that the
+        document of every other format reads as it did before they existed (`verify --policy`
+        compares documents field by field)."""
+        return {k: v for k, v in handler(self).items() if not (k in LIST_COLUMN_FIELDS and v is None)}
+
+    @property
+    def list_columns(self) -> tuple[str, str]:
+        """The path and label columns of a filelist, the defaults where unset."""
+        return self.path_column or PATH_COLUMN, self.label_column or LABEL_COLUMN
 
     @property
     def mask_ignore(self) -> int:
@@ -426,7 +470,17 @@ class Runtime(Strict):
         "half the free memory on CUDA)",
     )
     workers: int = Field(2, ge=0, le=64, description="background decoding processes")
-    allow_fallback: bool = Field(False, description="run on CPU when CUDA was asked for but is missing")
+    allow_fallback: bool = Field(
+        False, description="run on CPU when CUDA was asked for but is missing; skip unavailable providers"
+    )
+    providers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9]+ExecutionProvider$")]] | None = Field(
+        None,
+        min_length=1,
+        description="ONNX Runtime execution providers for ONNX models, in order of preference, as ONNX Runtime "
+        "spells them (e.g. [TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]); "
+        "unset: CUDA on a CUDA device, else CPU. One that this ONNX Runtime lacks is an error unless "
+        "allow_fallback",
+    )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="bf16/fp16: torch models run under autocast (fp16 on CUDA only); ONNX Runtime runs fp32"
     )

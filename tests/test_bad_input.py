@@ -238,12 +238,17 @@ def policy_rows() -> list:
         path.write_text("version: 1\nname: [unclosed\n")
         return c.check(path), [str(path), "line 3", "invalid YAML"]
 
+    def field_the_format_does_not_read(c: Case):  # issue 17: a flat folder never reads labels
+        policy = c.policy(data={"test": {"format": "imagefolder-flat", "path": "flat", "labels": "val.txt"}})
+        return ["policy", "validate", str(policy)], [str(policy), "data.test.labels", "does not read labels"]
+
     def policy_not_a_mapping(c: Case):
         path = c.folder / "policy.yaml"
         path.write_text("- version: 1\n")
         return c.check(path), [str(path), "mapping"]
 
     return [
+        field_the_format_does_not_read,
         misspelled_rule_key,
         misspelled_section,
         misspelled_key_validate,
@@ -519,6 +524,19 @@ def data_rows() -> list:
         policy = c.policy(data={"test": {"format": "imagefolder-flat", "path": "flat"}})
         return c.check(policy), [c.path("flat/loop_1.png"), "data.test", "symbolic link loop"]
 
+    def file_list_row_naming_a_missing_image(c: Case):
+        c.image_folder({})
+        (c.folder / "list.csv").write_text("path,label\nimages/c/good0.png,0\nimages/c/gone.png,1\n")
+        policy = c.policy(data={"test": {"format": "filelist", "path": "list.csv"}})
+        return c.check(policy), [c.path("list.csv"), "data.test", "line 3: image 'images/c/gone.png' not found"]
+
+    def file_list_row_leaving_its_folder(c: Case):
+        c.image_folder({})
+        (c.folder / "sub").mkdir()
+        (c.folder / "sub" / "list.tsv").write_text("path\tlabel\n../images/c/good0.png\t0\n")
+        policy = c.policy(data={"test": {"format": "filelist", "path": "sub/list.tsv"}})
+        return c.check(policy), [c.path("sub/list.tsv"), "data.test", "line 2: path '../images/c/good0.png' has a '..'"]
+
     def truncated_npy(c: Case):
         policy = c.policy(data={"test": {"format": "npy", "path": "x.npy", "labels": "y.npy"}})
         np.save(c.folder / "x.npy", np.zeros((N, 8, 8, 3), np.uint8))
@@ -565,6 +583,8 @@ def data_rows() -> list:
         npz_not_an_archive,
         ood_set_not_found,
         cifar_binary_partial_record,
+        file_list_row_naming_a_missing_image,
+        file_list_row_leaving_its_folder,
         symlink_loop_as_data_path,
         broken_symlink_as_data_path,
         broken_symlink_in_image_folder,

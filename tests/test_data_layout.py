@@ -26,6 +26,8 @@ def touch(path: Path) -> Path:
         (["voc/images/1.jpg", "voc/masks/1.png"], "voc", "segmentation-folder"),
         (["flat/a_1.JPEG", "flat/b_2.png"], "flat", "imagefolder-flat"),
         (["tree/cat/1.jpg", "tree/dog/2.jpg", "tree/README"], "tree", "imagefolder"),
+        (["val/list.csv", "val/a.jpg"], "val/list.csv", "filelist"),
+        (["val/LIST.TSV"], "val/LIST.TSV", "filelist"),
     ],
 )  # fmt: skip
 def test_each_layout_is_recognised(tmp_path, files, target, expected) -> None:

@@ -538,3 +538,52 @@ def test_ignore_index_is_for_segmentation_folders_only() -> None:
     with pytest.raises(PolicyError) as info:
         policy_from_dict(document)
     assert info.value.field == "data.test.ignore_index"
+
+
+@pytest.mark.parametrize(
+    ("source", "field", "expected"),
+    [
+        ({"format": "imagefolder-flat", "labels": "val.txt"}, "labels", "format imagefolder-flat does not read labels"),
+        ({"format": "npy", "labels": "y.npy", "images_key": "x"}, "images_key", "images_key is for the npz format"),
+        ({"format": "imagefolder", "labels_key": "labels"}, "labels_key", "imagefolder does not read labels_key"),
+        ({"format": "cifar10-binary", "class_names": "c.txt"}, "class_names", "format cifar10-binary does not read"),
+        ({"format": "filelist", "ignore_index": 255}, "ignore_index", "is for the segmentation-folder format"),
+        ({"format": "imagefolder", "path_column": "file"}, "path_column", "path_column is for the filelist format"),
+        ({"format": "npz", "label_column": "label"}, "label_column", "format npz does not read label_column"),
+    ],
+)  # fmt: skip
+def test_a_field_the_format_does_not_read_is_an_error(tmp_path: Path, source: dict, field: str, expected: str) -> None:
+    data = example_dict()
+    data["data"]["test"] = {"path": "data", **source}
+    error = load_error(write(tmp_path, data))
+    assert error.field == f"data.test.{field}" and expected in str(error)
+
+
+def test_each_format_takes_its_own_fields(tmp_path: Path) -> None:
+    data = example_dict()
+    data["data"]["test"] = {"format": "filelist", "path": "val.csv", "class_names": "wnids.txt",
+                            "path_column": "file", "label_column": "wnid"}  # fmt: skip
+    data["data"]["ood"] = [
+        {"name": "flat", "format": "imagefolder-flat", "path": "flat", "class_names": None},
+        {"name": "arrays", "format": "npz", "path": "x.npz", "images_key": "x", "labels_key": "y"},
+    ]
+    policy = load_policy(write(tmp_path, data))
+    assert (policy.data.test.path_column, policy.data.test.label_column) == ("file", "wnid")
+    assert policy.data.ood[1].images_key == "x"
+
+
+def test_a_file_lists_label_column_is_not_its_path_column(tmp_path: Path) -> None:
+    data = example_dict()
+    data["data"]["test"] = {"format": "filelist", "path": "val.csv", "label_column": "path"}
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.test.label_column" and "cannot be the path column too ('path')" in str(error)
+
+
+def test_the_recorded_document_has_the_list_columns_only_where_set() -> None:
+    """Reports record `model_dump`: other formats' documents read as before the columns existed."""
+    data = example_dict()
+    data["data"]["ood"] = [{"name": "list", "format": "filelist", "path": "val.tsv", "label_column": "wnid"}]
+    document = policy_from_dict(data).model_dump(mode="json")["data"]
+    assert "path_column" not in document["test"] and "label_column" not in document["test"]
+    assert "path_column" not in document["ood"][0] and document["ood"][0]["label_column"] == "wnid"
+    assert policy_from_dict(data).data.ood[0].list_columns == ("path", "wnid")

@@ -129,3 +129,18 @@ def test_the_written_policy_runs_as_is(files, capsys) -> None:
     code, _, err = run(capsys, "check", "--policy", out, "--limit", "10", "--report", files / "r.json")
     assert code in (0, 1), err
     assert (files / "r.json").is_file()
+
+
+def test_a_csv_file_list_is_written_as_a_filelist_test_set(files, capsys) -> None:
+    (files / "data" / "val.csv").write_text("path,label\n")
+    out = files / "policies" / "gate.yaml"
+    out.parent.mkdir(exist_ok=True)
+    code, _, err = run(
+        capsys, "policy", "init", out, "--dense", files / "models/dense.onnx", "--pruned",
+        files / "models/pruned.onnx", "--data", files / "data/val.csv",
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_policy(out).data.test.model_dump(exclude_defaults=True) == {
+        "format": "filelist",
+        "path": "../data/val.csv",
+    }

@@ -96,3 +96,20 @@ def test_check_with_a_ready_policy_by_name_runs_end_to_end(tmp_path, monkeypatch
     assert recorded["overrides"]["data.test"] == {"format": "npz", "path": str(tmp_path / "test.npz")}
     assert recorded["document"]["data"]["test"]["format"] == "npz"
     assert len(statement["predicate"]["tasks"]) == 102 and (tmp_path / "r.html").is_file()
+
+
+def test_data_override_of_another_format_keeps_what_names_the_models_classes(tmp_path, write_policy) -> None:
+    """class_names names the model's classes: it carries over to a format that reads it; npy's
+    labels file, which describes the old file only, does not."""
+    (tmp_path / "classes.txt").write_text("a\nb\n")
+    (tmp_path / "val.csv").write_text("path,label\nx.png,a\n")
+    written = write_policy(
+        tmp_path / "p.yaml",
+        data={"test": {"format": "imagefolder", "path": "imgs", "class_names": "classes.txt"}},
+    )
+    policy = apply_overrides(load_policy(written), Overrides(data=tmp_path / "val.csv"))
+    assert policy.data.test.format == "filelist" and policy.data.test.class_names == "classes.txt"
+    npy = write_policy(tmp_path / "q.yaml", data={"test": {"format": "npy", "path": "x.npy", "labels": "y.npy"}})
+    (tmp_path / "d.npz").write_bytes(b"")
+    moved = apply_overrides(load_policy(npy), Overrides(data=tmp_path / "d.npz"))
+    assert moved.data.test.format == "npz" and moved.data.test.labels is None

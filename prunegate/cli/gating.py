@@ -60,6 +60,12 @@ def check(
         help="Inference precision (overrides runtime.precision): "
         "bf16/fp16 run torch models under autocast (fp16 on CUDA only).",
     ),
+    provider: list[str] | None = typer.Option(
+        None,
+        "--provider",
+        help="ONNX Runtime execution provider for ONNX models (overrides runtime.providers); repeat, in order "
+        "of preference, e.g. --provider TensorrtExecutionProvider --provider CUDAExecutionProvider.",
+    ),
     batch_size: int | None = typer.Option(None, min=1, help="Images per batch."),
     limit: int | None = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
     workers: int | None = typer.Option(None, min=0, help="Background decoding processes."),
@@ -112,6 +118,7 @@ def check(
         precision.value if precision else None,
         cache,
         data,
+        provider or None,
     )
     loaded = apply_overrides(load_policy(policy), overrides)
     from prunegate.runners.sandbox import make_undumpable

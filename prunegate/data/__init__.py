@@ -10,6 +10,7 @@ from prunegate.policy import DataSource
 from .arrays import NpyImages, NpzImages
 from .base import CROP_FRACTION, IGNORED, ImageSet, Manifest, Size, as_shape, batches, fit_to_size, select
 from .cifar import Cifar10Binary
+from .filelist import FileList
 from .imagefolder import FlatImageFolder, ImageFolder, read_class_names
 from .segfolder import SegmentationFolder
 
@@ -32,7 +33,13 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
     """The reader for `spec`; `resolve` turns the spec's paths into real ones (the policy
     resolves them relative to its own folder)."""
     path = resolve(spec.path)
-    names = read_class_names(resolve(spec.class_names), field + ".class_names") if spec.class_names else None
+    # With a label map the data set's labels are its own (folder names, numbers), matched to the
+    # model's classes by the map; class_names then names the model's classes for the map's values.
+    names = (
+        read_class_names(resolve(spec.class_names), field + ".class_names")
+        if spec.class_names and not spec.label_map
+        else None
+    )
     if spec.format == "imagefolder":
         return ImageFolder(path, field, names)
     if spec.format == "imagefolder-flat":
@@ -43,6 +50,8 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
         return NpyImages(path, field, resolve(spec.labels or ""))
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
+    if spec.format == "filelist":
+        return FileList(path, field, names, *spec.list_columns)
     if spec.format == "segmentation-folder":
         return SegmentationFolder(path, field, names, spec.mask_ignore)
     raise AssertionError(f"unhandled data format {spec.format}")

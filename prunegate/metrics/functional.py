@@ -35,6 +35,15 @@ def correct(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (preds == labels) & (preds != NO_PREDICTION)
 
 
+def in_label_set(preds: torch.Tensor, labels: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+    """Per-sample bool: the prediction is one of the label's model classes (`sets`: bool
+    [dataset labels, model classes], data.label_map)."""
+    valid = (preds != NO_PREDICTION) & (labels >= 0) & (preds < sets.shape[1])
+    found = torch.zeros_like(valid)
+    found[valid] = sets[labels[valid].long(), preds[valid].long()]
+    return found
+
+
 def agree(dense_preds: torch.Tensor, pruned_preds: torch.Tensor) -> torch.Tensor:
     """Per-sample bool: both models made the same prediction."""
     return (dense_preds == pruned_preds) & (dense_preds != NO_PREDICTION)

@@ -32,8 +32,7 @@ PROPORTIONS = ("dense_accuracy", "pruned_accuracy", "agreement", "newly_wrong", 
 def per_image_columns(tally: TaskTally, draws: int, classes: int, with_classes: bool) -> np.ndarray:
     """[images, k] float64: BASE_COLUMNS, then (if with_classes) per-class n, dense, pruned correct."""
     labels = tally.labels.numpy()
-    dense = F.correct(tally.dense_pred, tally.labels).numpy()
-    pruned = F.correct(tally.pruned_pred, tally.labels).numpy()
+    dense, pruned = (c.numpy() for c in tally.correctness())
     agree = F.agree(tally.dense_pred, tally.pruned_pred).numpy()
     base = np.stack(
         [
@@ -125,8 +124,8 @@ def task_statistics(
         )
 
     class_n = per_class()
-    dense_c = per_class(F.correct(tally.dense_pred, tally.labels).numpy().astype(float))
-    pruned_c = per_class(F.correct(tally.pruned_pred, tally.labels).numpy().astype(float))
+    dense_ok, pruned_ok = (c.numpy().astype(float) for c in tally.correctness())
+    dense_c, pruned_c = per_class(dense_ok), per_class(pruned_ok)
     drops = np.where(class_n > 0, (dense_c - pruned_c) / np.maximum(class_n, 1), -np.inf)
     point["class_recall_drop"] = float(drops.max())
 
@@ -198,8 +197,7 @@ def task_statistics(
 def examples(tally: TaskTally, draws: int, indices: np.ndarray, limit: int = EXAMPLES_PER_TASK) -> list[dict]:
     """A few samples that the pruned model newly gets wrong, spread over classes: the first of
     each class in data-set order, then the second of each, ..."""
-    dense = F.correct(tally.dense_pred, tally.labels)
-    pruned = F.correct(tally.pruned_pred, tally.labels)
+    dense, pruned = tally.correctness()
     found = torch.nonzero(dense & ~pruned).flatten().numpy()
     labels = tally.labels.numpy()[found]
     order = np.argsort(labels, kind="stable")

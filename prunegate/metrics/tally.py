@@ -77,6 +77,9 @@ class TaskTally:
     l2: torch.Tensor  # [n] float32
     linf: torch.Tensor
     filled: torch.Tensor  # [n] bool: every slot must be written exactly once
+    # data.label_map: bool [dataset labels, model classes], a prediction is right when in its
+    # label's set; None: right when it is the label. Set for the statistics, never merged or kept.
+    label_sets: torch.Tensor | None = None
 
     FIELDS = (*STATES, "filled")
 
@@ -130,7 +133,15 @@ class TaskTally:
 
     def cpu(self) -> TaskTally:
         """The same tally on the CPU."""
-        return TaskTally(*(getattr(self, name).cpu() for name in self.FIELDS))
+        sets = None if self.label_sets is None else self.label_sets.cpu()
+        return TaskTally(**{name: getattr(self, name).cpu() for name in self.FIELDS}, label_sets=sets)
+
+    def correctness(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample bools: the dense and the pruned model's prediction is right."""
+        if self.label_sets is None:
+            return F.correct(self.dense_pred, self.labels), F.correct(self.pruned_pred, self.labels)
+        sets = self.label_sets.to(self.labels.device)
+        return F.in_label_set(self.dense_pred, self.labels, sets), F.in_label_set(self.pruned_pred, self.labels, sets)
 
     def summary(
         self,

@@ -88,6 +88,9 @@ class ModelRecord(_Record):
     backend: str
     device: str
     provider: str | None = Field(None, description="ONNX Runtime execution provider actually used")
+    providers: list[str] | None = Field(
+        None, description="every execution provider the ONNX Runtime session got, in its order of preference"
+    )
     arch: str | None = None
     pickle_allowed: bool = False
     fixed_batch: int | None = None
@@ -148,12 +151,18 @@ class DataRecord(_Record):
     used: int = Field(description="images evaluated (after limit)")
     sha256: str = Field(description="digest over the index and content digest of every image used")
     classes: list[str] | None = None
+    label_map: str | None = Field(
+        None, description="sha256 of the data set's label map (data.label_map: its labels -> the model classes right)"
+    )
     severity: int | None = Field(None, description="for a precomputed corruption block")
     ignore_index: int | None = Field(None, description="segmentation-folder: the mask value no metric counts")
+    list_sha256: str | None = Field(
+        None, description="filelist: sha256 of the list file (its image paths and labels; sha256 covers the images)"
+    )
 
     @model_serializer(mode="wrap")
     def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
-        return _without_unset(handler(self), ("ignore_index",))
+        return _without_unset(handler(self), ("ignore_index", "list_sha256"))
 
 
 class ModelSide(_Record):

@@ -108,6 +108,7 @@ def _load_onnx(
         options.device,
         file,
         options.allow_fallback,
+        providers=options.providers,
         output=spec.output,
         preferred=preferred,
         output_field=output_field,

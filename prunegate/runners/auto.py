@@ -184,7 +184,16 @@ def choose(
     if exported is not None:
         counts = Counts(torch_runner.record.parameters, torch_runner.record.nonzero_parameters)  # the user's file's
         try:
-            onnx_runner = OnnxRunner(path, field, device, file, allow_fallback=False, model=exported, counts=counts)
+            onnx_runner = OnnxRunner(
+                path,
+                field,
+                device,
+                file,
+                allow_fallback=False,
+                model=exported,
+                counts=counts,
+                providers=options.providers,
+            )
         except PrunegateError as exc:  # ONNX Runtime cannot load the export, or cannot use this device
             reason = f"ONNX Runtime cannot run the export ({exc.detail})"
     if onnx_runner is not None and input_size:

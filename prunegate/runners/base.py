@@ -36,6 +36,7 @@ class LoadOptions:
     allow_external_arch: bool = False  # the opt-in for arch code outside the policy's folder and installed packages
     gather: Callable[[dict], list] | None = None  # torchrun: every process's backend auto measurement
     kind: str = "classification"  # the prediction kind the outputs must be (kinds/): checked before any timing
+    providers: tuple[str, ...] | None = None  # ONNX Runtime providers asked for (runtime.providers)
 
 
 STATE_DICT = "state-dict"
@@ -81,6 +82,7 @@ def model_record(
     backend: str,
     device: str,
     provider: str | None = None,
+    providers: list[str] | None = None,
     fixed_batch: int | None = None,
     precision: str = "fp32",
     channels_last: bool | None = None,
@@ -100,6 +102,7 @@ def model_record(
         backend=backend,
         device=device,
         provider=provider,
+        providers=providers,
         arch=file.arch,
         pickle_allowed=file.pickle_allowed,
         fixed_batch=fixed_batch,

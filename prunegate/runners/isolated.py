@@ -309,6 +309,7 @@ class IsolatedRunner:
             backend=loaded.backend,
             device=loaded.device,
             provider=loaded.provider,
+            providers=loaded.providers,
             fixed_batch=loaded.fixed_batch,
             precision=loaded.precision or "fp32",
             channels_last=loaded.channels_last,

@@ -124,6 +124,30 @@ def load_onnx_model(path: Path, field: str) -> ModelProto:
     return model
 
 
+def requested_providers(
+    names: tuple[str, ...], device: torch.device, allow_fallback: bool, path: Path
+) -> list[str | tuple[str, dict]]:
+    """runtime.providers as ONNX Runtime takes them: each must be in this ONNX Runtime (one that
+    is not is an error, or skipped with allow_fallback); CUDA and TensorRT run on the run's CUDA
+    device. The session's own list, recorded, says which it actually got."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    missing = [name for name in names if name not in available]
+    if missing and not allow_fallback:
+        raise DeviceError(
+            f"ONNX Runtime here has no {', '.join(missing)} (it has {', '.join(available)}; install the "
+            "onnxruntime build that does, or set runtime.allow_fallback: true to skip it)",
+            file=path,
+            field="runtime.providers",
+        )
+    chosen = [name for name in names if name in available] or ["CPUExecutionProvider"]
+    on_device = {"device_id": _cuda_index(device)} if device.type == "cuda" else {}
+    return [(name, on_device) if on_device and name in GPU_PROVIDERS else name for name in chosen]
+
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
 # ONNX Runtime's tensor type -> (torch dtype, numpy dtype) for binding torch memory
 _ELEMENT_TYPES = {
     "tensor(float)": (torch.float32, np.float32),
@@ -161,6 +185,7 @@ class OnnxRunner:
         *,
         model: ModelProto | None = None,
         counts: Counts | None = None,
+        providers: tuple[str, ...] | None = None,
         output: Key | None = None,
         preferred: tuple[str, ...] = ("logits",),
         output_field: str = "models.output",
@@ -173,30 +198,21 @@ class OnnxRunner:
         if counts is None:
             counts = count_onnx_parameters(model)
             file = dataclasses.replace(file, external_data=pinned_external_data(path, field))
-        providers: list[str | tuple[str, dict]] = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                if not allow_fallback:
-                    raise DeviceError(
-                        "CUDA was requested but ONNX Runtime has no CUDAExecutionProvider "
-                        "(install prunegate[gpu], or set runtime.allow_fallback: true)",
-                        file=path,
-                        field="runtime.device",
-                    )
-                self.device = torch.device("cpu")
-            else:
-                providers = [("CUDAExecutionProvider", {"device_id": _cuda_index(device)}), "CPUExecutionProvider"]
+        if providers:
+            asked = requested_providers(providers, device, allow_fallback, path)
+        else:
+            asked = self._default_providers(device, allow_fallback, path)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         # Idle intra-op threads sleep instead of spinning: the pass makes the next inputs on the
         # same cores while a model runs, and spinning threads took those cores from it.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=asked)
         except Exception as exc:
             raise ModelError(f"ONNX Runtime cannot load it ({first_line(exc)})", file=path, field=field) from None
         used = self.session.get_providers()
-        if device.type == "cuda" and "CUDAExecutionProvider" not in used and self.device.type == "cuda":
+        if device.type == "cuda" and not set(GPU_PROVIDERS) & set(used) and self.device.type == "cuda":
             # ONNX Runtime drops a provider it cannot load (missing CUDA or cuDNN libraries) with
             # only a warning: the session's providers, not the request, say where it runs.
             if not allow_fallback:
@@ -231,12 +247,32 @@ class OnnxRunner:
             backend="onnxruntime",
             device=str(self.device),
             provider=self.session.get_providers()[0],
+            providers=self.session.get_providers(),
             fixed_batch=self.fixed_batch,
             precision="fp32",
             channels_last=None,
             quantisation=quantisation(model),
             output=key,
         )
+
+    def _default_providers(self, device: torch.device, allow_fallback: bool, path: Path) -> list:
+        """CUDA (on this device) then CPU for a CUDA run, else the CPU; without CUDA in this ONNX
+        Runtime, a CUDA run is an error unless allow_fallback (then it runs on the CPU)."""
+        import onnxruntime as ort
+
+        if device.type != "cuda":
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            if not allow_fallback:
+                raise DeviceError(
+                    "CUDA was requested but ONNX Runtime has no CUDAExecutionProvider "
+                    "(install prunegate[gpu], or set runtime.allow_fallback: true)",
+                    file=path,
+                    field="runtime.device",
+                )
+            self.device = torch.device("cpu")
+            return ["CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": _cuda_index(device)}), "CPUExecutionProvider"]
 
     def input_shape(self) -> list | None:
         return self._shape

@@ -229,7 +229,21 @@ def _read_safetensors(path: Path, field: str) -> dict:
 def load_torch_module(
     path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
 ) -> tuple[torch.nn.Module, str, list | None]:
-    """(module, format, declared input shape or None)."""
+    """(module, format, declared input shape or None), the module in eval mode: an arch builds it
+    in training mode, where even a probe's forward would move its batch norms' running statistics
+    (inference_mode allows that in-place update) and an export would keep training behaviour."""
+    module, fmt, shape = _read_torch_module(path, field, arch, base_dir, allow_pickle)
+    try:
+        module.eval()
+    except (NotImplementedError, RuntimeError):
+        pass  # exported programs are fixed at export time and refuse .eval()
+    return module, fmt, shape
+
+
+def _read_torch_module(
+    path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
+) -> tuple[torch.nn.Module, str, list | None]:
+    """(module, format, declared input shape or None), as the file holds it."""
     kind = sniff_format(path, field)
     try:
         if kind == "torchscript":
