@@ -298,10 +298,11 @@ class DataSource(Strict):
             raise field_error(
                 ("labels",), "format npy needs 'labels': the path of an integer labels .npy file", self.labels
             )
-        # Only what the policy set counts (a default is not the user's word); None sets nothing.
+        # Only a value other than the default counts: a report's recorded document spells out every
+        # default (images_key: images for an image folder too), and re-reading it must validate.
         for name in sorted(self.model_fields_set & FORMAT_FIELDS.keys()):
             value, formats = getattr(self, name), FORMAT_FIELDS[name]
-            if value is not None and self.format not in formats:
+            if value is not None and value != type(self).model_fields[name].default and self.format not in formats:
                 readers = f"the formats {', '.join(formats)}" if len(formats) > 1 else f"the {formats[0]} format"
                 raise field_error((name,), f"format {self.format} does not read {name}: {name} is for {readers}", value)
         path_column, label_column = self.list_columns

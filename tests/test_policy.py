@@ -545,7 +545,7 @@ def test_ignore_index_is_for_segmentation_folders_only() -> None:
     [
         ({"format": "imagefolder-flat", "labels": "val.txt"}, "labels", "format imagefolder-flat does not read labels"),
         ({"format": "npy", "labels": "y.npy", "images_key": "x"}, "images_key", "images_key is for the npz format"),
-        ({"format": "imagefolder", "labels_key": "labels"}, "labels_key", "imagefolder does not read labels_key"),
+        ({"format": "imagefolder", "labels_key": "y"}, "labels_key", "imagefolder does not read labels_key"),
         ({"format": "cifar10-binary", "class_names": "c.txt"}, "class_names", "format cifar10-binary does not read"),
         ({"format": "filelist", "ignore_index": 255}, "ignore_index", "is for the segmentation-folder format"),
         ({"format": "imagefolder", "path_column": "file"}, "path_column", "path_column is for the filelist format"),
@@ -557,6 +557,25 @@ def test_a_field_the_format_does_not_read_is_an_error(tmp_path: Path, source: di
     data["data"]["test"] = {"path": "data", **source}
     error = load_error(write(tmp_path, data))
     assert error.field == f"data.test.{field}" and expected in str(error)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"format": "imagefolder", "path": "d"},
+        {"format": "imagefolder-flat", "path": "d", "label_map": "m.json"},
+        {"format": "npy", "path": "x.npy", "labels": "y.npy"},
+        {"format": "filelist", "path": "l.csv", "label_column": "cls"},
+    ],
+)
+def test_a_recorded_document_validates_again(source: dict) -> None:
+    """A report records the policy with every default spelt out (images_key: images for an image
+    folder too); the gallery and `verify --policy` read it back, so a default is never an error."""
+    data = example_dict()
+    data["data"]["test"] = source
+    document = policy_from_dict(data).model_dump(mode="json")
+    assert document["data"]["test"]["images_key"] == "images"
+    assert policy_from_dict(document).data.test == policy_from_dict(data).data.test
 
 
 def test_each_format_takes_its_own_fields(tmp_path: Path) -> None:
