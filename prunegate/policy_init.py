@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prunegate.data_layout import guess_format
 from prunegate.errors import ModelError, PolicyError, missing_reason
+from prunegate.ready import ready_folder
 
 PRESETS = ("cifar10", "imagenet", "voc-segmentation")
 SMALL_INPUT = 64  # models with inputs up to this side get the cifar10 preset when none is asked for
@@ -75,10 +76,12 @@ def _relative(path: Path, folder: Path) -> str:
 
 
 def _source_text(preset: str | None) -> str:
+    """The ready policy `preset`'s text, or the commented template's."""
     from importlib import resources
 
-    name = f"policies/{preset}.yaml" if preset else "templates/policy.yaml"
-    return resources.files("prunegate").joinpath(name).read_text(encoding="utf-8")
+    if preset:
+        return (ready_folder() / f"{preset}.yaml").read_text(encoding="utf-8")
+    return resources.files("prunegate").joinpath("templates/policy.yaml").read_text(encoding="utf-8")
 
 
 def _replace_line(text: str, key: str, value: str, comment: str | None = None) -> str:

@@ -23,10 +23,9 @@ def ready_names() -> list[str]:
 
 def ready_policy(argument: Path) -> Path | None:
     """The shipped policy `argument` names (`cifar10`), or None when it is a path or no such name."""
-    text = str(argument)
-    if argument.exists() or argument.suffix or "/" in text or "\\" in text:
+    if argument.exists() or not looks_like_a_name(argument):
         return None
-    path = ready_folder() / f"{text}.yaml"
+    path = ready_folder() / f"{argument}.yaml"
     return path if path.is_file() else None
 
 
