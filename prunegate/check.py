@@ -26,8 +26,9 @@ from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally,
 from prunegate.kinds.segmentation import prediction_png
 from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
+from prunegate.metrics.paired import StatisticsOptions
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import FORMAT_FIELDS, DataSource, ModelSpec, Policy
+from prunegate.policy import DEFAULT_COVERAGE, FORMAT_FIELDS, DataSource, ModelSpec, Policy
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
@@ -149,6 +150,8 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
             value = getattr(source, key)
             if value:
                 found[f"{field}.{key}"] = policy.resolve(value)
+    if isinstance(policy.data.groups, str):
+        found["data.groups"] = policy.resolve(policy.data.groups)
     corruptions = policy.suite.corruptions
     for key in ("precomputed", *ASSET_NAMES):
         value = getattr(corruptions, key, None) if corruptions is not None else None
@@ -196,8 +199,15 @@ def task_records(
             resampler=resamplers[t.source],
             indices=source.indices,
             class_names=source.images.classes,
+            options=StatisticsOptions(coverages(ctx.policy), source.groups),
         )
     return records, replicates
+
+
+def coverages(policy: Policy | None) -> tuple[float, ...]:
+    """The selective-risk coverages a report gives: the default, and any a rule asks for."""
+    rules = policy.gate.rules if policy is not None else []
+    return tuple(sorted({DEFAULT_COVERAGE, *(r.coverage for r in rules if r.coverage is not None)}))
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import torch
 
 from prunegate.errors import PrunegateError
 
-FORMAT = 1
+FORMAT = 2  # 2: the classification tally keeps probability outcomes (confidence, top-5, ...)
 DEFAULT_SECONDS = 300.0
 FIELD = "--resume"
 

@@ -21,6 +21,7 @@ import torch
 from prunegate import shifts
 from prunegate.data import ImageSet, Manifest, open_source, select
 from prunegate.data.cifar_c import CorruptedArrays
+from prunegate.data.groups import read_groups_file, resolve_groups
 from prunegate.data.imagefolder import read_class_names
 from prunegate.data.label_map import LabelMap, read_label_map
 from prunegate.plan import TEST_SOURCE, Task, TaskKind, build_plan
@@ -41,6 +42,7 @@ class Source:
     policy_field: str = "data.test"  # the policy field that names it, for errors
     part: np.ndarray | None = None  # the indices this process reads (torchrun); None: all
     label_map: LabelMap | None = None  # data.label_map: which model classes are right for each label
+    groups: dict[str, np.ndarray] = field(default_factory=dict)  # data.groups: name -> label indices
     manifest: Manifest = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,17 @@ def _label_map(policy: Policy, name: str, images: ImageSet) -> LabelMap | None:
     )
 
 
+def _groups(policy: Policy, images: ImageSet) -> dict[str, np.ndarray]:
+    """data.groups as label indices of `images` (class names looked up in its classes)."""
+    spec = policy.data.groups
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        path = policy.resolve(spec)
+        return resolve_groups(read_groups_file(path), images.classes, file=path)
+    return resolve_groups(spec, images.classes)
+
+
 def open_sources(policy: Policy, tasks: Sequence[Task]) -> list[Source]:
     """Every source the tasks read, opened, with its class-balanced selection (data.limit)."""
     names = [TEST_SOURCE, *(o.name for o in policy.data.ood)]
@@ -111,13 +124,15 @@ def open_sources(policy: Policy, tasks: Sequence[Task]) -> list[Source]:
     for name in names:
         images, where = source_images(policy, name)
         label_map = _label_map(policy, name, images)
-        sources.append(Source(name, images, select(images.labels, policy.data.limit), where, label_map=label_map))
+        selection = select(images.labels, policy.data.limit)
+        sources.append(Source(name, images, selection, where, label_map=label_map, groups=_groups(policy, images)))
     for task in tasks:
         if task.precomputed:
             images, where = source_images(policy, task.source, task)
             label_map = _label_map(policy, TEST_SOURCE, images)
             selection = select(images.labels, policy.data.limit)
-            sources.append(Source(task.source, images, selection, where, label_map=label_map))
+            groups = _groups(policy, images)
+            sources.append(Source(task.source, images, selection, where, label_map=label_map, groups=groups))
     return sources
 
 

@@ -69,8 +69,12 @@ def nonfinite_warnings(records: list[TaskRecord]) -> list[str]:
 def metric_value(record: TaskRecord, metric: str) -> float:
     """The metric's value; NaN where it is undefined (e.g. the error consistency of two models
     that make no errors), and NaN never passes."""
+    metric, _, coverage = metric.partition("@")
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if coverage:  # selective_risk_increase@0.8: the record's entry at that coverage
+        found = next((r.increase for r in record.selective_risk if f"{r.coverage:g}" == coverage), None)
+        return float("nan") if found is None else float(found)
     which, _, side_metric = metric.partition("_")
     if which in ("dense", "pruned"):  # dense_accuracy, pruned_miou, ...: one model's own number
         value = getattr(getattr(record, which), side_metric)
@@ -158,7 +162,7 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
     confidence = evidence.confidence
     comparison, threshold = _threshold(rule)
     names = match_tasks(rule.globs, list(records))
-    values = [metric_value(records[n], rule.metric) for n in names]
+    values = [metric_value(records[n], rule.key) for n in names]
     value = _aggregate(values, rule.aggregate, comparison)
     if confidence is None:
         per_task = [
@@ -174,7 +178,7 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
             status="pass" if _within(value, comparison, threshold) else "fail",
         )
 
-    bounds = [_interval(records[n], rule.metric) for n in names]
+    bounds = [_interval(records[n], rule.key) for n in names]
     per_task = []
     for name, v, (low, high) in zip(names, values, bounds):
         task_status = _status(low, high, comparison, threshold)
@@ -188,7 +192,7 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
             )
         )
     if rule.aggregate == "mean":
-        low, high = _mean_interval(names, rule.metric, evidence.replicates, confidence, value)
+        low, high = _mean_interval(names, rule.key, evidence.replicates, confidence, value)
     elif not bounds:
         low = high = float("nan")
     else:  # the extreme of intervals bounds the extreme of the values
@@ -255,6 +259,7 @@ def _rule_record(
         status=status,
         samples_needed=samples_needed,
         note=None,
+        coverage=float(rule.key.partition("@")[2]) if "@" in rule.key else None,
     )
 
 
@@ -278,9 +283,7 @@ def _mean_interval(
 def _method(names: list[str], rule: Rule, records: dict[str, TaskRecord]) -> str:
     if rule.aggregate == "mean":
         return "bootstrap"
-    methods = {
-        records[n].intervals[rule.metric].method if rule.metric in records[n].intervals else "none" for n in names
-    }
+    methods = {records[n].intervals[rule.key].method if rule.key in records[n].intervals else "none" for n in names}
     return "+".join(sorted(methods)) if methods else "none"
 
 

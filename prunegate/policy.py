@@ -48,7 +48,30 @@ CLASSIFICATION_METRICS = {
     "newly_right": ((0.0, 1.0), "fraction of samples the dense model gets wrong and the pruned model right"),
     "error_consistency": ((-1.0, 1.0), "Cohen's kappa between the two models' errors (1: the same mistakes)"),
     "class_recall_drop": ((-1.0, 1.0), "the largest drop in recall of any one class"),
+    "top5_drop": ((-1.0, 1.0), "dense top-5 accuracy minus pruned top-5 accuracy"),
+    "dense_top5": ((0.0, 1.0), "top-5 accuracy of the dense model"),
+    "pruned_top5": ((0.0, 1.0), "top-5 accuracy of the pruned model"),
+    "ece_increase": ((-1.0, 1.0), "pruned minus dense expected calibration error (15 bins; signed)"),
+    "dense_ece": ((0.0, 1.0), "expected calibration error of the dense model"),
+    "pruned_ece": ((0.0, 1.0), "expected calibration error of the pruned model"),
+    "nll_increase": ((-100.0, 100.0), "pruned minus dense mean negative log-likelihood, nats (signed)"),
+    "dense_nll": ((0.0, 100.0), "mean negative log-likelihood of the label, dense model"),
+    "pruned_nll": ((0.0, 100.0), "mean negative log-likelihood of the label, pruned model"),
+    "brier_increase": ((-2.0, 2.0), "pruned minus dense multi-class Brier score (signed)"),
+    "dense_brier": ((0.0, 2.0), "multi-class Brier score of the dense model"),
+    "pruned_brier": ((0.0, 2.0), "multi-class Brier score of the pruned model"),
+    "kl_divergence": ((0.0, 100.0), "mean KL(dense || pruned) of the softmax outputs, nats"),
+    "probability_loyalty": ((0.0, 1.0), "mean 1 - Jensen-Shannon distance (base 2) of the softmax outputs"),
+    "selective_risk_increase": (
+        (-1.0, 1.0),
+        "pruned minus dense error on each model's most confident `coverage` of samples (default 0.8)",
+    ),
+    "group_accuracy_drop": ((-1.0, 1.0), "the largest accuracy drop of any subgroup in data.groups"),
 }
+# Signed differences where either direction can matter (a pruned model may become under- as well
+# as over-confident): only these take a negative threshold.
+SIGNED_METRICS = ("ece_increase", "nll_increase", "brier_increase")
+DEFAULT_COVERAGE = 0.8  # selective_risk_increase without a rule's coverage
 SEGMENTATION_METRICS = {
     "miou_drop": ((-1.0, 1.0), "dense mIoU minus pruned mIoU (dataset-level: one confusion matrix per task)"),
     "dense_miou": ((0.0, 1.0), "mean IoU of the dense model over the classes present in truth or prediction"),
@@ -73,6 +96,22 @@ MetricName = Literal[
     "newly_right",
     "error_consistency",
     "class_recall_drop",
+    "top5_drop",
+    "dense_top5",
+    "pruned_top5",
+    "ece_increase",
+    "dense_ece",
+    "pruned_ece",
+    "nll_increase",
+    "dense_nll",
+    "pruned_nll",
+    "brier_increase",
+    "dense_brier",
+    "pruned_brier",
+    "kl_divergence",
+    "probability_loyalty",
+    "selective_risk_increase",
+    "group_accuracy_drop",
     "miou_drop",
     "dense_miou",
     "pruned_miou",
@@ -336,6 +375,11 @@ class Data(Strict):
     test: DataSource
     limit: int | None = Field(None, gt=0, description="class-balanced subset of the test set")
     ood: list[OodSource] = []
+    groups: dict[Name, Annotated[list[int | str], Field(min_length=1)]] | str | None = Field(
+        None,
+        description="subgroups for group_accuracy_drop: {name: [class names or label indices]}, or a JSON/YAML "
+        "file of that mapping",
+    )
     max_pixels: int = Field(
         DEFAULT_MAX_PIXELS, gt=0, description="images with more pixels are refused (decompression bombs)"
     )
@@ -414,6 +458,13 @@ class Rule(Strict):
     aggregate: Literal["each", "mean", "min", "max"] = "each"
     max: float | None = Field(None, allow_inf_nan=False)
     min: float | None = Field(None, allow_inf_nan=False)
+    coverage: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"selective_risk_increase: the fraction of samples each model keeps (default {DEFAULT_COVERAGE})",
+    )
 
     @model_validator(mode="after")
     def _one_threshold_in_range(self) -> Rule:
@@ -424,12 +475,25 @@ class Rule(Strict):
         which = "max" if self.max is not None else "min"
         threshold = getattr(self, which)
         low, high = METRICS[self.metric][0]
-        low = max(low, 0.0)  # a negative tolerance would demand the pruned model be better
+        if self.metric not in SIGNED_METRICS:
+            low = max(low, 0.0)  # a negative tolerance would demand the pruned model be better
         if not low <= threshold <= high:
             raise field_error(
                 (which,), f"threshold {threshold} for {self.metric} must be within [{low:g}, {high:g}]", threshold
             )
+        if self.coverage is not None and self.metric != "selective_risk_increase":
+            raise field_error(
+                ("coverage",), f"coverage is for selective_risk_increase, not {self.metric}", self.coverage
+            )
         return self
+
+    @property
+    def key(self) -> str:
+        """The name the task records keep the rule's number under: the metric, and for the
+        selective risk its coverage (`selective_risk_increase@0.8`)."""
+        if self.metric == "selective_risk_increase":
+            return f"{self.metric}@{self.coverage if self.coverage is not None else DEFAULT_COVERAGE:g}"
+        return self.metric
 
     @property
     def globs(self) -> list[str]:

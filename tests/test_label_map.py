@@ -103,8 +103,12 @@ def test_check_judges_each_prediction_by_its_labels_set(
                                                           "label_map": "all.json"}}), "loose", capsys)  # fmt: skip
     clean = {name: next(t for t in p["tasks"] if t["name"] == "clean") for name, p in
              (("plain", plain), ("same", same), ("loose", loose))}  # fmt: skip
-    for key in ("dense", "pruned", "agreement"):
-        assert clean["same"][key] == clean["plain"][key]
+    judged = ("accuracy", "correct", "nonfinite", "top5", "ece")  # what a prediction in its label's set decides
+    for side in ("dense", "pruned"):
+        assert {k: clean["same"][side].get(k) for k in judged} == {k: clean["plain"][side].get(k) for k in judged}
+        # a label that is a set of classes has no probability of its own: no NLL or Brier score
+        assert clean["same"][side]["nll"] is None and clean["plain"][side]["nll"] is not None
+    assert clean["same"]["agreement"] == clean["plain"]["agreement"]
     assert clean["loose"]["dense"]["accuracy"] == 1.0 and clean["loose"]["pruned"]["accuracy"] == 1.0
     assert clean["loose"]["agreement"] == clean["plain"]["agreement"]
     assert clean["plain"]["dense"]["accuracy"] > 0.9  # the colour net is right by itself

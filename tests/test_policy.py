@@ -606,3 +606,36 @@ def test_the_recorded_document_has_the_list_columns_only_where_set() -> None:
     assert "path_column" not in document["test"] and "label_column" not in document["test"]
     assert "path_column" not in document["ood"][0] and document["ood"][0]["label_column"] == "wnid"
     assert policy_from_dict(data).data.ood[0].list_columns == ("path", "wnid")
+
+
+@pytest.mark.parametrize(
+    ("metric", "threshold"), [("ece_increase", -0.05), ("nll_increase", -0.5), ("brier_increase", -0.1)]
+)
+def test_a_signed_metric_takes_a_negative_min(tmp_path: Path, metric: str, threshold: float) -> None:
+    """'must not become under-confident': the ECE/NLL/Brier increases are signed (issue 19)."""
+    data = example_dict()
+    data["gate"]["rules"][0] = {"name": "calibrated", "tasks": "clean", "metric": metric, "min": threshold}
+    assert load_policy(write(tmp_path, data)).gate.rules[0].min == threshold
+
+
+@pytest.mark.parametrize("metric", ["top5_drop", "kl_divergence", "selective_risk_increase", "group_accuracy_drop"])
+def test_a_negative_threshold_on_an_unsigned_metric_is_refused(tmp_path: Path, metric: str) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0] = {"name": "r", "tasks": "clean", "metric": metric, "min": -0.01}
+    error = load_error(write(tmp_path, data))
+    assert error.field == "gate.rules.0.min" and "must be within [0" in str(error), error
+
+
+def test_coverage_belongs_to_the_selective_risk_rule_only(tmp_path: Path) -> None:
+    data = example_dict()
+    data["gate"]["rules"][0] = {"name": "r", "tasks": "clean", "metric": "selective_risk_increase", "max": 0.02}
+    rule = load_policy(write(tmp_path, data)).gate.rules[0]
+    assert rule.key == "selective_risk_increase@0.8"  # the default coverage
+    data["gate"]["rules"][0]["coverage"] = 0.9
+    assert load_policy(write(tmp_path, data)).gate.rules[0].key == "selective_risk_increase@0.9"
+    data["gate"]["rules"][0] = {"name": "r", "tasks": "clean", "metric": "top5_drop", "max": 0.02, "coverage": 0.9}
+    error = load_error(write(tmp_path, data))
+    assert error.field == "gate.rules.0.coverage" and "selective_risk_increase" in str(error), error
+    data["gate"]["rules"][0] = {"name": "r", "tasks": "clean", "metric": "selective_risk_increase", "max": 0.1,
+                                "coverage": 0}  # fmt: skip
+    assert load_error(write(tmp_path, data)).field == "gate.rules.0.coverage"

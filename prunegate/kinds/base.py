@@ -94,6 +94,7 @@ class PredictionKind(Protocol):
         resampler: object,
         indices: np.ndarray,
         class_names: list[str] | None,
+        options: object = None,
     ) -> tuple[TaskRecord, dict]:
         """The task's record in the report and its bootstrap replicates per metric."""
         ...

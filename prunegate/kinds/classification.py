@@ -10,6 +10,7 @@ import torch
 
 from prunegate.errors import DataError
 from prunegate.metrics import TaskTally
+from prunegate.metrics.paired import StatisticsOptions
 from prunegate.plan import Task
 from prunegate.report.schema import CorruptionSummary, ModelSide, TaskRecord
 
@@ -67,9 +68,11 @@ class Classification:
         resampler: object,
         indices: np.ndarray,
         class_names: list[str] | None,
+        options: object = None,
     ) -> tuple[TaskRecord, dict]:
         """The task's metrics, intervals and examples (metrics.paired), as its report record."""
         assert isinstance(tally, TaskTally)
+        assert options is None or isinstance(options, StatisticsOptions)
         summary, replicates = tally.statistics(
             draws=task.draws,
             classes=classes,
@@ -77,6 +80,7 @@ class Classification:
             resampler=resampler,
             indices=indices,
             class_names=class_names,
+            options=options,
         )
         record = TaskRecord(name=task.name, kind=task.kind, group=task.group, source=task.source, **summary)
         return record, replicates

@@ -475,8 +475,10 @@ class Segmentation:
         resampler: object,
         indices: np.ndarray,
         class_names: list[str] | None,
+        options: object = None,
     ) -> tuple[TaskRecord, dict]:
         """The task's dataset-level metrics, intervals and worst images, as its report record."""
+        # options (selective-risk coverages, subgroups) are classification statistics
         assert isinstance(tally, SegmentationTally)
         assert resampler is None or isinstance(resampler, Resampler)
         summary, replicates = segmentation_statistics(

@@ -28,6 +28,10 @@ class Slots:
 
     dtype: torch.dtype
     empty: float
+    width: int = 0  # 0: one value per sample; k: k values per sample ([n, k])
+
+    def shape(self, n: int) -> tuple[int, ...]:
+        return (n, self.width) if self.width else (n,)
 
     @property
     def offset(self) -> float:
@@ -35,13 +39,25 @@ class Slots:
         return self.empty if np.isfinite(self.empty) else 0.0
 
 
-# labels and predictions: class indices, -1 = none; distances: NaN until written (21 bytes/sample)
+# labels, predictions and top-5 classes: class indices, -1 = none; the rest NaN until written
+# (93 bytes/sample). Per model: the top-1 probability (confidence), the log probability of the
+# label, the Brier score and the top-5 classes; paired: softmax L2/Linf, KL and JS distance.
 STATES: dict[str, Slots] = {
     "labels": Slots(torch.int32, -1),
     "dense_pred": Slots(torch.int32, -1),
     "pruned_pred": Slots(torch.int32, -1),
     "l2": Slots(torch.float32, float("nan")),
     "linf": Slots(torch.float32, float("nan")),
+    "dense_confidence": Slots(torch.float32, float("nan")),
+    "pruned_confidence": Slots(torch.float32, float("nan")),
+    "dense_logp": Slots(torch.float32, float("nan")),
+    "pruned_logp": Slots(torch.float32, float("nan")),
+    "dense_brier": Slots(torch.float32, float("nan")),
+    "pruned_brier": Slots(torch.float32, float("nan")),
+    "dense_top5": Slots(torch.int32, -1, F.TOP_K),
+    "pruned_top5": Slots(torch.int32, -1, F.TOP_K),
+    "kl": Slots(torch.float32, float("nan")),
+    "js": Slots(torch.float32, float("nan")),
 }
 
 Reduce = Callable[[torch.Tensor], None]  # sums a tensor in place across processes (dist.all_reduce)
@@ -76,6 +92,16 @@ class TaskTally:
     pruned_pred: torch.Tensor
     l2: torch.Tensor  # [n] float32
     linf: torch.Tensor
+    dense_confidence: torch.Tensor  # [n] float32: top-1 softmax probability
+    pruned_confidence: torch.Tensor
+    dense_logp: torch.Tensor  # [n] float32: log probability of the label
+    pruned_logp: torch.Tensor
+    dense_brier: torch.Tensor  # [n] float32
+    pruned_brier: torch.Tensor
+    dense_top5: torch.Tensor  # [n, 5] int32: the five most probable classes
+    pruned_top5: torch.Tensor
+    kl: torch.Tensor  # [n] float32: KL(dense || pruned), nats
+    js: torch.Tensor  # [n] float32: Jensen-Shannon distance (base 2)
     filled: torch.Tensor  # [n] bool: every slot must be written exactly once
     # data.label_map: bool [dataset labels, model classes], a prediction is right when in its
     # label's set; None: right when it is the label. Set for the statistics, never merged or kept.
@@ -86,7 +112,7 @@ class TaskTally:
     @classmethod
     def empty(cls, n: int, device: torch.device) -> TaskTally:
         """A tally of `n` unwritten slots on `device`."""
-        slots = {name: torch.full((n,), s.empty, dtype=s.dtype, device=device) for name, s in STATES.items()}
+        slots = {name: torch.full(s.shape(n), s.empty, dtype=s.dtype, device=device) for name, s in STATES.items()}
         return cls(**slots, filled=torch.zeros(n, dtype=torch.bool, device=device))
 
     def update(
@@ -94,11 +120,22 @@ class TaskTally:
     ) -> None:
         """Write one batch's outcomes into the slots at `positions`."""
         l2, linf = F.softmax_distances(dense_logits, pruned_logits)
-        self.labels[positions] = labels.to(self.labels.dtype)
-        self.dense_pred[positions] = F.predictions(dense_logits).to(self.dense_pred.dtype)
-        self.pruned_pred[positions] = F.predictions(pruned_logits).to(self.pruned_pred.dtype)
-        self.l2[positions] = l2
-        self.linf[positions] = linf
+        kl, js = F.softmax_divergences(dense_logits, pruned_logits)
+        values = {
+            "labels": labels,
+            "dense_pred": F.predictions(dense_logits),
+            "pruned_pred": F.predictions(pruned_logits),
+            "l2": l2,
+            "linf": linf,
+            "kl": kl,
+            "js": js,
+        }
+        for model, logits in (("dense", dense_logits), ("pruned", pruned_logits)):
+            for name, value in F.probability_outcomes(logits, labels).items():
+                values[f"{model}_{name}"] = value
+        for name, value in values.items():
+            target = getattr(self, name)
+            target[positions] = value.to(target.dtype)
         self.filled[positions] = True
 
     def record(
@@ -119,11 +156,15 @@ class TaskTally:
     @classmethod
     def from_state(cls, state: dict, n: int, device: torch.device) -> TaskTally:
         """A tally from `state`; ValueError unless it is one of `n` samples."""
+        empty = cls.empty(n, device)
         found = [state.get(name) for name in cls.FIELDS]
-        tensors = [t for t in found if isinstance(t, torch.Tensor) and t.shape == (n,)]
+        tensors = [
+            t
+            for t, name in zip(found, cls.FIELDS)
+            if isinstance(t, torch.Tensor) and t.shape == getattr(empty, name).shape
+        ]
         if len(tensors) != len(found):
             raise ValueError(f"a checkpoint's tally is not one of {n} samples")
-        empty = cls.empty(n, device)
         return cls(*(t.to(device, getattr(empty, name).dtype) for name, t in zip(cls.FIELDS, tensors)))
 
     @property
@@ -152,6 +193,7 @@ class TaskTally:
         resampler: Any = None,
         indices: np.ndarray | None = None,
         class_names: list[str] | None = None,
+        options: Any = None,
     ) -> dict:
         """The task's metrics as the report records them (see paired.task_statistics)."""
         return self.statistics(
@@ -161,6 +203,7 @@ class TaskTally:
             resampler=resampler,
             indices=indices,
             class_names=class_names,
+            options=options,
         )[0]
 
     def statistics(
@@ -172,6 +215,7 @@ class TaskTally:
         resampler: Any = None,
         indices: np.ndarray | None = None,
         class_names: list[str] | None = None,
+        options: Any = None,
     ) -> tuple[dict, dict]:
         """(summary, bootstrap replicates per metric)."""
         from .paired import task_statistics
@@ -189,4 +233,5 @@ class TaskTally:
             resampler=resampler,
             indices=indices,
             class_names=class_names,
+            options=options,
         )

@@ -27,11 +27,13 @@ def _without_unset(data: dict, names: tuple[str, ...]) -> dict:
 
 # Fields only one prediction kind fills: a record leaves out the other kind's, so that a
 # classification report reads as it always did and a segmentation one carries no null accuracies.
-CLASSIFICATION_SIDE = ("accuracy", "correct")
+CLASSIFICATION_SIDE = ("accuracy", "correct", "top5", "ece", "nll", "brier")
 SEGMENTATION_SIDE = ("miou", "pixel_accuracy")
 CLASSIFICATION_TASK = (
     *("accuracy_drop", "agreement", "softmax_l2", "softmax_linf", "newly_wrong", "newly_right", "flips"),
     *("error_consistency", "class_recall_drop", "worst_class", "class_recall", "mcnemar_p", "examples"),
+    *("top5_drop", "ece_increase", "nll_increase", "brier_increase", "kl_divergence", "probability_loyalty"),
+    *("selective_risk", "group_accuracy_drop", "worst_group", "groups", "calibration"),
 )
 SEGMENTATION_TASK = (
     *("pixels", "miou_drop", "pixel_accuracy_drop", "pixel_agreement", "class_iou_drop", "worst_class_iou"),
@@ -175,6 +177,18 @@ class ModelSide(_Record):
         None, description="segmentation: mean IoU over the classes present in truth or prediction"
     )
     pixel_accuracy: float | None = Field(None, description="segmentation: correct valid pixels over valid pixels")
+    top5: float | None = Field(None, description="classification: top-5 accuracy (None: fewer than 5 classes)")
+    ece: float | None = Field(
+        None, description="classification: expected calibration error, 15 equal-width bins of the top-1 probability"
+    )
+    nll: float | None = Field(
+        None,
+        description="classification: mean negative log-likelihood of the label, nats (None under data.label_map, "
+        "or infinite: a non-finite output)",
+    )
+    brier: float | None = Field(
+        None, description="classification: mean multi-class Brier score, sum over classes of (p - onehot)^2"
+    )
 
     @model_serializer(mode="wrap")
     def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -187,7 +201,8 @@ class Interval(_Record):
     high: float
     method: str = Field(
         description="newcombe (paired difference), wilson (a proportion), "
-        "bootstrap (seeded paired percentile) or normal (a mean)"
+        "bootstrap (seeded paired percentile) or normal (a mean); keys: metric names, and "
+        "selective_risk_increase@COVERAGE"
     )
 
 
@@ -209,6 +224,33 @@ class WorstClass(_Record):
     dense_recall: float
     pruned_recall: float
     drop: float
+
+
+class SelectiveRisk(_Record):
+    coverage: float = Field(description="the fraction of samples each model keeps (it abstains on the rest)")
+    dense: float | None = Field(description="the dense model's error on its most confident `coverage` of samples")
+    pruned: float | None
+    increase: float | None = Field(description="pruned minus dense")
+
+
+class GroupResult(_Record):
+    name: str = Field(description="the group's name in data.groups")
+    n: int = Field(description="samples of the group's classes")
+    dense_accuracy: float | None
+    pruned_accuracy: float | None
+    drop: float | None
+
+
+class Reliability(_Record):
+    n: list[int] = Field(description="samples per bin of the top-1 probability ([i/15, (i+1)/15); the last: 1)")
+    confidence: list[float | None] = Field(description="the bin's mean top-1 probability (None: an empty bin)")
+    accuracy: list[float | None] = Field(description="the bin's top-1 accuracy")
+
+
+class Calibration(_Record):
+    bins: int = Field(description="equal-width bins of the ECE (plus one for a probability of exactly 1)")
+    dense: Reliability
+    pruned: Reliability
 
 
 class Example(_Record):
@@ -279,6 +321,23 @@ class TaskRecord(_Record):
     class_recall_drop: float | None = Field(None, description="the largest per-class recall drop")
     worst_class: WorstClass | None = None
     class_recall: ClassRecall | None = None
+    top5_drop: float | None = Field(None, description="dense top-5 accuracy minus pruned top-5 accuracy")
+    ece_increase: float | None = Field(None, description="pruned ECE minus dense ECE (signed)")
+    nll_increase: float | None = Field(None, description="pruned NLL minus dense NLL (signed)")
+    brier_increase: float | None = Field(None, description="pruned Brier score minus dense (signed)")
+    kl_divergence: float | None = Field(None, description="mean KL(dense || pruned) of the softmax outputs, nats")
+    probability_loyalty: float | None = Field(
+        None, description="mean 1 - Jensen-Shannon distance (base 2) between the two softmax outputs"
+    )
+    selective_risk: list[SelectiveRisk] = Field(
+        [], description="per coverage (0.8, and any a rule asks for): both models' selective risk"
+    )
+    group_accuracy_drop: float | None = Field(
+        None, description="the largest accuracy drop of any subgroup (data.groups)"
+    )
+    worst_group: GroupResult | None = None
+    groups: list[GroupResult] = Field([], description="per subgroup (data.groups): both models' accuracy")
+    calibration: Calibration | None = Field(None, description="both models' reliability diagram")
     intervals: dict[str, Interval] = Field({}, description="per metric, at the report's confidence level")
     mcnemar_p: float | None = Field(None, description="exact McNemar test of equal accuracy (two-sided)")
     examples: list[Example] = Field([], description="a few samples the pruned model newly gets wrong")
@@ -313,6 +372,7 @@ class RuleRecord(_Record):
     status: Literal["pass", "fail", "undecided"] = Field(
         "pass", description="undecided: the interval straddles the threshold (counts as a failure)"
     )
+    coverage: float | None = Field(None, description="selective_risk_increase: the coverage the rule set")
     samples_needed: int | None = Field(
         None, description="for an undecided rule: roughly how many samples per task would decide it"
     )
