@@ -84,6 +84,7 @@ def run_prune(request: PruneRequest, stdout: Console, stderr: Console) -> int:
     require_file(request.model, "model file", field="--model")
     module, _, _ = load_torch_module(request.model, "--model", request.arch, Path.cwd(), request.allow_pickle)
     keep = kept_layers(module, depthwise=request.keep_depthwise, first_last=request.keep_first_last)
+    _check_something_to_prune(module, keep, request)
     names = {r: f"{request.method}-{round(r * 100):02d}" for r in levels}
     targets = {r: [request.out / f"{names[r]}.{SUFFIXES[k]}" for k in kinds] for r in levels}
     for path in [p for r in levels for p in [*targets[r], request.out / f"{names[r]}.layers.json"]]:
@@ -136,6 +137,22 @@ def _check_options(request: PruneRequest) -> tuple[list[float], list[str], str]:
                 raise PrunegateError(f"{flag} applies to --method wt (ft keeps the classifier already)")
         return levels, kinds, "layer"
     return levels, kinds, request.scope or "global"
+
+
+def _check_something_to_prune(module: nn.Module, keep: set[str], request: PruneRequest) -> None:
+    """A model whose every prunable layer is kept dense (or that has none) is an input error."""
+    from prunegate.prune import prunable_weights
+
+    names = [name for name, _ in prunable_weights(module)]
+    if not names:
+        raise PrunegateError("the model has no conv or linear weights to prune", file=request.model, field="--model")
+    if all(name in keep for name in names):
+        flags = [
+            f
+            for f, on in (("--keep-depthwise", request.keep_depthwise), ("--keep-first-last", request.keep_first_last))
+            if on
+        ]
+        raise PrunegateError(f"{' and '.join(flags)} keep every prunable layer of the model dense: nothing to prune")
 
 
 def _channels(option: str, text: str | None) -> tuple[float, ...] | None:
