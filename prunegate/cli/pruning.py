@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prunegate.errors import PrunegateError, require_file
 
-from .common import EXIT_PASS, _duration, split_csv
+from .common import EXIT_PASS, duration, split_csv
 from .outputs import write_together
 
 if TYPE_CHECKING:
@@ -341,7 +341,7 @@ class _StepLines:
         left = elapsed * (self.total - self.done) / max(self.done, 1)
         print(
             f"retrain {method} {ratio:g}: step {k} (ratio {step_ratio:.3f}) loss {loss:.3f}, "
-            f"{_duration(elapsed)} elapsed, about {_duration(left)} left",
+            f"{duration(elapsed)} elapsed, about {duration(left)} left",
             file=self.stderr.file,
             flush=True,
         )
