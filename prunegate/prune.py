@@ -1,6 +1,9 @@
 """Pruning a torch model into a family of pruned copies, as in "Lost in Pruning":
 
-- WT, global weight magnitude (unstructured): the smallest |w| over all conv/linear weights.
+- WT, weight magnitude (unstructured): the smallest |w| over all conv/linear weights (scope
+  "global", the paper's) or the same fraction of every layer (scope "layer", for networks whose
+  layers differ in scale: batch norms folded into the convs, depthwise layers). Chosen layers
+  (depthwise convs, the first and last layer) can be kept dense in either scope.
 - FT, filter L1-norm (structured, per layer): in every conv/linear layer but the classifier,
   the output filters with the smallest L1 norm (Li et al. 2017), with their biases.
 
@@ -19,6 +22,7 @@ import torch
 from torch import nn
 
 METHODS = ("wt", "ft")
+SCOPES = ("global", "layer")
 
 # Layers whose `weight` is pruned; their biases, norm layers and buffers are left alone.
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -36,31 +40,84 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
-def global_magnitude_prune(model: nn.Module, ratio: float) -> nn.Module:
-    """A deep copy of `model` with the `ratio` fraction of smallest-|w| prunable weights zeroed.
+def is_depthwise(module: nn.Module) -> bool:
+    """A depthwise conv: one filter group per input channel (groups == in_channels > 1)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and module.groups == module.in_channels
 
-    The threshold is global over all conv/linear weights (layers keep different fractions).
-    Exactly round(ratio * total) weights are removed; ties at the threshold are broken by
-    position (stable sort), so the count is exact even when many weights are equal, e.g. zeros
-    left by an earlier pruning.
-    """
+
+def kept_layers(model: nn.Module, *, depthwise: bool = False, first_last: bool = False) -> set[str]:
+    """Names of the prunable weights to keep dense: the depthwise convs' and/or the first and the
+    last prunable layer's (the stem sees raw pixels, the classifier decides the classes)."""
+    names = [name for name, _ in prunable_weights(model)]
+    kept: set[str] = set()
+    if depthwise:
+        modules = dict(model.named_modules())
+        kept |= {name for name in names if is_depthwise(modules[name.removesuffix("weight").rstrip(".")])}
+    if first_last and names:
+        kept |= {names[0], names[-1]}
+    return kept
+
+
+def _smallest_mask(magnitudes: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Keep-mask of a flat tensor without its round(ratio * n) smallest entries, ties by position
+    (stable sort), so the count is exact even when many are equal (e.g. zeros of an earlier step)."""
+    keep = torch.ones(magnitudes.numel(), dtype=torch.bool)
+    keep[torch.argsort(magnitudes, stable=True)[: round(ratio * magnitudes.numel())]] = False
+    return keep
+
+
+def _check_ratio(ratio: float) -> None:
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"prune ratio must be in [0, 1], got {ratio}")
-    pruned = copy.deepcopy(model)
-    weights = [w for _, w in prunable_weights(pruned)]
+
+
+def _targets(model: nn.Module, keep: set[str] | frozenset[str]) -> list[torch.Tensor]:
+    weights = [w for name, w in prunable_weights(model) if name not in keep]
     if not weights:
         raise ValueError("model has no conv or linear weights to prune")
+    return weights
+
+
+def global_magnitude_prune(model: nn.Module, ratio: float, keep: set[str] | frozenset[str] = frozenset()) -> nn.Module:
+    """A deep copy of `model` with the `ratio` fraction of smallest-|w| prunable weights zeroed.
+
+    The threshold is global over all conv/linear weights but those named in `keep` (layers keep
+    different fractions). Exactly round(ratio * total) weights are removed; ties at the threshold
+    are broken by position (stable sort), so the count is exact even when many weights are equal,
+    e.g. zeros left by an earlier pruning.
+    """
+    _check_ratio(ratio)
+    pruned = copy.deepcopy(model)
+    weights = _targets(pruned, keep)
     with torch.no_grad():
-        magnitudes = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
-        k = round(ratio * magnitudes.numel())
-        keep = torch.ones(magnitudes.numel(), dtype=torch.bool)
-        keep[torch.argsort(magnitudes, stable=True)[:k]] = False
+        keep_mask = _smallest_mask(torch.cat([w.detach().abs().flatten().float().cpu() for w in weights]), ratio)
         start = 0
         for w in weights:
-            mask = keep[start : start + w.numel()].view_as(w).to(w.device)
+            mask = keep_mask[start : start + w.numel()].view_as(w).to(w.device)
             w.masked_fill_(~mask, 0.0)
             start += w.numel()
     return pruned
+
+
+def layer_magnitude_prune(model: nn.Module, ratio: float, keep: set[str] | frozenset[str] = frozenset()) -> nn.Module:
+    """A deep copy of `model` in which every prunable weight but those named in `keep` loses its
+    round(ratio * numel) smallest-|w| entries (uniform per-layer sparsity; ties by position)."""
+    _check_ratio(ratio)
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for w in _targets(pruned, keep):
+            mask = _smallest_mask(w.detach().abs().flatten().float().cpu(), ratio).view_as(w).to(w.device)
+            w.masked_fill_(~mask, 0.0)
+    return pruned
+
+
+def layer_sparsity(model: nn.Module) -> list[dict]:
+    """Per prunable weight: its name, parameters, nonzero entries and sparsity (fraction zero)."""
+    rows = []
+    for name, w in prunable_weights(model):
+        nonzero = int(torch.count_nonzero(w.detach()))
+        rows.append({"layer": name, "parameters": w.numel(), "nonzero": nonzero, "sparsity": 1 - nonzero / w.numel()})
+    return rows
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -107,13 +164,45 @@ def filter_prune(model: nn.Module, ratio: float) -> nn.Module:
     return pruned
 
 
-def prune(model: nn.Module, method: str, ratio: float) -> nn.Module:
-    """Prune `model` by `ratio` with a named method: 'wt' (global weight magnitude) or 'ft' (filters)."""
+def prune(
+    model: nn.Module, method: str, ratio: float, scope: str = "global", keep: set[str] | frozenset[str] = frozenset()
+) -> nn.Module:
+    """Prune `model` by `ratio` with a named method: 'wt' (weight magnitude, over the whole net
+    or per layer by `scope`, the weights named in `keep` left dense) or 'ft' (filters, per layer
+    by definition: `scope` and `keep` do not apply)."""
     if method == "wt":
-        return global_magnitude_prune(model, ratio)
+        if scope not in SCOPES:
+            raise ValueError(f"unknown prune scope {scope!r}; known: {', '.join(SCOPES)}")
+        return (global_magnitude_prune if scope == "global" else layer_magnitude_prune)(model, ratio, keep)
     if method == "ft":
         return filter_prune(model, ratio)
     raise ValueError(f"unknown prune method {method!r}; known: {', '.join(METHODS)}")
+
+
+def prune_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, keep-mask) for what pruning removed, to hold fixed while retraining: every
+    zero of a prunable weight, and, where a whole filter is zero, its bias and the following batch
+    norm's scale and shift where they are zero too (as filter pruning leaves them)."""
+    modules = [m for m in model.modules() if not list(m.children())]
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: set[int] = set()
+    for index, layer in enumerate(modules):
+        weight = getattr(layer, "weight", None)
+        if not isinstance(layer, PRUNABLE) or not isinstance(weight, torch.Tensor) or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        out.append((weight, weight.detach() != 0))
+        dead = (weight.detach().flatten(1) == 0).all(dim=1)
+        if not bool(dead.any()):
+            continue
+        following = modules[index + 1] if index + 1 < len(modules) else None
+        extra = [getattr(layer, "bias", None)]
+        if isinstance(following, nn.modules.batchnorm._BatchNorm) and following.num_features == dead.numel():
+            extra += [following.weight, following.bias]
+        for param in extra:
+            if isinstance(param, torch.Tensor) and param.shape == dead.shape:
+                out.append((param, ~(dead & (param.detach() == 0))))
+    return out
 
 
 def export_model(model: nn.Module, size: int, path: Path, fmt: str) -> None:

@@ -137,8 +137,9 @@ def test_prune_cli_writes_a_family(tmp_path: Path, capsys) -> None:
     )
     printed, err = capsys.readouterr()
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["ft-25.onnx", "ft-25.pt", "ft-50.onnx", "ft-50.pt"]
-    written = ", ".join(str(out / name) for name in ("ft-25.onnx", "ft-25.pt", "ft-50.onnx", "ft-50.pt"))
+    files = ["ft-25.onnx", "ft-25.pt", "ft-25.layers.json", "ft-50.onnx", "ft-50.pt", "ft-50.layers.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    written = ", ".join(str(out / name) for name in files)
     assert f"wrote {written}" in printed  # every file named
     code = main(
         [

@@ -175,3 +175,108 @@ def test_exported_pruned_models_compute_what_the_module_computes(tmp_path, fmt):
     else:
         got = torch.jit.load(str(path))(x)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+# --- per-layer scope, kept layers, masks ---------------------------------------------------------
+
+from prunegate.prune import (  # noqa: E402
+    kept_layers,
+    layer_magnitude_prune,
+    layer_sparsity,
+    prune,
+    prune_masks,
+)
+
+
+def _depthwise_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, groups=8),  # depthwise
+        nn.Conv2d(8, 8, 3, groups=2),  # grouped, not depthwise
+        nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4 * 2 * 2, 5),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 0.3, 0.5, 0.95, 1.0])
+def test_layer_scope_removes_the_exact_count_from_every_layer(ratio):
+    model = _model(2)
+    with torch.no_grad():
+        model[5].weight.mul_(1e-3)  # scales differ: a global threshold would take this layer first
+    pruned = layer_magnitude_prune(model, ratio)
+    for (name, before), (_, after) in zip(prunable_weights(model), prunable_weights(pruned), strict=True):
+        k = round(ratio * before.numel())
+        assert int((after == 0).sum()) == k, name
+        # the k smallest |w| of this layer (continuous random weights: no ties)
+        if 0 < k < before.numel():
+            threshold = before.detach().abs().flatten().sort().values[k - 1]
+            assert torch.equal(after, torch.where(before.abs() > threshold, before, torch.zeros_like(before)))
+
+
+def test_layer_scope_ties_are_broken_by_position():
+    model = _model()
+    with torch.no_grad():
+        for _, w in prunable_weights(model):
+            w.fill_(-0.5)
+    pruned = layer_magnitude_prune(model, 0.4)
+    for _, w in prunable_weights(pruned):
+        flat = w.detach().flatten()
+        k = round(0.4 * flat.numel())
+        assert (flat[:k] == 0).all() and (flat[k:] == -0.5).all()  # the first k positions go
+
+
+def test_keep_depthwise_names_only_depthwise_convs():
+    model = _depthwise_model()
+    assert kept_layers(model, depthwise=True) == {"2.weight"}
+    assert kept_layers(model, first_last=True) == {"0.weight", "6.weight"}
+    assert kept_layers(model, depthwise=True, first_last=True) == {"0.weight", "2.weight", "6.weight"}
+    assert kept_layers(model) == set()
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+@pytest.mark.parametrize("flags", [{"depthwise": True}, {"first_last": True}, {"depthwise": True, "first_last": True}])
+def test_kept_layers_stay_dense_and_the_rest_is_pruned_exactly(scope, flags):
+    model = _depthwise_model(3)
+    keep = kept_layers(model, **flags)
+    pruned = prune(model, "wt", 0.6, scope, keep)
+    before, after = dict(prunable_weights(model)), dict(prunable_weights(pruned))
+    for name in keep:
+        assert torch.equal(after[name], before[name]), name
+    rest = [name for name in before if name not in keep]
+    if scope == "layer":
+        for name in rest:
+            assert int((after[name] == 0).sum()) == round(0.6 * before[name].numel()), name
+    else:  # the kept layers are outside the threshold: the ratio is of the others' weights
+        total = sum(before[name].numel() for name in rest)
+        assert sum(int((after[name] == 0).sum()) for name in rest) == round(0.6 * total)
+
+
+def test_prune_dispatches_on_scope_and_refuses_an_unknown_one():
+    model = _model(4)
+    assert torch.equal(_prunable(prune(model, "wt", 0.5)), _prunable(global_magnitude_prune(model, 0.5)))
+    assert torch.equal(_prunable(prune(model, "wt", 0.5, "layer")), _prunable(layer_magnitude_prune(model, 0.5)))
+    with pytest.raises(ValueError, match="scope"):
+        prune(model, "wt", 0.5, "everywhere")
+    with pytest.raises(ValueError):
+        layer_magnitude_prune(model, 1.5)
+
+
+def test_layer_sparsity_rows():
+    pruned = layer_magnitude_prune(_model(), 0.5)
+    rows = layer_sparsity(pruned)
+    assert [r["layer"] for r in rows] == ["0.weight", "3.weight", "5.weight"]
+    for row, (_, w) in zip(rows, prunable_weights(pruned), strict=True):
+        assert row["parameters"] == w.numel() and row["nonzero"] == int(torch.count_nonzero(w))
+        assert row["sparsity"] == pytest.approx(round(0.5 * w.numel()) / w.numel())
+
+
+def test_prune_masks_cover_weights_and_the_dead_filters_bias_and_norm():
+    pruned = filter_prune(_model(), 0.5)
+    masks = {id(p): keep for p, keep in prune_masks(pruned)}
+    conv, norm = pruned[0], pruned[1]
+    dead = (conv.weight.flatten(1) == 0).all(dim=1)
+    assert torch.equal(masks[id(conv.weight)], conv.weight != 0)
+    for param in (conv.bias, norm.weight, norm.bias):
+        assert torch.equal(masks[id(param)], ~dead)
+    wt = global_magnitude_prune(_model(), 0.5)
+    assert {id(p) for p, _ in prune_masks(wt)} == {id(w) for _, w in prunable_weights(wt)}  # no dead filter

@@ -181,7 +181,7 @@ class RichProgress:
             eta = elapsed * (self.total - self.done) / max(self.done, 1)
             print(
                 f"progress: {100 * self.done / self.total:.0f}% ({self.done:,}/{self.total:,} {UNIT}), "
-                f"{_duration(elapsed)} elapsed, about {_duration(eta)} left",
+                f"{duration(elapsed)} elapsed, about {duration(eta)} left",
                 file=sys.stderr,
                 flush=True,
             )
@@ -215,7 +215,8 @@ def render_width(console: Console) -> int:
     return CONSOLE_WIDTH
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as `3m05s`, or `1h02m` from an hour up (progress lines)."""
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 

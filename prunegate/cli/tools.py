@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from prunegate.errors import PrunegateError, require_file
+from prunegate.errors import PrunegateError
 
 from .common import (
     CONSOLE_WIDTH,
@@ -222,55 +221,78 @@ def prune_command(
         ..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."
     ),
     out: Path = typer.Option(..., "--out", help="Folder to write the family into (created; files must not exist)."),
-    method: str = typer.Option("wt", help="wt: global weight magnitude; ft: per-layer filter L1 norm."),
+    method: str = typer.Option("wt", help="wt: weight magnitude; ft: per-layer filter L1 norm."),
+    scope: str | None = typer.Option(
+        None,
+        help="wt: global (one threshold over all layers, the paper's; default) or layer (the same ratio in "
+        "every layer). ft is per layer by definition.",
+    ),
+    keep_depthwise: bool = typer.Option(
+        False, "--keep-depthwise", help="wt: keep depthwise convs (groups == in_channels > 1) dense."
+    ),
+    keep_first_last: bool = typer.Option(
+        False, "--keep-first-last", help="wt: keep the first and the last prunable layer dense."
+    ),
     arch: str | None = typer.Option(None, help="'module:fn' or 'file.py:fn' building the network for a state dict."),
-    input_size: int = typer.Option(..., "--input-size", min=1, help="Square input side, for export."),
+    input_size: int = typer.Option(..., "--input-size", min=1, help="Square input side, for export and retraining."),
     formats: str = typer.Option("onnx,torchscript", "--format", help="Comma-separated: onnx, torchscript."),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."
     ),
+    retrain: Path | None = typer.Option(
+        None, "--retrain", help="Fine-tune each member, masks fixed, on this training set (any data format)."
+    ),
+    class_names: Path | None = typer.Option(
+        None, "--class-names", help="--retrain: the model's class names, one per line (as data.class_names)."
+    ),
+    epochs: int | None = typer.Option(None, min=1, help="--retrain: epochs per prune step (default 1)."),
+    lr: float | None = typer.Option(None, help="--retrain: initial learning rate, cosine to 0 (default 0.01)."),
+    iterations: int | None = typer.Option(
+        None, min=1, help="--retrain: prune-retrain steps to each ratio, geometric schedule (default 1)."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="--retrain: batch size (default 64)."),
+    seed: int | None = typer.Option(None, min=0, help="--retrain: seed of the shuffle and augmentation (default 0)."),
+    train_limit: int | None = typer.Option(
+        None, "--train-limit", min=1, help="--retrain: a class-balanced subset of this many images (default 5000)."
+    ),
+    mean: str | None = typer.Option(None, help="--retrain: per-channel input mean, e.g. 0.485,0.456,0.406."),
+    std: str | None = typer.Option(None, help="--retrain: per-channel input std, e.g. 0.229,0.224,0.225."),
+    augment: bool | None = typer.Option(
+        None, "--augment/--no-augment", help="--retrain: random crop with padding and flip (default on)."
+    ),
 ) -> int:
-    """Make a family of pruned models (no retraining), masks made permanent, exported."""
-    from prunegate.prune import METHODS, count_parameters, export_model
-    from prunegate.prune import prune as prune_model
-    from prunegate.runners.torch import load_torch_module
+    """Make a family of pruned models, masks made permanent, exported; optionally retrained.
 
-    if method not in METHODS:
-        raise PrunegateError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    try:
-        levels = [float(r) for r in split_csv(ratios) or []]
-    except ValueError:
-        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}") from None
-    if not levels or any(not 0.0 <= r < 1.0 for r in levels):
-        raise PrunegateError(f"--ratios must be numbers in [0, 1), got {ratios!r}")
-    kinds = split_csv(formats) or []
-    suffixes = {"onnx": "onnx", "torchscript": "pt"}
-    if not kinds or any(k not in suffixes for k in kinds):
-        raise PrunegateError(f"--format must list onnx and/or torchscript, got {formats!r}")
-    require_file(model, "model file", field="--model")
-    module, _, _ = load_torch_module(model, "--model", arch, Path.cwd(), allow_pickle)
-    targets = [out / f"{method}-{round(r * 100):02d}.{suffixes[k]}" for r in levels for k in kinds]
-    for target in targets:
-        if target.exists():
-            raise PrunegateError("already exists; refusing to overwrite", file=target)
-    out.mkdir(parents=True, exist_ok=True)
-    stdout = stdout_console()
-    for r in levels:
-        member = prune_model(module, method, r)
-        total, nonzero = count_parameters(member)
-        for k in kinds:
-            target = out / f"{method}-{round(r * 100):02d}.{suffixes[k]}"
-            tmp = target.with_name(f".{target.name}.tmp")
-            try:
-                export_model(member, input_size, tmp, k)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-        stdout.print(
-            f"{method} {r:g}: {nonzero:,}/{total:,} parameters nonzero (prune ratio {1 - nonzero / total:.3f})"
-        )
-    stdout.print(f"wrote {', '.join(map(str, targets))}")
-    return EXIT_PASS
+    Beside each member, OUT/<method>-<ratio>.layers.json lists every layer's sparsity."""
+    from .pruning import PruneRequest, RetrainRequest, run_prune
+
+    request = PruneRequest(
+        model=model,
+        ratios=ratios,
+        out=out,
+        method=method,
+        scope=scope,
+        keep_depthwise=keep_depthwise,
+        keep_first_last=keep_first_last,
+        arch=arch,
+        input_size=input_size,
+        formats=formats,
+        allow_pickle=allow_pickle,
+        retrain=RetrainRequest(
+            data=retrain,
+            class_names=class_names,
+            epochs=epochs,
+            lr=lr,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            limit=train_limit,
+            mean=mean,
+            std=std,
+            augment=augment,
+        ),
+    )
+    return run_prune(request, stdout_console(), stderr_console())
 
 
 @cli.command()
