@@ -276,12 +276,17 @@ def _sample_report(
     severities: tuple[int, ...] = (1, 3, 5),
     classes: int = 3,
     name: str = "sample",
+    beyond: bool = False,
 ):
     """A synthetic but consistent Report: clean, two noise levels and `corruptions` x `severities`.
 
     failing: the pruned model loses agreement under noise (rule 'noise agreement' fails) and one
     rule is undecided. extras: the optional fields (intervals, bounds, per-class counts, examples,
-    corruption summary) are filled, as a report from the full engine has them."""
+    corruption summary) are filled, as a report from the full engine has them. beyond: the
+    metrics beyond top-1 (issue 19: top-5, ECE, NLL, Brier, KL, loyalty, selective risk at 0.8
+    and 0.9, the subgroups warm and cool, reliability bins) are filled, and four rules ask for
+    some: ece_increase (a negative min), top5_drop, selective_risk_increase at coverage 0.9 and
+    group_accuracy_drop."""
     import fnmatch
 
     from prunegate.report.schema import Report
@@ -337,6 +342,12 @@ def _sample_report(
                     ],
                 }
             )
+        if beyond:
+            more = _beyond_top1(dense, pruned, agreement, n)
+            for side, fields in more.pop("sides").items():
+                record[side].update(fields)
+            record.setdefault("intervals", {}).update(more.pop("intervals_beyond"))
+            record.update(more)
         return record
 
     drop = 0.06 if failing else 0.0
@@ -365,9 +376,11 @@ def _sample_report(
                 )
             )
 
-    def rule(name, metric, globs, aggregate, comparison, threshold, status=None) -> dict:
+    def rule(name, metric, globs, aggregate, comparison, threshold, status=None, coverage=None) -> dict:
         def value_of(t):
-            return {"accuracy_drop": t["accuracy_drop"], "agreement": t["agreement"]}[metric]
+            if coverage is not None:
+                return next(r["increase"] for r in t["selective_risk"] if r["coverage"] == coverage)
+            return t[metric]
 
         chosen = [t for t in tasks if any(fnmatch.fnmatchcase(t["name"], g) for g in globs)]
         values = [value_of(t) for t in chosen]
@@ -390,6 +403,7 @@ def _sample_report(
             "passed": passed,
             "per_task": per_task,
             "status": status or ("pass" if passed else "fail"),
+            "coverage": coverage,
         }
         if extras:
             record.update(
@@ -419,6 +433,13 @@ def _sample_report(
                 status="undecided" if failing else None,
             )
         )
+    if beyond:
+        rules += [
+            rule("calibration", "ece_increase", ["clean"], "each", "min", -0.05),
+            rule("top-5", "top5_drop", ["clean"], "each", "max", 0.02),
+            rule("selective risk", "selective_risk_increase", ["noise/*"], "each", "max", 0.05, coverage=0.9),
+            rule("subgroups", "group_accuracy_drop", ["clean"], "each", "max", 0.05),
+        ]
     verdict = "pass" if all(r["passed"] for r in rules) else "fail"
     model = {
         "sha256": "ab" * 32,
@@ -442,11 +463,14 @@ def _sample_report(
                     "metric": r["metric"],
                     "aggregate": r["aggregate"],
                     r["comparison"]: r["threshold"],
+                    **({"coverage": r["coverage"]} if r["coverage"] is not None else {}),
                 }
                 for r in rules
             ]
         },
     }
+    if beyond:
+        document["data"]["groups"] = {"warm": ["red"], "cool": ["green", "blue"]}
     if corruptions:
         document["suite"]["corruptions"] = {
             "preset": "cifar10-c",
@@ -510,6 +534,68 @@ def _sample_report(
             "relative_mce": 1.1,
         }
     return Report.model_validate(report)
+
+
+def _beyond_top1(dense: float, pruned: float, agreement: float, n: int) -> dict:
+    """A synthetic task's metrics beyond top-1 (issue 19), consistent with its accuracies: the
+    pruned model a little worse calibrated, its risk and its cool group's accuracy a little worse."""
+    lost = dense - pruned
+
+    def risk(coverage: float, scale: float) -> dict:
+        d, p = scale * (1 - dense), scale * (1 - pruned)
+        return {"coverage": coverage, "dense": d, "pruned": p, "increase": p - d}
+
+    def bins(miscalibration: float) -> dict:
+        counts = [0] * 10 + [n // 20, n // 10, n // 10, n // 5, n // 5]
+        counts.append(n - sum(counts))
+        confidence = [None if not k else (i + 0.5) / 15 if i < 15 else 1.0 for i, k in enumerate(counts)]
+        accuracy = [None if c is None else max(0.0, c - miscalibration) for c in confidence]
+        return {"n": counts, "confidence": confidence, "accuracy": accuracy}
+
+    groups = [
+        {"name": "warm", "n": n // 3, "dense_accuracy": dense, "pruned_accuracy": pruned, "drop": lost},
+        {
+            "name": "cool",
+            "n": n - n // 3,
+            "dense_accuracy": dense,
+            "pruned_accuracy": pruned - 0.02,
+            "drop": lost + 0.02,
+        },
+    ]
+    values = {
+        "top5_drop": lost / 2,
+        "ece_increase": 0.01 + lost / 2,
+        "nll_increase": 0.03 + 2 * lost,
+        "brier_increase": 0.005 + lost,
+        "kl_divergence": 0.02 + (1 - agreement) / 4,
+        "probability_loyalty": 0.85 + agreement / 10,
+        "group_accuracy_drop": lost + 0.02,
+    }
+    selective = [risk(0.8, 0.5), risk(0.9, 0.7)]
+    intervals = {k: {"low": v - 0.01, "high": v + 0.01, "method": "bootstrap"} for k, v in values.items()}
+    for r in selective:
+        intervals[f"selective_risk_increase@{r['coverage']:g}"] = {
+            "low": r["increase"] - 0.01,
+            "high": r["increase"] + 0.01,
+            "method": "bootstrap",
+        }
+    return {
+        **values,
+        "selective_risk": selective,
+        "groups": groups,
+        "worst_group": groups[1],
+        "calibration": {"bins": 15, "dense": bins(0.02), "pruned": bins(0.02 + lost + 0.03)},
+        "intervals_beyond": intervals,
+        "sides": {
+            "dense": {"top5": min(1.0, dense + 0.08), "ece": 0.03, "nll": 0.35, "brier": 0.15},
+            "pruned": {
+                "top5": min(1.0, dense + 0.08) - lost / 2,
+                "ece": 0.04 + lost / 2,
+                "nll": 0.38 + 2 * lost,
+                "brier": 0.155 + lost,
+            },
+        },
+    }
 
 
 @pytest.fixture(scope="session")

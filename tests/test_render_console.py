@@ -330,3 +330,64 @@ def test_a_name_too_long_for_the_width_folds_instead_of_being_cut(sample_report)
 def test_the_summary_and_the_written_files_show_names_literally(sample_report, width: int) -> None:
     text = console.render(hostile_report(sample_report), color=True, width=width, before_verdict=(f"wrote {HOSTILE}",))
     _assert_literal(text, 1)
+
+
+# --- beyond top-1 (issue 19): the columns the rules ask for -------------------------------------
+
+ASKED = ["ECE +", "top-5 drop", "sel. risk +@0.9", "worst group"]
+
+
+def test_rules_beyond_top1_add_their_columns_and_none_otherwise(sample_report) -> None:
+    report = sample_report(failing=True, beyond=True)
+    wide = console.render(report, width=400, verbose=True)
+    header = header_cells(wide)
+    assert [h for h in header if h in ASKED] == ASKED
+    assert "NLL +" not in header and "KL" not in header and "loyalty" not in header  # no rule asks
+    clean = next(row for row in rows_of(wide) if row[0] == "clean")
+    task = report.tasks[0]
+    assert clean[header.index("ECE +")] == format_metric("ece_increase", task.ece_increase) == "+1.25pp"
+    assert clean[header.index("ECE +") + 1] == "[+0.25, +2.25]pp"  # its interval follows it
+    assert clean[header.index("sel. risk +@0.9")] == "+0.35pp"  # the 0.9 coverage, not the 0.8
+    assert clean[header.index("worst group")] == "cool +2.50pp"
+    # the rules table names the coverage and formats the thresholds in their units
+    assert "selective_risk_increase@0.9" in wide and "≥ -5.00pp" in wide
+    # the same report without the rules: no column of them, as a policy without them always rendered
+    plain = report.model_copy(update={"rules": report.rules[:3]})
+    for verbose in (False, True):
+        assert not set(ASKED) & set(header_cells(console.render(plain, width=400, verbose=verbose)))
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_asked_columns_fit_80_columns_first_asked_kept_longest(sample_report, verbose: bool) -> None:
+    from rich.cells import cell_len
+
+    for corruptions in (LONG_NAMES, ("fog", "contrast")):
+        report = sample_report(failing=True, beyond=True, corruptions=corruptions)
+        text = console.render(report, width=80, verbose=verbose)
+        assert max(cell_len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    header = header_cells(text)  # of fog and contrast: room for some of the asked columns
+    assert "ECE +" in header and "drop" in header  # the first asked outlasts agreement
+    assert "agree" not in header
+    shown = [h for h in ASKED if h in header]
+    assert shown == ASKED[: len(shown)]  # the last asked go first
+
+
+def test_metric_units_beyond_top1() -> None:
+    assert format_metric("nll_increase", 0.0312) == "+0.031 nats"
+    assert format_metric("kl_divergence", 0.0312) == "0.031 nats"
+    assert format_metric("brier_increase", -0.0123) == "-0.0123"
+    assert format_metric("dense_brier", 0.0123) == "0.0123"
+    assert format_metric("ece_increase", -0.05) == "-5.00pp"
+    assert format_metric("dense_ece", 0.05) == "5.00%"
+    assert format_metric("selective_risk_increase@0.9", 0.01) == "+1.00pp"
+    assert format_metric("probability_loyalty", 0.9) == "90.00%"
+    assert console.format_interval("nll_increase", 0.01, 0.052) == "[+0.010, +0.052] nats"
+    assert console.format_interval("brier_increase", -0.01, 0.02) == "[-0.0100, +0.0200]"
+
+
+def test_a_group_name_from_the_report_is_shown_literally(sample_report) -> None:
+    report = sample_report(failing=True, beyond=True)
+    worst = report.tasks[0].worst_group.model_copy(update={"name": HOSTILE})
+    tasks = [report.tasks[0].model_copy(update={"worst_group": worst}), *report.tasks[1:]]
+    text = console.render(report.model_copy(update={"tasks": tasks}), width=400, verbose=True)
+    _assert_literal(text, 1)

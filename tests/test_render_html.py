@@ -391,3 +391,63 @@ def _predictions(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     without class 2 (as the pruned pair)."""
     dense = np.where(truth == 255, 0, truth)
     return dense, np.where(dense == 2, 1, dense)
+
+
+# --- beyond top-1 (issue 19) --------------------------------------------------------------------
+
+
+def test_calibration_section_reliability_diagram_and_asked_columns(sample_report) -> None:
+    report = sample_report(failing=True, beyond=True)
+    doc = parse(html.render(report))
+    sections = [s.get("id") for s in doc.xpath("//main/section")]
+    assert sections.index("calibration") == sections.index("tasks") - 1
+    [figure] = doc.xpath("//section[@id='calibration']//figure[@id='reliability-diagram']")
+    [src] = figure.xpath(".//img/@src")
+    assert src.startswith("data:image/svg+xml;base64,")
+    texts = " ".join(_texts(src))
+    assert "dense (ECE 3.00%)" in texts and "pruned (ECE 4.25%)" in texts and "calibrated" in texts
+    rows = doc.xpath("//section[@id='calibration']//table[@class='calibration']//tbody/tr")
+    table = {r.xpath("string(td[1])"): [r.xpath(f"string(td[{i}])") for i in range(2, 7)] for r in rows}
+    assert list(table) == [
+        "top-5 accuracy",
+        "expected calibration error (ECE)",
+        "negative log-likelihood (NLL)",
+        "Brier score",
+        "KL divergence, dense ‖ pruned",
+        "probability loyalty (1 - Jensen-Shannon distance)",
+        "selective risk at 80% coverage",
+        "selective risk at 90% coverage",
+    ]
+    assert table["expected calibration error (ECE)"] == [
+        "3.00%",
+        "4.25%",
+        "ece_increase",
+        "+1.25pp",
+        "[+0.25, +2.25]pp",
+    ]
+    assert table["negative log-likelihood (NLL)"][3] == "+0.040 nats"
+    assert table["selective risk at 90% coverage"][2:4] == ["selective_risk_increase@0.9", "+0.35pp"]
+    groups = doc.xpath("//table[@class='groups-accuracy']//tbody/tr")
+    assert [g.xpath("string(td[1])") for g in groups] == ["warm", "cool (worst)"]
+    header = [th.text_content() for th in doc.xpath("//table[contains(@class, 'tasks')]//thead//th")]
+    assert header[6:10] == ["ECE +", "top-5 drop", "sel. risk +@0.9", "worst group"]
+    [clean] = doc.xpath("//table[contains(@class, 'tasks')]//tbody/tr[1]")
+    assert clean.xpath("string(td[7])") == "+1.25pp[+0.25, +2.25]pp"  # value, its interval under it
+    rules = {r.xpath("string(td[2])"): r.xpath("string(td[3])") for r in doc.xpath("//section[@id='rules']//tbody/tr")}
+    assert rules["selective risk"] == "selective_risk_increase@0.9"
+
+
+def test_no_calibration_without_its_fields(sample_report, segmentation_report) -> None:
+    """An older report (no calibration fields) and a segmentation report render as before: no
+    calibration section, no reliability diagram, no asked columns where no rule asks."""
+    old = sample_report(failing=True)
+    seg, _ = segmentation_report
+    for report in (old, seg):
+        doc = parse(html.render(report))
+        assert not doc.xpath("//section[@id='calibration']") and not doc.xpath("//*[@id='reliability-diagram']")
+        assert not doc.xpath("//th[contains(@class, 'asked')]")
+    # rules on the new metrics over an older report's tasks: the columns say n/a, the page renders
+    asked = sample_report(failing=True, beyond=True).rules[3:]
+    doc = parse(html.render(old.model_copy(update={"rules": [*old.rules, *asked]})))
+    assert not doc.xpath("//section[@id='calibration']")
+    assert {td.text_content() for td in doc.xpath("//td[contains(@class, 'asked')]")} == {"n/a"}

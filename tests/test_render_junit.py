@@ -128,3 +128,13 @@ def test_a_segmentation_report_has_one_test_case_per_rule(segmentation_report, s
     out = cases[1].findtext("system-out")
     assert out == f"PASS      clean: pixel_agreement {junit.common.format_metric('pixel_agreement', agreement.value)}"
     assert "accuracy" not in text
+
+
+def test_rules_beyond_top1_have_sane_messages(sample_report) -> None:
+    from prunegate.report.render.junit import failure_message
+
+    rules = {r.name: r for r in sample_report(failing=True, beyond=True).rules}
+    assert failure_message(rules["selective risk"]).startswith(
+        "selective_risk_increase@0.9 +12.60pp (each of 2 tasks) vs threshold ≤ +5.00pp"
+    )
+    assert failure_message(rules["calibration"]).startswith("ece_increase +1.25pp (clean) vs threshold ≥ -5.00pp")

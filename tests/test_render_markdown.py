@@ -139,3 +139,28 @@ def test_classification_tasks_keep_their_columns(sample_report) -> None:
     html = gfm(markdown.render(sample_report(failing=True)))
     assert table_rows(html, 1)[0] == ["task", "n", "dense acc", "pruned acc", "drop", "agreement"]
     assert "mIoU" not in html
+
+
+def test_rules_beyond_top1_add_their_columns(sample_report) -> None:
+    report = sample_report(failing=True, beyond=True)
+    html = gfm(markdown.render(report))
+    header, *rows = table_rows(html, 1)
+    asked = ["ECE +", "top-5 drop", "sel. risk +@0.9", "worst group"]
+    assert header == ["task", "n", "dense acc", "pruned acc", "drop", "agreement", *asked]  # all, in rule order
+    clean = dict(zip(header, rows[0]))
+    assert clean["ECE +"] == "+1.25pp [+0.25, +2.25]pp" and clean["worst group"] == "cool +2.50pp [+1.50, +3.50]pp"
+    rules = table_rows(html)
+    metrics = {r[1]: r[2] for r in rules[1:]}
+    assert metrics["selective risk"] == "selective_risk_increase@0.9"  # the coverage named
+    calibration = next(r for r in rules if r[1] == "calibration")
+    assert calibration[rules[0].index("threshold")] == "≥ -5.00pp"  # a signed threshold
+    # no such rule: no such column
+    plain = report.model_copy(update={"rules": report.rules[:3]})
+    assert table_rows(gfm(markdown.render(plain)), 1)[0] == [
+        "task",
+        "n",
+        "dense acc",
+        "pruned acc",
+        "drop",
+        "agreement",
+    ]

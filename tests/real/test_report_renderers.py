@@ -115,7 +115,7 @@ def test_check_wrote_consistent_renderings(run) -> None:
     assert [a.get("data-rule") for a in page.xpath("//section[@id='failed-rules']//article")] == failed
     assert [f.get("id") for f in page.xpath("//figure")] == ["accuracy-vs-severity", "agreement-vs-noise"] + (
         ["class-recall-drop"] if any(t.class_recall for t in report.tasks) else []
-    )
+    ) + ["reliability-diagram"]  # in the calibration section, of the clean task
     rows = page.xpath("//table[contains(@class, 'tasks')]//tbody/tr")
     assert [r.xpath("string(td[1])") for r in rows] == [t.name for t in report.tasks]
 

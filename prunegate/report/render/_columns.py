@@ -25,7 +25,7 @@ class Column:
 
     header: str
     cells: list[str]
-    dispensable: int = 0  # 0: always shown; when the table is too wide, the highest numbers go first
+    dispensable: float = 0  # 0: always shown; when the table is too wide, the highest numbers go first
     justify: Literal["left", "right"] = "right"
     wrap: bool = False  # may fold its text (names) when the kept columns still do not fit
 

@@ -15,11 +15,14 @@ from prunegate.gate import metric_value
 from prunegate.report.schema import Interval, Report, RuleRecord, TaskRecord, TaskValue
 
 __all__ = [
+    "NATS_METRICS",
     "PERCENT_METRICS",
     "POINT_METRICS",
+    "SIGNED_METRICS",
     "pct",
     "signed_pct",
     "class_names",
+    "compact_interval",
     "drop_metric",
     "error_text",
     "format_interval",
@@ -27,6 +30,8 @@ __all__ = [
     "group_rows",
     "interval_text",
     "is_segmentation",
+    "metric_label",
+    "metric_unit",
     "mean_present",
     "nonfinite_text",
     "over_text",
@@ -54,6 +59,10 @@ def signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}pp"
 
 
+# Each metric's unit, in one place (the renderers, the diff and JUnit all format through
+# `format_metric`): a fraction as a percentage; a drop or an increase of a fraction in signed
+# percentage points; a log-loss in nats (signed when it is an increase); else a plain decimal
+# (signed when it is an increase).
 PERCENT_METRICS = (
     "agreement",
     "dense_accuracy",
@@ -65,19 +74,69 @@ PERCENT_METRICS = (
     "dense_pixel_accuracy",
     "pruned_pixel_accuracy",
     "pixel_agreement",
+    "dense_top5",
+    "pruned_top5",
+    "dense_ece",
+    "pruned_ece",
+    "probability_loyalty",
 )
-POINT_METRICS = ("accuracy_drop", "class_recall_drop", "miou_drop", "pixel_accuracy_drop", "class_iou_drop")
+POINT_METRICS = (
+    "accuracy_drop",
+    "class_recall_drop",
+    "miou_drop",
+    "pixel_accuracy_drop",
+    "class_iou_drop",
+    "top5_drop",
+    "ece_increase",
+    "selective_risk_increase",
+    "group_accuracy_drop",
+)
+NATS_METRICS = ("nll_increase", "dense_nll", "pruned_nll", "kl_divergence")
+SIGNED_METRICS = ("nll_increase", "brier_increase")  # a nats or plain number shown with its sign
+
+
+def metric_unit(metric: str) -> str:
+    """The unit a metric's formatted value ends with: 'pp', '%', ' nats' or ''. `metric` may be a
+    record's key (`selective_risk_increase@0.8`)."""
+    metric = metric.partition("@")[0]
+    if metric in POINT_METRICS:
+        return "pp"
+    if metric in PERCENT_METRICS:
+        return "%"
+    return " nats" if metric in NATS_METRICS else ""
 
 
 def format_metric(metric: str, value: float | None) -> str:
-    """A metric's value as text in its unit ('n/a' when missing or NaN)."""
+    """A metric's value as text in its unit ('n/a' when missing or NaN): '+1.20pp', '91.00%',
+    '+0.031 nats', '0.0123'. `metric` may be a record's key (`selective_risk_increase@0.8`)."""
     if value is None or value != value:
         return "n/a"
-    if metric in POINT_METRICS:
+    metric = metric.partition("@")[0]
+    unit = metric_unit(metric)
+    if unit == "pp":
         return signed_pct(value)
-    if metric in PERCENT_METRICS:
+    if unit == "%":
         return pct(value)
-    return f"{value:.4f}"
+    sign = "+" if metric in SIGNED_METRICS else ""
+    if unit == " nats":
+        return f"{value:{sign}.3f} nats"
+    return f"{value:{sign}.4f}"
+
+
+def compact_interval(metric: str, low: float, high: float) -> str:
+    """An interval with its unit once at the end: '[-1.20, +0.40]pp', '[+0.010, +0.052] nats'."""
+    unit = metric_unit(metric)
+
+    def short(x: float) -> str:
+        return format_metric(metric, x).removesuffix(unit) if unit else format_metric(metric, x)
+
+    return f"[{short(low)}, {short(high)}]{unit}"
+
+
+def metric_label(rule: RuleRecord) -> str:
+    """A rule's metric as the renderers name it: with its coverage for the selective risk
+    (`selective_risk_increase@0.9`)."""
+    return f"{rule.metric}@{rule.coverage:g}" if rule.coverage is not None else rule.metric
 
 
 def threshold_text(rule: RuleRecord) -> str:

@@ -23,15 +23,16 @@ from rich.table import Table
 from rich.text import Text
 
 from prunegate.errors import printable
+from prunegate.report.render._calibration import rule_columns
 from prunegate.report.render._columns import Column, fitted_table
 from prunegate.report.render.common import (
-    PERCENT_METRICS,
-    POINT_METRICS,
+    compact_interval,
     drop_metric,
     error_text,
     format_metric,
     is_segmentation,
     mean_present,
+    metric_label,
     over_text,
     pct,
     rule_status,
@@ -61,12 +62,7 @@ class Rendered(str):
 
 def format_interval(metric: str, low: float, high: float) -> str:
     """A compact interval, its unit once at the end: '[-1.20, +0.40]pp'."""
-
-    def short(x: float) -> str:
-        return format_metric(metric, x).removesuffix("pp").removesuffix("%")
-
-    unit = "pp" if metric in POINT_METRICS else "%" if metric in PERCENT_METRICS else ""
-    return f"[{short(low)}, {short(high)}]{unit}"
+    return compact_interval(metric, low, high)
 
 
 def _tasks_text(rule: RuleRecord) -> str:
@@ -98,7 +94,7 @@ def rules_table(report: Report, width: int = 110) -> Table:
     columns = [
         Column("", [STATUS[rule_status(r)] for r in rules], justify="left"),
         Column("rule", [_text(r.name) for r in rules], justify="left", wrap=True),
-        Column("metric", [_text(r.metric) for r in rules], dispensable=3, justify="left"),
+        Column("metric", [_text(metric_label(r)) for r in rules], dispensable=3, justify="left"),
         Column("value", [format_metric(r.metric, r.value) for r in rules]),
         *([Column("interval", [interval(r) for r in rules], dispensable=1)] if confident else []),
         Column("threshold", [threshold_text(r) for r in rules]),
@@ -125,7 +121,7 @@ def _failed_text(rule: RuleRecord) -> str:
     worst = worst_task(rule)
     where = f"; worst {_text(worst.task)} {format_metric(rule.metric, worst.value)}" if worst is not None else ""
     return (
-        f"[bold red]failed[/] {_text(rule.name)}: {_text(rule.metric)} {format_metric(rule.metric, rule.value)} "
+        f"[bold red]failed[/] {_text(rule.name)}: {_text(metric_label(rule))} {format_metric(rule.metric, rule.value)} "
         f"({_text(over_text(rule))}), needs {threshold_text(rule)}{where}"
     )
 
@@ -202,8 +198,24 @@ def _metric_columns(report: Report, rows: list[list[TaskRecord]]) -> list[Column
     return columns
 
 
+def _asked_columns(report: Report, rows: list[list[TaskRecord]], verbose: bool = False) -> list[Column]:
+    """The columns the policy's rules ask for (calibration, probabilities, subgroups: see
+    `_calibration.rule_columns`), means over each row's tasks. The policy asked for them: they
+    are left out after agreement (level 1), one at a time, the last asked first; with `verbose`,
+    each is followed by its interval, left out just before the drop's (level 2)."""
+    columns = []
+    for k, asked in enumerate(rule_columns(report)):
+        level = min(k + 1, 9) / 10
+        columns.append(Column(asked.header, [_text(asked.text(tasks)) for tasks in rows], dispensable=level))
+        if verbose and any(asked.interval_text(tasks[0]) for tasks in rows):
+            cells = [asked.interval_text(tasks[0]) for tasks in rows]
+            columns.append(Column("CI", cells, dispensable=2 + level))
+    return columns
+
+
 def _task_columns(report: Report) -> list[Column]:
-    """Every task's row: name, n, the metrics, the drop's interval after the drop."""
+    """Every task's row: name, n, the metrics, the drop's interval after the drop, the columns the
+    rules ask for."""
     rows = [[t] for t in report.tasks]
     drop = drop_metric(report)
 
@@ -218,14 +230,16 @@ def _task_columns(report: Report) -> list[Column]:
         Column("n", [str(t.n) for t in report.tasks], dispensable=4),
         *metrics[:3],
         Column(ci, [interval(t) for t in report.tasks], dispensable=2),
+        *_asked_columns(report, rows, verbose=True),
         *metrics[3:],
     ]
 
 
 def _summary_columns(report: Report) -> list[Column]:
     """A row per summary group: its label, how many tasks, the mean metrics, and (for a group of
-    several tasks) the largest drop and the task it is on. The drop's mean and the largest drop
-    and its task are kept at any width; dense and pruned go before them."""
+    several tasks) the largest drop and the task it is on, then the columns the rules ask for. The
+    drop's mean and the largest drop and its task are kept at any width; dense and pruned go
+    before them."""
     groups = summary_groups(report)
     rows = [tasks for _, tasks in groups]
     drop = drop_metric(report)
@@ -238,6 +252,7 @@ def _summary_columns(report: Report) -> list[Column]:
         metrics[2],  # the mean drop
         Column("worst", [format_metric(drop, task_value(w, drop)) if w else "" for w in worst]),
         Column("worst task", [_text(w.name) if w else "" for w in worst], justify="left", wrap=True),
+        *_asked_columns(report, rows),
         *metrics[3:],
     ]
 

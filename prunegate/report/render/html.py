@@ -28,6 +28,7 @@ from prunegate.report.gallery import (
     worst_segmentation_example,
 )
 from prunegate.report.render import common
+from prunegate.report.render._calibration import RuleColumn, calibration_view, rule_columns
 from prunegate.report.render.interface import Format, Renderer, RenderOptions
 from prunegate.report.schema import Report, RuleRecord, SegmentationExample, TaskRecord
 
@@ -77,7 +78,7 @@ def _rule_view(rule: RuleRecord) -> dict:
     failing.sort(key=pick)
     return {
         "name": rule.name,
-        "metric": rule.metric,
+        "metric": common.metric_label(rule),
         "status": status,
         "label": common.STATUS_LABEL[status],
         "globs": ", ".join(rule.tasks),
@@ -105,7 +106,11 @@ def _optional(value: float | None, text: Callable[[float], str]) -> str:
 
 
 def _task_view(
-    task: TaskRecord, failing: set[str], kind: str = "classification", names: list[str] | None = None
+    task: TaskRecord,
+    failing: set[str],
+    kind: str = "classification",
+    names: list[str] | None = None,
+    asked: list[RuleColumn] | None = None,
 ) -> dict:
     def with_interval(metric: str) -> dict:
         return {
@@ -118,6 +123,7 @@ def _task_view(
         "n": task.n,
         "failing": task.name in failing,
         "cells": [with_interval(metric) for metric, _ in common.TASK_COLUMNS[kind]],
+        "asked": [{"value": c.text([task]), "interval": c.interval_text(task)} for c in asked or []],
         "softmax_l2": _optional(task.softmax_l2, lambda v: f"{v:.4f}"),
         "newly_wrong": _optional(task.newly_wrong, lambda v: f"{100 * v:.2f}%"),
         "mcnemar_p": _optional(task.mcnemar_p, lambda v: f"{v:.2g}"),
@@ -142,6 +148,7 @@ def _task_columns(report: Report) -> dict:
     tasks = report.tasks
     return {
         "headings": [heading for _, heading in common.task_columns(report)],
+        "asked": [c.header for c in rule_columns(report)],  # what the rules ask beyond top-1
         "worst_heading": "worst class (IoU)" if report.task == "segmentation" else "worst class",
         "softmax_l2": any(t.softmax_l2 is not None for t in tasks),
         "newly_wrong": any(t.newly_wrong is not None for t in tasks),
@@ -311,16 +318,21 @@ def render(report: Report, *, gallery: Gallery | None = None, signature: str | N
     if len(report.tasks) > 12:
         grouped = _segmentation_groups(report.tasks) if segmentation else common.group_rows(report.tasks)
     summary = report.corruption_summary
+    asked = rule_columns(report)
     context = {
         "report": report,
         "verdict": report.verdict,
         "colours": COLOURS,
         "rules": rules,
         "failed": [r for r in rules if r["status"] != "pass"],
-        "tasks": [_task_view(t, failing, report.task, common.class_names(report, t.source)) for t in report.tasks],
+        "tasks": [
+            _task_view(t, failing, report.task, common.class_names(report, t.source), asked) for t in report.tasks
+        ],
         "columns": _task_columns(report),
         "groups": grouped,
         "figures": plots.figures(report),
+        "calibration": calibration_view(report),
+        "reliability": plots.reliability_diagram(report),
         "segmentation": _segmentation_view(report, gallery) if segmentation else None,
         "gallery": _gallery_view(report, gallery),
         "corruptions": summary,

@@ -51,7 +51,7 @@ def _task_lines(rule: RuleRecord) -> list[str]:
         bound = f" (bound {common.format_metric(rule.metric, task.bound)})" if task.bound is not None else ""
         lines.append(
             f"{common.STATUS_LABEL[common.task_status(task)]:<9} {task.task}: "
-            f"{rule.metric} {common.format_metric(rule.metric, task.value)}{bound}"
+            f"{common.metric_label(rule)} {common.format_metric(rule.metric, task.value)}{bound}"
         )
     return lines
 
@@ -59,7 +59,7 @@ def _task_lines(rule: RuleRecord) -> list[str]:
 def failure_message(rule: RuleRecord) -> str:
     """'agreement 85.00% (min of 3 tasks) vs threshold ≥ 90.00%', plus bound and interval when known."""
     text = (
-        f"{rule.metric} {common.format_metric(rule.metric, rule.value)} ({common.over_text(rule)}) "
+        f"{common.metric_label(rule)} {common.format_metric(rule.metric, rule.value)} ({common.over_text(rule)}) "
         f"vs threshold {common.threshold_text(rule)}"
     )
     if rule.bound is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from prunegate.errors import printable
 from prunegate.report.render import common
+from prunegate.report.render._calibration import rule_columns
 from prunegate.report.render.interface import Format, Renderer, RenderOptions
 from prunegate.report.schema import Report
 
@@ -70,7 +71,7 @@ def rules_table(report: Report) -> str:
         row = [
             f"{ICON[status]} {common.STATUS_LABEL[status]}",
             escape(rule.name),
-            code(rule.metric),
+            code(common.metric_label(rule)),
             escape(common.over_text(rule)),
             common.format_metric(rule.metric, rule.value),
             escape(common.threshold_text(rule)),
@@ -110,8 +111,14 @@ def tasks_table(report: Report) -> str:
     interval = [f"{100 * (report.confidence or 0.95):g}% CI"] if with_interval else []
     header = ["task" + (" group" if grouped else ""), "n", *(h for _, h in columns[:3]), *interval]
     header += [*(h for _, h in columns[3:]), *(h for h, _ in extras)]
+    asked = rule_columns(report)  # what the rules ask beyond top-1, with the task's interval
+    header += [escape(c.header) for c in asked]
     body = []
     for r in rows:
+        beyond = [
+            escape(" ".join(filter(None, (c.text(r["tasks"]), "" if grouped else c.interval_text(r["tasks"][0])))))
+            for c in asked
+        ]
         values = [common.format_metric(m, r[m]) for m in metrics]
         intervals = [escape(common.format_interval(drop, r["tasks"][0].intervals.get(drop)) or "")] * with_interval
         body.append(
@@ -122,6 +129,7 @@ def tasks_table(report: Report) -> str:
                 *intervals,
                 *values[3:],
                 *(escape(text(r["tasks"])) for _, text in extras),
+                *beyond,
             ]
         )
     return table(header, body, "l" + "r" * (len(header) - 1))

@@ -366,6 +366,53 @@ def class_iou_drop(report: Report) -> Figure | None:
         return _uri(fig)
 
 
+def reliability_diagram(report: Report) -> Figure | None:
+    """Both models' reliability diagram on the calibration task (`_calibration.calibration_task`:
+    clean, else the first with bins): per non-empty bin of the top-1 probability, its accuracy
+    against its mean confidence, the diagonal of a calibrated model, each model's ECE in the
+    legend, and below, the samples per bin. None when no task records bins."""
+    from prunegate.report.render._calibration import calibration_task
+
+    task = calibration_task(report)
+    if task is None or task.calibration is None:
+        return None
+    sides = [
+        ("dense", task.calibration.dense, task.dense.ece, DENSE, "-"),
+        ("pruned", task.calibration.pruned, task.pruned.ece, PRUNED, "--"),
+    ]
+    edges = task.calibration.bins
+    with _context():
+        fig = _figure(4.2, 4.4)
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+        top.plot([0, 1], [0, 1], ":", color="#6e7781", lw=1, label="calibrated")
+        for k, (side, bins, ece, colour, style) in enumerate(sides):
+            points = [(c, a) for c, a in zip(bins.confidence, bins.accuracy) if c is not None and a is not None]
+            ece_text = f"ECE {common.format_metric('dense_ece', ece)}" if ece is not None else "ECE n/a"
+            top.plot(
+                [c for c, _ in points],
+                [a for _, a in points],
+                style,
+                color=colour,
+                marker="o",
+                ms=3,
+                lw=1.3,
+                label=f"{side} ({ece_text})",
+            )
+            width = 1 / edges / 2.2
+            lefts = [(i + 0.5) / edges + (k - 0.5) * width for i in range(len(bins.n))]
+            lefts[edges:] = [1.0 + (k - 0.5) * width] * (len(bins.n) - edges)  # the bin of exactly 1
+            bottom.bar(lefts, bins.n, width=width, color=colour, alpha=0.7, label=side)
+        top.set_xlim(0, 1.04)
+        top.set_ylim(0, 1.02)
+        top.set_ylabel("accuracy")
+        top.set_title(f"task {task.name}", loc="left")
+        top.legend(loc="upper left", fontsize=7)
+        bottom.set_xlabel("mean top-1 probability (confidence)")
+        bottom.set_ylabel("samples")
+        fig.tight_layout()
+        return _uri(fig)
+
+
 def figures(report: Report) -> list[dict]:
     """Every figure the report has data for: {id, title, caption, uri, width}; a figure left out
     for too few samples has uri None and says why in its caption."""
