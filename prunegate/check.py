@@ -21,6 +21,7 @@ from prunegate.checkpoint import Checkpoint
 from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source, task_pixels
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
 from prunegate.engine import check_labels, evaluate_family, model_outputs, probe_classes, total_evaluations
+from prunegate.errors import PolicyError
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally, get_kind
 from prunegate.kinds.segmentation import prediction_png
@@ -28,12 +29,13 @@ from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
 from prunegate.metrics.paired import StatisticsOptions
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import DEFAULT_COVERAGE, FORMAT_FIELDS, DataSource, ModelSpec, Policy
+from prunegate.policy import DEFAULT_COVERAGE, FORMAT_FIELDS, DataSource, ModelSpec, Policy, sequential_problems
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
 from prunegate.runners.base import check_precision
 from prunegate.runners.isolated import InputArena, Zygote, hidden_files
+from prunegate.sequential_gate import SequentialGate
 from prunegate.shifts.assets import ASSET_NAMES
 from prunegate.shifts.rng import task_key
 
@@ -59,6 +61,7 @@ class Overrides:
     cache: Path | None = None
     data: Path | None = None  # the test set (its format read from its layout)
     providers: list[str] | None = None  # ONNX Runtime providers (runtime.providers)
+    sequential: bool | None = None  # gate.sequential
 
 
 def apply_overrides(policy: Policy, o: Overrides) -> Policy:
@@ -97,7 +100,13 @@ def apply_overrides(policy: Policy, o: Overrides) -> Policy:
     }
     runtime = runtime.model_copy(update=updates)
     overrides.update({f"runtime.{k}": v for k, v in updates.items()})
-    result = policy.model_copy(update={"models": models, "data": data, "runtime": runtime})
+    gate = policy.gate
+    if o.sequential is not None and o.sequential != gate.sequential:
+        gate = gate.model_copy(update={"sequential": o.sequential})
+        for _, reason, _ in sequential_problems(gate):
+            raise PolicyError(reason, file=policy.file, field="--sequential")
+        overrides["gate.sequential"] = o.sequential
+    result = policy.model_copy(update={"models": models, "data": data, "runtime": runtime, "gate": gate})
     result._file, result._sha256, result._overrides = policy.file, policy.sha256, overrides
     result._base_dir = policy.paths_from
     return result
@@ -243,11 +252,15 @@ class Setup:
         self.close()
 
     def evaluate(
-        self, progress: ProgressSink | None = None, checkpoint: CheckpointPlan | None = None
+        self,
+        progress: ProgressSink | None = None,
+        checkpoint: CheckpointPlan | None = None,
+        sequential: SequentialGate | None = None,
     ) -> tuple[list[dict[str, Tally]], dict[str, float]]:
         """One streaming pass: (a tally dict per pruned model, timings). Under torchrun this
         process evaluates its part of every source; the tallies come back merged. `checkpoint`:
-        where to keep the pass's progress, and whether to continue from it."""
+        where to keep the pass's progress, and whether to continue from it; `sequential`: the
+        looks that may stop it early (gate.sequential)."""
         for source in self.ctx.sources:
             source.part = self.world.part(source.indices)
         saver, restored = None, None
@@ -271,6 +284,7 @@ class Setup:
             checkpoint=saver,
             restored=restored,
             cache=self.cache,
+            sequential=sequential,
         )
         if saver is not None:
             saver.discard()
@@ -418,6 +432,13 @@ def prepare(
     return Setup(ctx, dense, members, classes, world, arena=arena, kind=kind)
 
 
+def sequential_gate(policy: Policy, setup: Setup) -> SequentialGate:
+    """The looks of a sequential pass over the setup's data sets (their label maps judge it)."""
+    sources = setup.ctx.sources
+    sets = {s.name: s.label_map.matrix(setup.classes) if s.label_map is not None else None for s in sources}
+    return SequentialGate(policy, list(setup.ctx.tasks), {s.name: len(s.indices) for s in sources}, sets)
+
+
 def close_runners(runners: list, arena: InputArena | None) -> None:
     """End the models' processes (isolated runners) and free the shared input buffer."""
     for runner in runners:
@@ -442,10 +463,17 @@ def run_check(
     report; the caller writes it from rank 0. `key_files`: files the models may not read;
     `checkpoint`: where the pass keeps its progress (and whether to resume from it)."""
     builder = ReportBuilder(policy)
+    if policy.gate.sequential and world.size > 1:
+        raise PolicyError(
+            "a sequential gate runs in one process: its looks are not shared across torchrun's processes yet",
+            file=policy.file,
+            field="gate.sequential",
+        )
     with prepare(
         policy, allow_pickle=allow_pickle, world=world, key_files=key_files, allow_external_arch=allow_external_arch
     ) as setup:
-        family, timings = setup.evaluate(progress, checkpoint)
+        sequential = sequential_gate(policy, setup) if policy.gate.sequential else None
+        family, timings = setup.evaluate(progress, checkpoint, sequential)
         ctx, kind = setup.ctx, setup.kind
         records, replicates = task_records(
             ctx, family[0], setup.classes, builder.confidence, policy.gate.bootstrap, kind
@@ -453,7 +481,8 @@ def run_check(
         if kind.name == SEGMENTATION.name:
             records = with_worst_image_masks(setup, records)
     ordered = [records[t.name] for t in ctx.tasks]
-    rules = evaluate_rules(policy.gate.rules, Evidence(ordered, replicates, policy.gate.confidence))
+    anytime = sequential.anytime_intervals() if sequential is not None else None
+    rules = evaluate_rules(policy.gate.rules, Evidence(ordered, replicates, policy.gate.confidence, anytime))
     options = run_options(
         policy,
         ctx.device,
@@ -476,6 +505,7 @@ def run_check(
         rules=rules,
         options=options,
         corruption_summary=kind.corruption_summary(ctx.tasks, records),
+        sequential=sequential.record() if sequential is not None else None,
         warnings=warnings,
         device=ctx.device,
         timings=timings,

@@ -28,9 +28,11 @@ from prunegate.data import Size, as_shape, batches
 from prunegate.distributed import SINGLE, World, gather_digests, merge_tallies
 from prunegate.errors import ModelError, PrunegateError
 from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
+from prunegate.metrics import TaskTally
 from prunegate.plan import Task
 from prunegate.runners import Runner
 from prunegate.runners.base import first_line
+from prunegate.sequential_gate import SequentialGate
 
 Progress = Callable[[int], None]  # called with the number of (task, sample) evaluations just done
 
@@ -236,6 +238,24 @@ def _task_inputs(
         tick = time.perf_counter()
 
 
+def _keep_evaluated(ctx: RunContext, tallies: list[dict[str, Tally]], done: dict[str, list[np.ndarray]]) -> None:
+    """After a sequential pass: each source keeps the images it evaluated (in data-set order),
+    and each task's tally the slots of those images."""
+    for source in ctx.sources:
+        ids = np.sort(np.concatenate(done[source.name])) if done[source.name] else np.zeros(0, dtype=np.int64)
+        if len(ids) == len(source.indices):
+            continue
+        positions = np.searchsorted(source.indices, ids)
+        for task in ctx.source_tasks(source):
+            slots = (positions[:, None] * task.draws + np.arange(task.draws)[None, :]).reshape(-1)
+            for member in tallies:
+                tally = member[task.name]
+                assert isinstance(tally, TaskTally)
+                member[task.name] = tally.select(torch.from_numpy(slots))
+        source.indices = source.indices[positions]
+        source.manifest.indices = source.indices
+
+
 def total_evaluations(ctx: RunContext) -> int:
     """(task, sample) evaluations of one pass: its progress bar's total."""
     sizes = {s.name: len(s.indices) for s in ctx.sources}
@@ -264,6 +284,7 @@ def evaluate_family(
     checkpoint: Checkpoint | None = None,
     restored: dict | None = None,
     cache: DenseCache | None = None,
+    sequential: SequentialGate | None = None,
 ) -> tuple[list[dict[str, Tally]], dict[str, float]]:
     """Run every task on the dense model once and on each pruned member; one tally dict per
     member (on CPU), and timings in seconds. Under torchrun each process reads its part of every
@@ -271,7 +292,9 @@ def evaluate_family(
     must have (the probe's); `fields`: the models' names in errors (dense first). `checkpoint`:
     saved every few minutes and when the pass stops early; `restored`: a checkpoint's state to
     continue from (prunegate.checkpoint); `cache`: where the dense model's outputs are kept between
-    runs (prunegate.cache): a batch it holds is not run through the dense model again."""
+    runs (prunegate.cache): a batch it holds is not run through the dense model again.
+    `sequential`: read each source in its seeded order and stop it when the gate's looks say
+    (prunegate.sequential_gate); the sources then keep only the images evaluated."""
     fields = fields or [
         "models.dense",
         *(["models.pruned"] if len(members) == 1 else [f"--pruned.{i}" for i in range(len(members))]),
@@ -316,11 +339,16 @@ def evaluate_family(
                 data = source_key(source)
                 entries.update({t.name: cache.entry(task_key(t, data), source.indices, t.draws) for t in source_tasks})
             reads = source.indices if source.part is None else source.part
+            if sequential is not None:
+                reads = sequential.order(source.name, reads)
             earlier = restored.get("sources", {}).get(source.name)
             if earlier is not None and len(earlier["done"]):
                 ids = earlier["done"].numpy()
                 source.manifest.add(earlier["done"], list(earlier["digests"]))
                 done[source.name].append(ids)
+                if sequential is not None:  # the sequences see the images already done, in read order
+                    replay = reads[np.isin(reads, ids)]
+                    sequential.feed(source.name, tallies[0], np.searchsorted(source.indices, replay))  # type: ignore[arg-type]
                 reads = reads[~np.isin(reads, ids)]
                 if progress:
                     progress(len(ids) * sum(t.draws for t in source_tasks))
@@ -356,6 +384,10 @@ def evaluate_family(
                         done[source.name].append(batch.ids.numpy())
                         if checkpoint is not None and checkpoint.due():
                             checkpoint.save(state())
+                        if sequential is not None:
+                            looked = sequential.look(source.name, tallies[0], batch.rows)  # type: ignore[arg-type]
+                            if looked != "continue":
+                                break  # (leaving the `with` stops the producer)
             timings["wait_s"] += ahead.waited_s
             source.manifest.merge(gather_digests(source.manifest.digests, world))
     except BaseException as exc:
@@ -371,6 +403,8 @@ def evaluate_family(
     merge_tallies(tallies, world)
     if cache is not None:
         cache.save()
+    if sequential is not None:
+        _keep_evaluated(ctx, tallies, done)
     result = []
     for member in tallies:
         finished = {}

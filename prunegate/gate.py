@@ -43,6 +43,9 @@ class Evidence:
     records: list[TaskRecord]
     replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     confidence: float | None = None
+    # gate.sequential: per rule name, its tasks' anytime-valid intervals and ("*") the rule's own;
+    # they decide the rule in place of the fixed-sample intervals, which optional stopping voids
+    anytime: dict[str, dict[str, tuple[float, float]]] | None = None
 
 
 def nonfinite_share(record: TaskRecord) -> tuple[float, str]:
@@ -178,7 +181,8 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
             status="pass" if _within(value, comparison, threshold) else "fail",
         )
 
-    bounds = [_interval(records[n], rule.key) for n in names]
+    anytime = (evidence.anytime or {}).get(rule.name)
+    bounds = [anytime[n] if anytime and n in anytime else _interval(records[n], rule.key) for n in names]
     per_task = []
     for name, v, (low, high) in zip(names, values, bounds):
         task_status = _status(low, high, comparison, threshold)
@@ -191,7 +195,9 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
                 status=task_status,
             )
         )
-    if rule.aggregate == "mean":
+    if anytime is not None and rule.aggregate != "each":
+        low, high = anytime["*"]
+    elif rule.aggregate == "mean":
         low, high = _mean_interval(names, rule.key, evidence.replicates, confidence, value)
     elif not bounds:
         low = high = float("nan")
@@ -224,7 +230,7 @@ def _evaluate_rule(rule: Rule, records: dict[str, TaskRecord], evidence: Evidenc
         status=status,
         confidence=confidence,
         bound=high if comparison == "max" else low,
-        interval=Interval(low=low, high=high, method=_method(names, rule, records)),
+        interval=Interval(low=low, high=high, method="anytime" if anytime else _method(names, rule, records)),
         samples_needed=needed,
     )
 

@@ -72,6 +72,13 @@ CLASSIFICATION_METRICS = {
 # as over-confident): only these take a negative threshold.
 SIGNED_METRICS = ("ece_increase", "nll_increase", "brier_increase")
 DEFAULT_COVERAGE = 0.8  # selective_risk_increase without a rule's coverage
+# The metrics a sequential gate decides (means of bounded per-sample values: prunegate.sequential_gate).
+SEQUENTIAL_METRICS = (
+    *("accuracy_drop", "dense_accuracy", "pruned_accuracy", "agreement", "newly_wrong", "newly_right"),
+    *("softmax_l2", "softmax_linf", "top5_drop", "dense_top5", "pruned_top5"),
+    *("brier_increase", "dense_brier", "pruned_brier", "probability_loyalty"),
+)
+DEFAULT_MIN_SAMPLES = 200
 SEGMENTATION_METRICS = {
     "miou_drop": ((-1.0, 1.0), "dense mIoU minus pruned mIoU (dataset-level: one confusion matrix per task)"),
     "dense_miou": ((0.0, 1.0), "mean IoU of the dense model over the classes present in truth or prediction"),
@@ -511,12 +518,48 @@ class Gate(Strict):
         "interval (upper bound of a drop, lower bound of an agreement); unset: on the point estimates",
     )
     bootstrap: int = Field(1000, ge=100, le=100_000, description="bootstrap resamples (seeded by suite.seed)")
+    sequential: bool = Field(
+        False,
+        description="stop as soon as every rule is decided, on anytime-valid confidence sequences "
+        "(needs gate.confidence); each data set is read in a seeded random order",
+    )
+    min_samples: int = Field(
+        DEFAULT_MIN_SAMPLES, ge=1, description="sequential: images of a data set read before it may stop"
+    )
+    looks: Literal["batch"] | Annotated[int, Field(gt=0)] = Field(
+        "batch", description="sequential: look after every batch, or after every this many images of a data set"
+    )
 
     @field_validator("rules")
     @classmethod
     def _unique_rule_names(cls, rules: list[Rule]) -> list[Rule]:
         _unique_names(rules, "rule")
         return rules
+
+    @model_validator(mode="after")
+    def _sequential_needs_intervals(self) -> Gate:
+        for path, reason, value in sequential_problems(self):
+            raise field_error(path, reason, value)
+        return self
+
+
+def sequential_problems(gate: Gate) -> list[tuple[tuple, str, object]]:
+    """Why `gate` cannot be decided sequentially, as (field path under gate, reason, value)."""
+    if not gate.sequential:
+        return []
+    if gate.confidence is None:
+        return [(("sequential",), "a sequential gate needs gate.confidence (its error level)", True)]
+    found: list[tuple[tuple, str, object]] = [
+        (
+            ("rules", i, "metric"),
+            f"rule {rule.name!r}: {rule.metric} has no anytime-valid interval (not a mean of bounded per-sample "
+            f"values); a sequential gate can decide {', '.join(SEQUENTIAL_METRICS)}",
+            rule.metric,
+        )
+        for i, rule in enumerate(gate.rules)
+        if rule.metric not in SEQUENTIAL_METRICS
+    ]
+    return found[:1]
 
 
 class Runtime(Strict):

@@ -94,6 +94,12 @@ def check(
         help="Keep the dense model's outputs in this folder (overrides runtime.cache): checking another pruned "
         "model against the same dense model and policy then skips the dense model.",
     ),
+    sequential: bool | None = typer.Option(
+        None,
+        "--sequential/--no-sequential",
+        help="Stop as soon as every rule is decided, on anytime-valid intervals (overrides gate.sequential).",
+        show_default=False,
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -119,6 +125,7 @@ def check(
         cache,
         data,
         provider or None,
+        sequential,
     )
     loaded = apply_overrides(load_policy(policy), overrides)
     from prunegate.runners.sandbox import make_undumpable

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 import numpy as np
+import torch
 
 
 def z_value(confidence: float) -> float:
@@ -127,5 +128,15 @@ class Resampler:
     def weighted_sums(self, columns: np.ndarray) -> np.ndarray:
         """columns: [images, k] per-image values -> [replicates, k] resampled sums."""
         columns = np.asarray(columns, dtype=np.float32).reshape(self.images, -1)
-        # float32 sums of 0/1 columns are exact below 2**24 samples; it halves the matmul's time
-        return np.concatenate([(w @ columns).astype(np.float64) for w in self.weights()], axis=0)
+        # float32 sums of 0/1 columns are exact below 2**24 samples; it halves the matmul's time.
+        # One thread: a BLAS splits a wide product over its threads, which changes the last bits
+        # of the float columns' sums, and a report must not depend on the thread count (torchrun
+        # gives each process one).
+        right = torch.from_numpy(columns)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            sums = [(torch.from_numpy(w) @ right).numpy().astype(np.float64) for w in self.weights()]
+        finally:
+            torch.set_num_threads(threads)
+        return np.concatenate(sums, axis=0)

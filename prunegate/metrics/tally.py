@@ -177,6 +177,11 @@ class TaskTally:
         sets = None if self.label_sets is None else self.label_sets.cpu()
         return TaskTally(**{name: getattr(self, name).cpu() for name in self.FIELDS}, label_sets=sets)
 
+    def select(self, slots: torch.Tensor) -> TaskTally:
+        """A tally of the given slots only, in that order (a sequential pass's evaluated samples)."""
+        kept = {name: getattr(self, name)[slots.to(self.labels.device)] for name in self.FIELDS}
+        return TaskTally(**kept, label_sets=self.label_sets)
+
     def correctness(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample bools: the dense and the pruned model's prediction is right."""
         if self.label_sets is None:

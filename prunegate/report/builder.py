@@ -113,6 +113,7 @@ class ReportBuilder:
         warnings: list[str],
         device: torch.device,
         timings: dict[str, float],
+        sequential: dict | None = None,
     ) -> Report:
         """The report of a finished run; its duration runs from this builder's creation."""
         timing = {
@@ -131,6 +132,7 @@ class ReportBuilder:
             options=options,
             tasks=tasks,
             rules=rules,
+            sequential=sequential,
             confidence=self.confidence,
             corruption_summary=corruption_summary,
             warnings=warnings,

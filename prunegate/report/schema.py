@@ -407,6 +407,41 @@ class Timing(_Record):
     wait_s: float = Field(0.0, description="the models waiting for inputs: what the producer did not hide")
 
 
+class SequentialSource(_Record):
+    name: str = Field(description="the data set (data[].name)")
+    used: int = Field(description="images evaluated before the gate stopped reading it")
+    total: int = Field(description="images the data set has (after data.limit)")
+
+
+class SequentialLook(_Record):
+    images: int = Field(description="images evaluated so far, over all data sets")
+    low: float = Field(description="the rule's anytime-valid interval at this look")
+    high: float
+
+
+class SequentialRule(_Record):
+    name: str
+    status: Literal["pass", "fail", "undecided"] = Field(
+        description="at the stop; undecided: still straddling its threshold (at a fail-stop: undecided at the stop)"
+    )
+    history: list[SequentialLook] = Field([], description="the rule's interval at every look")
+
+
+class SequentialRecord(_Record):
+    method: str = Field(description="the confidence sequences the rules were decided on")
+    confidence: float = Field(description="1 - the chance that any rule's decision is wrong, over all looks")
+    min_samples: int
+    looks: int = Field(description="how many times the gate looked")
+    order: str = Field(description="how each data set was ordered")
+    stopped: str = Field(description="why it stopped: every rule decided, a rule decided fail, or the end of the data")
+    sources: list[SequentialSource]
+    rules: list[SequentialRule]
+
+    def used(self) -> tuple[int, int]:
+        """(images evaluated, images the data sets have), over all data sets."""
+        return sum(s.used for s in self.sources), sum(s.total for s in self.sources)
+
+
 class Report(_Record):
     schema_version: int = SCHEMA_VERSION
     tool: dict = Field(description="name and version of prunegate")
@@ -423,6 +458,9 @@ class Report(_Record):
     rules: list[RuleRecord]
     confidence: float | None = Field(None, description="level of the intervals (gate.confidence or 0.95)")
     corruption_summary: CorruptionSummary | None = None
+    sequential: SequentialRecord | None = Field(
+        None, description="gate.sequential: how the gate stopped early (None: every image was evaluated)"
+    )
     environment: dict
     timing: Timing
     warnings: list[str] = Field([], description="what a reader must know about the run (non-finite outputs, ...)")
