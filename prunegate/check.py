@@ -19,9 +19,10 @@ from prunegate import __version__
 from prunegate.cache import DenseCache
 from prunegate.checkpoint import Checkpoint
 from prunegate.context import PRECOMPUTED_FIELD, RunContext, Source, task_pixels
+from prunegate.data.groups import check_group_classes
 from prunegate.distributed import SINGLE, World, device_for, gather_objects, slowest
 from prunegate.engine import check_labels, evaluate_family, model_outputs, probe_classes, total_evaluations
-from prunegate.errors import PolicyError
+from prunegate.errors import PolicyError, PrunegateError
 from prunegate.gate import Evidence, evaluate_rules, nonfinite_warnings, verdict
 from prunegate.kinds import CLASSIFICATION, SEGMENTATION, PredictionKind, Tally, get_kind
 from prunegate.kinds.segmentation import prediction_png
@@ -211,6 +212,12 @@ def task_records(
             options=StatisticsOptions(coverages(ctx.policy), source.groups),
         )
     return records, replicates
+
+
+def groups_file(policy: Policy) -> Path | None:
+    """Where data.groups is written: its own file, or the policy's."""
+    spec = policy.data.groups
+    return policy.resolve(spec) if isinstance(spec, str) else policy.file
 
 
 def coverages(policy: Policy | None) -> tuple[float, ...]:
@@ -426,6 +433,7 @@ def prepare(
             classes = probe_classes(dense, member, ctx.size, kind)
         for source in ctx.sources:
             check_labels(source, classes, kind)
+            check_group_classes(source.groups, classes, groups_file(ctx.policy) if ctx.policy else None)
     except BaseException:
         close_runners(runners, arena)
         raise
@@ -544,14 +552,26 @@ def run_potential(
     pruned: list[Path],
     *,
     delta: float,
+    metric: str = "error",
     allow_pickle: bool = False,
     progress: ProgressSink | None = None,
     allow_external_arch: bool = False,
 ) -> dict:
     """Prune potential of a family: the dense model is evaluated once, every member on the same
-    shifted batches. Errors are the kind's (top-1 errors, 1 - accuracy; segmentation: 1 - mIoU)."""
-    from prunegate.potential import Member, analyse, annotate
+    shifted batches. Errors are the kind's (top-1 errors, 1 - accuracy; segmentation: 1 - mIoU);
+    with another `metric` (potential.POTENTIAL_METRICS), each member's value of it against the
+    dense model, the dense model's being its value against itself (0, or 1 for a similarity)."""
+    from prunegate.gate import metric_value
+    from prunegate.potential import DEFAULT_METRIC, Member, analyse, annotate, potential_metric
 
+    try:
+        key, better = potential_metric(metric, policy.task)
+    except ValueError as error:
+        raise PrunegateError(str(error), field="--metric") from None
+    if key == "group_accuracy_drop" and policy.data.groups is None:
+        raise PrunegateError("group_accuracy_drop needs data.groups in the policy", field="--metric")
+    coverage = key.partition("@")[2]
+    options = StatisticsOptions(tuple(sorted({DEFAULT_COVERAGE, *([float(coverage)] if coverage else [])})))
     pruned_spec = policy.models.spec("pruned")  # every member is read as models.pruned would be
     specs = [ModelSpec(path=str(Path(p).resolve()), arch=pruned_spec.arch, output=pruned_spec.output) for p in pruned]
     with prepare(
@@ -564,9 +584,10 @@ def run_potential(
         family, timings = setup.evaluate(progress)
     tasks, classes, kind = list(setup.ctx.tasks), setup.classes, setup.kind
     sources = {s.name: s for s in setup.ctx.sources}
+    ideal = 1.0 if better == "higher" else 0.0  # a paired metric of the dense model against itself
 
-    def errors(tallies: dict[str, Tally]) -> dict[str, tuple[float, float]]:
-        """Each task's (dense, pruned) error as the kind counts it (1 - accuracy, 1 - mIoU)."""
+    def values(tallies: dict[str, Tally]) -> dict[str, tuple[float, float]]:
+        """Each task's (dense, pruned) value: the kind's error (1 - accuracy, 1 - mIoU), or the metric."""
         found = {}
         for t in tasks:
             source = sources[t.source]
@@ -579,19 +600,23 @@ def run_potential(
                 resampler=None,
                 indices=source.indices,
                 class_names=None,
+                options=StatisticsOptions(options.coverages, source.groups) if kind is CLASSIFICATION else None,
             )
+            if key != DEFAULT_METRIC:
+                found[t.name] = (ideal, metric_value(record, key))
+                continue
             dense, pruned = kind.error(record.dense), kind.error(record.pruned)
             found[t.name] = (float("nan") if dense is None else dense, float("nan") if pruned is None else pruned)
         return found
 
-    per_member = [errors(tallies) for tallies in family]
+    per_member = [values(tallies) for tallies in family]
     dense_errors = {name: pair[0] for name, pair in per_member[0].items()}
     member_errors = [{name: pair[1] for name, pair in member.items()} for member in per_member]
     members = [
         Member(r.record.path, r.record.sha256, r.record.parameters, r.record.nonzero_parameters) for r in setup.pruned
     ]
     dense = setup.dense.record
-    result = analyse(tasks, dense_errors, member_errors, members, delta)
+    result = analyse(tasks, dense_errors, member_errors, members, delta, key, better)
     result["dense"] = {"path": dense.path, "sha256": dense.sha256, "parameters": dense.parameters}
     result["policy"] = {"name": policy.name, "sha256": policy.sha256}
     result["n"] = {t.name: family[0][t.name].n for t in tasks}

@@ -114,7 +114,7 @@ def _groups(policy: Policy, images: ImageSet) -> dict[str, np.ndarray]:
     if isinstance(spec, str):
         path = policy.resolve(spec)
         return resolve_groups(read_groups_file(path), images.classes, file=path)
-    return resolve_groups(spec, images.classes)
+    return resolve_groups(spec, images.classes, file=policy.file)  # inline: the policy file is where it is
 
 
 def open_sources(policy: Policy, tasks: Sequence[Task]) -> list[Source]:

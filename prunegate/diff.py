@@ -46,6 +46,16 @@ TASK_METRICS: dict[str, dict[str, Direction]] = {
         "pruned_accuracy": "higher",
         "dense_accuracy": "higher",
         "softmax_l2": "lower",
+        "top5_drop": "lower",
+        "pruned_top5": "higher",
+        "ece_increase": "lower",  # ECE >= 0: lower is a better calibrated pruned model, either sign
+        "pruned_ece": "lower",
+        "pruned_nll": "lower",
+        "pruned_brier": "lower",
+        "kl_divergence": "lower",
+        "probability_loyalty": "higher",
+        "selective_risk_increase@0.8": "lower",  # every report has the default coverage
+        "group_accuracy_drop": "lower",
     },
     "segmentation": {
         "miou_drop": "lower",
@@ -55,8 +65,13 @@ TASK_METRICS: dict[str, dict[str, Direction]] = {
         "pixel_accuracy_drop": "lower",
     },
 }
+# top5_drop, ece_increase and group_accuracy_drop decide too: each is a proportion (or a mean
+# of proportions) in the margin's units with a recorded interval, and each catches what a top-1
+# drop hides (the runner-up classes, the confidence a downstream threshold reads, one subgroup).
+# NLL, Brier and KL are unbounded or continuous scores with no natural margin in points, and
+# selective risk depends on a coverage a report may not share: they are compared, not deciding.
 REGRESSION_METRICS = {
-    "classification": ("accuracy_drop", "agreement"),
+    "classification": ("accuracy_drop", "agreement", "top5_drop", "ece_increase", "group_accuracy_drop"),
     "segmentation": ("miou_drop", "pixel_agreement"),
 }
 EXACT = 1e-12  # differences below this are rounding, not change
@@ -65,8 +80,11 @@ UNDEFINED = ("now undefined", "now defined")  # the changes of a metric undefine
 LISTED = 20  # task lines listed without --verbose (a full preset that regressed has ~190)
 
 
+UNITLESS = ("softmax_l2", "pruned_nll", "pruned_brier", "kl_divergence")  # not fractions: no points
+
+
 def _delta_text(metric: str, delta: float) -> str:
-    if metric == "softmax_l2":
+    if metric in UNITLESS:
         return f"{delta:+.4f}"
     return signed_pct(delta)
 

@@ -247,7 +247,17 @@ def policy_rows() -> list:
         path.write_text("- version: 1\n")
         return c.check(path), [str(path), "mapping"]
 
+    def negative_top5_tolerance(c: Case):  # issue 19: only the signed increases take a negative threshold
+        policy = c.policy(rules=[_rule(), _rule(name="top-5", metric="top5_drop", max=-0.01)])
+        return c.check(policy), [str(policy), "gate.rules.1.max", "-0.01", "[0, 1]"]
+
+    def coverage_on_another_metric(c: Case):
+        policy = c.policy(rules=[_rule(), _rule(name="ece", metric="ece_increase", max=0.02, coverage=0.9)])
+        return c.check(policy), [str(policy), "gate.rules.1.coverage", "selective_risk_increase", "ece_increase"]
+
     return [
+        negative_top5_tolerance,
+        coverage_on_another_metric,
         field_the_format_does_not_read,
         misspelled_rule_key,
         misspelled_section,
@@ -563,7 +573,24 @@ def data_rows() -> list:
         (c.folder / "data.npz").write_bytes(bytes(raw))
         return c.check(policy), [c.path("data.npz"), "data.test", "cannot read the images"]
 
+    def group_naming_a_class_the_set_lacks(c: Case):  # issue 19: data.groups
+        test = {"format": "imagefolder", "path": c.image_folder({})}
+        policy = c.policy(data={"test": test, "groups": {"animals": ["c", "dog"]}})
+        return c.check(policy), [str(policy), "data.groups.animals", "'dog' is not one of the data set's class names"]
+
+    def group_label_outside_the_classes(c: Case):
+        policy = c.policy(data={"test": {"format": "npz", "path": "data.npz"}, "groups": {"rare": [0, 7]}})
+        return c.check(policy), [str(policy), "data.groups.rare", "label 7"]
+
+    def groups_file_not_a_mapping(c: Case):
+        (c.folder / "groups.yaml").write_text("- [0, 1]\n- [2]\n")
+        policy = c.policy(data={"test": {"format": "npz", "path": "data.npz"}, "groups": "groups.yaml"})
+        return c.check(policy), [c.path("groups.yaml"), "data.groups", "must hold a mapping"]
+
     return [
+        group_naming_a_class_the_set_lacks,
+        group_label_outside_the_classes,
+        groups_file_not_a_mapping,
         labels_outside_the_classes,
         negative_label,
         empty_npz,
@@ -1137,7 +1164,13 @@ def test_nonfinite_logits_are_counted_wrong_and_disagreeing_in_the_report(
     clean = next(t for t in predicate["tasks"] if t["name"] == "clean")
     per_class = N // 3
     assert clean["n"] == N
-    assert clean["dense"] == {"accuracy": 1.0, "correct": N, "nonfinite": 0}
+    assert {k: clean["dense"][k] for k in ("accuracy", "correct", "nonfinite")} == {
+        "accuracy": 1.0,
+        "correct": N,
+        "nonfinite": 0,
+    }
+    # issue 19: a non-finite sample is the worst case: an infinite NLL and KL, so undefined (None)
+    assert clean["dense"]["nll"] is not None and clean["pruned"]["nll"] is None and clean["kl_divergence"] is None
     assert clean["pruned"]["nonfinite"] == 2 * per_class  # the NaN and the +inf samples
     assert clean["pruned"]["correct"] == per_class  # only class 2: +inf on the right logit is not "correct"
     assert clean["agreement"] == pytest.approx(1 / 3) and clean["accuracy_drop"] == pytest.approx(2 / 3)

@@ -7,7 +7,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from prunegate.cli import main
-from prunegate.diff import change_interval, compare, render_text
+from prunegate.diff import REGRESSION_METRICS, TASK_METRICS, change_interval, compare, render_text
 from prunegate.metrics.intervals import newcombe_paired, wilson
 from prunegate.report.render.markdown import render_diff
 from prunegate.report.schema import Interval
@@ -50,7 +50,7 @@ def test_identical_reports_do_not_regress(base) -> None:
     diff = compare(base, base)
     assert not diff.regressed
     assert {c.change for c in diff.tasks} == {"same"} and {c.change for c in diff.rules} == {"same"}
-    assert len(diff.tasks) == 5 * len(base.tasks)
+    assert len(diff.tasks) == len(TASK_METRICS["classification"]) * len(base.tasks)
     assert f"0 task metrics changed in {len(base.tasks)} tasks" in render_text(diff)
 
 
@@ -493,3 +493,110 @@ def test_many_regressions_are_listed_up_to_a_limit_and_counted(base) -> None:
     assert render_text(diff, verbose=True).count("✗") == total
     markdown = render_diff(diff)
     assert markdown.count("| ❌ |") == LISTED and f"… and {more} more" in markdown
+
+
+# --- issue 19: the beyond-top-1 metrics -----------------------------------------------------------
+
+
+def beyond_top1(report):
+    """`report` with every task's top-5, calibration, divergence, selective-risk and subgroup
+    numbers, as a report since issue 19 has them (intervals on top5_drop and ece_increase)."""
+    from prunegate.report.schema import GroupResult, SelectiveRisk
+
+    tasks = []
+    for t in report.tasks:
+        sides = {
+            side: getattr(t, side).model_copy(update={"top5": top5, "ece": ece, "nll": nll, "brier": brier})
+            for side, top5, ece, nll, brier in (("dense", 0.99, 0.03, 0.3, 0.15), ("pruned", 0.98, 0.04, 0.35, 0.17))
+        }
+        group = GroupResult(name="animals", n=100, dense_accuracy=0.9, pruned_accuracy=0.88, drop=0.02)
+        intervals = {
+            **t.intervals,
+            "top5_drop": Interval(low=-0.01, high=0.03, method="newcombe"),
+            "ece_increase": Interval(low=-0.01, high=0.03, method="bootstrap"),
+        }
+        tasks.append(
+            t.model_copy(
+                update={
+                    **sides,
+                    "top5_drop": 0.01,
+                    "ece_increase": 0.01,
+                    "nll_increase": 0.05,
+                    "brier_increase": 0.02,
+                    "kl_divergence": 0.04,
+                    "probability_loyalty": 0.95,
+                    "selective_risk": [SelectiveRisk(coverage=0.8, dense=0.05, pruned=0.06, increase=0.01)],
+                    "group_accuracy_drop": 0.02,
+                    "worst_group": group,
+                    "groups": [group],
+                    "intervals": intervals,
+                }
+            )
+        )
+    return report.model_copy(update={"tasks": tasks})
+
+
+def test_the_new_metrics_are_compared_and_three_decide() -> None:
+    metrics = TASK_METRICS["classification"]
+    assert {m: metrics[m] for m in ("pruned_top5", "probability_loyalty")} == {m: "higher" for m in
+            ("pruned_top5", "probability_loyalty")}  # fmt: skip
+    lower = ("top5_drop", "ece_increase", "pruned_ece", "pruned_nll", "pruned_brier", "kl_divergence",
+             "selective_risk_increase@0.8", "group_accuracy_drop")  # fmt: skip
+    assert all(metrics[m] == "lower" for m in lower)
+    assert {"top5_drop", "ece_increase", "group_accuracy_drop"} <= set(REGRESSION_METRICS["classification"])
+    assert not {"pruned_nll", "kl_divergence", "selective_risk_increase@0.8"} & set(
+        REGRESSION_METRICS["classification"]
+    )
+
+
+@pytest.mark.parametrize(
+    "metric, delta, change, regression, why",
+    [
+        ("top5_drop", +0.05, "worse", True, "beyond the margin and the change's interval"),
+        ("top5_drop", +0.02, "worse", False, "within sampling noise"),
+        ("ece_increase", +0.05, "worse", True, "beyond the margin and the change's interval"),
+        ("ece_increase", -0.05, "better", False, ""),  # a better calibrated pruned model
+        ("group_accuracy_drop", +0.03, "worse", True, "beyond the margin (no interval in either report"),
+        ("group_accuracy_drop", +0.004, "worse", False, "within the margin"),
+        ("kl_divergence", +0.2, "worse", False, ""),  # compared, not deciding
+        ("probability_loyalty", -0.1, "worse", False, ""),
+    ],
+)
+def test_beyond_top1_metric_changes(base, metric, delta, change, regression, why) -> None:
+    rich = beyond_top1(base)
+    task = rich.tasks[1]
+    diff = compare(rich, moved(rich, task.name, metric, delta), margin=0.005)
+    [moved_metric] = [c for c in diff.tasks if c.change != "same"]
+    assert (moved_metric.task, moved_metric.metric, moved_metric.change) == (task.name, metric, change)
+    assert moved_metric.regression == regression == diff.regressed
+    assert moved_metric.reason.startswith(why)
+
+
+def test_model_sides_and_selective_risk_are_compared_through_their_records(base) -> None:
+    rich = beyond_top1(base)
+    clean = rich.tasks[0]
+    worse_nll = clean.pruned.model_copy(update={"nll": 0.5})
+    risk = clean.selective_risk[0].model_copy(update={"increase": 0.04})
+    new = with_task(rich, clean.name, pruned=worse_nll, selective_risk=[risk])
+    changes = {c.metric: c for c in compare(rich, new).changed}
+    assert set(changes) == {"pruned_nll", "selective_risk_increase@0.8"}
+    assert changes["pruned_nll"].delta == pytest.approx(0.15) and changes["pruned_nll"].delta_text == "+0.1500"
+    assert changes["selective_risk_increase@0.8"].delta_text == "+3.00pp"
+    assert not any(c.regression for c in changes.values())
+
+
+def test_a_report_from_before_the_new_metrics_still_compares(base) -> None:
+    """The sample report has none of them (None): against a report that has them, they are
+    'now defined' (named, not deciding); the other way round a deciding one is 'now undefined'."""
+    rich = beyond_top1(base)
+    forward = compare(base, rich)
+    assert not forward.regressed
+    defined = {c.metric for c in forward.undefined}
+    assert defined == set(TASK_METRICS["classification"]) - {"accuracy_drop", "agreement", "pruned_accuracy",
+                                                             "dense_accuracy", "softmax_l2"}  # fmt: skip
+    assert {c.change for c in forward.undefined} == {"now defined"}
+    assert not compare(base, base).regressed and not compare(rich, rich).regressed
+    back = compare(rich, base)
+    assert {c.metric for c in back.task_regressions} == {"top5_drop", "ece_increase", "group_accuracy_drop"}
+    assert all(c.change == "now undefined" for c in back.task_regressions)
+    render_text(back, verbose=True)  # renders without the fields

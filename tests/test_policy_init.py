@@ -144,3 +144,33 @@ def test_a_csv_file_list_is_written_as_a_filelist_test_set(files, capsys) -> Non
         "format": "filelist",
         "path": "../data/val.csv",
     }
+
+
+@pytest.mark.parametrize(
+    ("preset", "metrics"),
+    [
+        ("cifar10", {"ece_increase"}),
+        ("imagenet", {"ece_increase", "top5_drop"}),
+        (None, {"ece_increase"}),  # torch models: no preset, the template
+    ],
+)
+def test_the_written_policy_has_the_calibration_rule_and_says_what_it_is(
+    files, capsys, save_torchscript, preset, metrics
+) -> None:
+    """Issue 19: every preset's policy bounds the ECE increase (imagenet's the top-5 drop too),
+    each new rule with a comment line saying what it bounds."""
+    if preset is None:
+        save_torchscript(TinyNet(10, 32), files / "models" / "dense.pt", 32)
+        code, out, err = init(capsys, files, dense="models/dense.pt")
+    else:
+        code, out, err = init(capsys, files, "--preset", preset)
+    assert code == 0, err
+    rules = {r.metric: r for r in load_policy(out).gate.rules}
+    assert metrics <= set(rules) and rules["ece_increase"].max == 0.02 and rules["ece_increase"].tasks == "clean"
+    lines = out.read_text().splitlines()
+    for metric in metrics:
+        at = next(
+            i for i, line in enumerate(lines) if f"metric: {metric}" in line and not line.lstrip().startswith("#")
+        )
+        assert lines[at - 1].lstrip().startswith("# ")  # a comment above each new rule
+    assert ("top5_drop" in rules) == (preset == "imagenet")

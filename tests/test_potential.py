@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from prunegate.potential import (
     member_labels,
     plot_png,
     potential_figure,
+    potential_metric,
     prune_potential,
 )
 from prunegate.report.render.console import render_potential
@@ -309,3 +311,163 @@ def test_the_plot_labels_its_axes_names_the_members_and_shows_a_zero_potential()
     none_zero = potential_figure(family_result(potentials=(0.4, 0.2)), "family").axes[0]
     assert [line for line in none_zero.get_lines() if line.get_marker() != "None"] == []
     assert plot_png(result, "family").startswith(b"\x89PNG")
+
+
+# --- issue 19: --metric, a potential for every paired metric with a tolerance -------------------------
+
+
+def test_potential_metric_names_the_key_and_the_better_side() -> None:
+    assert potential_metric("error", "classification") == ("error", "lower")
+    assert potential_metric("top5_drop", "classification") == ("top5_drop", "lower")
+    assert potential_metric("agreement", "classification") == ("agreement", "higher")
+    assert potential_metric("probability_loyalty", "classification") == ("probability_loyalty", "higher")
+    assert potential_metric("selective_risk_increase", "classification") == ("selective_risk_increase@0.8", "lower")
+    assert potential_metric("selective_risk_increase@0.90", "classification")[0] == "selective_risk_increase@0.9"
+    assert potential_metric("pixel_agreement", "segmentation") == ("pixel_agreement", "higher")
+
+
+@pytest.mark.parametrize(
+    ("metric", "kind", "reason"),
+    [
+        ("top6_drop", "classification", "unknown metric 'top6_drop'"),
+        ("pruned_top5", "classification", "one model's own number"),
+        ("newly_right", "classification", "has no tolerance"),
+        ("miou_drop", "classification", "not a classification metric"),
+        ("top5_drop", "segmentation", "not a segmentation metric"),
+        ("agreement@0.9", "classification", "only selective_risk_increase takes a coverage"),
+        ("selective_risk_increase@1.5", "classification", "must be a number in (0, 1]"),
+        ("selective_risk_increase@x", "classification", "must be a number in (0, 1]"),
+    ],
+)
+def test_potential_metric_refuses_what_has_no_potential(metric: str, kind: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        potential_metric(metric, kind)
+
+
+def test_a_similarity_qualifies_at_one_minus_delta_and_a_signed_increase_below_zero() -> None:
+    ratios = [0.2, 0.4, 0.6]
+    assert prune_potential(1.0, [0.995, 0.99, 0.96], ratios, 0.005, "higher") == 0.2  # exactly 1 - delta
+    assert prune_potential(1.0, [0.9, 0.9, 0.999], ratios, 0.005, "higher") == 0.6
+    assert prune_potential(0.0, [0.02, -0.03, 0.5], ratios, 0.01) == 0.4  # better calibrated qualifies
+    assert prune_potential(0.0, [float("nan")] * 3, ratios, 0.01) == 0.0  # undefined never qualifies
+
+
+def test_another_metric_has_no_excess_error_and_says_so_in_the_plot() -> None:
+    tasks = [Task("clean", TaskKind.CLEAN, "test"), Task("noise/uniform/0.1", TaskKind.NOISE, "test", "uniform", 0.1)]
+    dense = {"clean": 0.0, "noise/uniform/0.1": 0.0}
+    members = [{"clean": 0.004, "noise/uniform/0.1": 0.02}, {"clean": 0.03, "noise/uniform/0.1": 0.04}]
+    family = [Member("a.pt", "x", 100, 70), Member("b.pt", "y", 100, 30)]
+    result = analyse(tasks, dense, members, family, 0.01, "ece_increase", "lower")
+    result["n"] = {"clean": 50, "noise/uniform/0.1": 50}
+    result = annotate(result, "classification")
+    groups = {g["name"]: g for g in result["groups"]}
+    assert groups["clean"]["potential"] == pytest.approx(0.3) and groups["noise/uniform"]["potential"] == 0.0
+    assert all(g["excess_error"] is None for g in result["groups"])
+    assert result["metric"] == result["error"] == "ece_increase" and result["better"] == "lower"
+    # ECE moves in no one-sample steps: no sampling-resolution warning even at delta = 1/n
+    assert result["below_resolution"] == {} and result["warnings"] == []
+    bars, right = potential_figure(result, "family").axes[:2]
+    assert "ece_increase within 0.01 of dense" in bars.get_title()
+    assert "excess error: only for --metric error" in right.texts[0].get_text()
+    assert "ece_increase" in render_potential(result, width=200)
+
+
+def six_class_net(sign: float = 1.0) -> torch.nn.Module:
+    """A 6-class TinyNet whose class k scores the mean of colour channel k % 3: on
+    `colour_dataset(classes=6)` the label and its colour twin rank first, so its top-5 is 1;
+    `sign=-1` ranks them last (top-5 0)."""
+    from tests.conftest import TinyNet, _colour_net
+
+    colour, net = _colour_net(), TinyNet(6, 8)
+    cells = 16
+    with torch.no_grad():
+        net.conv.load_state_dict(colour.conv.state_dict())
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+        for k in range(6):
+            net.head.weight[k, (k % 3) * cells : (k % 3 + 1) * cells] = sign / cells
+    return net.eval()
+
+
+def six_class_family(tmp_path: Path, ratios=(0.3,)) -> tuple[Path, list[Path]]:
+    """The 6-class dense net (top-5 is defined), members pruned from it and, last, its reversed
+    copy (far from it on top-5), and a policy."""
+    from prunegate.prune import global_magnitude_prune
+    from tests.conftest import _colour_dataset, _save_torchscript, _write_npz, _write_policy
+
+    images, labels = _colour_dataset(30, classes=6)
+    _write_npz(tmp_path / "data.npz", images, labels)
+    _save_torchscript(six_class_net(), tmp_path / "dense.pt")
+    _save_torchscript(six_class_net(), tmp_path / "pruned.pt")
+    members = []
+    for ratio in ratios:
+        path = tmp_path / f"m{ratio}.pt"
+        _save_torchscript(global_magnitude_prune(six_class_net(), ratio), path)
+        members.append(path)
+    _save_torchscript(six_class_net(-1.0), tmp_path / "other.pt")
+    members.append(tmp_path / "other.pt")
+    rules = [{"name": "top5", "tasks": "clean", "metric": "top5_drop", "max": 0.01}]
+    suite = {"noise": [{"kind": "uniform", "levels": [0.3]}]}
+    return _write_policy(tmp_path / "policy.yaml", rules=rules, suite=suite), members
+
+
+def test_potential_cli_on_top5_drop_agrees_with_check(tmp_path: Path, capsys) -> None:
+    """--metric top5_drop --delta 0.01: a member's value is the top5_drop a check report of the
+    pair records (checked for the other net), the dense model's is 0, and the potential follows."""
+    import yaml
+
+    from prunegate.report.attest import read_envelope
+
+    policy, members = six_class_family(tmp_path)
+    out, plot = tmp_path / "potential.json", tmp_path / "potential.png"
+    args = ["potential", "-p", str(policy), "--pruned", *map(str, members), "--metric", "top5_drop"]
+    code = main([*args, "--delta", "0.01", "--out", str(out), "--plot", str(plot)])
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["metric"] == "top5_drop" and result["error"] == "top5_drop" and "top5_drop" in printed
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    rows = {row["name"]: row for row in result["tasks"]}
+    assert set(rows) == {"clean", "noise/uniform/0.3"}
+    ratios = [m["prune_ratio"] for m in result["members"]]
+    document = yaml.safe_load(policy.read_text())
+    document["models"]["pruned"] = str(members[-1])
+    (tmp_path / "pair.yaml").write_text(yaml.safe_dump(document))
+    report = tmp_path / "pair.json"
+    assert main(["check", "-p", str(tmp_path / "pair.yaml"), "-o", str(report), "-q"]) == 1  # top-5 lost
+    checked = read_envelope(report.read_text(), str(report))[2]["predicate"]
+    for task in checked["tasks"]:
+        assert rows[task["name"]]["errors"][-1] == pytest.approx(task["top5_drop"], abs=1e-12)
+    for row in [*result["tasks"], *result["groups"]]:
+        assert row["dense_error"] == 0.0 and row.get("excess_error") is None
+        assert row["potential"] == prune_potential(0.0, row["errors"], ratios, 0.01)
+    assert rows["clean"]["errors"][-1] > 0.01 and result["groups"][0]["potential"] == ratios[0]  # it can tell
+
+
+def test_potential_cli_default_and_accuracy_drop_give_the_same_potential(tmp_path: Path, capsys) -> None:
+    policy, members = six_class_family(tmp_path, ratios=())
+    found = {}
+    for metric in ("error", "accuracy_drop"):
+        out = tmp_path / f"{metric}.json"
+        args = ["potential", "-p", str(policy), "--pruned", str(members[0]), "--metric", metric]
+        assert main([*args, "--delta", "0.05", "--out", str(out)]) == 0, capsys.readouterr().err
+        found[metric] = json.loads(out.read_text())
+    error, drop = found["error"], found["accuracy_drop"]
+    assert [g["potential"] for g in error["groups"]] == [g["potential"] for g in drop["groups"]]
+    for e, d in zip(error["tasks"], drop["tasks"]):
+        assert e["errors"][0] - e["dense_error"] == pytest.approx(d["errors"][0], abs=1e-12)
+    assert error["groups"][0]["excess_error"] is not None and drop["groups"][0]["excess_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("metric", "reason"),
+    [("top6_drop", "unknown metric 'top6_drop'"), ("group_accuracy_drop", "needs data.groups in the policy")],
+)
+def test_potential_cli_names_a_bad_metric(tmp_path: Path, gate_case, capsys, metric: str, reason: str) -> None:
+    policy = gate_case()
+    out = tmp_path / "p.json"
+    code = main(["potential", "-p", str(policy), "--pruned", str(tmp_path / "pruned.pt"), "--metric", metric,
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --metric: ") and reason in err and "\n" not in err
+    assert not out.exists()

@@ -151,7 +151,15 @@ def potential(
         ..., "--pruned", help="A pruned member of the family; repeat, or list after one --pruned."
     ),
     extra: list[Path] | None = typer.Argument(None, help="More pruned members.", show_default=False),
-    delta: float = typer.Option(0.005, min=0.0, max=1.0, help="Error tolerance vs the dense model (0.005 = 0.5 pp)."),
+    delta: float = typer.Option(
+        0.005, min=0.0, max=1.0, help="Tolerance vs the dense model, in the metric's units (0.005 = 0.5 pp)."
+    ),
+    metric: str = typer.Option(
+        "error",
+        "--metric",
+        help="error (the kind's: top-1 error, 1 - mIoU), or a paired metric: top5_drop, ece_increase, "
+        "kl_divergence, agreement, selective_risk_increase@0.9, ... (see the README).",
+    ),
     out: Path | None = typer.Option(None, help="Write the table as JSON."),
     plot: Path | None = typer.Option(None, help="Write the prune-potential / excess-error plot (PNG)."),
     limit: int | None = typer.Option(None, min=1, help="Evaluate a class-balanced subset of this size."),
@@ -169,7 +177,9 @@ def potential(
     """Prune potential of a family of pruned models, per task and task group.
 
     The potential is the largest prune ratio whose error is within DELTA of the dense model's;
-    the excess error is the growth of each group's error gap to clean, per prune ratio.
+    the excess error is the growth of each group's error gap to clean, per prune ratio. With
+    --metric M, whose M stays within DELTA of the dense model's own value (0 for a drop, increase
+    or divergence; 1 for agreement or loyalty); the plot then has no excess error.
 
     Warns when DELTA is at most one sample's error (1/n) on a task: 0.005 is one image at n = 200."""
     import json
@@ -196,6 +206,7 @@ def potential(
             loaded,
             members,
             delta=delta,
+            metric=metric,
             allow_pickle=allow_pickle,
             progress=progress,
             allow_external_arch=allow_external_arch,

@@ -63,3 +63,16 @@ def resolve_groups(
                 raise DataError(f"class {member!r} is not one of the data set's class names", file=file, field=field)
         resolved[group] = np.unique(np.asarray(indices, dtype=np.int64))
     return resolved
+
+
+def check_group_classes(groups: dict[str, np.ndarray], classes: int, file: Path | None = None) -> None:
+    """A DataError naming `data.groups.GROUP` for a label index the models do not have: a set
+    without class names (npz, npy) cannot bound its indices until the models' outputs are known."""
+    for group, indices in groups.items():
+        outside = indices[indices >= classes]
+        if outside.size:
+            raise DataError(
+                f"label {int(outside[0])} is not one of the models' classes (0-{classes - 1})",
+                file=file,
+                field=f"{FIELD}.{group}",
+            )
