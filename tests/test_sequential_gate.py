@@ -128,3 +128,20 @@ def test_a_mean_over_noise_tasks_with_draws_is_one_sequence_per_data_set(pair: P
     noise = [t for t in report["tasks"] if t["name"].startswith("noise/")]
     assert noise and all(t["n"] == 2 * used for t in noise)  # n counts the draws
     assert {r["name"]: r["status"] for r in report["rules"]}["noise agreement"] == "fail"
+
+
+def test_console_markdown_and_html_say_where_it_stopped(pair: Path, policy_dict) -> None:
+    from prunegate.report.render import Format, RenderOptions, renderer
+    from prunegate.report.schema import Report
+
+    _, predicate = run(pair, sequential_policy(policy_dict, "broken.pt"), "shown")
+    report = Report.model_validate(predicate)
+    used = predicate["sequential"]["sources"][0]["used"]
+    line = f"stopped after {used:,} of {IMAGES:,} images ({100 * used / IMAGES:.0f} %): a rule was decided fail"
+    console = renderer(Format.console).format(report, RenderOptions(width=160))
+    assert line in str(console)
+    assert line in renderer(Format.markdown).format(report, RenderOptions())
+    html = renderer(Format.html).format(report, RenderOptions())
+    assert line in html and 'id="sequential-intervals"' in html
+    full = Report.model_validate(run(pair, sequential_policy(policy_dict, "broken.pt", sequential=False), "f")[1])
+    assert "stopped after" not in renderer(Format.markdown).format(full, RenderOptions())

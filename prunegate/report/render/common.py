@@ -106,6 +106,19 @@ def metric_unit(metric: str) -> str:
     return " nats" if metric in NATS_METRICS else ""
 
 
+def sequential_line(report: Report) -> str | None:
+    """'sequential gate: stopped after N of M images (K %): why'; None for a full pass."""
+    sequential = report.sequential
+    if sequential is None:
+        return None
+    used, total = sequential.used()
+    share = f"{100 * used / total:.0f} %" if total else "n/a"
+    return (
+        f"sequential gate: stopped after {used:,} of {total:,} images ({share}): {sequential.stopped} "
+        f"({sequential.looks} looks, anytime-valid at {sequential.confidence:.0%})"
+    )
+
+
 def format_metric(metric: str, value: float | None) -> str:
     """A metric's value as text in its unit ('n/a' when missing or NaN): '+1.20pp', '91.00%',
     '+0.031 nats', '0.0123'. `metric` may be a record's key (`selective_risk_increase@0.8`)."""

@@ -37,6 +37,7 @@ from prunegate.report.render.common import (
     pct,
     rule_status,
     segmentation_columns,
+    sequential_line,
     task_columns,
     task_value,
     threshold_text,
@@ -364,6 +365,9 @@ def render(
         console.print(line)
     for warning in report.warnings:
         console.print(f"[yellow]warning[/]: {_text(warning)}")
+    line = sequential_line(report)
+    if line:
+        console.print(_text(line))
     console.print(rules_table(report, width))
     for line in (*(_text(b) for b in before_verdict), *failed_rule_lines(report), verdict_line(report)):
         console.print(line)
@@ -380,9 +384,16 @@ def render_potential(result: dict, *, color: bool = False, width: int = 110) -> 
     console = _console(buffer, color, width)
     members, labels = result["members"], labels_of(result)
     error = result.get("error", "error")
+    metric = result.get("metric", "error")
+
+    def value(v: float) -> str:  # the kind's error is a proportion; a paired metric has its own unit
+        return pct(v) if metric == "error" else format_metric(metric, v)
+
+    delta = result["delta"]
+    within = f"{100 * delta:g} pp" if metric == "error" else format_metric(metric, delta).lstrip("+")
     table = Table(
         title=f"Prune potential per task group: {error} of the dense model and of each member; potential = "
-        f"the largest prune ratio whose {error} is within {100 * result['delta']:g} pp of dense",
+        f"the largest prune ratio whose {error} is within {within} of dense",
         title_justify="left",
     )
     table.add_column("group")
@@ -392,7 +403,8 @@ def render_potential(result: dict, *, color: bool = False, width: int = 110) -> 
     table.add_column("potential\n(prune ratio)", justify="right")
     for g in result["groups"]:
         potential = pct(g["potential"]) if g["potential"] > 0 else "0 (none within delta)"
-        table.add_row(_text(g["name"]), pct(g["dense_error"]), *(pct(e) for e in g["errors"]), f"[bold]{potential}[/]")
+        row = [value(g["dense_error"]), *(value(e) for e in g["errors"])]
+        table.add_row(_text(g["name"]), *row, f"[bold]{potential}[/]")
     console.print(table)
     for label, m in zip(labels, members):
         console.print(

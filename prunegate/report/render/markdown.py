@@ -150,6 +150,9 @@ def models_line(report: Report) -> str:
 def render(report: Report) -> str:
     """The report as a GitHub-flavoured Markdown summary."""
     lines = verdict_lines(report)
+    line = common.sequential_line(report)
+    if line:
+        lines += ["", escape(line)]
     lines += ["", rules_table(report)]
     notes = undecided_notes(report)
     notes += [f"- **{escape(r.name)}**: {escape(r.note)}" for r in report.rules if r.note]

@@ -413,6 +413,31 @@ def reliability_diagram(report: Report) -> Figure | None:
         return _uri(fig)
 
 
+def sequential_intervals(report: Report) -> Figure | None:
+    """gate.sequential: each rule's anytime-valid interval against the images used, at every
+    look, with its threshold (dotted). None for a full pass."""
+    sequential = report.sequential
+    if sequential is None or not any(r.history for r in sequential.rules):
+        return None
+    thresholds = {r.name: r.threshold for r in report.rules}
+    metrics = {r.name: r.metric for r in report.rules}
+    with _context():
+        fig = _figure(6.0, 1.0 + 1.8 * len(sequential.rules))
+        axes = fig.subplots(len(sequential.rules), 1, squeeze=False)[:, 0]
+        for ax, rule in zip(axes, sequential.rules):
+            images = [look.images for look in rule.history]
+            ax.fill_between(images, [look.low for look in rule.history], [look.high for look in rule.history],
+                            color=PRUNED, alpha=0.3, step="post", label="anytime-valid interval")  # fmt: skip
+            if rule.name in thresholds:
+                ax.axhline(thresholds[rule.name], color="#6e7781", ls=":", lw=1.2, label="threshold")
+            ax.set_title(f"{rule.name} ({metrics.get(rule.name, '?')}): {rule.status}", loc="left", fontsize=8)
+            ax.set_ylabel(metrics.get(rule.name, ""), fontsize=7)
+            ax.legend(loc="upper right", fontsize=7)
+        axes[-1].set_xlabel("images evaluated")
+        fig.tight_layout()
+        return _uri(fig)
+
+
 def figures(report: Report) -> list[dict]:
     """Every figure the report has data for: {id, title, caption, uri, width}; a figure left out
     for too few samples has uri None and says why in its caption."""
@@ -442,6 +467,15 @@ def figures(report: Report) -> list[dict]:
                 class_recall_drop(report),
             ),
         ]
+    made.append(
+        (
+            "sequential-intervals",
+            "Sequential gate: each rule's interval as images arrive",
+            f"{common.sequential_line(report)}. The shaded band is the rule's anytime-valid interval after each "
+            "look; the dotted line its threshold. A rule is decided once the band lies on one side.",
+            sequential_intervals(report),
+        )
+    )
     shown = [{"id": i, "title": t, "caption": c, "uri": f.uri, "width": f.width} for i, t, c, f in made if f]
     left_out = too_few_per_class(report) if report.task != "segmentation" else None
     if left_out:  # said where the figure would be, so that its absence is not read as "no drop"
