@@ -444,7 +444,8 @@ def sequential_gate(policy: Policy, setup: Setup) -> SequentialGate:
     """The looks of a sequential pass over the setup's data sets (their label maps judge it)."""
     sources = setup.ctx.sources
     sets = {s.name: s.label_map.matrix(setup.classes) if s.label_map is not None else None for s in sources}
-    return SequentialGate(policy, list(setup.ctx.tasks), {s.name: len(s.indices) for s in sources}, sets)
+    indices = {s.name: s.indices for s in sources}
+    return SequentialGate(policy, list(setup.ctx.tasks), indices, sets, setup.world, setup.ctx.batch_size)
 
 
 def close_runners(runners: list, arena: InputArena | None) -> None:
@@ -471,12 +472,6 @@ def run_check(
     report; the caller writes it from rank 0. `key_files`: files the models may not read;
     `checkpoint`: where the pass keeps its progress (and whether to resume from it)."""
     builder = ReportBuilder(policy)
-    if policy.gate.sequential and world.size > 1:
-        raise PolicyError(
-            "a sequential gate runs in one process: its looks are not shared across torchrun's processes yet",
-            file=policy.file,
-            field="gate.sequential",
-        )
     with prepare(
         policy, allow_pickle=allow_pickle, world=world, key_files=key_files, allow_external_arch=allow_external_arch
     ) as setup:

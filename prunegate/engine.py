@@ -238,11 +238,11 @@ def _task_inputs(
         tick = time.perf_counter()
 
 
-def _keep_evaluated(ctx: RunContext, tallies: list[dict[str, Tally]], done: dict[str, list[np.ndarray]]) -> None:
-    """After a sequential pass: each source keeps the images it evaluated (in data-set order),
-    and each task's tally the slots of those images."""
+def _keep_evaluated(ctx: RunContext, tallies: list[dict[str, Tally]], sequential: SequentialGate) -> None:
+    """After a sequential pass (its tallies merged): each source keeps the images the gate's
+    sequences were fed (in data-set order), and each task's tally the slots of those images."""
     for source in ctx.sources:
-        ids = np.sort(np.concatenate(done[source.name])) if done[source.name] else np.zeros(0, dtype=np.int64)
+        ids = np.sort(sequential.kept(source.name))
         if len(ids) == len(source.indices):
             continue
         positions = np.searchsorted(source.indices, ids)
@@ -339,17 +339,18 @@ def evaluate_family(
                 data = source_key(source)
                 entries.update({t.name: cache.entry(task_key(t, data), source.indices, t.draws) for t in source_tasks})
             reads = source.indices if source.part is None else source.part
-            if sequential is not None:
-                reads = sequential.order(source.name, reads)
+            if sequential is not None:  # this process's share of every prefix of the seeded order
+                reads = sequential.order(source.name, source.indices)
             earlier = restored.get("sources", {}).get(source.name)
             if earlier is not None and len(earlier["done"]):
                 ids = earlier["done"].numpy()
                 source.manifest.add(earlier["done"], list(earlier["digests"]))
                 done[source.name].append(ids)
-                if sequential is not None:  # the sequences see the images already done, in read order
-                    replay = reads[np.isin(reads, ids)]
-                    sequential.feed(source.name, tallies[0], np.searchsorted(source.indices, replay))  # type: ignore[arg-type]
-                reads = reads[~np.isin(reads, ids)]
+            if sequential is not None and restored:  # the sequences see the images already done, in read order
+                replay = reads[np.isin(reads, np.concatenate(done[source.name] or [np.zeros(0, np.int64)]))]
+                sequential.feed(source.name, tallies[0], np.searchsorted(source.indices, replay))  # type: ignore[arg-type]
+            if earlier is not None and len(earlier["done"]):
+                reads = reads[~np.isin(reads, earlier["done"].numpy())]
                 if progress:
                     progress(len(ids) * sum(t.draws for t in source_tasks))
             with Ahead(_task_inputs(ctx, source, reads, source_tasks, timings), depth=AHEAD) as ahead:
@@ -388,6 +389,9 @@ def evaluate_family(
                             looked = sequential.look(source.name, tallies[0], batch.rows)  # type: ignore[arg-type]
                             if looked != "continue":
                                 break  # (leaving the `with` stops the producer)
+                else:  # read all of this process's share: look on with the others until they have too
+                    if sequential is not None:
+                        sequential.drain(source.name, tallies[0])  # type: ignore[arg-type]
             timings["wait_s"] += ahead.waited_s
             source.manifest.merge(gather_digests(source.manifest.digests, world))
     except BaseException as exc:
@@ -404,7 +408,7 @@ def evaluate_family(
     if cache is not None:
         cache.save()
     if sequential is not None:
-        _keep_evaluated(ctx, tallies, done)
+        _keep_evaluated(ctx, tallies, sequential)
     result = []
     for member in tallies:
         finished = {}

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from prunegate.distributed import SINGLE, World, gather_objects
 from prunegate.metrics import TaskTally
 from prunegate.metrics import functional as F
 from prunegate.metrics.paired import top5_correctness
@@ -120,17 +121,27 @@ class SequentialGate:
         self,
         policy: Policy,
         tasks: list[Task],
-        sizes: dict[str, int],
+        indices: dict[str, np.ndarray],
         label_sets: dict[str, torch.Tensor | None] | None = None,
+        world: World = SINGLE,
+        batch_size: int = 256,
     ) -> None:
-        """`sizes`: images per data set; `label_sets`: per data set its data.label_map matrix
-        (a prediction is right when in its label's set), if any."""
+        """`indices`: each data set's selected indices (positions refer to them); `label_sets`:
+        per data set its data.label_map matrix (a prediction is right when in its label's
+        set), if any; `world`: the torchrun processes, which look together; `batch_size`: one
+        process's batch, the looks' step unless gate.looks sets one."""
+        sizes = {name: len(found) for name, found in indices.items()}
         gate = policy.gate
         self.label_sets = label_sets or {}
+        self.world = world
+        self.indices = indices
+        self.rank_of: dict[str, dict[int, int]] = {}
+        self.read: dict[str, np.ndarray] = {}
         assert gate.confidence is not None  # the policy requires it with sequential
         self.confidence = gate.confidence
         self.min_samples = gate.min_samples
-        self.every = gate.looks if isinstance(gate.looks, int) else None
+        # looks at every `step` images of a data set's seeded order, whatever the processes
+        self.step = gate.looks if isinstance(gate.looks, int) else batch_size
         self.seed = policy.suite.seed
         self.sizes = sizes
         self.draws = {t.name: t.draws for t in tasks}
@@ -157,36 +168,71 @@ class SequentialGate:
             }
             self.rules.append(_RuleState(rule, found, by_source, sequences))
         self.used: dict[str, int] = dict.fromkeys(sizes, 0)
-        self.since_look: dict[str, int] = dict.fromkeys(sizes, 0)
         self.looks = 0
         self.failed = False
         self.stopped: dict[str, bool] = dict.fromkeys(sizes, False)
 
     def order(self, source: str, indices: np.ndarray) -> np.ndarray:
-        return read_order(self.seed, source, indices)
+        """What this process reads of `source`, in order: its share of every prefix of the
+        seeded order (all of it in one process), so that after each batch the processes
+        together have read a prefix."""
+        everything = read_order(self.seed, source, indices)
+        self.read[source] = everything
+        self.rank_of[source] = {int(index): rank for rank, index in enumerate(everything)}
+        return everything[self.world.rank :: self.world.size]
 
     def _image_values(self, rule: Rule, tally: TaskTally, draws: int, positions: np.ndarray) -> np.ndarray:
+        """The rule's per-image values at `positions` (a noise task's draws averaged)."""
         values, _, _ = ANYTIME_METRICS[rule.metric]
         per_slot = values(tally)
         slots = (positions[:, None] * draws + np.arange(draws)[None, :]).reshape(-1)
         return per_slot[slots].reshape(len(positions), draws).mean(axis=1)
 
-    def feed(self, source: str, tallies: dict[str, TaskTally], positions: np.ndarray) -> None:
-        """Give every sequence of `source`'s tasks the values of the images at `positions` (in
-        the order they were read)."""
-        self.used[source] += len(positions)
-        self.since_look[source] += len(positions)
+    def _values(self, source: str, tallies: dict[str, TaskTally], positions: np.ndarray) -> dict[str, np.ndarray]:
+        """Per sequence of `source`'s rules (its key: the rule's index and the task, or the mean),
+        the per-image values of the images at `positions`."""
         sets = self.label_sets.get(source)
-        for state in self.rules:
+        found: dict[str, np.ndarray] = {}
+        for i, state in enumerate(self.rules):
             tasks = state.sources.get(source, [])
             judged = [tallies[t] if sets is None else dataclasses.replace(tallies[t], label_sets=sets) for t in tasks]
             values = [self._image_values(state.rule, t, self.draws[n], positions) for t, n in zip(judged, tasks)]
-            mean = state.sequences.get(f"mean/{source}")
-            if mean is not None:  # a mean over tasks on the same images: their per-image mean
-                mean.update(np.mean(np.stack(values), axis=0))
-                continue
-            for task, found in zip(tasks, values):
-                state.sequences[task].update(found)
+            if f"mean/{source}" in state.sequences:  # a mean over tasks on the same images: their per-image mean
+                found[f"{i}/mean/{source}"] = np.mean(np.stack(values), axis=0)
+            else:
+                found.update({f"{i}/{task}": v for task, v in zip(tasks, values)})
+        return found
+
+    def feed(
+        self, source: str, tallies: dict[str, TaskTally], positions: np.ndarray, *, exhausted: bool = False
+    ) -> tuple[Look, bool]:
+        """Give `source`'s sequences the values of the images at `positions` (every process's,
+        under torchrun: each must call it as often), in the seeded order, looking at every
+        `step` images of that order; stop feeding at a look that stops the source. Returns the
+        decision and whether every process has read all its share (`exhausted`)."""
+        ids = self.indices[source][positions] if len(positions) else np.zeros(0, dtype=np.int64)
+        parts = gather_objects((ids, self._values(source, tallies, positions), exhausted), self.world)
+        everyone = all(p[2] for p in parts)
+        ids = np.concatenate([p[0] for p in parts])
+        order = np.argsort([self.rank_of[source][int(i)] for i in ids], kind="stable")
+        values = {key: np.concatenate([p[1][key] for p in parts])[order] for key in parts[0][1]}
+        looked: Look = "continue"
+        start = 0
+        while start < len(ids) and looked == "continue":
+            end = min(len(ids), start + self.step - self.used[source] % self.step)
+            for key, found in values.items():
+                rule, _, name = key.partition("/")
+                self.rules[int(rule)].sequences[name].update(found[start:end])
+            self.used[source] += end - start
+            start = end
+            if self.used[source] % self.step == 0 or self.used[source] >= self.sizes[source]:
+                looked = self._decide(source)
+        return looked, everyone
+
+    def kept(self, source: str) -> np.ndarray:
+        """The images of `source` the sequences were fed: the first of its seeded order (a
+        process may have evaluated a few more, past the look that stopped it)."""
+        return self.read[source][: self.used[source]]
 
     def _intervals(self, state: _RuleState) -> list[tuple[float, float]]:
         _, low, high = ANYTIME_METRICS[state.rule.metric]
@@ -202,15 +248,25 @@ class SequentialGate:
         sequence = state.sequences.get(task)
         return sequence.interval() if sequence is not None and sequence.n else None
 
+    def drain(self, source: str, tallies: dict[str, TaskTally]) -> None:
+        """Under torchrun, once this process has read all its share of `source`: keep looking,
+        with nothing new of its own, until every process has (or the gate stops), so that all
+        make the same collective calls."""
+        if self.world.size <= 1:
+            return
+        while True:
+            looked, exhausted = self.feed(source, tallies, np.zeros(0, dtype=np.int64), exhausted=True)
+            if looked != "continue" or exhausted:
+                return
+
     def look(self, source: str, tallies: dict[str, TaskTally], positions: np.ndarray) -> Look:
-        """After a batch of `source`: feed it, and decide whether to go on."""
-        self.feed(source, tallies, positions)
+        """After a batch of `source`: feed it, looking where the schedule says; whether to go on."""
+        return self.feed(source, tallies, positions)[0]
+
+    def _decide(self, source: str) -> Look:
+        """A look at a step boundary of `source`: every rule's status, and whether to go on."""
         if self.failed:  # a rule failed earlier: later data sets only give their minimum
             return "stop-source" if self.used[source] >= self.min_samples else "continue"
-        due = self.every is None or self.since_look[source] >= self.every or self.used[source] >= self.sizes[source]
-        if not due:
-            return "continue"
-        self.since_look[source] = 0
         self.looks += 1
         images = sum(self.used.values())
         for state in self.rules:

@@ -119,3 +119,29 @@ def test_torchrun_gives_the_same_segmentation_report_as_one_process(tmp_path: Pa
     for task in one["tasks"]:  # the compared records carry the segmentation metrics and intervals
         assert task["miou_drop"] > 0 and task["pixels"] == 7 * (SEG_SIZE - 1) * SEG_SIZE * (task["n"] // 7)
         assert {"miou_drop", "pixel_agreement", "pruned_miou", "class_iou_drop"} <= set(task["intervals"])
+
+
+@pytest.mark.parametrize(
+    ("pruned", "stopped"), [("zero", "a rule was decided fail"), ("same", "every rule was decided")]
+)
+def test_torchrun_stops_a_sequential_gate_where_one_process_does(tmp_path: Path, gate_case, pruned, stopped) -> None:
+    # 203 images in batches of 10 over 2 processes: each reads its share of every prefix of the
+    # seeded order, the shares end a batch apart (102 and 101 images), and both look together.
+    policy = gate_case(
+        pruned,
+        n=203,
+        suite={"seed": 3, "noise": [{"kind": "uniform", "levels": [0.1], "draws": 2}]},
+        gate={
+            "confidence": 0.9,
+            "sequential": True,
+            "min_samples": 40,
+            "rules": [
+                {"name": "drop", "tasks": "*", "metric": "accuracy_drop", "aggregate": "mean", "max": 0.2},
+                {"name": "agree", "tasks": "clean", "metric": "agreement", "min": 0.5},
+            ],
+        },
+        runtime={"batch_size": 10, "backend": "torch"},
+    )
+    one, two = compare_with_torchrun(policy, tmp_path)
+    assert one["sequential"]["stopped"] == stopped
+    assert 40 <= one["sequential"]["sources"][0]["used"] < 203
