@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-METHODS = ("wt", "ft")
+METHODS = ("wt", "ft", "sipp", "pfp")
+DATA_METHODS = ("sipp", "pfp")  # data-informed (`prunegate.prune_data`): they need a calibration batch
 SCOPES = ("global", "layer")
 
 # Layers whose `weight` is pruned; their biases, norm layers and buffers are left alone.
@@ -165,17 +166,30 @@ def filter_prune(model: nn.Module, ratio: float) -> nn.Module:
 
 
 def prune(
-    model: nn.Module, method: str, ratio: float, scope: str = "global", keep: set[str] | frozenset[str] = frozenset()
+    model: nn.Module,
+    method: str,
+    ratio: float,
+    scope: str = "global",
+    keep: set[str] | frozenset[str] = frozenset(),
+    images: torch.Tensor | None = None,
 ) -> nn.Module:
     """Prune `model` by `ratio` with a named method: 'wt' (weight magnitude, over the whole net
-    or per layer by `scope`, the weights named in `keep` left dense) or 'ft' (filters, per layer
-    by definition: `scope` and `keep` do not apply)."""
+    or per layer by `scope`, the weights named in `keep` left dense), 'ft' (filters, per layer
+    by definition: `scope` and `keep` do not apply), or the data-informed 'sipp' (weights) and
+    'pfp' (filters) of `prunegate.prune_data`, which rank by sensitivity on the calibration batch
+    `images` (preprocessed model inputs, NCHW float; `scope` and `keep` do not apply)."""
     if method == "wt":
         if scope not in SCOPES:
             raise ValueError(f"unknown prune scope {scope!r}; known: {', '.join(SCOPES)}")
         return (global_magnitude_prune if scope == "global" else layer_magnitude_prune)(model, ratio, keep)
     if method == "ft":
         return filter_prune(model, ratio)
+    if method in DATA_METHODS:
+        from prunegate.prune_data import pfp_prune, sipp_prune  # it imports this module
+
+        if images is None:
+            raise ValueError(f"prune method {method!r} needs a calibration batch (images)")
+        return (sipp_prune if method == "sipp" else pfp_prune)(model, ratio, images)
     raise ValueError(f"unknown prune method {method!r}; known: {', '.join(METHODS)}")
 
 

@@ -123,7 +123,7 @@ def fine_tune(
             order = data.indices[torch.randperm(len(data.indices), generator=generator).numpy()]
             for start in range(0, len(order), options.batch_size):
                 chosen = [int(i) for i in order[start : start + options.batch_size]]
-                inputs, labels = _batch(data, chosen, options, generator)
+                inputs, labels = batch_inputs(data, chosen, options, generator)
                 loss = _train_step(model, optimizer, masks, inputs, labels, data.field)
                 scheduler.step()
                 loss_sum, seen = loss_sum + loss * len(chosen), seen + len(chosen)
@@ -164,15 +164,18 @@ def _train_step(
     return float(loss.detach())
 
 
-def _batch(
-    data: TrainSet, indices: list[int], options: RetrainOptions, generator: torch.Generator
+def batch_inputs(
+    data: TrainSet, indices: list[int], options: RetrainOptions, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float NCHW inputs (augmented, normalised) and int64 labels for these samples."""
+    """Float NCHW model inputs and int64 labels for these samples: read at `options.size`, scaled
+    to [0, 1], augmented (when `options.augment` and a `generator` is given: training) and
+    normalised by `options.mean`/`std`. The retraining batches and `prune`'s calibration batch
+    (no generator: the images as they are) are both made here, so they are preprocessed alike."""
     images, labels, _ = data.images.read_batch(indices, options.size, DEFAULT_MAX_PIXELS)
     if labels.ndim != 1:
-        raise DataError("retraining needs one class label per image (this set has per-pixel labels)", field=data.field)
+        raise DataError("needs one class label per image (this set has per-pixel labels)", field=data.field)
     x = images.permute(0, 3, 1, 2).float().div_(255.0)
-    if options.augment:
+    if options.augment and generator is not None:
         x = _augment(x, generator)
     if options.mean is not None or options.std is not None:
         mean = torch.tensor(options.mean or (0.0,)).view(-1, 1, 1)
@@ -192,4 +195,4 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), cropped.flip(3), cropped)
 
 
-__all__ = ["DEFAULT_LIMIT", "RetrainOptions", "TrainSet", "fine_tune", "prune_retrain", "schedule"]
+__all__ = ["DEFAULT_LIMIT", "RetrainOptions", "TrainSet", "batch_inputs", "fine_tune", "prune_retrain", "schedule"]

@@ -1,11 +1,13 @@
-"""`prunegate prune`: scopes, kept layers, the per-layer table and sidecar, retraining, and every
-bad option as one error line (exit 2) with nothing written."""
+"""`prunegate prune`: scopes, kept layers, the per-layer table and sidecar, retraining, the
+data-informed methods' calibration batch, and every bad option as one error line (exit 2) with
+nothing written."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +89,15 @@ def test_global_scope_is_the_default_for_wt_and_layer_for_ft(tmp_path: Path, den
         (["--retrain", "TRAIN", "--epochs", "0"], "--epochs"),
         (["--retrain", "TRAIN", "--iterations", "0"], "--iterations"),
         (["--retrain", "TRAIN", "--class-names", "missing.txt"], "--class-names"),
+        (["--method", "sipp"], "--calibrate"),
+        (["--method", "pfp", "--epochs", "2"], "--calibrate"),
+        (["--method", "pfp", "--calibrate", "TRAIN", "--scope", "layer"], "--scope"),
+        (["--method", "sipp", "--calibrate", "TRAIN", "--keep-first-last"], "--keep-first-last"),
+        (["--method", "sipp", "--calibrate", "no-such-folder"], "--calibrate"),
+        (["--method", "sipp", "--calibrate", "TRAIN", "--std", "0"], "--std"),
+        (["--method", "sipp", "--calibrate", "TRAIN", "--epochs", "2"], "--epochs"),
+        (["--calibrate", "TRAIN"], "--calibrate"),
+        (["--method", "ft", "--calibrate-images", "8"], "--calibrate-images"),
     ],
 )
 def test_a_bad_option_is_one_error_line_and_nothing_is_written(tmp_path: Path, dense, capsys, extra, named) -> None:
@@ -132,6 +143,66 @@ def test_retrain_fine_tunes_each_member_with_its_masks_fixed(tmp_path: Path, den
         weights = [w for k, w in torch.jit.load(str(out / f"{name}.pt")).state_dict().items() if k.endswith("weight")]
         zeros = sum(int((w == 0).sum()) for w in weights)
         assert zeros == round(ratio * sum(w.numel() for w in weights))  # global: the exact count, after training
+
+
+@pytest.mark.parametrize("method", ["sipp", "pfp"])
+def test_sipp_and_pfp_members_are_prune_datas_on_the_calibration_batch(tmp_path: Path, dense, capsys, method) -> None:
+    from prunegate.data import select
+    from prunegate.prune_data import pfp_prune, sipp_prune
+
+    images, labels = _colour_dataset(30)
+    calibrate = _write_npz(tmp_path / "calibrate.npz", images, labels)
+    out = tmp_path / "family"
+    extra = [
+        "--method",
+        method,
+        "--calibrate",
+        str(calibrate),
+        "--calibrate-images",
+        "9",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+    ]
+    code = _prune(dense, out, *extra)
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    name = f"{method}-50"
+    sidecar = json.loads((out / f"{name}.layers.json").read_text())
+    assert sidecar["method"] == method and sidecar["scope"] == "layer" and sidecar["kept_dense"] == []
+    assert sidecar["calibration"] == {"data": str(calibrate), "images": 9} and sidecar["retrain"] is None
+    assert f"{method} 0.5: " in printed
+    # The same batch made here: 9 class-balanced images, [0, 1], normalised, no augmentation.
+    chosen = select(labels, 9)
+    assert sorted(np.bincount(labels[chosen]).tolist()) == [3, 3, 3]
+    batch = (torch.from_numpy(images[chosen]).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    namespace: dict = {}
+    exec(ARCH, namespace)
+    model = namespace["build"]()
+    model.load_state_dict(torch.load(dense[1], weights_only=True))
+    expected = (sipp_prune if method == "sipp" else pfp_prune)(model, 0.5, batch)
+    got = torch.jit.load(str(out / f"{name}.pt")).state_dict()
+    assert got.keys() == expected.state_dict().keys()
+    for key, value in expected.state_dict().items():
+        assert torch.equal(got[key], value), key
+    assert any(int((v == 0).sum()) for k, v in got.items() if k.endswith("weight"))
+
+
+def test_sipp_calibrates_on_the_retrain_data_by_default_and_prunes_each_step(tmp_path: Path, dense, capsys) -> None:
+    train = _write_npz(tmp_path / "train.npz", *_colour_dataset(24))
+    out = tmp_path / "family"
+    extra = ["--method", "sipp", "--retrain", str(train), "--iterations", "2", "--batch-size", "8"]
+    code = _prune(dense, out, *extra, "--calibrate-images", "6")
+    printed, err = capsys.readouterr()
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if line.startswith("retrain sipp 0.5: step")]) == 2
+    sidecar = json.loads((out / "sipp-50.layers.json").read_text())
+    assert sidecar["calibration"] == {"data": str(train), "images": 6}
+    assert sidecar["retrain"]["iterations"] == 2 and sidecar["retrain"]["images"] == 24
+    rows = {row["layer"]: row["sparsity"] for row in sidecar["layers"]}
+    assert rows["2.weight"] == 0.0  # the depthwise conv is not one sipp ranks: left dense
+    assert all(rows[name] == pytest.approx(0.5, abs=0.02) for name in ("0.weight", "4.weight", "7.weight"))
 
 
 def test_an_interrupted_export_leaves_no_member(tmp_path: Path, dense, capsys, monkeypatch) -> None:

@@ -1,9 +1,11 @@
 """`prunegate prune`'s work: check the options, prune (and retrain) each member, export it with
-its per-layer sparsity sidecar, print the layer table. The pruning is `prunegate.prune`'s and the
-training `prunegate.retrain`'s; this module reads options, prints and writes files."""
+its per-layer sparsity sidecar, print the layer table. The pruning is `prunegate.prune`'s (and
+`prunegate.prune_data`'s for sipp/pfp, on a calibration batch), the training and the batches
+`prunegate.retrain`'s; this module reads options, prints and writes files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -23,12 +25,14 @@ from .common import EXIT_PASS, duration, split_csv
 from .outputs import write_together
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from prunegate.retrain import RetrainOptions, TrainSet
 
 SUFFIXES = {"onnx": "onnx", "torchscript": "pt"}
 TABLE_ROWS = 16  # more layers than this are laid out in columns, to keep the table short
+CALIBRATE_IMAGES = 64  # sipp/pfp's default calibration batch: the papers' order of magnitude, cheap
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,17 @@ class PruneRequest:
     formats: str = "onnx,torchscript"
     allow_pickle: bool = False
     retrain: RetrainRequest = field(default_factory=RetrainRequest)
+    calibrate: Path | None = None
+    calibrate_images: int | None = None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """sipp/pfp's calibration batch: preprocessed model inputs, and where they came from."""
+
+    inputs: torch.Tensor
+    data: Path
+    images: int
 
 
 def run_prune(request: PruneRequest, stdout: Console, stderr: Console) -> int:
@@ -80,7 +95,10 @@ def run_prune(request: PruneRequest, stdout: Console, stderr: Console) -> int:
 
     levels, kinds, scope = _check_options(request)
     options = _retrain_options(request)
-    train = _train_set(request.retrain) if options is not None else None
+    train = None
+    if options is not None:
+        train = _image_set(request.retrain.data, request.retrain, request.retrain.limit, "--retrain")
+    calibration = _calibration(request, options, train)
     require_file(request.model, "model file", field="--model")
     module, _, _ = load_torch_module(request.model, "--model", request.arch, Path.cwd(), request.allow_pickle)
     keep = kept_layers(module, depthwise=request.keep_depthwise, first_last=request.keep_first_last)
@@ -93,8 +111,8 @@ def run_prune(request: PruneRequest, stdout: Console, stderr: Console) -> int:
     request.out.mkdir(parents=True, exist_ok=True)
     with _retrain_progress(stderr, levels, train, options, request.retrain.iterations or 1) as progress:
         for r in levels:
-            member = _make_member(module, request, r, scope, keep, train, options, progress)
-            sidecar = _sidecar(member, request, r, scope, keep, options, train)
+            member = _make_member(module, request, r, scope, keep, train, options, calibration, progress)
+            sidecar = _sidecar(member, request, r, scope, keep, options, train, calibration)
             _export_member(
                 member,
                 request.input_size,
@@ -110,7 +128,7 @@ def run_prune(request: PruneRequest, stdout: Console, stderr: Console) -> int:
 
 def _check_options(request: PruneRequest) -> tuple[list[float], list[str], str]:
     """The ratios, export formats and scope; a bad option is a one-line error naming it."""
-    from prunegate.prune import METHODS, SCOPES
+    from prunegate.prune import DATA_METHODS, METHODS, SCOPES
 
     if request.method not in METHODS:
         raise PrunegateError(f"--method must be one of {', '.join(METHODS)}, got {request.method!r}")
@@ -125,6 +143,28 @@ def _check_options(request: PruneRequest) -> tuple[list[float], list[str], str]:
         raise PrunegateError(f"--format must list onnx and/or torchscript, got {request.formats!r}")
     if request.scope is not None and request.scope not in SCOPES:
         raise PrunegateError(f"--scope must be one of {', '.join(SCOPES)}, got {request.scope!r}")
+    if request.method not in DATA_METHODS:
+        for flag, given in (
+            ("--calibrate", request.calibrate is not None),
+            ("--calibrate-images", request.calibrate_images is not None),
+        ):
+            if given:
+                raise PrunegateError(f"{flag} applies to --method sipp or pfp (they rank by a calibration batch)")
+    else:
+        for flag, given in (
+            ("--scope", request.scope is not None),
+            ("--keep-depthwise", request.keep_depthwise),
+            ("--keep-first-last", request.keep_first_last),
+        ):
+            if given:
+                raise PrunegateError(
+                    f"{flag} applies to --method wt ({request.method} prunes every layer by the ratio)"
+                )
+        if request.calibrate is None and request.retrain.data is None:
+            raise PrunegateError(
+                f"--method {request.method} needs a calibration batch: give --calibrate DATA (or --retrain DATA)"
+            )
+        return levels, kinds, "layer"
     if request.method == "ft":
         # Filter pruning ranks filters within their layer: a global ranking is not what FT means.
         if request.scope == "global":
@@ -175,7 +215,9 @@ def _retrain_options(request: PruneRequest) -> RetrainOptions | None:
 
     r = request.retrain
     if r.data is None:
-        given = r.given()
+        # The preprocessing and the class names serve the calibration batch as well.
+        shared = ("--mean", "--std", "--class-names") if request.calibrate is not None else ()
+        given = [name for name in r.given() if name not in shared]
         if given:
             raise PrunegateError(f"{given[0]} applies only with --retrain DATA")
         return None
@@ -194,8 +236,9 @@ def _retrain_options(request: PruneRequest) -> RetrainOptions | None:
     )
 
 
-def _train_set(r: RetrainRequest) -> TrainSet:
-    """The --retrain data, its format read from its layout (as `check --data`), subset to --train-limit."""
+def _image_set(path: Path | None, r: RetrainRequest, limit: int | None, field: str) -> TrainSet:
+    """--retrain or --calibrate data, its format read from its layout (as `check --data`), with a
+    class-balanced subset of `limit` images (None: --retrain's default)."""
     from pydantic import ValidationError
 
     from prunegate.data import open_source, select
@@ -203,20 +246,44 @@ def _train_set(r: RetrainRequest) -> TrainSet:
     from prunegate.policy import DataSource
     from prunegate.retrain import DEFAULT_LIMIT, TrainSet
 
-    assert r.data is not None
-    fmt = guess_format(r.data, "--retrain")
+    assert path is not None
+    fmt = guess_format(path, field)
     if fmt == "segmentation-folder":
-        raise PrunegateError("retraining needs one class label per image, not masks", file=r.data, field="--retrain")
+        raise PrunegateError(f"{field} needs one class label per image, not masks", file=path, field=field)
     if r.class_names is not None:
         require_file(r.class_names, "class names file", field="--class-names")
     try:
-        spec = DataSource(format=fmt, path=str(r.data), class_names=str(r.class_names) if r.class_names else None)  # type: ignore[arg-type]
+        spec = DataSource(format=fmt, path=str(path), class_names=str(r.class_names) if r.class_names else None)  # type: ignore[arg-type]
     except ValidationError:
-        raise PrunegateError(f"--class-names does not apply to {fmt} data", file=r.data, field="--retrain") from None
-    images = open_source(spec, Path, "--retrain")
+        raise PrunegateError(f"--class-names does not apply to {fmt} data", file=path, field=field) from None
+    images = open_source(spec, Path, field)
     if len(images) == 0:
-        raise PrunegateError("no images to train on", file=r.data, field="--retrain")
-    return TrainSet(images, select(images.labels, r.limit or DEFAULT_LIMIT))
+        raise PrunegateError("no images in it", file=path, field=field)
+    return TrainSet(images, select(images.labels, limit or DEFAULT_LIMIT), field=field)
+
+
+def _calibration(request: PruneRequest, options: RetrainOptions | None, train: TrainSet | None) -> Calibration | None:
+    """sipp/pfp's batch: --calibrate-images class-balanced images of --calibrate (default: the
+    --retrain data), read and normalised as the retraining batches are, without augmentation."""
+    from prunegate.data import select
+    from prunegate.prune import DATA_METHODS
+    from prunegate.retrain import RetrainOptions, TrainSet, batch_inputs
+
+    if request.method not in DATA_METHODS:
+        return None
+    count = request.calibrate_images or CALIBRATE_IMAGES
+    if request.calibrate is not None:
+        data = _image_set(request.calibrate, request.retrain, count, "--calibrate")
+    else:
+        assert train is not None
+        data = TrainSet(train.images, select(train.images.labels, count), field="--retrain")
+    if options is None:
+        r = request.retrain
+        options = RetrainOptions(
+            size=request.input_size, mean=_channels("--mean", r.mean), std=_channels("--std", r.std)
+        )
+    inputs, _ = batch_inputs(data, [int(i) for i in data.indices], dataclasses.replace(options, augment=False))
+    return Calibration(inputs, Path(str(data.images.path)), len(data.indices))
 
 
 def _make_member(
@@ -227,14 +294,18 @@ def _make_member(
     keep: set[str],
     train: TrainSet | None,
     options: RetrainOptions | None,
+    calibration: Calibration | None,
     progress: _StepLines,
 ) -> nn.Module:
-    """One member: pruned from the dense model, and retrained when asked (iteratively)."""
+    """One member: pruned from the dense model, and retrained when asked (iteratively; sipp/pfp
+    rank the current member's weights on the same calibration batch at every step)."""
     from prunegate.prune import prune as prune_model
     from prunegate.retrain import prune_retrain
 
+    images = calibration.inputs if calibration is not None else None
+
     def prune_fn(model: nn.Module, r: float) -> nn.Module:
-        return prune_model(model, request.method, r, scope, keep)
+        return prune_model(model, request.method, r, scope, keep, images=images)
 
     if train is None or options is None:
         return prune_fn(module, ratio)
@@ -258,6 +329,7 @@ def _sidecar(
     keep: set[str],
     options: RetrainOptions | None,
     train: TrainSet | None,
+    calibration: Calibration | None,
 ) -> dict:
     """What the member's .layers.json holds: how it was made, and every layer's sparsity."""
     from prunegate.prune import count_parameters, layer_sparsity
@@ -279,6 +351,7 @@ def _sidecar(
         "parameters": total,
         "nonzero": nonzero,
         "retrain": retrained,
+        "calibration": None if calibration is None else {"data": str(calibration.data), "images": calibration.images},
         "layers": layer_sparsity(member),
     }
 

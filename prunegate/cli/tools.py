@@ -229,10 +229,14 @@ def prune_command(
         ..., "--model", help="The dense torch model: TorchScript, .pt2, or a state dict with --arch."
     ),
     ratios: str = typer.Option(
-        ..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt: of weights; ft: of filters per layer)."
+        ..., help="Comma-separated ratios, e.g. 0.3,0.5,0.7 (wt, sipp, pfp: of weights; ft: of filters per layer)."
     ),
     out: Path = typer.Option(..., "--out", help="Folder to write the family into (created; files must not exist)."),
-    method: str = typer.Option("wt", help="wt: weight magnitude; ft: per-layer filter L1 norm."),
+    method: str = typer.Option(
+        "wt",
+        help="wt: weight magnitude; ft: per-layer filter L1 norm; sipp: weight sensitivity (SiPP, deterministic); "
+        "pfp: channel sensitivity (PFP, deterministic, filters zeroed). sipp and pfp need --calibrate or --retrain.",
+    ),
     scope: str | None = typer.Option(
         None,
         help="wt: global (one threshold over all layers, the paper's; default) or layer (the same ratio in "
@@ -250,11 +254,24 @@ def prune_command(
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Allow a pickled whole-module file (runs its code)."
     ),
+    calibrate: Path | None = typer.Option(
+        None,
+        "--calibrate",
+        help="sipp/pfp: the images whose activations rank the weights (any data format; default: the --retrain data).",
+    ),
+    calibrate_images: int | None = typer.Option(
+        None,
+        "--calibrate-images",
+        min=1,
+        help="sipp/pfp: a class-balanced calibration batch of this many (default 64).",
+    ),
     retrain: Path | None = typer.Option(
         None, "--retrain", help="Fine-tune each member, masks fixed, on this training set (any data format)."
     ),
     class_names: Path | None = typer.Option(
-        None, "--class-names", help="--retrain: the model's class names, one per line (as data.class_names)."
+        None,
+        "--class-names",
+        help="--retrain/--calibrate: the model's class names, one per line (as data.class_names).",
     ),
     epochs: int | None = typer.Option(None, min=1, help="--retrain: epochs per prune step (default 1)."),
     lr: float | None = typer.Option(None, help="--retrain: initial learning rate, cosine to 0 (default 0.01)."),
@@ -266,8 +283,10 @@ def prune_command(
     train_limit: int | None = typer.Option(
         None, "--train-limit", min=1, help="--retrain: a class-balanced subset of this many images (default 5000)."
     ),
-    mean: str | None = typer.Option(None, help="--retrain: per-channel input mean, e.g. 0.485,0.456,0.406."),
-    std: str | None = typer.Option(None, help="--retrain: per-channel input std, e.g. 0.229,0.224,0.225."),
+    mean: str | None = typer.Option(
+        None, help="--retrain/--calibrate: per-channel input mean, e.g. 0.485,0.456,0.406."
+    ),
+    std: str | None = typer.Option(None, help="--retrain/--calibrate: per-channel input std, e.g. 0.229,0.224,0.225."),
     augment: bool | None = typer.Option(
         None, "--augment/--no-augment", help="--retrain: random crop with padding and flip (default on)."
     ),
@@ -289,6 +308,8 @@ def prune_command(
         input_size=input_size,
         formats=formats,
         allow_pickle=allow_pickle,
+        calibrate=calibrate,
+        calibrate_images=calibrate_images,
         retrain=RetrainRequest(
             data=retrain,
             class_names=class_names,
