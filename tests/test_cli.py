@@ -515,3 +515,34 @@ def test_torch_export_load_logs_nothing_for_a_damaged_archive(tmp_path: Path) ->
         logger.removeHandler(handler)
         prunegate_logger.setLevel(level)
     assert logger.level == logging.NOTSET  # restored
+
+
+def test_a_stopped_sequential_check_resumes_to_the_same_looks(tmp_path: Path, capsys, gate_case) -> None:
+    """gate.sequential: `--resume` replays the images already done to the confidence sequences,
+    in the seeded order, so the looks, the images used and the report are an uninterrupted run's."""
+    import signal
+
+    policy = gate_case(
+        "same",
+        n=200,
+        suite={"noise": [{"kind": "gaussian", "levels": [0.1, 0.2, 0.3], "draws": 12}]},
+        # agreement >= 1 is never decided on an interval: the pass runs to the end of the data
+        gate={
+            "confidence": 0.95,
+            "sequential": True,
+            "min_samples": 8,
+            "rules": [{"name": "agree", "tasks": "*", "metric": "agreement", "min": 1.0}],
+        },  # fmt: skip
+        runtime={"batch_size": 4, "backend": "torch"},
+    )
+    report = tmp_path / "out" / "report.json"
+    report.parent.mkdir()
+    code, err = _start_and_stop(policy, report, signal.SIGINT)
+    assert code == 130, err
+    code, _, err = run(capsys, "check", "--policy", policy, "-o", report, "--resume")
+    assert code == 1, err  # undecided is not a pass
+    fresh = tmp_path / "fresh.json"
+    assert run(capsys, "check", "--policy", policy, "-o", fresh)[0] == 1
+    resumed, whole = statement_of(report)["predicate"], statement_of(fresh)["predicate"]
+    assert resumed["sequential"] == whole["sequential"] and resumed["sequential"]["stopped"] == "end of the data"
+    assert resumed["tasks"] == whole["tasks"] and resumed["rules"] == whole["rules"]
