@@ -719,3 +719,27 @@ def segmentation_report(tmp_path_factory: pytest.TempPathFactory):
     code = main(["check", "-p", str(segmentation_policy(folder)), "-o", str(report), "-q"])
     assert code == 1, "the tiny segmentation pair must fail its mIoU rule"
     return Report.model_validate(read_envelope(report.read_text(), str(report))[2]["predicate"]), folder
+
+
+# --- comparing reports ---------------------------------------------------------------------------
+
+# Numbers computed from the softmax probabilities themselves (not from which class wins): they
+# follow the logits' last bits (another batch size, inputs rounded to uint8 and read back).
+FROM_PROBABILITIES = (".softmax_", "ece", "nll", "brier", ".kl_divergence", ".probability_loyalty", ".calibration.")
+
+
+def assert_same_report(value, reference, path: str = "") -> None:
+    """Equal, but numbers computed from the probabilities only to a relative 1e-5."""
+    assert type(value) is type(reference), path
+    if isinstance(value, dict):
+        assert value.keys() == reference.keys(), path
+        for key in value:
+            assert_same_report(value[key], reference[key], f"{path}.{key}")
+    elif isinstance(value, list):
+        assert len(value) == len(reference), path
+        for i, (a, b) in enumerate(zip(value, reference)):
+            assert_same_report(a, b, f"{path}.{i}")
+    elif isinstance(value, float) and any(name in path for name in FROM_PROBABILITIES):
+        assert value == pytest.approx(reference, rel=1e-5, abs=1e-7), path
+    else:
+        assert value == reference, path

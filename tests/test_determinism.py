@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_same_report
 from prunegate.cli import main
 from prunegate.report.attest import read_envelope
 
@@ -154,29 +155,7 @@ def test_every_sample_is_counted_once_whatever_the_batch_size_and_workers(case: 
     # softmax distances.
     reference = without(runs[(64, 0)], TIME_FIELDS + OPTION_FIELDS)
     for options, statement in runs.items():
-        assert_same(without(statement, TIME_FIELDS + OPTION_FIELDS), reference, str(options))
-
-
-# Numbers computed from the softmax probabilities themselves (not from which class wins): they
-# follow the logits' last bits, as the softmax distances do.
-FROM_PROBABILITIES = (".softmax_", "ece", "nll", "brier", ".kl_divergence", ".probability_loyalty", ".calibration.")
-
-
-def assert_same(value, reference, path: str) -> None:
-    """Equal, but numbers computed from the probabilities only to a relative 1e-5."""
-    assert type(value) is type(reference), path
-    if isinstance(value, dict):
-        assert value.keys() == reference.keys(), path
-        for key in value:
-            assert_same(value[key], reference[key], f"{path}.{key}")
-    elif isinstance(value, list):
-        assert len(value) == len(reference), path
-        for i, (a, b) in enumerate(zip(value, reference)):
-            assert_same(a, b, f"{path}.{i}")
-    elif isinstance(value, float) and any(name in path for name in FROM_PROBABILITIES):
-        assert value == pytest.approx(reference, rel=1e-5, abs=1e-7), path
-    else:
-        assert value == reference, path
+        assert_same_report(without(statement, TIME_FIELDS + OPTION_FIELDS), reference, str(options))
 
 
 def test_clean_counts_equal_running_the_models_directly(case: Path, tmp_path: Path) -> None:
