@@ -12,8 +12,16 @@ when its images are those the entry was made from, and the `.npy` file only when
 the one the index records; anything else (a changed image, a damaged or edited file) is computed
 again and the entry rewritten. The report lists what came from the cache and under which key.
 
+The same folder keeps each corruption task's shifted images (`images-<key>` entries, uint8, one
+row per sample and draw), when they fit IMAGES_LIMIT: the pruned model must see them every run,
+and at 32 px they cost more than both models together (bench/RESULTS.md). Their key is what the
+pixels depend on (the task, the data, the input size, the seed, the shift assets, the device type
+and prunegate's version), not the models; they are kept only when the pass's float images are
+exactly their uint8 values (so a reused row feeds the models the same bits).
+
 A cache is the user's own folder, written by their earlier runs: the report says which tasks'
-dense outputs it supplied, so a reviewer who does not trust that folder reruns without it.
+dense outputs and images it supplied, so a reviewer who does not trust that folder reruns
+without it.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from prunegate.files import write_atomic
 
 INDEX_SUFFIX, ARRAY_SUFFIX = ".json", ".npy"
 CHUNK = 1 << 20  # bytes read at a time for a file's digest
+IMAGES_PREFIX = "images-"
+IMAGES_LIMIT = 256 << 20  # bytes of one task's shifted images, at most, kept (10,000 at 224 px: 1.5 GB)
 
 
 def key_digest(key: Mapping) -> str:
@@ -59,6 +69,7 @@ class TaskEntry:
     key: dict
     indices: np.ndarray  # the samples of the task's source, in pass order
     draws: int
+    prefix: str = ""  # IMAGES_PREFIX for shifted images, "" for dense outputs
     found: np.ndarray | None = None  # the cached rows, [len(indices) * draws, ...] (memory-mapped)
     digests: dict[int, str] = field(default_factory=dict)  # sample -> content digest, of the cached rows
     problem: str | None = None  # why an entry on disk was not used
@@ -72,7 +83,8 @@ class TaskEntry:
         return key_digest(self.key)
 
     def _paths(self) -> tuple[Path, Path]:
-        return self.folder / f"{self.name}{INDEX_SUFFIX}", self.folder / f"{self.name}{ARRAY_SUFFIX}"
+        stem = self.prefix + self.name
+        return self.folder / f"{stem}{INDEX_SUFFIX}", self.folder / f"{stem}{ARRAY_SUFFIX}"
 
     def load(self) -> None:
         """Read the entry, if one exists and is intact; otherwise say why in `problem`."""
@@ -143,17 +155,57 @@ class TaskEntry:
             staged.unlink(missing_ok=True)
 
 
+UNQUANTISED = "the shifted images are not 8-bit values: not kept"
+
+
+def quantised(pixels: torch.Tensor) -> torch.Tensor | None:
+    """Float [0, 1] images as uint8, when `as_float` of that gives back exactly these values."""
+    levels = pixels.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return levels if torch.equal(as_float(levels), pixels) else None
+
+
+def as_float(levels: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the float [0, 1] values a pass computes (the engine's own conversion)."""
+    return levels.float().div_(255.0)
+
+
+@dataclass
+class ImagesEntry:
+    """One corruption task's shifted images in the cache (a TaskEntry of uint8 rows)."""
+
+    entry: TaskEntry
+
+    def take(self, positions: np.ndarray, ids: np.ndarray, digests: list[str], draw: int) -> torch.Tensor | None:
+        """The cached images (float [0, 1]) of these samples for one draw, or None."""
+        levels = self.entry.take(positions, ids, digests, draw)
+        return None if levels is None else as_float(levels)
+
+    def put(self, positions: np.ndarray, ids: np.ndarray, digests: list[str], draw: int, pixels: torch.Tensor) -> None:
+        """Keep the images the pass computed, unless they are not exactly 8-bit (then none of the
+        task's are kept)."""
+        if self.entry.problem == UNQUANTISED:
+            return
+        levels = quantised(pixels)
+        if levels is None:
+            self.entry.problem, self.entry.rows, self.entry.computed = UNQUANTISED, None, None
+            return
+        self.entry.put(positions, ids, digests, draw, levels)
+
+
 @dataclass
 class DenseCache:
     """A folder of TaskEntry files (see the module's docstring)."""
 
     folder: Path
     base: dict  # the key's part shared by every task of the run (models, preprocessing, seed, ...)
+    pixels: dict = field(default_factory=dict)  # the part the shifted images depend on (no models)
     entries: dict[str, TaskEntry] = field(default_factory=dict)
+    images: dict[str, ImagesEntry] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, folder: Path, base: dict) -> DenseCache:
-        """The cache in `folder` (made if missing); a PrunegateError when it cannot be."""
+    def open(cls, folder: Path, base: dict, pixels: dict | None = None) -> DenseCache:
+        """The cache in `folder` (made if missing); a PrunegateError when it cannot be. `pixels`:
+        what shifted images depend on besides their task and data (None: images are not kept)."""
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -162,7 +214,8 @@ class DenseCache:
             ) from None
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise PrunegateError("the cache folder is not a writable folder", file=folder, field="--cache")
-        return cls(folder, {"prunegate": __version__, **base})
+        version = {"prunegate": __version__}
+        return cls(folder, {**version, **base}, {**version, **pixels} if pixels is not None else {})
 
     def entry(self, task_key: dict, indices: np.ndarray, draws: int) -> TaskEntry:
         """The entry of one task (its definition and data in `task_key`), loaded when valid."""
@@ -172,20 +225,38 @@ class DenseCache:
         self.entries[task_key["task"]["name"]] = entry
         return entry
 
+    def images_entry(self, task_key: dict, indices: np.ndarray, draws: int, image_bytes: int) -> ImagesEntry | None:
+        """The shifted images' entry of one corruption task, loaded when valid; None when this
+        cache keeps no images or the task's would pass IMAGES_LIMIT (`image_bytes` each)."""
+        if not self.pixels or len(indices) * draws * image_bytes > IMAGES_LIMIT:
+            return None
+        key = {**self.pixels, "kept": "shifted images", **task_key}
+        entry = TaskEntry(self.folder, key, np.asarray(indices, dtype=np.int64), draws, prefix=IMAGES_PREFIX)
+        entry.load()
+        self.images[task_key["task"]["name"]] = found = ImagesEntry(entry)
+        return found
+
+    def _all(self) -> list[tuple[str, TaskEntry]]:
+        return [*self.entries.items(), *((name, e.entry) for name, e in self.images.items())]
+
     def save(self) -> None:
         """Write every entry this pass computed in full."""
-        for entry in self.entries.values():
+        for _, entry in self._all():
             if entry.complete():
                 entry.save()
 
     def record(self) -> dict:
         """What the report says of the cache: where, under which keys, what came from it."""
-        return {
+        found = {
             "path": str(self.folder),
             "entries": {name: e.name for name, e in self.entries.items()},
             "reused": {name: e.reused for name, e in self.entries.items() if e.reused},
         }
+        if self.images:
+            found["images"] = {name: e.entry.name for name, e in self.images.items()}
+            found["images_reused"] = {name: e.entry.reused for name, e in self.images.items() if e.entry.reused}
+        return found
 
     def problems(self) -> list[str]:
-        """One line per entry on disk that was not used (and why)."""
-        return [f"{name}: {e.problem}" for name, e in self.entries.items() if e.problem]
+        """One line per entry on disk that was not used (and why), or not kept."""
+        return [f"{name}: {e.problem}" for name, e in self._all() if e.problem]

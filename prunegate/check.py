@@ -276,7 +276,7 @@ class Setup:
             restored = saver.restore() if checkpoint.resume else None
         policy = self.ctx.policy
         if policy is not None and policy.runtime.cache and self.world.size == 1:
-            self.cache = DenseCache.open(policy.resolve(policy.runtime.cache), self.cache_key())
+            self.cache = DenseCache.open(policy.resolve(policy.runtime.cache), self.cache_key(), self.pixels_key())
         shown = progress if self.world.is_main else None  # only rank 0 draws the bar
         if shown is not None:
             shown.start(total_evaluations(self.ctx))
@@ -317,6 +317,16 @@ class Setup:
             "seed": self.ctx.seed,
             "assets": self.ctx.assets.records(),
             "classes": self.classes,
+        }
+
+    def pixels_key(self) -> dict:
+        """What a corruption's shifted images depend on besides the task and its data
+        (prunegate.cache): the input size, the seed, the shift assets and the device type."""
+        return {
+            "device": self.ctx.device.type,
+            "input": list(self.ctx.size),
+            "seed": self.ctx.seed,
+            "assets": self.ctx.assets.records(),
         }
 
     def binding(self) -> dict:

@@ -21,15 +21,15 @@ import torch
 
 from prunegate.ahead import Ahead
 from prunegate.allocator import HeapTrimmer
-from prunegate.cache import DenseCache, TaskEntry
+from prunegate.cache import DenseCache, ImagesEntry, TaskEntry
 from prunegate.checkpoint import Checkpoint
-from prunegate.context import RunContext, Source, task_pixels
+from prunegate.context import RunContext, Shifted, Source, task_pixels
 from prunegate.data import Size, as_shape, batches
 from prunegate.distributed import SINGLE, World, gather_digests, merge_tallies
 from prunegate.errors import ModelError, PrunegateError
 from prunegate.kinds import CLASSIFICATION, PredictionKind, Tally
 from prunegate.metrics import TaskTally
-from prunegate.plan import Task
+from prunegate.plan import Task, TaskKind
 from prunegate.runners import Runner
 from prunegate.runners.base import first_line
 from prunegate.sequential_gate import SequentialGate
@@ -206,11 +206,17 @@ class _TaskInput:
 
 
 def _task_inputs(
-    ctx: RunContext, source: Source, reads: np.ndarray, tasks: list[Task], timings: dict[str, float]
+    ctx: RunContext,
+    source: Source,
+    reads: np.ndarray,
+    tasks: list[Task],
+    timings: dict[str, float],
+    cached: dict[str, ImagesEntry],
 ) -> Iterator[_TaskInput]:
     """The producer side of the pass (run ahead of the models, prunegate.ahead): decode each
-    batch of `reads`, move it to the device, and make every task's inputs of it in plan order.
-    Adds its own time to `timings` data_s and shift_s."""
+    batch of `reads`, move it to the device, and make every task's inputs of it in plan order
+    (a corruption's from the cache's shifted images, `cached`, when it holds them). Adds its own time to
+    `timings` data_s and shift_s."""
     device = ctx.device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # CUDA's current device is per thread: this one's is the run's
@@ -232,10 +238,34 @@ def _task_inputs(
         timings["data_s"] += time.perf_counter() - tick
         for step, (task, draw) in enumerate(steps):
             tick = time.perf_counter()
-            inputs = None if task is None else task_pixels(ctx, task, x, sample_ids, draw).model_input(ctx.pre)
+            inputs = None
+            if task is not None:
+                shifted = _shifted(ctx, task, x, sample_ids, batch, draw, cached.get(task.name))
+                inputs = shifted.model_input(ctx.pre)
             timings["shift_s"] += time.perf_counter() - tick
             yield _TaskInput(batch, task, draw, inputs, step == 0, step == len(steps) - 1)
         tick = time.perf_counter()
+
+
+def _shifted(
+    ctx: RunContext,
+    task: Task,
+    x: torch.Tensor,
+    sample_ids: torch.Tensor,
+    batch: _Batch,
+    draw: int,
+    kept: ImagesEntry | None,
+) -> Shifted:
+    """task_pixels of the batch, taken from (or kept in) the cache's shifted images when given."""
+    if kept is None:
+        return task_pixels(ctx, task, x, sample_ids, draw)
+    ids = batch.ids.numpy()
+    found = kept.take(batch.rows, ids, batch.digests, draw)
+    if found is not None:  # in the clean batch's memory layout, as a shift makes it (the models' sums then match)
+        return Shifted(torch.empty_like(x).copy_(found))
+    shifted = task_pixels(ctx, task, x, sample_ids, draw)
+    kept.put(batch.rows, ids, batch.digests, draw, shifted.values)
+    return shifted
 
 
 def _keep_evaluated(ctx: RunContext, tallies: list[dict[str, Tally]], sequential: SequentialGate) -> None:
@@ -306,6 +336,7 @@ def evaluate_family(
     timings = {"data_s": 0.0, "shift_s": 0.0, "models_s": 0.0, "wait_s": 0.0}
     done: dict[str, list[np.ndarray]] = {source.name: [] for source in ctx.sources}
     entries: dict[str, TaskEntry] = {}
+    images: dict[str, ImagesEntry] = {}  # the cache's shifted images, by task
     trimmer = HeapTrimmer()
 
     def state() -> dict:
@@ -338,6 +369,12 @@ def evaluate_family(
             if cache is not None and world.size == 1:
                 data = source_key(source)
                 entries.update({t.name: cache.entry(task_key(t, data), source.indices, t.draws) for t in source_tasks})
+                pixels = 3 * ctx.size[0] * ctx.size[1]  # (uint8 RGB)
+                for t in source_tasks:
+                    if t.kind is TaskKind.CORRUPTION and t.shifted:
+                        found = cache.images_entry(task_key(t, data), source.indices, t.draws, pixels)
+                        if found is not None:
+                            images[t.name] = found
             reads = source.indices if source.part is None else source.part
             if sequential is not None:  # this process's share of every prefix of the seeded order
                 reads = sequential.order(source.name, source.indices)
@@ -353,7 +390,7 @@ def evaluate_family(
                 reads = reads[~np.isin(reads, earlier["done"].numpy())]
                 if progress:
                     progress(len(ids) * sum(t.draws for t in source_tasks))
-            with Ahead(_task_inputs(ctx, source, reads, source_tasks, timings), depth=AHEAD) as ahead:
+            with Ahead(_task_inputs(ctx, source, reads, source_tasks, timings, images), depth=AHEAD) as ahead:
                 for item in ahead:
                     batch, shifted = item.batch, item.task
                     if item.first:

@@ -597,9 +597,9 @@ class Runtime(Strict):
     )
     cache: str | None = Field(
         None,
-        description="a folder where the dense model's outputs are kept between runs: a second check of another "
-        "pruned model against the same dense model, data and suite does not run the dense model again "
-        "(the report says which tasks came from it)",
+        description="a folder where the dense model's outputs (and the corruptions' images) are kept between "
+        "runs: a second check of another pruned model against the same dense model, data and suite does not "
+        "run the dense model or the corruptions again (the report says which tasks came from it)",
     )
     isolation: Literal["auto", "strict", "off"] = Field(
         "auto",

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import segmentation_policy
+from conftest import SIZE, segmentation_policy
 from prunegate.cache import DenseCache
 from prunegate.cli import main
 from prunegate.report.attest import read_envelope
@@ -38,17 +38,19 @@ def check(policy: Path, report: Path, *extra: str) -> int:
     return main(["check", "-p", str(policy), "-o", str(report), "-q", *extra])
 
 
+def two_candidates(gate_case, folder: Path, colour_net, save_torchscript, suite: dict) -> tuple[Path, Path]:
+    """A policy of `suite` and a second pruned candidate, other.pt."""
+    # backend pinned: backend auto records its timings, which differ run to run
+    policy = gate_case("jitter", n=20, suite=suite, runtime={"backend": "torch"})
+    save_torchscript(colour_net(jitter=0.08, seed=5), folder / "other.pt")
+    return policy, folder
+
+
 @pytest.fixture
 def classification(gate_case, tmp_path: Path, colour_net, save_torchscript):
-    """A policy (clean + 2 noise levels, 2 draws) and a second pruned candidate, other.pt."""
-    policy = gate_case(
-        "jitter",
-        n=20,
-        suite={"seed": 2, "noise": [{"kind": "gaussian", "levels": [0.05, 0.2], "draws": 2}]},
-        runtime={"backend": "torch"},  # pinned: backend auto records its timings, which differ run to run
-    )
-    save_torchscript(colour_net(jitter=0.08, seed=5), tmp_path / "other.pt")
-    return policy, tmp_path
+    """Clean + 2 noise levels, 2 draws, and a second candidate."""
+    suite = {"seed": 2, "noise": [{"kind": "gaussian", "levels": [0.05, 0.2], "draws": 2}]}
+    return two_candidates(gate_case, tmp_path, colour_net, save_torchscript, suite)
 
 
 def test_a_second_candidate_reuses_the_dense_outputs_and_reports_the_same(classification, capsys) -> None:
@@ -112,8 +114,11 @@ def test_a_segmentation_pass_caches_the_dense_pixel_classes(segmentation_case, c
     second = predicate(folder / "second.json")
     assert second["options"]["cache"]["reused"] == {"clean": 6, "corruption/contrast/1": 6}
     assert comparable(second) == comparable(predicate(folder / "first.json"))
-    kept = np.load(next(cache.glob("*.npy")))
+    kept = np.load(next(p for p in cache.glob("*.npy") if not p.name.startswith("images-")))
     assert kept.dtype == np.int16 and kept.shape == (6, 16, 16)  # classes, not logits
+    images = np.load(next(cache.glob("images-*.npy")))  # contrast's shifted images, as uint8
+    assert images.dtype == np.uint8 and images.shape == (6, 3, 16, 16)
+    assert second["options"]["cache"]["images_reused"] == {"corruption/contrast/1": 6}
 
 
 def test_the_engine_does_not_run_the_dense_model_on_cached_batches(classification, capsys) -> None:
@@ -142,6 +147,50 @@ def test_the_engine_does_not_run_the_dense_model_on_cached_batches(classificatio
         assert calls == []
     for name, tally in first[0].items():
         assert torch.equal(tally.l2, second[0][name].l2) and torch.equal(tally.dense_pred, second[0][name].dense_pred)
+
+
+@pytest.fixture
+def corrupted(gate_case, tmp_path: Path, colour_net, save_torchscript):
+    """Clean + two corruptions, and a second candidate."""
+    corruptions = {"preset": "cifar10-c", "names": ["gaussian_noise", "contrast"], "severities": [2]}
+    return two_candidates(gate_case, tmp_path, colour_net, save_torchscript, {"seed": 2, "corruptions": corruptions})
+
+
+def test_the_corruptions_images_are_kept_and_a_second_candidate_sees_the_same_pixels(corrupted, capsys) -> None:
+    policy, folder = corrupted
+    cache = folder / "cache"
+    assert check(policy, folder / "first.json", "--cache", str(cache)) in (0, 1), capsys.readouterr().err
+    first = predicate(folder / "first.json")["options"]["cache"]
+    tasks = {"corruption/gaussian_noise/2", "corruption/contrast/2"}
+    assert set(first["images"]) == tasks and first["images_reused"] == {}
+    kept = {p.name: np.load(p) for p in cache.glob("images-*.npy")}
+    assert len(kept) == 2 and all(a.dtype == np.uint8 and a.shape == (20, 3, SIZE, SIZE) for a in kept.values())
+
+    other = str(folder / "other.pt")
+    assert check(policy, folder / "cached.json", "--cache", str(cache), "--pruned", other) in (0, 1)
+    assert check(policy, folder / "plain.json", "--pruned", other) in (0, 1)
+    cached = predicate(folder / "cached.json")
+    assert cached["options"]["cache"]["images_reused"] == dict.fromkeys(tasks, 20)
+    assert comparable(cached) == comparable(predicate(folder / "plain.json"))  # the same pixels, bit for bit
+
+    # an edited images entry (its index's sha256 no longer fits) is not used: computed and rewritten
+    edited = next(iter(cache.glob("images-*.npy")))
+    array = np.load(edited)
+    array[0] ^= 0xFF
+    np.save(edited, array)
+    assert check(policy, folder / "edited.json", "--cache", str(cache), "--pruned", other) in (0, 1)
+    found = predicate(folder / "edited.json")
+    assert sum(found["options"]["cache"]["images_reused"].values()) == 20
+    assert any("damaged or edited" in w for w in found["warnings"])
+    assert comparable({**found, "warnings": []}) == comparable({**cached, "warnings": []})
+
+
+def test_the_images_entry_is_not_the_models_and_keeps_only_exact_8_bit_values() -> None:
+    from prunegate.cache import as_float, quantised
+
+    levels = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    assert torch.equal(quantised(as_float(levels)), levels)
+    assert quantised(as_float(levels) + 1e-3) is None  # not exactly 8-bit: such a task's images are not kept
 
 
 def test_a_cache_folder_inside_an_input_folder_is_refused(segmentation_case, capsys) -> None:

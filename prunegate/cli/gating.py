@@ -91,8 +91,8 @@ def check(
     cache: Path | None = typer.Option(
         None,
         "--cache",
-        help="Keep the dense model's outputs in this folder (overrides runtime.cache): checking another pruned "
-        "model against the same dense model and policy then skips the dense model.",
+        help="Keep the dense model's outputs and the corrupted images in this folder (overrides runtime.cache): "
+        "checking another pruned model against the same dense model and policy then skips both.",
     ),
     sequential: bool | None = typer.Option(
         None,
