@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m ruff check prunegate tests
 	$(PY) -m ruff format --check prunegate tests
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
