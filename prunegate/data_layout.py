@@ -38,9 +38,13 @@ def guess_format(path: Path, option: str = "--data") -> str:
             return "cifar10-binary"
         if path.suffix.lower() in LIST_DELIMITERS:
             return "filelist"
+        if path.suffix.lower() == ".tar":
+            return "webdataset"
+        if path.suffix.lower() == ".parquet":
+            return "parquet"
         raise PolicyError(
-            "cannot tell the data format of this file (an .npz archive, a CIFAR-10 .bin batch or a "
-            ".csv/.tsv file list; "
+            "cannot tell the data format of this file (an .npz archive, a CIFAR-10 .bin batch, a "
+            ".csv/.tsv file list, a webdataset .tar shard or a .parquet file; "
             "for other formats write the policy's data.test)",
             file=path,
             field=option,
@@ -50,6 +54,8 @@ def guess_format(path: Path, option: str = "--data") -> str:
     if (path / "images").is_dir() and (path / "masks").is_dir():
         return "segmentation-folder"
     entries = _entries(path)
+    if any(entry.suffix.lower() == ".parquet" and entry.is_file() for entry in entries):
+        return "parquet"
     if any(_is_image(entry) for entry in entries):
         return "imagefolder-flat"
     folders = [entry for entry in entries if entry.is_dir()]
@@ -57,8 +63,8 @@ def guess_format(path: Path, option: str = "--data") -> str:
         return "imagefolder"
     raise PolicyError(
         "cannot tell the data format of this folder: expected images in one sub-folder per class "
-        "(imagefolder), images (imagefolder-flat), images/ + masks/ (segmentation-folder) or "
-        "test_batch.bin (cifar10-binary)",
+        "(imagefolder), images (imagefolder-flat), images/ + masks/ (segmentation-folder), "
+        "test_batch.bin (cifar10-binary) or .parquet files (parquet)",
         file=path,
         field=option,
     )

@@ -130,11 +130,29 @@ MetricName = Literal[
 ]
 TaskName = Literal["classification", "segmentation"]
 DataFormat = Literal[
-    "imagefolder", "imagefolder-flat", "npz", "npy", "cifar10-binary", "segmentation-folder", "filelist"
+    "imagefolder",
+    "imagefolder-flat",
+    "npz",
+    "npy",
+    "cifar10-binary",
+    "segmentation-folder",
+    "filelist",
+    "webdataset",
+    "parquet",
 ]
-NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder", "filelist")  # take class_names
+# The formats that take class_names
+NAMED_CLASS_FORMATS = ("imagefolder", "imagefolder-flat", "segmentation-folder", "filelist", "webdataset", "parquet")
 # The data-source fields that only some formats read: set for any other format, they are errors.
-CLASSIFICATION_FORMATS = ("imagefolder", "imagefolder-flat", "filelist", "npz", "npy", "cifar10-binary")
+CLASSIFICATION_FORMATS = (
+    "imagefolder",
+    "imagefolder-flat",
+    "filelist",
+    "npz",
+    "npy",
+    "cifar10-binary",
+    "webdataset",
+    "parquet",
+)
 FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "labels": ("npy",),
     "images_key": ("npz",),
@@ -143,7 +161,8 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "ignore_index": ("segmentation-folder",),
     "label_map": CLASSIFICATION_FORMATS,
     "path_column": ("filelist",),
-    "label_column": ("filelist",),
+    "image_column": ("parquet",),
+    "label_column": ("filelist", "parquet"),
 }
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -233,7 +252,8 @@ def _unknown(what: str, name: str, known: list[str]) -> str:
 
 DEFAULT_IGNORE_INDEX = 255  # segmentation masks: PASCAL VOC's "void"
 PATH_COLUMN, LABEL_COLUMN = "path", "label"  # a filelist's columns unless path_column, label_column say
-LIST_COLUMN_FIELDS = ("path_column", "label_column")
+IMAGE_COLUMN = "image"  # a Parquet file's image column unless image_column says
+COLUMN_FIELDS = ("path_column", "image_column", "label_column")
 
 # Pillow's decompression-bomb limit: images with more pixels are refused unless data.max_pixels says otherwise.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -313,8 +333,9 @@ class DataSource(Strict):
         description="text file of the model's class names in output order, one per line (e.g. the 1,000 "
         "ImageNet wnids): imagefolder sub-folders, and imagefolder-flat name prefixes before the first '_', "
         "are looked up in it, so a folder holding some of the classes gets the model's label indices; "
-        "filelist: the label column holds these names; segmentation-folder: the names of the mask's class indices, "
-        "for the report",
+        "filelist: the label column holds these names; webdataset: the .cls members hold these names; parquet: "
+        "a text label column holds these names (an integer one, indices into them); segmentation-folder: the "
+        "names of the mask's class indices, for the report",
     )
     label_map: str | None = Field(
         None,
@@ -334,8 +355,16 @@ class DataSource(Strict):
     path_column: str | None = Field(
         None, min_length=1, description=f"filelist: the header of the image path column (default {PATH_COLUMN!r})"
     )
+    image_column: str | None = Field(
+        None,
+        min_length=1,
+        description=f"parquet: the column of image file bytes (default {IMAGE_COLUMN!r}): binary, or a struct "
+        "with a `bytes` field as Hugging Face datasets writes images",
+    )
     label_column: str | None = Field(
-        None, min_length=1, description=f"filelist: the header of the label column (default {LABEL_COLUMN!r})"
+        None,
+        min_length=1,
+        description=f"filelist: the header of the label column; parquet: the label column (default {LABEL_COLUMN!r})",
     )
 
     @model_validator(mode="after")
@@ -351,21 +380,25 @@ class DataSource(Strict):
             if value is not None and value != type(self).model_fields[name].default and self.format not in formats:
                 readers = f"the formats {', '.join(formats)}" if len(formats) > 1 else f"the {formats[0]} format"
                 raise field_error((name,), f"format {self.format} does not read {name}: {name} is for {readers}", value)
-        path_column, label_column = self.list_columns
-        if path_column == label_column:
-            raise field_error(("label_column",), f"cannot be the path column too ({path_column!r})", label_column)
+        sample_column, label_column = self.columns
+        if sample_column == label_column:
+            which = "image" if self.format == "parquet" else "path"
+            raise field_error(("label_column",), f"cannot be the {which} column too ({sample_column!r})", label_column)
         return self
 
     @model_serializer(mode="wrap")
     def _without_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict:
-        """The report's policy document leaves out the filelist columns when unset, so that the
-        document of every other format reads as it did before they existed (`verify --policy`
-        compares documents field by field)."""
-        return {k: v for k, v in handler(self).items() if not (k in LIST_COLUMN_FIELDS and v is None)}
+        """The report's policy document leaves out the filelist and parquet columns when unset, so
+        that the document of every other format reads as it did before they existed (`verify
+        --policy` compares documents field by field)."""
+        return {k: v for k, v in handler(self).items() if not (k in COLUMN_FIELDS and v is None)}
 
     @property
-    def list_columns(self) -> tuple[str, str]:
-        """The path and label columns of a filelist, the defaults where unset."""
+    def columns(self) -> tuple[str, str]:
+        """The sample and label columns, the defaults where unset: a filelist's path and label
+        columns, a Parquet file's image and label columns."""
+        if self.format == "parquet":
+            return self.image_column or IMAGE_COLUMN, self.label_column or LABEL_COLUMN
         return self.path_column or PATH_COLUMN, self.label_column or LABEL_COLUMN
 
     @property

@@ -547,6 +547,37 @@ def data_rows() -> list:
         policy = c.policy(data={"test": {"format": "filelist", "path": "sub/list.tsv"}})
         return c.check(policy), [c.path("sub/list.tsv"), "data.test", "line 2: path '../images/c/good0.png' has a '..'"]
 
+    def webdataset_member_that_is_a_symlink(c: Case):
+        import tarfile
+
+        with tarfile.open(c.folder / "s.tar", "w") as tar:
+            for name, content in (("a.png", _png(np.zeros((8, 8, 3), np.uint8))), ("a.cls", b"0")):
+                info = tarfile.TarInfo(name)
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+            link = tarfile.TarInfo("b.png")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(link)
+        policy = c.policy(data={"test": {"format": "webdataset", "path": "s.tar"}})
+        return c.check(policy), [c.path("s.tar"), "data.test", "member 'b.png' is a symbolic link (to '/etc/passwd')"]
+
+    def webdataset_pattern_with_an_open_brace(c: Case):
+        policy = c.policy(data={"test": {"format": "webdataset", "path": "s-{0..3.tar"}})
+        return c.check(policy), ["data.test.path", "the shard pattern 's-{0..3.tar'", "is not closed"]
+
+    def parquet_row_without_a_label(c: Case):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        image = _png(np.zeros((8, 8, 3), np.uint8))
+        pq.write_table(pa.table({"image": [image, image], "label": [0, None]}), c.folder / "t.parquet")
+        policy = c.policy(data={"test": {"format": "parquet", "path": "t.parquet"}})
+        return c.check(policy), [c.path("t.parquet"), "data.test", "row 1: column 'label' is empty (null)"]
+
+    def image_column_for_a_format_without_columns(c: Case):
+        policy = c.policy(data={"test": {"format": "npz", "path": "data.npz", "image_column": "png"}})
+        return c.check(policy), [str(policy), "data.test.image_column", "image_column is for the parquet format"]
+
     def truncated_npy(c: Case):
         policy = c.policy(data={"test": {"format": "npy", "path": "x.npy", "labels": "y.npy"}})
         np.save(c.folder / "x.npy", np.zeros((N, 8, 8, 3), np.uint8))
@@ -612,6 +643,10 @@ def data_rows() -> list:
         cifar_binary_partial_record,
         file_list_row_naming_a_missing_image,
         file_list_row_leaving_its_folder,
+        webdataset_member_that_is_a_symlink,
+        webdataset_pattern_with_an_open_brace,
+        parquet_row_without_a_label,
+        image_column_for_a_format_without_columns,
         symlink_loop_as_data_path,
         broken_symlink_as_data_path,
         broken_symlink_in_image_folder,

@@ -28,6 +28,10 @@ def touch(path: Path) -> Path:
         (["tree/cat/1.jpg", "tree/dog/2.jpg", "tree/README"], "tree", "imagefolder"),
         (["val/list.csv", "val/a.jpg"], "val/list.csv", "filelist"),
         (["val/LIST.TSV"], "val/LIST.TSV", "filelist"),
+        (["shards/train-000.tar"], "shards/train-000.tar", "webdataset"),
+        (["hf/test.parquet"], "hf/test.parquet", "parquet"),
+        (["hf/data/test-00000-of-00002.parquet", "hf/data/test-00001-of-00002.parquet", "hf/data/a.jpg"], "hf/data",
+         "parquet"),
     ],
 )  # fmt: skip
 def test_each_layout_is_recognised(tmp_path, files, target, expected) -> None:

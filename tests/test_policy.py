@@ -550,6 +550,12 @@ def test_ignore_index_is_for_segmentation_folders_only() -> None:
         ({"format": "filelist", "ignore_index": 255}, "ignore_index", "is for the segmentation-folder format"),
         ({"format": "imagefolder", "path_column": "file"}, "path_column", "path_column is for the filelist format"),
         ({"format": "npz", "label_column": "label"}, "label_column", "format npz does not read label_column"),
+        ({"format": "filelist", "image_column": "img"}, "image_column", "image_column is for the parquet format"),
+        ({"format": "webdataset", "label_column": "y"}, "label_column", "is for the formats filelist, parquet"),
+        ({"format": "webdataset", "path_column": "p"}, "path_column", "format webdataset does not read path_column"),
+        ({"format": "parquet", "path_column": "p"}, "path_column", "path_column is for the filelist format"),
+        ({"format": "parquet", "labels_key": "y"}, "labels_key", "format parquet does not read labels_key"),
+        ({"format": "parquet", "ignore_index": 0}, "ignore_index", "is for the segmentation-folder format"),
     ],
 )  # fmt: skip
 def test_a_field_the_format_does_not_read_is_an_error(tmp_path: Path, source: dict, field: str, expected: str) -> None:
@@ -566,6 +572,8 @@ def test_a_field_the_format_does_not_read_is_an_error(tmp_path: Path, source: di
         {"format": "imagefolder-flat", "path": "d", "label_map": "m.json"},
         {"format": "npy", "path": "x.npy", "labels": "y.npy"},
         {"format": "filelist", "path": "l.csv", "label_column": "cls"},
+        {"format": "webdataset", "path": "s-{0..3}.tar", "class_names": "c.txt", "label_map": "m.json"},
+        {"format": "parquet", "path": "t.parquet", "image_column": "img", "label_column": "cls"},
     ],
 )
 def test_a_recorded_document_validates_again(source: dict) -> None:
@@ -598,14 +606,24 @@ def test_a_file_lists_label_column_is_not_its_path_column(tmp_path: Path) -> Non
     assert error.field == "data.test.label_column" and "cannot be the path column too ('path')" in str(error)
 
 
+def test_a_parquet_label_column_is_not_its_image_column(tmp_path: Path) -> None:
+    data = example_dict()
+    data["data"]["test"] = {"format": "parquet", "path": "t.parquet", "label_column": "image"}
+    error = load_error(write(tmp_path, data))
+    assert error.field == "data.test.label_column" and "cannot be the image column too ('image')" in str(error)
+    data["data"]["test"] = {"format": "parquet", "path": "t.parquet", "image_column": "png", "label_column": "path"}
+    assert policy_from_dict(data).data.test.columns == ("png", "path")  # a filelist's default means nothing here
+
+
 def test_the_recorded_document_has_the_list_columns_only_where_set() -> None:
     """Reports record `model_dump`: other formats' documents read as before the columns existed."""
     data = example_dict()
     data["data"]["ood"] = [{"name": "list", "format": "filelist", "path": "val.tsv", "label_column": "wnid"}]
     document = policy_from_dict(data).model_dump(mode="json")["data"]
     assert "path_column" not in document["test"] and "label_column" not in document["test"]
+    assert "image_column" not in document["test"] and "image_column" not in document["ood"][0]
     assert "path_column" not in document["ood"][0] and document["ood"][0]["label_column"] == "wnid"
-    assert policy_from_dict(data).data.ood[0].list_columns == ("path", "wnid")
+    assert policy_from_dict(data).data.ood[0].columns == ("path", "wnid")
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,22 @@ def test_a_csv_file_list_is_written_as_a_filelist_test_set(files, capsys) -> Non
     }
 
 
+@pytest.mark.parametrize(("data", "expected"), [("shard-000.tar", "webdataset"), ("test.parquet", "parquet")])
+def test_a_shard_or_a_parquet_file_is_written_as_its_format(files, capsys, data: str, expected: str) -> None:
+    (files / "data" / data).write_bytes(b"")  # the layout alone tells the format
+    out = files / "policies" / "gate.yaml"
+    out.parent.mkdir(exist_ok=True)
+    code, _, err = run(
+        capsys, "policy", "init", out, "--dense", files / "models/dense.onnx", "--pruned",
+        files / "models/pruned.onnx", "--data", files / "data" / data,
+    )  # fmt: skip
+    assert code == 0, err
+    assert load_policy(out).data.test.model_dump(exclude_defaults=True) == {
+        "format": expected,
+        "path": f"../data/{data}",
+    }
+
+
 @pytest.mark.parametrize(
     ("preset", "metrics"),
     [

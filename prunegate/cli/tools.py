@@ -76,7 +76,8 @@ def corrupt(
         )
     except Exception:
         raise PrunegateError(
-            f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, filelist, npz, cifar10-binary)"
+            f"--format {format!r} is not a data format (imagefolder, imagefolder-flat, filelist, npz, cifar10-binary, "
+            "webdataset, parquet)"
         ) from None
     images = open_source(spec, Path, "--source")
     check_outputs(

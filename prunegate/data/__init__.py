@@ -13,6 +13,7 @@ from .cifar import Cifar10Binary
 from .filelist import FileList
 from .imagefolder import FlatImageFolder, ImageFolder, read_class_names
 from .segfolder import SegmentationFolder
+from .webdataset import open_webdataset
 
 __all__ = [
     "CROP_FRACTION",
@@ -51,7 +52,13 @@ def open_source(spec: DataSource, resolve: Callable[[str], Path], field: str) ->
     if spec.format == "cifar10-binary":
         return Cifar10Binary(path, field)
     if spec.format == "filelist":
-        return FileList(path, field, names, *spec.list_columns)
+        return FileList(path, field, names, *spec.columns)
+    if spec.format == "webdataset":
+        return open_webdataset(spec.path, resolve, field, names)
+    if spec.format == "parquet":
+        from .parquet import ParquetImages  # imports pyarrow, an optional dependency
+
+        return ParquetImages(path, field, names, *spec.columns)
     if spec.format == "segmentation-folder":
         return SegmentationFolder(path, field, names, spec.mask_ignore)
     raise AssertionError(f"unhandled data format {spec.format}")

@@ -80,6 +80,18 @@ class ImageSet(ABC):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def files_key(files: list[Path]) -> str:
+    """A `contents_key` of the files behind a set: each file's name, size and modification time."""
+    lines = []
+    for file in files:
+        try:
+            stat = file.stat()
+            lines.append(f"{file} {stat.st_size} {stat.st_mtime_ns}")
+        except OSError:
+            lines.append(f"{file} missing")
+    return "\n".join(lines)
+
+
 def require_path(path: Path, field: str, *, directory: bool) -> None:
     """Raise a DataError unless `path` exists and is a folder (or a file, when not `directory`)."""
     if not path.exists():

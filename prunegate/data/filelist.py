@@ -28,10 +28,9 @@ from prunegate.policy import LABEL_COLUMN, PATH_COLUMN
 
 from .base import require_path
 from .imagefolder import ImageFiles
+from .labels import BadLabel, class_index, label_of_text
 
-_INTEGER = re.compile(r"[0-9]+")
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\images\a.jpg, a list made on Windows
-LARGEST_LABEL = 2**31 - 1
 
 
 class FileList(ImageFiles):
@@ -75,7 +74,7 @@ class FileList(ImageFiles):
                 raise self.error(f"the file list is empty: expected a header with {path_column!r} and {label_column!r}")
             path_at = self._column(header, path_column, "path_column")
             label_at = self._column(header, label_column, "label_column")
-            index = {name: i for i, name in enumerate(self.classes or [])}
+            index = class_index(self.classes)
             rows: list[tuple[int, str, int]] = []
             first_line: dict[str, int] = {}
             for cells in reader:
@@ -119,21 +118,10 @@ class FileList(ImageFiles):
         return value
 
     def _label(self, line: int, value: str, column: str, index: dict[str, int]) -> int:
-        if self.classes is not None:
-            if value not in index:
-                raise self.row_error(
-                    line, f"class {value!r} is not in the class_names file ({len(self.classes)} names)"
-                )
-            return index[value]
-        if not _INTEGER.fullmatch(value):
-            raise self.row_error(
-                line,
-                f"{column!r} {value!r} is not a non-negative integer label "
-                "(for class names, give the policy's class_names file)",
-            )
-        if int(value) > LARGEST_LABEL:
-            raise self.row_error(line, f"{column!r} {value!r} is too large for a class index")
-        return int(value)
+        try:
+            return label_of_text(value, repr(column), self.classes, index)
+        except BadLabel as exc:
+            raise self.row_error(line, str(exc)) from None
 
     def describe(self) -> dict:
         return {**super().describe(), "list_sha256": self.list_sha256}

@@ -28,7 +28,7 @@ from prunegate.data_layout import IMAGE_SUFFIXES
 from prunegate.errors import DataError, link_problem
 from prunegate.imageio import PIL_FORMATS, decoder_message, pil_decode
 
-from .base import ImageSet, require_path
+from .base import ImageSet, files_key, require_path
 
 _FLAT_LABEL = re.compile(r"_(\d+)$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -91,15 +91,7 @@ class ImageFiles(ImageSet):
         return file.relative_to(self.path).as_posix() if file.is_relative_to(self.path) else file.name
 
     def contents_key(self) -> str:
-        """Every tracked file's name, size and modification time."""
-        lines = []
-        for file in self.tracked_files():
-            try:
-                stat = file.stat()
-                lines.append(f"{file} {stat.st_size} {stat.st_mtime_ns}")
-            except OSError:
-                lines.append(f"{file} missing")
-        return "\n".join(lines)
+        return files_key(self.tracked_files())
 
     def read(self, indices: list[int], max_pixels: int) -> tuple[list[torch.Tensor], list[str]]:
         images, digests = [], []
@@ -114,60 +106,72 @@ class ImageFiles(ImageSet):
             raw = file.read_bytes()
         except OSError as exc:
             raise self.error(f"cannot read image: {exc.strerror}", file) from None
-        if not raw:
-            raise self.error("cannot decode image: the file is empty", file)
-        self._check_pixels(file, raw, max_pixels)
         try:
-            if raw.startswith(_JPEG_MAGIC):  # by content: a GIF or PNG named .jpg goes to Pillow too
-                image = _as_rgb8(
-                    decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                )
-            else:
-                image = pil_decode(raw)
-        except PIL.Image.DecompressionBombError:
-            raise self.error(self._too_large(None, max_pixels), file) from None
-        except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError, SyntaxError, struct.error...
-            raise self.error(self._undecodable(file, exc), file) from None
-        if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape[1:]:
-            raise self.error(f"cannot decode image: decoded to shape {list(image.shape)}, not a 3-channel image", file)
-        height, width = image.shape[1:]
-        if height * width > max_pixels:  # the header check may not have known the format
-            raise self.error(self._too_large(height * width, max_pixels), file)
-        return image.permute(1, 2, 0), hashlib.sha256(raw).hexdigest()
+            image = decode_image(raw, file.suffix, max_pixels)
+        except UndecodableImage as exc:
+            raise self.error(str(exc), file) from None
+        return image, hashlib.sha256(raw).hexdigest()
 
-    @staticmethod
-    def _too_large(pixels: int | None, max_pixels: int) -> str:
-        if pixels is None:
-            # Pillow's bomb check raised, so its limit is set (typed int | None: None turns the check off).
-            bomb = 2 * cast(int, PIL.Image.MAX_IMAGE_PIXELS)
-            return (
-                f"image is too large: over Pillow's decompression-bomb limit of {bomb} "
-                f"pixels (data.max_pixels is {max_pixels})"
-            )
-        return f"image has {pixels} pixels, over the limit of {max_pixels} (data.max_pixels)"
 
-    @staticmethod
-    def _undecodable(file: Path, exc: BaseException) -> str:
+class UndecodableImage(Exception):
+    """Why an image's bytes were refused; the reader that read them says from where."""
+
+
+def decode_image(raw: bytes, suffix: str, max_pixels: int) -> torch.Tensor:
+    """HWC uint8 RGB of one image file's bytes, whichever reader found them (a folder's file, a
+    shard's member, a Parquet cell), so that the same bytes give the same pixels everywhere.
+    `suffix` ('.png') names the format a message says it is not."""
+    if not raw:
+        raise UndecodableImage("cannot decode image: the file is empty")
+    _check_pixels(raw, suffix, max_pixels)
+    try:
+        if raw.startswith(_JPEG_MAGIC):  # by content: a GIF or PNG named .jpg goes to Pillow too
+            image = _as_rgb8(decode_jpeg(torch.frombuffer(bytearray(raw), dtype=torch.uint8), mode=ImageReadMode.RGB))
+        else:
+            image = pil_decode(raw)
+    except PIL.Image.DecompressionBombError:
+        raise UndecodableImage(_too_large(None, max_pixels)) from None
+    except Exception as exc:  # decoders raise RuntimeError, ValueError, OSError, SyntaxError, struct.error...
+        raise UndecodableImage(_undecodable(suffix, exc)) from None
+    if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape[1:]:
+        raise UndecodableImage(f"cannot decode image: decoded to shape {list(image.shape)}, not a 3-channel image")
+    height, width = image.shape[1:]
+    if height * width > max_pixels:  # the header check may not have known the format
+        raise UndecodableImage(_too_large(height * width, max_pixels))
+    return image.permute(1, 2, 0)
+
+
+def _too_large(pixels: int | None, max_pixels: int) -> str:
+    if pixels is None:
+        # Pillow's bomb check raised, so its limit is set (typed int | None: None turns the check off).
+        bomb = 2 * cast(int, PIL.Image.MAX_IMAGE_PIXELS)
         return (
-            f"cannot decode image: corrupt, truncated or not a {file.suffix.lstrip('.').upper()} "
-            f"file ({decoder_message(exc)})"
+            f"image is too large: over Pillow's decompression-bomb limit of {bomb} "
+            f"pixels (data.max_pixels is {max_pixels})"
         )
+    return f"image has {pixels} pixels, over the limit of {max_pixels} (data.max_pixels)"
 
-    def _check_pixels(self, file: Path, raw: bytes, max_pixels: int) -> None:
-        """Only the header is read here (for a GIF, up to its first frame's descriptor, which may
-        widen the canvas); decoding a bomb is what this prevents. An image whose size the header
-        does not give is not decoded: no decoder would then be bounded by max_pixels."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-                with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as header:
-                    width, height = header.size
-        except PIL.Image.DecompressionBombError:
-            raise self.error(self._too_large(None, max_pixels), file) from None
-        except Exception as exc:  # Pillow raises many kinds
-            raise self.error(self._undecodable(file, exc), file) from None
-        if width * height > max_pixels:
-            raise self.error(self._too_large(width * height, max_pixels), file)
+
+def _undecodable(suffix: str, exc: BaseException) -> str:
+    kind = f"a {suffix.lstrip('.').upper()}" if suffix else "an image"  # a Parquet cell has no name
+    return f"cannot decode image: corrupt, truncated or not {kind} file ({decoder_message(exc)})"
+
+
+def _check_pixels(raw: bytes, suffix: str, max_pixels: int) -> None:
+    """Only the header is read here (for a GIF, up to its first frame's descriptor, which may
+    widen the canvas); decoding a bomb is what this prevents. An image whose size the header
+    does not give is not decoded: no decoder would then be bounded by max_pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(io.BytesIO(raw), formats=PIL_FORMATS) as header:
+                width, height = header.size
+    except PIL.Image.DecompressionBombError:
+        raise UndecodableImage(_too_large(None, max_pixels)) from None
+    except Exception as exc:  # Pillow raises many kinds
+        raise UndecodableImage(_undecodable(suffix, exc)) from None
+    if width * height > max_pixels:
+        raise UndecodableImage(_too_large(width * height, max_pixels))
 
 
 def read_class_names(path: Path, field: str) -> list[str]:

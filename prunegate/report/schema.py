@@ -161,10 +161,15 @@ class DataRecord(_Record):
     list_sha256: str | None = Field(
         None, description="filelist: sha256 of the list file (its image paths and labels; sha256 covers the images)"
     )
+    files_sha256: dict[str, str] | None = Field(
+        None,
+        description="webdataset, parquet: sha256 of each shard or Parquet file read, by its path (they pin the "
+        "labels and the order; sha256 covers the images)",
+    )
 
     @model_serializer(mode="wrap")
     def _one_kind(self, handler: SerializerFunctionWrapHandler) -> dict:
-        return _without_unset(handler(self), ("ignore_index", "list_sha256"))
+        return _without_unset(handler(self), ("ignore_index", "list_sha256", "files_sha256"))
 
 
 class ModelSide(_Record):
