@@ -72,4 +72,6 @@ def prepare(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    prepare(Path(sys.argv[1]))
+    if len(sys.argv) != 3 or sys.argv[1] != "prepare":
+        sys.exit("usage: bench/cache.py prepare FOLDER")
+    prepare(Path(sys.argv[2]))
