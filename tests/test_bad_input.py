@@ -13,6 +13,7 @@ opt-in in the report).
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import logging
@@ -338,6 +339,35 @@ def model_rows() -> list:
         c.copy("weights.pth")
         return c.check(policy), [c.path("weights.pth"), "models.pruned", "arch"]
 
+    def arch_call_args_not_a_list(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "args": "resnet18"}})
+        return c.check(policy), [str(policy), "models.pruned.arch.args", "valid list", "'resnet18'"]
+
+    def arch_call_unknown_key(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "kwarg": {}}})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwarg", "did you mean 'kwargs'"]
+
+    def arch_call_value_not_plain(c: Case):
+        when = datetime.date(2024, 1, 2)  # YAML reads 2024-01-02 as a date
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "kwargs": {"on": when}}})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwargs.on", "a date is not a plain value"]
+
+    def arch_call_value_not_finite(c: Case):
+        document = c.policy_dict()
+        document["models"]["arch"] = {"fn": "tiny_arch.py:build", "kwargs": {"sizes": [1.0, float("inf")]}}
+        policy = c.policy(document)
+        return c.check(policy), [str(policy), "models.arch.kwargs.sizes.1", "finite number"]
+
+    def arch_call_asks_for_pretrained_weights(c: Case):
+        call = {"fn": "torchvision.models:resnet18", "kwargs": {"pretrained": True}}
+        policy = c.policy(pruned={"path": "weights.pth", "arch": call})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwargs.pretrained", "download weights"]
+
+    def arch_call_builder_refuses_its_args(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "args": [3]}})
+        c.copy("tiny_arch.py", "weights.pth")
+        return c.check(policy), [c.path("weights.pth"), "models.pruned", "tiny_arch.py:build(3)", "failed to build"]
+
     def wrong_input_rank(c: Case):
         policy = c.policy(dense="rank2.onnx")
         c.copy("rank2.onnx")
@@ -385,6 +415,12 @@ def model_rows() -> list:
         truncated_state_dict,
         truncated_safetensors,
         state_dict_without_arch,
+        arch_call_args_not_a_list,
+        arch_call_unknown_key,
+        arch_call_value_not_plain,
+        arch_call_value_not_finite,
+        arch_call_asks_for_pretrained_weights,
+        arch_call_builder_refuses_its_args,
         wrong_input_rank,
         wrong_input_size_onnx,
         wrong_input_size_torchscript,

@@ -62,6 +62,14 @@ class ArchSource(_Record):
     external: bool = Field(
         False, description="outside the policy's folder and the installed packages: ran only with --allow-external-arch"
     )
+    args: list | None = Field(
+        None, description="models.arch {fn, args, kwargs}: the positional arguments the builder was called with"
+    )
+    kwargs: dict | None = Field(None, description="and its keyword arguments (both left out: called with none)")
+
+    @model_serializer(mode="wrap")
+    def _without_a_call(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _without_unset(handler(self), ("args", "kwargs"))
 
 
 class Isolation(_Record):

@@ -10,7 +10,7 @@ from torch import get_num_threads  # (the name `torch` here becomes the submodul
 
 from prunegate.digest import file_sha256
 from prunegate.errors import ModelError
-from prunegate.policy import ModelSpec
+from prunegate.policy import ArchCall, ModelSpec, arch_name
 from prunegate.report.schema import ArchSource, BackendChoice, Isolation
 
 from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, needs_arch, resolve_device
@@ -51,13 +51,16 @@ def _backend_for(path: Path, field: str, options: LoadOptions) -> str:
 def _pin_arch(spec: ModelSpec, path: Path, field: str, fmt: str, options: LoadOptions) -> ArchSource | None:
     """The arch's pinned source, for a file that may be a state dict: located (not imported) and
     checked against the opt-in before any of its code runs (runners.archsource)."""
-    if not needs_arch(fmt) or not spec.arch:
+    name = arch_name(spec.arch)
+    if not needs_arch(fmt) or not name:
         return None
     from .archsource import locate_arch
 
     found = locate_arch(
-        spec.arch, options.base_dir, file=path, field=field + ".arch", allow_external=options.allow_external_arch
+        name, options.base_dir, file=path, field=field + ".arch", allow_external=options.allow_external_arch
     )
+    if isinstance(spec.arch, ArchCall):  # the call, so that the report shows what was built
+        found.update(args=spec.arch.args or None, kwargs=spec.arch.kwargs or None)
     return ArchSource.model_validate(found)
 
 
@@ -100,7 +103,11 @@ def _load_onnx(
     from .onnx import OnnxRunner
 
     file = ModelFile(
-        path=str(path), sha256=file_sha256(path), format="onnx", arch=spec.arch, pickle_allowed=options.allow_pickle
+        path=str(path),
+        sha256=file_sha256(path),
+        format="onnx",
+        arch=arch_name(spec.arch),
+        pickle_allowed=options.allow_pickle,
     )
     runner = OnnxRunner(
         path,
@@ -135,7 +142,7 @@ def _load_torch(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if by_arch else None,
+        arch=arch_name(spec.arch) if by_arch else None,
         pickle_allowed=options.allow_pickle,
         arch_source=arch_source if by_arch else None,
     )
@@ -205,7 +212,7 @@ def start_isolated(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if needs_arch(fmt) else None,
+        arch=arch_name(spec.arch) if needs_arch(fmt) else None,
         pickle_allowed=options.allow_pickle,
         external_data=external_data,
         arch_source=arch_source,
