@@ -159,6 +159,11 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
 
             for location in external_locations(path, field):
                 found[f"{field} (its external data {location})"] = path.parent / location
+        if path.is_dir():  # a Hugging Face folder: the files in it that the model reads
+            from prunegate.runners.huggingface import CONFIG, WEIGHTS
+
+            for name in (CONFIG, WEIGHTS):
+                found[f"{field} (its {name})"] = path / name
         module = (arch_name(spec.arch) or "").partition(":")[0]
         if module.endswith(".py"):
             found[f"{field}.arch"] = policy.resolve(module)

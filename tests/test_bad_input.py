@@ -303,6 +303,25 @@ def model_rows() -> list:
         (c.folder / "models").mkdir()
         return c.check(policy), [c.path("models"), "models.dense", "folder"]
 
+    def hf_folder(c: Case, config: str, weights: str = "model.safetensors") -> Path:
+        (c.folder / "hf").mkdir()
+        (c.folder / "hf" / "config.json").write_text(config)
+        (c.folder / "hf" / weights).write_bytes(b"weights")
+        return c.policy(dense="hf")
+
+    def hf_folder_asking_for_remote_code(c: Case):
+        config = {"model_type": "mine", "auto_map": {"AutoModelForImageClassification": "modeling_mine.Net"}}
+        policy = hf_folder(c, json.dumps(config))
+        return c.check(policy), [c.path("hf"), "models.dense", "auto_map", "trust_remote_code is False"]
+
+    def hf_folder_without_safetensors(c: Case):
+        policy = hf_folder(c, json.dumps({"model_type": "vit"}), weights="pytorch_model.bin")
+        return c.check(policy), [c.path("hf"), "models.dense", "model.safetensors"]
+
+    def hf_config_not_json(c: Case):
+        policy = hf_folder(c, '{"model_type": "vit",')
+        return c.check(policy), [c.path("hf"), "models.dense", "config.json is not readable JSON"]
+
     def truncated_onnx(c: Case):
         policy = c.policy(dense="dense.onnx")
         _truncate(c.assets / "dense.onnx", c.folder / "dense.onnx")
@@ -409,6 +428,9 @@ def model_rows() -> list:
         model_not_found,
         model_override_not_found,
         model_is_a_folder,
+        hf_folder_asking_for_remote_code,
+        hf_folder_without_safetensors,
+        hf_config_not_json,
         truncated_onnx,
         corrupt_torchscript,
         truncated_torchscript,

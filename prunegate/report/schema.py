@@ -48,7 +48,7 @@ class BackendChoice(_Record):
 
 
 class ExternalData(_Record):
-    path: str = Field(description="relative to the model file's folder")
+    path: str = Field(description="relative to the model file's folder (a Hugging Face model's own folder)")
     sha256: str
 
 
@@ -88,7 +88,8 @@ class ModelRecord(_Record):
     path: str
     sha256: str
     format: str = Field(
-        description="onnx | torchscript | torch-export | state-dict | safetensors | pickle; a state dict or "
+        description="onnx | torchscript | torch-export | state-dict | safetensors | pickle | huggingface (a "
+        "folder: sha256 is its model.safetensors's, external_data lists its config.json); a state dict or "
         "safetensors file saved under torch.nn.utils.prune adds ' (pruning reparametrised)': its weight_orig x "
         "weight_mask pairs were folded"
     )
@@ -111,7 +112,8 @@ class ModelRecord(_Record):
     backend_choice: BackendChoice | None = Field(None, description="with backend auto: why this backend ran it")
     external_data: list[ExternalData] | None = Field(
         None,
-        description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)",
+        description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's); "
+        "a Hugging Face folder's config.json",
     )
     arch_source: ArchSource | None = Field(None, description="for a state dict: the arch code that built the network")
     isolation: Isolation | None = Field(None, description="how the model was kept from prunegate's process")

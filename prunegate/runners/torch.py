@@ -26,6 +26,7 @@ from prunegate.errors import ModelError
 from prunegate.policy import Arch, arch_call, arch_text
 from prunegate.report.schema import ModelRecord
 
+from . import huggingface
 from .base import (
     PRECISIONS,
     PRUNING_SAFETENSORS,
@@ -48,7 +49,9 @@ def sniff_format(path: Path, field: str = "model") -> str:
     """torchscript | torch-export | torch-save | safetensors, from the file's first bytes and, for a
     zip archive, its members. Every torch format
     but the legacy torch.save one is a zip archive: one that starts as a zip but is not a whole
-    one is damaged, whatever its name says."""
+    one is damaged, whatever its name says. A folder: a Hugging Face export (runners.huggingface)."""
+    if path.is_dir():
+        return huggingface.FORMAT
     with open(path, "rb") as f:
         head = f.read(9)
     starts_as_zip = head[:4] == ZIP_MAGIC
@@ -248,6 +251,8 @@ def _read_torch_module(
 ) -> tuple[torch.nn.Module, str, list | None]:
     """(module, format, declared input shape or None), as the file holds it."""
     kind = sniff_format(path, field)
+    if kind == huggingface.FORMAT:
+        return huggingface.load_module(path, field), kind, None
     try:
         if kind == "torchscript":
             scan_torchscript_archive(path, field)  # loading runs __setstate__: its code is checked first
