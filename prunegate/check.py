@@ -30,7 +30,15 @@ from prunegate.metrics import TaskTally
 from prunegate.metrics.intervals import Resampler
 from prunegate.metrics.paired import StatisticsOptions
 from prunegate.plan import TEST_SOURCE
-from prunegate.policy import DEFAULT_COVERAGE, FORMAT_FIELDS, DataSource, ModelSpec, Policy, sequential_problems
+from prunegate.policy import (
+    DEFAULT_COVERAGE,
+    FORMAT_FIELDS,
+    DataSource,
+    ModelSpec,
+    Policy,
+    arch_name,
+    sequential_problems,
+)
 from prunegate.report.builder import ReportBuilder, run_options
 from prunegate.report.schema import Isolation, Report, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
@@ -151,7 +159,12 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
 
             for location in external_locations(path, field):
                 found[f"{field} (its external data {location})"] = path.parent / location
-        module = (spec.arch or "").partition(":")[0]
+        if path.is_dir():  # a Hugging Face folder: the files in it that the model reads
+            from prunegate.runners.huggingface import CONFIG, WEIGHTS
+
+            for name in (CONFIG, WEIGHTS):
+                found[f"{field} (its {name})"] = path / name
+        module = (arch_name(spec.arch) or "").partition(":")[0]
         if module.endswith(".py"):
             found[f"{field}.arch"] = policy.resolve(module)
     sources = [("data.test", policy.data.test)] + [(f"data.ood.{i}", o) for i, o in enumerate(policy.data.ood)]
@@ -347,11 +360,14 @@ class Setup:
         ]:
             model = runner.record
             external = [e.model_dump() for e in model.external_data] if model.external_data else None
+            arch = model.arch_source
             binding[name] = {
                 "sha256": model.sha256,
                 "external_data": external,
-                "arch": model.arch_source.sha256 if model.arch_source else None,
+                "arch": arch.sha256 if arch else None,
             }
+            if arch is not None and (arch.args or arch.kwargs):  # what the arch was called with
+                binding[name]["arch_call"] = {"args": arch.args, "kwargs": arch.kwargs}
             binding[f"{name} backend"] = model.backend
         for source in self.ctx.sources:
             binding[f"data {source.name}"] = source.images.fingerprint()

@@ -7,6 +7,7 @@ are relative to the policy file.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -16,7 +17,7 @@ import struct
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -295,10 +296,96 @@ OUTPUT_DESCRIPTION = (
 )
 
 
+ARCH_DESCRIPTION = "'module:callable' or 'file.py:callable' that builds the network for a state dict"
+# Keyword arguments that make a builder download weights: prunegate loads the model file's weights
+# into every parameter and buffer the arch builds (a key the file lacks is an error), so
+# downloaded weights would be replaced unread, and a run may download nothing.
+DOWNLOAD_FLAGS = ("pretrained",)
+
+
+def _not_plain(value: object) -> tuple[tuple[str | int, ...], str, object] | None:
+    """(where, why, what) of the first part of `value` that is not a plain YAML/JSON value
+    (a string, number, boolean or null, or a list or mapping of those); None when it all is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return (), f"expected a finite number, got {value!r}", value
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return None
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                return (), f"a mapping key must be a string, got {key!r}", key
+        items: list[tuple[str | int, object]] = list(value.items())
+    elif isinstance(value, list):
+        items = list(enumerate(value))
+    else:
+        reason = f"a {type(value).__name__} is not a plain value: expected a string, number, boolean, null, or a list"
+        return (), reason + " or mapping of those", value
+    for key, item in items:
+        found = _not_plain(item)
+        if found is not None:
+            return (key, *found[0]), found[1], found[2]
+    return None
+
+
+class ArchCall(Strict):
+    """models.arch as a call: the builder and the plain arguments it is called with
+    (`{fn: "timm:create_model", args: ["resnet18"], kwargs: {num_classes: 10}}`)."""
+
+    fn: str = Field(min_length=1, description=ARCH_DESCRIPTION)
+    args: list[Any] = Field([], description="positional arguments: strings, numbers, booleans, null, lists, mappings")
+    kwargs: dict[str, Any] = Field({}, description="keyword arguments, of the same plain values")
+
+    @field_validator("args", "kwargs")
+    @classmethod
+    def _plain(cls, value: list | dict) -> list | dict:
+        found = _not_plain(value)
+        if found is not None:
+            raise field_error(*found)
+        return value
+
+    @field_validator("kwargs")
+    @classmethod
+    def _downloads_nothing(cls, kwargs: dict) -> dict:
+        for flag in DOWNLOAD_FLAGS:
+            if kwargs.get(flag) not in (None, False):
+                raise field_error(
+                    (flag,),
+                    f"asks the builder to download weights ({kwargs[flag]!r}), which a run may not do; prunegate "
+                    "replaces every weight the arch builds with the model file's anyway: leave it out or set it false",
+                    kwargs[flag],
+                )
+        return kwargs
+
+
+Arch = str | ArchCall
+
+
+def arch_name(arch: Arch | None) -> str | None:
+    """The builder's 'module:callable' or 'file.py:callable', of either form of models.arch."""
+    return arch.fn if isinstance(arch, ArchCall) else arch
+
+
+def arch_call(arch: Arch) -> tuple[str, list, dict]:
+    """(builder, args, kwargs) of either form of models.arch; the arguments copied, so a builder
+    that changes them changes nothing of the policy's."""
+    if isinstance(arch, ArchCall):
+        return arch.fn, copy.deepcopy(arch.args), copy.deepcopy(arch.kwargs)
+    return arch, [], {}
+
+
+def arch_text(arch: Arch) -> str:
+    """How messages spell the arch: `file.py:build`, or the call `file.py:build(3, num_classes=10)`."""
+    if not isinstance(arch, ArchCall):
+        return arch
+    shown = [repr(a) for a in arch.args] + [f"{k}={v!r}" for k, v in arch.kwargs.items()]
+    return f"{arch.fn}({', '.join(shown)})"
+
+
 class ModelSpec(Strict):
     path: str = Field(min_length=1)
-    arch: str | None = Field(
-        None, description="'module:callable' or 'file.py:callable' that builds the network for a state dict"
+    arch: Arch | None = Field(
+        None,
+        description=ARCH_DESCRIPTION + ", or {fn, args, kwargs}: that callable and the plain arguments to call it with",
     )
     output: OutputKey | None = Field(None, description=OUTPUT_DESCRIPTION + "; overrides models.output")
 
@@ -307,7 +394,7 @@ class Models(Strict):
     dense: str | ModelSpec
     pruned: str | ModelSpec
     input: InputSpec
-    arch: str | None = Field(None, description="default arch for state-dict files")
+    arch: Arch | None = Field(None, description="default arch for state-dict files (either form of models.*.arch)")
     output: OutputKey | None = Field(None, description=OUTPUT_DESCRIPTION + ", for both models")
 
     def spec(self, which: Literal["dense", "pruned"]) -> ModelSpec:

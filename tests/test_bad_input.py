@@ -13,6 +13,7 @@ opt-in in the report).
 from __future__ import annotations
 
 import base64
+import datetime
 import io
 import json
 import logging
@@ -302,6 +303,25 @@ def model_rows() -> list:
         (c.folder / "models").mkdir()
         return c.check(policy), [c.path("models"), "models.dense", "folder"]
 
+    def hf_folder(c: Case, config: str, weights: str = "model.safetensors") -> Path:
+        (c.folder / "hf").mkdir()
+        (c.folder / "hf" / "config.json").write_text(config)
+        (c.folder / "hf" / weights).write_bytes(b"weights")
+        return c.policy(dense="hf")
+
+    def hf_folder_asking_for_remote_code(c: Case):
+        config = {"model_type": "mine", "auto_map": {"AutoModelForImageClassification": "modeling_mine.Net"}}
+        policy = hf_folder(c, json.dumps(config))
+        return c.check(policy), [c.path("hf"), "models.dense", "auto_map", "trust_remote_code is False"]
+
+    def hf_folder_without_safetensors(c: Case):
+        policy = hf_folder(c, json.dumps({"model_type": "vit"}), weights="pytorch_model.bin")
+        return c.check(policy), [c.path("hf"), "models.dense", "model.safetensors"]
+
+    def hf_config_not_json(c: Case):
+        policy = hf_folder(c, '{"model_type": "vit",')
+        return c.check(policy), [c.path("hf"), "models.dense", "config.json is not readable JSON"]
+
     def truncated_onnx(c: Case):
         policy = c.policy(dense="dense.onnx")
         _truncate(c.assets / "dense.onnx", c.folder / "dense.onnx")
@@ -337,6 +357,35 @@ def model_rows() -> list:
         policy = c.policy(pruned="weights.pth")
         c.copy("weights.pth")
         return c.check(policy), [c.path("weights.pth"), "models.pruned", "arch"]
+
+    def arch_call_args_not_a_list(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "args": "resnet18"}})
+        return c.check(policy), [str(policy), "models.pruned.arch.args", "valid list", "'resnet18'"]
+
+    def arch_call_unknown_key(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "kwarg": {}}})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwarg", "did you mean 'kwargs'"]
+
+    def arch_call_value_not_plain(c: Case):
+        when = datetime.date(2024, 1, 2)  # YAML reads 2024-01-02 as a date
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "kwargs": {"on": when}}})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwargs.on", "a date is not a plain value"]
+
+    def arch_call_value_not_finite(c: Case):
+        document = c.policy_dict()
+        document["models"]["arch"] = {"fn": "tiny_arch.py:build", "kwargs": {"sizes": [1.0, float("inf")]}}
+        policy = c.policy(document)
+        return c.check(policy), [str(policy), "models.arch.kwargs.sizes.1", "finite number"]
+
+    def arch_call_asks_for_pretrained_weights(c: Case):
+        call = {"fn": "torchvision.models:resnet18", "kwargs": {"pretrained": True}}
+        policy = c.policy(pruned={"path": "weights.pth", "arch": call})
+        return c.check(policy), [str(policy), "models.pruned.arch.kwargs.pretrained", "download weights"]
+
+    def arch_call_builder_refuses_its_args(c: Case):
+        policy = c.policy(pruned={"path": "weights.pth", "arch": {"fn": "tiny_arch.py:build", "args": [3]}})
+        c.copy("tiny_arch.py", "weights.pth")
+        return c.check(policy), [c.path("weights.pth"), "models.pruned", "tiny_arch.py:build(3)", "failed to build"]
 
     def wrong_input_rank(c: Case):
         policy = c.policy(dense="rank2.onnx")
@@ -379,12 +428,21 @@ def model_rows() -> list:
         model_not_found,
         model_override_not_found,
         model_is_a_folder,
+        hf_folder_asking_for_remote_code,
+        hf_folder_without_safetensors,
+        hf_config_not_json,
         truncated_onnx,
         corrupt_torchscript,
         truncated_torchscript,
         truncated_state_dict,
         truncated_safetensors,
         state_dict_without_arch,
+        arch_call_args_not_a_list,
+        arch_call_unknown_key,
+        arch_call_value_not_plain,
+        arch_call_value_not_finite,
+        arch_call_asks_for_pretrained_weights,
+        arch_call_builder_refuses_its_args,
         wrong_input_rank,
         wrong_input_size_onnx,
         wrong_input_size_torchscript,

@@ -8,7 +8,7 @@ import torch
 
 from conftest import SIZE, tiny_parameter_count
 from prunegate.errors import DeviceError, ModelError
-from prunegate.policy import ModelSpec
+from prunegate.policy import ArchCall, ModelSpec
 from prunegate.runners import LoadOptions, load_runner, resolve_device
 from prunegate.runners.base import run_in_chunks
 
@@ -18,7 +18,7 @@ ZEROED = 3 * 9  # weights of the first conv filter, set to zero below
 
 def load(
     path: Path,
-    arch: str | None = None,
+    arch: str | ArchCall | None = None,
     *,
     backend: str = "auto",
     allow_pickle: bool = False,
@@ -39,7 +39,7 @@ def load(
     )
 
 
-def model_error(path: Path, arch: str | None = None, **options) -> ModelError:
+def model_error(path: Path, arch: str | ArchCall | None = None, **options) -> ModelError:
     with pytest.raises(ModelError) as caught:
         load(path, arch, **options)
     return caught.value
@@ -209,6 +209,76 @@ def test_arch_from_an_importable_module(tmp_path: Path) -> None:
     runner = load(tmp_path / "r20.pth", "prunegate.archs.cifar_resnet:resnet20")
     assert runner.record.parameters == 269_722  # the published count of the CIFAR ResNet-20
     assert runner(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+WIDE_ARCH = """
+import torch
+
+
+def build(width, num_classes=3, *, scale=1.0, log=None):
+    if log is not None:
+        log.append("changed")  # a builder that changes its arguments changes nothing of the policy's
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(width, num_classes),
+    )
+    net.scale = scale
+    return net
+"""
+
+
+def test_an_arch_call_builds_with_its_args_and_kwargs_and_is_recorded(tmp_path: Path) -> None:
+    (tmp_path / "wide.py").write_text(WIDE_ARCH)
+    namespace: dict = {}
+    exec(WIDE_ARCH, namespace)
+    torch.manual_seed(0)
+    reference = namespace["build"](6, num_classes=5).eval()
+    torch.save(reference.state_dict(), tmp_path / "wide.pth")
+    call = ArchCall(fn="wide.py:build", args=[6], kwargs={"num_classes": 5, "scale": 2.5, "log": []})
+    runner = load(tmp_path / "wide.pth", call, backend="torch")
+    x = torch.rand(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), reference(x))
+    assert runner.module.inner.scale == 2.5  # (inside the OutputSelector: the built network)
+    record = runner.record
+    assert record.arch == "wide.py:build" and record.parameters == sum(p.numel() for p in reference.parameters())
+    assert record.arch_source is not None and record.arch_source.kind == "file"
+    assert record.arch_source.args == [6] and record.arch_source.kwargs == {"num_classes": 5, "scale": 2.5, "log": []}
+    assert call.kwargs["log"] == []  # the builder got a copy
+    dumped = record.model_dump(mode="json")["arch_source"]
+    assert dumped["args"] == [6] and dumped["kwargs"]["num_classes"] == 5
+    # the string form is called with no arguments, and records none
+    error = model_error(tmp_path / "wide.pth", "wide.py:build", backend="torch")
+    assert "arch 'wide.py:build' failed to build" in str(error) and "width" in str(error)
+    call = ArchCall(fn="wide.py:build", args=[4], kwargs={"num_classes": 5})
+    error = model_error(tmp_path / "wide.pth", call, backend="torch")
+    assert "wide.py:build(4, num_classes=5)" in str(error) and "do not fit" in str(error)
+
+
+def test_a_string_arch_records_no_call(saved) -> None:
+    path, arch = saved["state-dict"]
+    source = load(path, arch, backend="torch").record.arch_source
+    assert source is not None and source.args is None and source.kwargs is None
+    assert "args" not in source.model_dump(mode="json") and "kwargs" not in source.model_dump(mode="json")
+    call = load(path, ArchCall(fn="tiny_arch.py:build"), backend="torch").record.arch_source
+    assert call is not None and call.model_dump() == source.model_dump()  # a call without arguments: the same
+
+
+def test_torchvision_resnet18_built_with_num_classes(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    call = ArchCall(fn="torchvision.models:resnet18", kwargs={"num_classes": 10})
+    runner = load(tmp_path / "r18.pth", call, backend="torch")
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), reference(x))
+    source = runner.record.arch_source
+    assert source is not None and source.kind == "module" and source.distribution == "torchvision"
+    assert torchvision.__version__.startswith(str(source.version))  # (the distribution's, without +cu130)
+    assert source.kwargs == {"num_classes": 10} and source.args is None
 
 
 def test_file_holding_neither_module_nor_state_dict(tmp_path: Path) -> None:

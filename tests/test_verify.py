@@ -477,6 +477,65 @@ runtime: {workers: 0}
     assert "arch code of the dense and pruned model not checked" in capsys.readouterr().out
 
 
+SCALED_ARCH = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)) * self.scale * self.factor
+
+
+def build(factor, *, sign=1):
+    return Net(factor * sign)
+"""
+
+
+def test_an_arch_call_is_recorded_in_the_report_and_its_file_verifies(tmp_path, capsys) -> None:
+    """models.arch {fn, args, kwargs}: the report's arch_source shows the call (a reviewer sees
+    what was built), the arch file is a subject as for the string form, and verify --arch checks it."""
+    _write_colour_npz(tmp_path / "data.npz")
+    torch.save({"scale": torch.ones(1)}, tmp_path / "weights.pth")
+    (tmp_path / "arch.py").write_text(SCALED_ARCH)
+    (tmp_path / "policy.yaml").write_text("""
+version: 1
+name: arch-call
+models:
+  dense: {path: weights.pth, arch: {fn: "arch.py:build", args: [10.0]}}
+  pruned: weights.pth
+  arch: {fn: "arch.py:build", args: [10.0], kwargs: {sign: -1}}
+  input: {size: 8, mean: [0, 0, 0], std: [1, 1, 1]}
+data: {test: {format: npz, path: data.npz}}
+gate: {rules: [{name: clean, tasks: clean, metric: accuracy_drop, max: 0.01}]}
+runtime: {workers: 0, backend: torch}
+""")
+    assert main(["keygen", "--out", str(tmp_path / "key")]) == 0
+    report = tmp_path / "report.json"
+    code = main(
+        ["check", "-p", str(tmp_path / "policy.yaml"), "--key", str(tmp_path / "key.pem"), "-o", str(report), "-q"]
+    )
+    assert code == 1  # the pruned model, built with sign -1, predicts the darkest channel: all wrong
+    statement = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))
+    models = statement["predicate"]["models"]
+    assert models["dense"]["arch"] == models["pruned"]["arch"] == "arch.py:build"
+    assert models["dense"]["arch_source"]["args"] == [10.0] and "kwargs" not in models["dense"]["arch_source"]
+    assert models["pruned"]["arch_source"]["kwargs"] == {"sign": -1}
+    results = {t["name"]: t for t in statement["predicate"]["tasks"]}
+    assert results["clean"]["dense"]["accuracy"] == 1.0 and results["clean"]["pruned"]["accuracy"] == 0.0
+    arch_subjects = [s for s in statement["subject"] if s["annotations"]["role"] == "arch"]
+    assert len(arch_subjects) == 1 and arch_subjects[0]["annotations"]["models"] == ["dense", "pruned"]
+    capsys.readouterr()
+    key = ["--key", str(tmp_path / "key.pub")]
+    policy = ["--policy", str(tmp_path / "policy.yaml")]
+    assert main(["verify", str(report), *key, "--arch", str(tmp_path / "arch.py"), *policy]) == 0
+    assert "is the arch code of the dense and pruned model" in capsys.readouterr().out
+
+
 def test_an_arch_file_outside_the_policy_folder_needs_the_opt_in(tmp_path, capsys) -> None:
     outside = tmp_path / "elsewhere"
     outside.mkdir()

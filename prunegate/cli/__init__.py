@@ -39,6 +39,7 @@ from .common import (
 try:  # typer >= 0.29 carries its own click; its usage errors derive from TyperException
     from typer.exceptions import TyperException as UsageProblem
 except ImportError:  # pragma: no cover - older typer on top of click
+    # (which mypy sees depends on whether click is installed too, as huggingface_hub needs: the [hf] extra)
     from click.exceptions import ClickException as UsageProblem  # type: ignore[no-redef,assignment,unused-ignore]
 
 

@@ -48,7 +48,7 @@ class BackendChoice(_Record):
 
 
 class ExternalData(_Record):
-    path: str = Field(description="relative to the model file's folder")
+    path: str = Field(description="relative to the model file's folder (a Hugging Face model's own folder)")
     sha256: str
 
 
@@ -62,6 +62,14 @@ class ArchSource(_Record):
     external: bool = Field(
         False, description="outside the policy's folder and the installed packages: ran only with --allow-external-arch"
     )
+    args: list | None = Field(
+        None, description="models.arch {fn, args, kwargs}: the positional arguments the builder was called with"
+    )
+    kwargs: dict | None = Field(None, description="and its keyword arguments (both left out: called with none)")
+
+    @model_serializer(mode="wrap")
+    def _without_a_call(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return _without_unset(handler(self), ("args", "kwargs"))
 
 
 class Isolation(_Record):
@@ -80,7 +88,8 @@ class ModelRecord(_Record):
     path: str
     sha256: str
     format: str = Field(
-        description="onnx | torchscript | torch-export | state-dict | safetensors | pickle; a state dict or "
+        description="onnx | torchscript | torch-export | state-dict | safetensors | pickle | huggingface (a "
+        "folder: sha256 is its model.safetensors's, external_data lists its config.json); a state dict or "
         "safetensors file saved under torch.nn.utils.prune adds ' (pruning reparametrised)': its weight_orig x "
         "weight_mask pairs were folded"
     )
@@ -103,7 +112,8 @@ class ModelRecord(_Record):
     backend_choice: BackendChoice | None = Field(None, description="with backend auto: why this backend ran it")
     external_data: list[ExternalData] | None = Field(
         None,
-        description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's)",
+        description="ONNX external data files the model reads, with their sha256 (sha256 above is the .onnx file's); "
+        "a Hugging Face folder's config.json",
     )
     arch_source: ArchSource | None = Field(None, description="for a state dict: the arch code that built the network")
     isolation: Isolation | None = Field(None, description="how the model was kept from prunegate's process")

@@ -10,9 +10,10 @@ from torch import get_num_threads  # (the name `torch` here becomes the submodul
 
 from prunegate.digest import file_sha256
 from prunegate.errors import ModelError
-from prunegate.policy import ModelSpec
-from prunegate.report.schema import ArchSource, BackendChoice, Isolation
+from prunegate.policy import ArchCall, ModelSpec, arch_name
+from prunegate.report.schema import ArchSource, BackendChoice, ExternalData, Isolation
 
+from . import huggingface
 from .base import LoadOptions, ModelFile, Runner, built_by_arch, check_precision, needs_arch, resolve_device
 from .foreign import foreign_format, foreign_message
 
@@ -33,8 +34,13 @@ def _backend_for(path: Path, field: str, options: LoadOptions) -> str:
     framework = foreign_format(path)
     if framework is not None:
         raise ModelError(foreign_message(framework), file=path, field=field)
-    if path.is_dir():
-        raise ModelError("is a folder, expected a model file", file=path, field=field)
+    hf_folder = huggingface.is_folder(path)
+    if path.is_dir() and not hf_folder:
+        raise ModelError(
+            "is a folder, expected a model file (or a Hugging Face folder with config.json)", file=path, field=field
+        )
+    if hf_folder:
+        huggingface.check_folder(path, field)
     is_onnx = path.suffix.lower() == ".onnx"
     backend = options.backend
     chosen = backend if backend != "auto" else ("onnx" if is_onnx else "torch")
@@ -51,14 +57,29 @@ def _backend_for(path: Path, field: str, options: LoadOptions) -> str:
 def _pin_arch(spec: ModelSpec, path: Path, field: str, fmt: str, options: LoadOptions) -> ArchSource | None:
     """The arch's pinned source, for a file that may be a state dict: located (not imported) and
     checked against the opt-in before any of its code runs (runners.archsource)."""
-    if not needs_arch(fmt) or not spec.arch:
+    name = arch_name(spec.arch)
+    if not needs_arch(fmt) or not name:
         return None
     from .archsource import locate_arch
 
     found = locate_arch(
-        spec.arch, options.base_dir, file=path, field=field + ".arch", allow_external=options.allow_external_arch
+        name, options.base_dir, file=path, field=field + ".arch", allow_external=options.allow_external_arch
     )
+    if isinstance(spec.arch, ArchCall):  # the call, so that the report shows what was built
+        found.update(args=spec.arch.args or None, kwargs=spec.arch.kwargs or None)
     return ArchSource.model_validate(found)
+
+
+def _pinned_files(path: Path, field: str, fmt: str) -> tuple[str, list[ExternalData] | None]:
+    """The record's sha256 of a model and the other files it reads with theirs: an ONNX model's
+    external data; a Hugging Face folder's weights (its sha256) and config.json."""
+    if fmt == huggingface.FORMAT:
+        return huggingface.weights_sha256(path), huggingface.pinned_files(path)
+    if fmt == "onnx":
+        from .onnx import pinned_external_data
+
+        return file_sha256(path), pinned_external_data(path, field)
+    return file_sha256(path), None
 
 
 def load_runner(
@@ -100,7 +121,11 @@ def _load_onnx(
     from .onnx import OnnxRunner
 
     file = ModelFile(
-        path=str(path), sha256=file_sha256(path), format="onnx", arch=spec.arch, pickle_allowed=options.allow_pickle
+        path=str(path),
+        sha256=file_sha256(path),
+        format="onnx",
+        arch=arch_name(spec.arch),
+        pickle_allowed=options.allow_pickle,
     )
     runner = OnnxRunner(
         path,
@@ -126,8 +151,9 @@ def _load_torch(
     from .outputs import OutputSelector
     from .torch import TorchRunner, load_torch_module, sniff_format
 
-    sha256 = file_sha256(path)
-    arch_source = _pin_arch(spec, path, field, sniff_format(path, field), options)
+    sniffed = sniff_format(path, field)
+    sha256, external_data = _pinned_files(path, field, sniffed)
+    arch_source = _pin_arch(spec, path, field, sniffed, options)
     loaded, fmt, shape = load_torch_module(path, field, spec.arch, options.base_dir, options.allow_pickle)
     module = OutputSelector(loaded, spec.output, preferred, file=path, field=output_field)
     by_arch = built_by_arch(fmt)  # the other formats hold their code: no arch is recorded
@@ -135,8 +161,9 @@ def _load_torch(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if by_arch else None,
+        arch=arch_name(spec.arch) if by_arch else None,
         pickle_allowed=options.allow_pickle,
+        external_data=external_data,
         arch_source=arch_source if by_arch else None,
     )
     runner: Runner
@@ -193,19 +220,14 @@ def start_isolated(
 
     chosen = _backend_for(path, field, options)
     fmt = "onnx" if chosen == "onnx" else sniff_format(path, field)
-    sha256 = file_sha256(path)
+    sha256, external_data = _pinned_files(path, field, fmt)
     arch_source = _pin_arch(spec, path, field, fmt, options)
-    external_data = None
-    if chosen == "onnx":
-        from .onnx import pinned_external_data
-
-        external_data = pinned_external_data(path, field)
     # format torch-save: a state dict or a pickle, which only loading tells apart (the model's process says which)
     file = ModelFile(
         path=str(path),
         sha256=sha256,
         format=fmt,
-        arch=spec.arch if needs_arch(fmt) else None,
+        arch=arch_name(spec.arch) if needs_arch(fmt) else None,
         pickle_allowed=options.allow_pickle,
         external_data=external_data,
         arch_source=arch_source,

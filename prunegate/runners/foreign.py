@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-READS = "prunegate reads ONNX, TorchScript, torch.export (.pt2), torch state dicts and safetensors"
+READS = (
+    "prunegate reads ONNX, TorchScript, torch.export (.pt2), torch state dicts, safetensors and Hugging Face folders"
+)
 TO_ONNX = {
     "TensorFlow Lite": "tf2onnx (python -m tf2onnx.convert --tflite)",
     "Keras": "tf2onnx",

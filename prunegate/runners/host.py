@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
     import torch
 
+    from prunegate.policy import Arch
+
     from .base import LoadOptions, Runner
 
 
@@ -39,7 +41,7 @@ class LoadRequest:
 
     path: str
     field: str
-    arch: str | None
+    arch: Arch | None  # models.arch, either form
     options: LoadOptions  # its `gather` is None: a function does not travel (see `gather` below)
     hidden: tuple[str, ...]  # files the model may not read (the signing key)
     strict: bool  # refuse to load unless every restriction of the sandbox took effect

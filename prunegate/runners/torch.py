@@ -23,8 +23,10 @@ from typing import Any, NoReturn
 import torch
 
 from prunegate.errors import ModelError
+from prunegate.policy import Arch, arch_call, arch_text
 from prunegate.report.schema import ModelRecord
 
+from . import huggingface
 from .base import (
     PRECISIONS,
     PRUNING_SAFETENSORS,
@@ -47,7 +49,9 @@ def sniff_format(path: Path, field: str = "model") -> str:
     """torchscript | torch-export | torch-save | safetensors, from the file's first bytes and, for a
     zip archive, its members. Every torch format
     but the legacy torch.save one is a zip archive: one that starts as a zip but is not a whole
-    one is damaged, whatever its name says."""
+    one is damaged, whatever its name says. A folder: a Hugging Face export (runners.huggingface)."""
+    if path.is_dir():
+        return huggingface.FORMAT
     with open(path, "rb") as f:
         head = f.read(9)
     starts_as_zip = head[:4] == ZIP_MAGIC
@@ -73,7 +77,7 @@ def sniff_format(path: Path, field: str = "model") -> str:
     return "torch-save"
 
 
-def _import_arch(arch: str, base_dir: Path, field: str, file: Path) -> Callable[[], torch.nn.Module]:
+def _import_arch(arch: str, base_dir: Path, field: str, file: Path) -> Callable[..., torch.nn.Module]:
     module_name, sep, attr = arch.partition(":")
     if not sep or not module_name or not attr:
         raise ModelError(
@@ -176,18 +180,20 @@ def align_key_prefix(state: dict, wanted: set[str]) -> tuple[dict, str | None]:
 
 
 def _module_from_state_dict(
-    state: dict, arch: str | None, base_dir: Path, path: Path, field: str
+    state: dict, spec: Arch | None, base_dir: Path, path: Path, field: str
 ) -> tuple[torch.nn.Module, bool]:
     """The arch's module with `state` loaded, and whether pruning masks were folded into it."""
-    if not arch:
+    if not spec:
         raise ModelError(
             "is a state dict: set 'arch' ('module:function' that builds the network) for this model",
             file=path,
             field=field,
         )
-    builder = _import_arch(arch, base_dir, field + ".arch", path)
+    fn, args, kwargs = arch_call(spec)
+    arch = arch_text(spec)
+    builder = _import_arch(fn, base_dir, field + ".arch", path)
     try:
-        module = builder()
+        module = builder(*args, **kwargs)
     except Exception as exc:
         raise ModelError(f"arch {arch!r} failed to build ({first_line(exc)})", file=path, field=field) from None
     if not isinstance(module, torch.nn.Module):
@@ -227,7 +233,7 @@ def _read_safetensors(path: Path, field: str) -> dict:
 
 
 def load_torch_module(
-    path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
+    path: Path, field: str, arch: Arch | None, base_dir: Path, allow_pickle: bool
 ) -> tuple[torch.nn.Module, str, list | None]:
     """(module, format, declared input shape or None), the module in eval mode: an arch builds it
     in training mode, where even a probe's forward would move its batch norms' running statistics
@@ -241,10 +247,12 @@ def load_torch_module(
 
 
 def _read_torch_module(
-    path: Path, field: str, arch: str | None, base_dir: Path, allow_pickle: bool
+    path: Path, field: str, arch: Arch | None, base_dir: Path, allow_pickle: bool
 ) -> tuple[torch.nn.Module, str, list | None]:
     """(module, format, declared input shape or None), as the file holds it."""
     kind = sniff_format(path, field)
+    if kind == huggingface.FORMAT:
+        return huggingface.load_module(path, field), kind, None
     try:
         if kind == "torchscript":
             scan_torchscript_archive(path, field)  # loading runs __setstate__: its code is checked first
