@@ -40,10 +40,11 @@ from prunegate.policy import (
     sequential_problems,
 )
 from prunegate.report.builder import ReportBuilder, run_options
-from prunegate.report.schema import Isolation, Report, TaskRecord
+from prunegate.report.schema import Isolation, Report, SanityRecord, TaskRecord
 from prunegate.runners import LoadOptions, Runner, load_runner, resolve_device, start_isolated
 from prunegate.runners.base import check_precision
 from prunegate.runners.isolated import InputArena, Zygote, hidden_files
+from prunegate.sanity import SKIPPED_OPTION, check_clean, skipped
 from prunegate.sequential_gate import SequentialGate
 from prunegate.shifts.assets import ASSET_NAMES
 from prunegate.shifts.rng import task_key
@@ -493,10 +494,13 @@ def run_check(
     key_files: tuple[Path, ...] = (),
     allow_external_arch: bool = False,
     checkpoint: CheckpointPlan | None = None,
+    sanity_check: bool = True,
 ) -> Report:
     """The gate. Under torchrun (`world` of several processes) every process returns the same
     report; the caller writes it from rank 0. `key_files`: files the models may not read;
-    `checkpoint`: where the pass keeps its progress (and whether to resume from it)."""
+    `checkpoint`: where the pass keeps its progress (and whether to resume from it);
+    `sanity_check`: stop (DataError) when the dense model is at chance on the clean task
+    (prunegate.sanity), before any verdict."""
     builder = ReportBuilder(policy)
     with prepare(
         policy, allow_pickle=allow_pickle, world=world, key_files=key_files, allow_external_arch=allow_external_arch
@@ -504,6 +508,7 @@ def run_check(
         sequential = sequential_gate(policy, setup) if policy.gate.sequential else None
         family, timings = setup.evaluate(progress, checkpoint, sequential)
         ctx, kind = setup.ctx, setup.kind
+        sanity = clean_sanity(setup, family[0]) if sanity_check else skipped(SKIPPED_OPTION)
         records, replicates = task_records(
             ctx, family[0], setup.classes, builder.confidence, policy.gate.bootstrap, kind
         )
@@ -535,10 +540,27 @@ def run_check(
         options=options,
         corruption_summary=kind.corruption_summary(ctx.tasks, records),
         sequential=sequential.record() if sequential is not None else None,
+        sanity=sanity,
         warnings=warnings,
         device=ctx.device,
         timings=timings,
     )
+
+
+def clean_sanity(setup: Setup, tallies: dict[str, Tally]) -> SanityRecord:
+    """prunegate.sanity on the clean task (every plan has one), as its labels judge it; segmentation is
+    not checked (prunegate.sanity says why)."""
+    ctx = setup.ctx
+    if setup.kind.name == SEGMENTATION.name:
+        return skipped("segmentation: masks hold the model's own class indices")
+    if ctx.policy is None:
+        return skipped("no policy: no test set to name")
+    clean = next(t for t in ctx.tasks if t.name == "clean")
+    source = next(s for s in ctx.sources if s.name == clean.source)
+    tally, _ = labelled(tallies[clean.name], source, setup.classes)
+    assert isinstance(tally, TaskTally)
+    policy = ctx.policy
+    return check_clean(tally, setup.classes, policy.models, policy.data.test, source.images, source.policy_field)
 
 
 def with_worst_image_masks(setup: Setup, records: dict[str, TaskRecord]) -> dict[str, TaskRecord]:

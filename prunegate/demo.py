@@ -362,10 +362,11 @@ class DemoResult:
     ratios: dict[str, float]  # model name -> prune ratio
 
 
-def run_demo(out_dir: Path, **build_options: Any) -> DemoResult:
+def run_demo(out_dir: Path, *, sanity_check: bool = True, **build_options: Any) -> DemoResult:
     """Build the demo's data and models in `out_dir` (with its policy, out_dir/policy.yaml) and gate
     each pruned model against the dense one. Writes no report: the caller does.
-    `build_options` go to `build_demo` (tests make a smaller demo)."""
+    `build_options` go to `build_demo` (tests make a smaller demo); `sanity_check`: run_check's
+    (a demo trained too briefly to learn is at chance)."""
     from prunegate.check import Overrides, apply_overrides, run_check
     from prunegate.policy import load_policy
 
@@ -378,7 +379,8 @@ def run_demo(out_dir: Path, **build_options: Any) -> DemoResult:
     result = DemoResult(assets, policy_path, [], {})
     for ratio, pruned_path in sorted(assets.pruned.items()):
         name = pruned_name(ratio)
-        report = run_check(apply_overrides(policy, Overrides(dense=assets.dense, pruned=pruned_path)))
+        overridden = apply_overrides(policy, Overrides(dense=assets.dense, pruned=pruned_path))
+        report = run_check(overridden, sanity_check=sanity_check)
         result.reports.append((name, report))
         result.ratios[name] = ratio
     return result

@@ -396,6 +396,35 @@ class Models(Strict):
     input: InputSpec
     arch: Arch | None = Field(None, description="default arch for state-dict files (either form of models.*.arch)")
     output: OutputKey | None = Field(None, description=OUTPUT_DESCRIPTION + ", for both models")
+    expected_accuracy: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="the dense model's clean top-1 accuracy as you know it (a fraction): a run that measures it far "
+        "below (its upper confidence bound under this less expected_accuracy_tolerance) stops with exit 2, as the "
+        "labels or the class order must be wrong",
+    )
+    expected_accuracy_tolerance: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="how far below expected_accuracy the test set may lie (a fraction; default 0.2)",
+    )
+
+    @model_validator(mode="after")
+    def _tolerance_below_expected(self) -> Models:
+        tolerance, expected = self.expected_accuracy_tolerance, self.expected_accuracy
+        if tolerance is not None and expected is None:
+            raise field_error(("expected_accuracy_tolerance",), "needs models.expected_accuracy", tolerance)
+        if tolerance is not None and expected is not None and tolerance >= expected:
+            raise field_error(
+                ("expected_accuracy_tolerance",),
+                f"must be below models.expected_accuracy ({expected:g}): otherwise nothing is ever far below it",
+                tolerance,
+            )
+        return self
 
     def spec(self, which: Literal["dense", "pruned"]) -> ModelSpec:
         """The model's own spec, with the defaults (models.arch, models.output) filled in."""

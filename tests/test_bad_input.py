@@ -256,7 +256,39 @@ def policy_rows() -> list:
         policy = c.policy(rules=[_rule(), _rule(name="ece", metric="ece_increase", max=0.02, coverage=0.9)])
         return c.check(policy), [str(policy), "gate.rules.1.coverage", "selective_risk_increase", "ece_increase"]
 
+    def expected_accuracy_zero(c: Case):
+        policy = c.policy(models={"expected_accuracy": 0})
+        return c.check(policy), [str(policy), "models.expected_accuracy", "greater than 0"]
+
+    def expected_accuracy_as_percent(c: Case):
+        policy = c.policy(models={"expected_accuracy": 76})
+        return c.check(policy), [str(policy), "models.expected_accuracy", "less than or equal to 1"]
+
+    def expected_accuracy_as_text(c: Case):
+        policy = c.policy(models={"expected_accuracy": "high"})
+        return c.check(policy), [str(policy), "models.expected_accuracy", "'high'"]
+
+    def expected_accuracy_tolerance_alone(c: Case):
+        policy = c.policy(models={"expected_accuracy_tolerance": 0.1})
+        return c.check(policy), [str(policy), "models.expected_accuracy_tolerance", "needs models.expected_accuracy"]
+
+    def expected_accuracy_tolerance_too_large(c: Case):
+        policy = c.policy(models={"expected_accuracy": 0.5, "expected_accuracy_tolerance": 0.5})
+        return c.check(policy), [str(policy), "models.expected_accuracy_tolerance", "below models.expected_accuracy"]
+
+    def dense_model_at_chance(c: Case):  # labels moved one class on: the colour model gets none right
+        policy = c.policy()
+        data = dict(np.load(c.folder / "data.npz"))
+        np.savez(c.folder / "data.npz", images=data["images"], labels=(data["labels"] + 1) % 3)
+        return c.check(policy), [c.path("data.npz"), "data.test", f"0/{N} clean images", "no better than chance"]
+
     return [
+        expected_accuracy_zero,
+        expected_accuracy_as_percent,
+        expected_accuracy_as_text,
+        expected_accuracy_tolerance_alone,
+        expected_accuracy_tolerance_too_large,
+        dense_model_at_chance,
         negative_top5_tolerance,
         coverage_on_another_metric,
         field_the_format_does_not_read,

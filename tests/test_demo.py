@@ -119,6 +119,7 @@ def test_run_demo_gates_every_pruned_model_and_writes_reports(tmp_path):
             epochs=1,
             widths=(4, 8),
             steps=(PruneStep(0.5, 0, 1e-3), PruneStep(0.9, 0, 1e-3)),
+            sanity_check=False,  # one epoch on 300 images learns nothing yet: at chance
         )
         == 0
     )

@@ -156,7 +156,9 @@ def test_cards_are_named_by_the_image_file(gate_case, tmp_path) -> None:
             colour[label] = 220
             Image.new("RGB", (8, 8), tuple(colour)).save(tmp_path / "images" / name / f"img{k}.png")
     policy = gate_case("jitter", data={"test": {"format": "imagefolder", "path": "images"}})
-    report = run_check(load_policy(policy))
+    # The folders' sorted order (blue, green, red) is not the colour model's (red, green, blue): at
+    # chance, which the sanity check would stop; the names are what this test is about.
+    report = run_check(load_policy(policy), sanity_check=False)
     report = with_examples(report, lambda k, t: [3, 5])
     gallery = build_gallery(report)
     assert gallery.notes == [] and gallery.names == {

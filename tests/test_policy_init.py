@@ -126,7 +126,10 @@ def test_the_written_policy_runs_as_is(files, capsys) -> None:
         "corruptions: {preset: cifar10-c, names: all,", "corruptions: {preset: cifar10-c, names: [fog, contrast],"
     )  # fmt: skip  (a short suite keeps the test quick)
     out.write_text(text)
-    code, _, err = run(capsys, "check", "--policy", out, "--limit", "10", "--report", files / "r.json")
+    # (random models on random images: at chance, which the sanity check would stop)
+    code, _, err = run(
+        capsys, "check", "--policy", out, "--limit", "10", "--report", files / "r.json", "--no-sanity-check"
+    )
     assert code in (0, 1), err
     assert (files / "r.json").is_file()
 

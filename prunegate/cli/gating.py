@@ -100,6 +100,12 @@ def check(
         help="Stop as soon as every rule is decided, on anytime-valid intervals (overrides gate.sequential).",
         show_default=False,
     ),
+    no_sanity_check: bool = typer.Option(
+        False,
+        "--no-sanity-check",
+        help="Gate even a dense model that is no better than chance (or far below models.expected_accuracy) on "
+        "the clean test set, which otherwise means wrong labels or class order: exit 2 (recorded in the report).",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -141,7 +147,14 @@ def check(
     plan = _checkpoint_plan(report, resume)
     world = distributed.from_environment()  # torchrun: every process runs its part; rank 0 writes
     result = _evaluate(
-        loaded, plan, world, quiet=quiet, allow_pickle=allow_pickle, key=key, allow_external_arch=allow_external_arch
+        loaded,
+        plan,
+        world,
+        quiet=quiet,
+        allow_pickle=allow_pickle,
+        key=key,
+        allow_external_arch=allow_external_arch,
+        sanity_check=not no_sanity_check,
     )
     if world.is_main:
         signed = sign_report(result, key, signs)
@@ -179,6 +192,7 @@ def _evaluate(
     allow_pickle: bool,
     key: Path | None,
     allow_external_arch: bool,
+    sanity_check: bool,
 ) -> Report:
     """`run_check` under a spinner while the models load, then a progress bar (a line every
     PRUNEGATE_PROGRESS_SECONDS in a CI log); on Ctrl-C, say where the progress so far is kept."""
@@ -195,6 +209,7 @@ def _evaluate(
                 key_files=(key,) if key is not None else (),
                 allow_external_arch=allow_external_arch,
                 checkpoint=plan,
+                sanity_check=sanity_check,
             )
     except KeyboardInterrupt:
         if world.is_main and plan.folder.is_dir():

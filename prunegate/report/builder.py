@@ -13,7 +13,7 @@ import torch
 
 from prunegate import __version__
 from prunegate.policy import Policy
-from prunegate.report.schema import CorruptionSummary, ModelRecord, Report, RuleRecord, TaskRecord
+from prunegate.report.schema import CorruptionSummary, ModelRecord, Report, RuleRecord, SanityRecord, TaskRecord
 
 # Intervals are always reported; gate.confidence decides whether rules use them.
 DEFAULT_CONFIDENCE = 0.95
@@ -114,6 +114,7 @@ class ReportBuilder:
         device: torch.device,
         timings: dict[str, float],
         sequential: dict | None = None,
+        sanity: SanityRecord | None = None,
     ) -> Report:
         """The report of a finished run; its duration runs from this builder's creation."""
         timing = {
@@ -133,6 +134,7 @@ class ReportBuilder:
             tasks=tasks,
             rules=rules,
             sequential=sequential,
+            sanity=sanity,
             confidence=self.confidence,
             corruption_summary=corruption_summary,
             warnings=warnings,

@@ -457,6 +457,22 @@ class SequentialRecord(_Record):
         return sum(s.used for s in self.sources), sum(s.total for s in self.sources)
 
 
+class SanityRecord(_Record):
+    """The check that the dense model is above chance on the clean task (prunegate.sanity)."""
+
+    checked: bool = Field(description="false: skipped (reason says why)")
+    reason: str | None = Field(None, description="why the check was skipped (--no-sanity-check, segmentation)")
+    task: str | None = None
+    n: int | None = Field(None, description="images of the task the check read (those with finite dense logits)")
+    dense_correct: int | None = None
+    dense_accuracy: float | None = None
+    chance: float | None = Field(None, description="the accuracy of a uniformly random prediction")
+    p_value: float | None = Field(None, description="one-sided exact binomial test of accuracy <= chance")
+    upper_bound: float | None = Field(None, description="one-sided upper confidence bound of the dense accuracy")
+    expected_accuracy: float | None = Field(None, description="models.expected_accuracy")
+    tolerance: float | None = Field(None, description="models.expected_accuracy_tolerance (or its default)")
+
+
 class Report(_Record):
     schema_version: int = SCHEMA_VERSION
     tool: dict = Field(description="name and version of prunegate")
@@ -475,6 +491,9 @@ class Report(_Record):
     corruption_summary: CorruptionSummary | None = None
     sequential: SequentialRecord | None = Field(
         None, description="gate.sequential: how the gate stopped early (None: every image was evaluated)"
+    )
+    sanity: SanityRecord | None = Field(
+        None, description="the check that the dense model is above chance on the clean task (None: older reports)"
     )
     environment: dict
     timing: Timing

@@ -27,3 +27,25 @@ def resnet20_dense():
     model = resnet20()
     model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
     return model.eval()
+
+
+CIFAR10_MEAN, CIFAR10_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the akamaster models'
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def cifar10_first(per_class: int):
+    """The first `per_class` images of each class of cifar10-test-jpeg in file order (what
+    data.limit = 10 x per_class selects), decoded by PIL and normalised by hand, as an NCHW float
+    tensor, and their labels: an evaluation that shares no code with prunegate's data path."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    root = shared_path("data", "cifar10-test-jpeg")
+    images, labels = [], []
+    for label, name in enumerate(CIFAR10_CLASSES):
+        for file in sorted((root / name).glob("*.jpg"))[:per_class]:
+            images.append(np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0)
+            labels.append(label)
+    x = (torch.from_numpy(np.stack(images)) - torch.tensor(CIFAR10_MEAN)) / torch.tensor(CIFAR10_STD)
+    return x.permute(0, 3, 1, 2), torch.tensor(labels)

@@ -11,14 +11,12 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from prunegate.cli import main
 
-from .conftest import resnet20_dense, shared_path
+from .conftest import cifar10_first, resnet20_dense, shared_path
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -40,15 +38,9 @@ class WithFeatures(torch.nn.Module):
 
 
 def plain_torch_accuracy(model: torch.nn.Module) -> float:
-    root = shared_path("data", "cifar10-test-jpeg")
-    images, labels = [], []
-    for label, name in enumerate(CLASSES):
-        for file in sorted((root / name).glob("*.jpg"))[:PER_CLASS]:
-            images.append(np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0)
-            labels.append(label)
-    x = ((torch.from_numpy(np.stack(images)) - torch.tensor(MEAN)) / torch.tensor(STD)).permute(0, 3, 1, 2)
+    x, labels = cifar10_first(PER_CLASS)
     with torch.inference_mode():
-        return float((model(x).argmax(1) == torch.tensor(labels)).double().mean())
+        return float((model(x).argmax(1) == labels).double().mean())
 
 
 def test_a_dict_returning_torchscript_agrees_fully_with_the_same_weights(tmp_path: Path) -> None:
