@@ -310,6 +310,7 @@ def test_progress_lines_for_logs_give_percent_and_eta(capsys) -> None:
 def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tuple[int, str]:
     """Start `check` in a process of its own, send `signum` once the pass has started."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -320,6 +321,9 @@ def _start_and_stop(policy: Path, report: Path, signum: int, *extra: str) -> tup
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # A test run started in the background (`make test &`) inherits SIGINT ignored, and so would
+        # the check (Python keeps an ignored SIGINT ignored): give it Ctrl-C as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert process.stderr is not None
     seen = 0

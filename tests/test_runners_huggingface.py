@@ -71,7 +71,8 @@ def _predictions(folder: Path) -> torch.Tensor:
 
 def test_check_on_hugging_face_folders_matches_transformers(folder: Path) -> None:
     report = folder / "report.json"
-    assert main(["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q"]) == 0
+    # a randomly initialised ViT is at chance on purpose: the sanity check would stop the run
+    assert main(["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q", "--no-sanity-check"]) == 0
     statement = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))
     predicate = statement["predicate"]
     clean = next(t for t in predicate["tasks"] if t["name"] == "clean")
