@@ -1386,6 +1386,28 @@ def test_onnx_external_data_inside_the_model_folder_loads(tmp_path: Path) -> Non
     torch.testing.assert_close(logits, torch.full((2, 3), 1.92))
 
 
+def test_verify_checks_an_onnx_models_external_data_against_the_report(tmp_path: Path) -> None:
+    """`verify --dense model.onnx` checks the weights beside the file too: they decide the outputs."""
+    import hashlib
+
+    from prunegate.cli.signing import _check_model
+    from prunegate.report.attest import Verification
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    path = _external_data_model(tmp_path, "weights/linear.bin")
+    weights = tmp_path / "weights" / "linear.bin"
+    predicate = {"models": {"dense": {"external_data": [{"path": "weights/linear.bin", "sha256": sha256(weights)}]}}}
+    result = Verification()
+    _check_model(result, "dense", path, sha256(path), predicate)
+    assert result.ok and "and 1 file(s) beside it" in result.checks[-1]
+    weights.write_bytes(np.full((192, 3), 0.02, np.float32).tobytes())  # other weights, same model file
+    result = Verification()
+    _check_model(result, "dense", path, sha256(path), predicate)
+    assert not result.ok and "weights/linear.bin has sha256" in (result.failure or "")
+
+
 @pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
 def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path: Path, how: str) -> None:
     from prunegate.errors import ModelError

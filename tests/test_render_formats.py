@@ -70,3 +70,60 @@ def test_each_format_renders_the_report_of_a_real_check(tmp_path: Path, gate_cas
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown report format 'pdf'; known: console, html, markdown, junit"):
         renderer("pdf")
+
+
+SANITY_CASES = {
+    "checked": (
+        {
+            "checked": True,
+            "task": "clean",
+            "n": 1000,
+            "dense_correct": 912,
+            "dense_accuracy": 0.912,
+            "chance": 0.1,
+            "p_value": 0.0,
+            "upper_bound": 0.93,
+            "expected_accuracy": 0.91,
+            "tolerance": 0.2,
+        },
+        "the dense model scored 91.20% on clean (1,000 images), above chance (10.00%, p < 1e-300); "
+        "expected at least 91.00% less 20.00pp",
+    ),
+    "small p": (
+        {
+            "checked": True,
+            "task": "clean",
+            "n": 12,
+            "dense_correct": 12,
+            "dense_accuracy": 1.0,
+            "chance": 1 / 3,
+            "p_value": 3.0**-12,
+        },
+        "scored 100.00% on clean (12 images), above chance (33.33%, p = 1.9e-06)",
+    ),
+    "skipped": ({"checked": False, "reason": "--no-sanity-check"}, "sanity check not run: --no-sanity-check"),
+}
+
+
+def _as_read(name: str, text: str) -> str:
+    """The text a reader sees: Markdown's backslash escapes and HTML's entities undone."""
+    import html
+    import re
+
+    return {"markdown": lambda: re.sub(r"\\(.)", r"\1", text), "html": lambda: html.unescape(text)}.get(
+        name, lambda: text
+    )()
+
+
+@pytest.mark.parametrize("case", SANITY_CASES)
+@pytest.mark.parametrize("name", ["console", "markdown", "html"])
+def test_the_sanity_check_is_shown_by_every_reader_format(sample_report, name, case) -> None:
+    """What the check saw (or why it did not run) is in the console, Markdown and HTML; an older
+    report without the record shows no such line."""
+    from prunegate.report.schema import SanityRecord
+
+    record, expected = SANITY_CASES[case]
+    base = sample_report(corruptions=())
+    text = renderer(name).format(base.model_copy(update={"sanity": SanityRecord(**record)}), RenderOptions(width=300))
+    assert expected in _as_read(name, text).lower()
+    assert "sanity" not in renderer(name).format(base, RenderOptions(width=300)).lower()

@@ -69,10 +69,12 @@ def _predictions(folder: Path) -> torch.Tensor:
         return model(pixel_values=x).logits.argmax(dim=1)
 
 
-def test_check_on_hugging_face_folders_matches_transformers(folder: Path) -> None:
+def test_check_on_hugging_face_folders_matches_transformers(folder: Path, capsys) -> None:
     report = folder / "report.json"
+    assert main(["keygen", "--out", str(folder / "key")]) == 0
     # a randomly initialised ViT is at chance on purpose: the sanity check would stop the run
-    assert main(["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q", "--no-sanity-check"]) == 0
+    command = ["check", "-p", str(folder / "policy.yaml"), "-o", str(report), "-q", "--no-sanity-check"]
+    assert main([*command, "--key", str(folder / "key.pem")]) == 0
     statement = json.loads(base64.b64decode(json.loads(report.read_text())["payload"]))
     predicate = statement["predicate"]
     clean = next(t for t in predicate["tasks"] if t["name"] == "clean")
@@ -91,6 +93,22 @@ def test_check_on_hugging_face_folders_matches_transformers(folder: Path) -> Non
         subject = next(s for s in statement["subject"] if s["annotations"]["role"] == role)
         assert subject["digest"]["sha256"] == record["sha256"]
     assert predicate["models"]["pruned"]["nonzero_parameters"] < predicate["models"]["dense"]["nonzero_parameters"]
+
+    # a reviewer verifies with the folders as they have them: the weights and config.json both pinned
+    verify = ["verify", str(report), "--key", str(folder / "key.pub")]
+    capsys.readouterr()
+    assert main([*verify, "--dense", str(folder / "dense"), "--pruned", str(folder / "pruned")]) == 0
+    assert "the dense model (sha256" in capsys.readouterr().out
+    config = folder / "pruned" / "config.json"
+    original = config.read_text()
+    try:
+        config.write_text(original.replace('"num_hidden_layers": 1', '"num_hidden_layers": 2'))
+        assert main([*verify, "--pruned", str(folder / "pruned")]) == 1
+        assert "config.json has sha256" in capsys.readouterr().err
+    finally:
+        config.write_text(original)
+    assert main([*verify, "--pruned", str(folder)]) == 2  # a folder that is no model: one line, exit 2
+    assert "is not a Hugging Face model" in capsys.readouterr().err
 
 
 def test_without_transformers_a_hugging_face_folder_asks_for_the_extra(folder: Path, monkeypatch, capsys) -> None:

@@ -140,14 +140,13 @@ def verify(
 ) -> int:
     """Verify a signed report offline: exit 0 valid, 1 does not verify (or, with --require-pass,
     its verdict is not PASS), 2 unreadable input."""
-    from prunegate.digest import file_sha256
     from prunegate.report.attest import parse_envelope, verify_envelope
     from prunegate.report.keys import load_public
 
     public_key = load_public(key)
     files = {"dense": dense, "pruned": pruned, "policy": policy}
     for role, path in files.items():
-        if path is not None:
+        if path is not None and not (role != "policy" and path.is_dir()):  # a model may be a HF folder
             require_file(path, field=f"--{role}")
     for path in arch or []:
         require_file(path, field="--arch")
@@ -161,11 +160,9 @@ def verify(
         for role in ("dense", "pruned"):
             model = files[role]
             if model is not None:
-                actual, recorded = file_sha256(model), subjects[role]["digest"]["sha256"]
-                if actual != recorded:
-                    result.fail(f"{model} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
+                _check_model(result, role, model, subjects[role]["digest"]["sha256"], statement["predicate"])
+                if not result.ok:
                     break
-                result.checks.append(f"{model} is the {role} model (sha256 {actual[:16]}…)")
         if result.ok:
             _check_arch(result, statement, arch or [], notes)
         if result.ok and policy is not None and loaded_policy is not None:
@@ -207,6 +204,33 @@ def verify(
         )
         return EXIT_FAIL
     return EXIT_PASS
+
+
+def _check_model(result: Verification, role: str, model: Path, recorded: str, predicate: dict) -> None:
+    """Whether `model` (a file or a Hugging Face folder) is the report's `role` model: its sha256, and
+    every file the report pins beside it (an ONNX model's external data, a folder's config.json)."""
+    from prunegate.digest import file_sha256
+
+    if model.is_dir() or model.suffix.lower() == ".onnx":
+        from prunegate.runners import model_pins  # (imports torch: only for the models that need it)
+
+        actual, external = model_pins(model, f"--{role}")
+    else:
+        actual, external = file_sha256(model), None
+    if actual != recorded:
+        result.fail(f"{model} has sha256 {actual[:16]}…, the report's {role} model {recorded[:16]}…")
+        return
+    pinned = {e["path"]: e["sha256"] for e in predicate["models"][role].get("external_data") or []}
+    found = {e.path: e.sha256 for e in external or []}
+    for name in sorted(pinned.keys() | found.keys()):
+        if pinned.get(name) != found.get(name):
+            have = found.get(name, "missing")[:16]
+            result.fail(
+                f"{model}: {name} has sha256 {have}…, the report's {role} model {pinned.get(name, 'none')[:16]}…"
+            )
+            return
+    beside = f" and {len(pinned)} file(s) beside it" if pinned else ""
+    result.checks.append(f"{model} is the {role} model (sha256 {actual[:16]}…{beside})")
 
 
 @cli.command()

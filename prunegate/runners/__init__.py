@@ -82,6 +82,16 @@ def _pinned_files(path: Path, field: str, fmt: str) -> tuple[str, list[ExternalD
     return file_sha256(path), None
 
 
+def model_pins(path: Path, field: str) -> tuple[str, list[ExternalData] | None]:
+    """What a report pins of a model as a reader has it (`verify --dense/--pruned`): a Hugging Face
+    folder's weights and config.json, an .onnx file and its external data, any other file itself."""
+    if huggingface.is_folder(path):
+        return _pinned_files(path, field, huggingface.FORMAT)
+    if path.is_dir():
+        raise ModelError(f"a folder without {huggingface.CONFIG} is not a Hugging Face model", file=path, field=field)
+    return _pinned_files(path, field, "onnx" if path.suffix.lower() == ".onnx" else "file")
+
+
 def load_runner(
     spec: ModelSpec,
     path: Path,

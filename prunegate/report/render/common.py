@@ -38,6 +38,7 @@ __all__ = [
     "rule_bound_text",
     "rule_status",
     "rules_failed_first",
+    "sanity_line",
     "segmentation_columns",
     "task_columns",
     "task_row",
@@ -117,6 +118,29 @@ def sequential_line(report: Report) -> str | None:
         f"sequential gate: stopped after {used:,} of {total:,} images ({share}): {sequential.stopped} "
         f"({sequential.looks} looks, anytime-valid at {sequential.confidence:.0%})"
     )
+
+
+def sanity_line(report: Report) -> str | None:
+    """'sanity: the dense model scored 91.20% on clean (1,000 images), above chance (10.00%, p <
+    1e-300)' and the expected accuracy when the policy gives one; 'sanity check not run: why' when
+    it was skipped; None for a report from before the check."""
+    sanity = report.sanity
+    if sanity is None:
+        return None
+    if not sanity.checked:
+        return f"sanity check not run: {sanity.reason or 'no reason recorded'}"
+    if sanity.dense_accuracy is None or sanity.chance is None or sanity.n is None:
+        return "sanity: checked"
+    p = sanity.p_value
+    p_text = "n/a" if p is None else ("p < 1e-300" if p < 1e-300 else f"p = {p:.2g}")
+    line = (
+        f"sanity: the dense model scored {pct(sanity.dense_accuracy)} on {sanity.task or 'clean'} "
+        f"({sanity.n:,} images), above chance ({pct(sanity.chance)}, {p_text})"
+    )
+    if sanity.expected_accuracy is not None:
+        tolerance = "" if sanity.tolerance is None else f" less {100 * sanity.tolerance:.2f}pp"
+        line += f"; expected at least {pct(sanity.expected_accuracy)}{tolerance}"
+    return line
 
 
 def format_metric(metric: str, value: float | None) -> str:

@@ -36,6 +36,7 @@ from prunegate.report.render.common import (
     over_text,
     pct,
     rule_status,
+    sanity_line,
     segmentation_columns,
     sequential_line,
     task_columns,
@@ -365,9 +366,9 @@ def render(
         console.print(line)
     for warning in report.warnings:
         console.print(f"[yellow]warning[/]: {_text(warning)}")
-    line = sequential_line(report)
-    if line:
-        console.print(_text(line))
+    for line in (sanity_line(report), sequential_line(report)):
+        if line:
+            console.print(_text(line))
     console.print(rules_table(report, width))
     for line in (*(_text(b) for b in before_verdict), *failed_rule_lines(report), verdict_line(report)):
         console.print(line)

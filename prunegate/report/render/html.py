@@ -342,6 +342,7 @@ def render(report: Report, *, gallery: Gallery | None = None, signature: str | N
         "signature": signature,
         "confidence": report.confidence,
         "warnings": report.warnings,
+        "sanity": common.sanity_line(report),
     }
     return _environment().get_template("report.html.j2").render(**context)
 

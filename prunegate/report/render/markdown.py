@@ -161,7 +161,11 @@ def render(report: Report) -> str:
         lines += ["", *notes]
     summary = f"Tasks ({len(report.tasks)}{', mean per group' if len(report.tasks) > MAX_TASK_ROWS else ''})"
     lines += ["", f"<details><summary>{summary}</summary>", "", tasks_table(report), "", "</details>"]
-    lines += ["", models_line(report), ""]
+    lines += ["", models_line(report)]
+    line = common.sanity_line(report)
+    if line:
+        lines += ["", escape(line[0].upper() + line[1:]) + "."]
+    lines += [""]
     return "\n".join(lines)
 
 
