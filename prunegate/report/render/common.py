@@ -39,6 +39,7 @@ __all__ = [
     "rule_status",
     "rules_failed_first",
     "sanity_line",
+    "sentence",
     "segmentation_columns",
     "task_columns",
     "task_row",
@@ -141,6 +142,11 @@ def sanity_line(report: Report) -> str | None:
         tolerance = "" if sanity.tolerance is None else f" less {100 * sanity.tolerance:.2f}pp"
         line += f"; expected at least {pct(sanity.expected_accuracy)}{tolerance}"
     return line
+
+
+def sentence(line: str) -> str:
+    """A console line ('sanity: ...') as a sentence for a page: capitalised, with a full stop."""
+    return line[:1].upper() + line[1:] + "."
 
 
 def format_metric(metric: str, value: float | None) -> str:

@@ -342,9 +342,13 @@ def render(report: Report, *, gallery: Gallery | None = None, signature: str | N
         "signature": signature,
         "confidence": report.confidence,
         "warnings": report.warnings,
-        "sanity": common.sanity_line(report),
+        "sanity": _sentence_or_none(common.sanity_line(report)),
     }
     return _environment().get_template("report.html.j2").render(**context)
+
+
+def _sentence_or_none(line: str | None) -> str | None:
+    return common.sentence(line) if line else None
 
 
 class HtmlRenderer(Renderer):

@@ -164,7 +164,7 @@ def render(report: Report) -> str:
     lines += ["", models_line(report)]
     line = common.sanity_line(report)
     if line:
-        lines += ["", escape(line[0].upper() + line[1:]) + "."]
+        lines += ["", escape(common.sentence(line))]
     lines += [""]
     return "\n".join(lines)
 
