@@ -161,7 +161,7 @@ def input_files(policy: Policy, pruned: list[Path] | None = None) -> dict[str, P
             for location in external_locations(path, field):
                 found[f"{field} (its external data {location})"] = path.parent / location
         if path.is_dir():  # a Hugging Face folder: the files in it that the model reads
-            from prunegate.runners.huggingface import CONFIG, WEIGHTS
+            from prunegate.hf_folder import CONFIG, WEIGHTS
 
             for name in (CONFIG, WEIGHTS):
                 found[f"{field} (its {name})"] = path / name

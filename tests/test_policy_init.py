@@ -193,3 +193,154 @@ def test_the_written_policy_has_the_calibration_rule_and_says_what_it_is(
         )
         assert lines[at - 1].lstrip().startswith("# ")  # a comment above each new rule
     assert ("top5_drop" in rules) == (preset == "imagenet")
+
+
+def hf_folder(where: Path, processor: dict | str | None) -> Path:
+    """A Hugging Face folder as save_pretrained lays it out (policy init reads no weights)."""
+    import json
+
+    where.mkdir(parents=True)
+    (where / "config.json").write_text('{"architectures": ["ViTForImageClassification"]}')
+    (where / "model.safetensors").write_bytes(b"(not read)")
+    if processor is not None:
+        text = processor if isinstance(processor, str) else json.dumps(processor)
+        (where / "preprocessor_config.json").write_text(text)
+    return where
+
+
+# What transformers' processors write (ViT, DeiT/BEiT, MobileNetV2, ConvNeXt), and what policy init makes of it.
+VIT = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "size": {"height": 224, "width": 224},
+}
+DEIT = {
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "size": {"height": 256, "width": 256},
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+CROPPED = {
+    "do_center_crop": True,
+    "crop_size": 192,
+    "size": {"shortest_edge": 256},
+    "image_mean": 0.5,
+    "image_std": 0.25,
+}
+CONVNEXT = {
+    "size": {"shortest_edge": 224},
+    "crop_pct": 0.875,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "do_rescale": False,
+}
+UNNORMALISED = {"size": {"height": 96, "width": 128}, "do_normalize": False, "rescale_factor": 1 / 127.5}
+
+
+@pytest.mark.parametrize(
+    ("processor", "size", "mean", "std"),
+    [
+        (VIT, 224, [0.5] * 3, [0.5] * 3),
+        (DEIT, 224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        (CROPPED, 192, [0.5] * 3, [0.25] * 3),
+        # pixels not rescaled: (x - m) / s == (x / 255 - m / 255) / (s / 255)
+        (CONVNEXT, 224, [0.485 / 255, 0.456 / 255, 0.406 / 255], [0.229 / 255, 0.224 / 255, 0.225 / 255]),
+        # x / 127.5 == (x / 255 - 0) / 0.5
+        (UNNORMALISED, [96, 128], [0.0] * 3, [0.5] * 3),
+        ({"size": "big", "image_mean": [0.5, 0.5], "image_std": [0.5] * 3}, None, None, None),
+        ({"image_mean": [0.5] * 3, "image_std": [0.0] * 3}, None, None, None),
+    ],
+)  # fmt: skip
+def test_a_hugging_face_processor_gives_the_input_in_prunegates_terms(tmp_path, processor, size, mean, std) -> None:
+    said = read_model_input(hf_folder(tmp_path / "model", processor), "--dense")
+    assert said.size == size
+    for got, want in ((said.mean, mean), (said.std, std)):
+        assert got == want if want is None else got == pytest.approx(want, rel=1e-12)
+
+
+def test_the_normalisation_read_from_a_processor_is_the_processors_arithmetic(tmp_path) -> None:
+    """The converted mean/std applied as prunegate applies them give transformers' own numbers."""
+    pixels = np.arange(256, dtype=np.float64)
+    for processor in (VIT, CONVNEXT, UNNORMALISED, {**DEIT, "rescale_factor": 1 / 100}):
+        said = read_model_input(hf_folder(tmp_path / str(id(processor)), processor), "--dense")
+        assert said.mean is not None and said.std is not None
+        factor = processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0
+        mean = processor.get("image_mean", [0.0] * 3) if processor.get("do_normalize", True) else [0.0] * 3
+        std = processor.get("image_std", [1.0] * 3) if processor.get("do_normalize", True) else [1.0] * 3
+        for c in range(3):
+            theirs = (pixels * factor - mean[c]) / std[c]
+            ours = (pixels / 255 - said.mean[c]) / said.std[c]
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_policy_init_takes_hugging_face_folders_and_their_processor(files, capsys) -> None:
+    hf_folder(files / "hf" / "dense", VIT)
+    hf_folder(files / "hf" / "pruned", None)
+    out = files / "policies" / "hf.yaml"
+    out.parent.mkdir()
+    code, _, err = run(
+        capsys, "policy", "init", out, "--dense", files / "hf/dense", "--pruned", files / "hf/pruned",
+        "--data", files / "data/test.npz",
+    )  # fmt: skip
+    assert code == 0, err
+    document = yaml.safe_load(out.read_text())
+    assert document["models"]["dense"] == "../hf/dense" and document["models"]["pruned"] == "../hf/pruned"
+    assert document["models"]["input"] == {"size": 224, "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert document["name"] == "imagenet-robustness"  # a 224-px model gets the imagenet policy
+    assert "size and mean and std read from the dense model" in out.read_text()
+    assert "resizes the whole image" in err and err.count("warning:") == 1  # ViT's resize is not a crop
+    assert load_policy(out).models.dense == "../hf/dense"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda d: hf_folder(d, "{not json"), "preprocessor_config.json: --dense: not readable JSON"),
+        (lambda d: hf_folder(d, '{"size": 224, "size": 256}'), "preprocessor_config.json: --dense: not readable JSON"),
+        (lambda d: hf_folder(d, "[224]"), "preprocessor_config.json: --dense: not a JSON object"),
+        (lambda d: hf_folder(d, " " * (1 << 20) + "{}"), "larger than 1024 KiB"),
+        (lambda d: d.mkdir(), "a folder without config.json is not a Hugging Face model"),
+    ],
+)  # fmt: skip
+def test_a_bad_hugging_face_folder_is_one_line_naming_the_file(files, capsys, make, reason) -> None:
+    make(files / "hf")
+    out = files / "out.yaml"
+    code, _, err = run(
+        capsys, "policy", "init", out, "--dense", files / "hf", "--pruned", files / "models/pruned.onnx",
+        "--data", files / "data/test.npz",
+    )  # fmt: skip
+    assert code == 2 and reason in err and err.count("error: ") == 1 and "--dense" in err, err
+    assert not out.exists()
+
+
+def test_policy_init_names_the_crop_fraction_the_data_uses() -> None:
+    from prunegate import policy_init
+    from prunegate.data import CROP_FRACTION
+
+    assert policy_init.CROP_FRACTION == CROP_FRACTION
+
+
+@pytest.mark.parametrize("kind", ["vit", "convnext-unscaled", "deit-cropped"])
+def test_what_transformers_processors_save_reads_as_their_own_arithmetic(tmp_path, kind) -> None:
+    """Processors saved by transformers itself: the size read is the one they give the model, and
+    prunegate's (pixels / 255 - mean) / std with the mean and std read equals their pixel_values."""
+    transformers = pytest.importorskip("transformers", reason="needs `pip install prunegate[hf]`")
+    processor, size = {
+        "vit": (transformers.ViTImageProcessor(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3]), 224),
+        "convnext-unscaled": (transformers.ConvNextImageProcessor(size={"shortest_edge": 224}, do_rescale=False), 224),
+        "deit-cropped": (transformers.DeiTImageProcessor(crop_size={"height": 160, "width": 160}), 160),
+    }[kind]
+    folder = hf_folder(tmp_path / "model", None)
+    processor.save_pretrained(folder)
+    said = read_model_input(folder, "--dense")
+    assert said.size == size and said.mean is not None and said.std is not None
+    image = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    # resizing and cropping off (the image is at the model's size): what is left is the normalisation
+    theirs = processor(image, do_resize=False, do_center_crop=False, return_tensors="np")["pixel_values"][0]
+    ours = (image.transpose(2, 0, 1) / 255 - np.array(said.mean)[:, None, None]) / np.array(said.std)[:, None, None]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -18,16 +18,22 @@ import torch
 
 from prunegate.digest import file_sha256
 from prunegate.errors import ModelError, first_line
+from prunegate.hf_folder import CONFIG, FORMAT, WEIGHTS, is_folder
 from prunegate.report.schema import ExternalData
 
-FORMAT = "huggingface"
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
+# (the folder's layout lives in prunegate.hf_folder, which imports nothing heavy; named here too)
+__all__ = [
+    "CONFIG",
+    "FORMAT",
+    "WEIGHTS",
+    "check_folder",
+    "is_folder",
+    "load_module",
+    "pinned_files",
+    "transformers_installed",
+    "weights_sha256",
+]
 INSTALL = "a Hugging Face folder needs `pip install prunegate[hf]` (transformers)"
-
-
-def is_folder(path: Path) -> bool:
-    """Whether `path` is a folder that looks like a Hugging Face export (it has a config.json)."""
-    return path.is_dir() and (path / CONFIG).is_file()
 
 
 def check_folder(path: Path, field: str) -> None:
