@@ -78,9 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is prunegate's to handle
     sock = socket.socket(fileno=int(args[0]))
     # What every model process needs, imported once here (no model code runs in this process).
+    # prunegate.kinds brings prunegate.data and with it torchvision (and torch._dynamo, which
+    # torchvision.ops imports): ~3 s that each model process paid again before it could load;
+    # onnx (ml_dtypes' tables: ~1 s) serves backend auto's export and an .onnx file's checks.
+    # None of these starts a thread beyond the one numpy's BLAS starts with torch (onnxruntime's
+    # import does start one: each model process imports onnxruntime itself, in 0.05 s).
+    import onnx as onnx_package  # noqa: F401
     import torch  # noqa: F401
 
+    from prunegate import kinds  # noqa: F401
+
     from . import host, onnx  # noqa: F401
+    from . import torch as torch_runner  # noqa: F401
 
     signal.signal(signal.SIGCHLD, _reap)
     while True:
