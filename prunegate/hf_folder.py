@@ -8,6 +8,7 @@ from pathlib import Path
 FORMAT = "huggingface"
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
 PREPROCESSOR = "preprocessor_config.json"  # the image processor's settings: input size, mean, std
+NOT_A_MODEL = f"a folder without {CONFIG} is not a Hugging Face model"  # what a plain folder is told
 
 
 def is_folder(path: Path) -> bool:

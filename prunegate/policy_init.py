@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from prunegate import hf_folder
 from prunegate.data_layout import guess_format
@@ -80,18 +81,18 @@ def read_model_input(path: Path, field_name: str) -> ModelInput:
     return found
 
 
-def _positive_int(value: object) -> bool:
+def _positive_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _processor_side(value: object) -> int | list[int] | None:
     """An image processor's `size`/`crop_size`: an int, {height, width} or {shortest_edge}."""
     if _positive_int(value):
-        return value  # type: ignore[return-value]
+        return value
     if not isinstance(value, dict):
         return None
     height, width = value.get("height"), value.get("width")
-    if isinstance(height, int) and isinstance(width, int) and _positive_int(height) and _positive_int(width):
+    if _positive_int(height) and _positive_int(width):
         return height if height == width else [height, width]
     edge = value.get("shortest_edge")
     return edge if _positive_int(edge) else None
@@ -207,9 +208,7 @@ def init_policy(out: Path, dense: Path, pruned: Path, data: Path, preset: str | 
     """The text of a policy for these files, to be written at `out`."""
     for option, path in (("--dense", dense), ("--pruned", pruned)):
         if path.is_dir() and not hf_folder.is_folder(path):
-            raise ModelError(
-                f"a folder without {hf_folder.CONFIG} is not a Hugging Face model", file=path, field=option
-            )
+            raise ModelError(hf_folder.NOT_A_MODEL, file=path, field=option)
         if not (path.is_file() or path.is_dir()):
             raise ModelError(missing_reason(path, "model file"), file=path, field=option)
     data_format = guess_format(data)

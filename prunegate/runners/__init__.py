@@ -10,6 +10,7 @@ from torch import get_num_threads  # (the name `torch` here becomes the submodul
 
 from prunegate.digest import file_sha256
 from prunegate.errors import ModelError
+from prunegate.hf_folder import NOT_A_MODEL
 from prunegate.policy import ArchCall, ModelSpec, arch_name
 from prunegate.report.schema import ArchSource, BackendChoice, ExternalData, Isolation
 
@@ -88,7 +89,7 @@ def model_pins(path: Path, field: str) -> tuple[str, list[ExternalData] | None]:
     if huggingface.is_folder(path):
         return _pinned_files(path, field, huggingface.FORMAT)
     if path.is_dir():
-        raise ModelError(f"a folder without {huggingface.CONFIG} is not a Hugging Face model", file=path, field=field)
+        raise ModelError(NOT_A_MODEL, file=path, field=field)
     return _pinned_files(path, field, "onnx" if path.suffix.lower() == ".onnx" else "file")
 
 
